@@ -1,0 +1,57 @@
+"""What every cell shares: the weights of one layer and direction, and the cell spec.
+
+A *cell* is one time step of a recurrent network written as its equations:
+``step(x_t, state, w) -> (new_state, gates)``. ``state`` is a tuple whose first
+entry is the output ``h_t`` of the step (``(h, c)`` for LSTM, ``(h,)`` otherwise);
+``gates`` maps gate names to their activations at this step, for recording.
+The time loops in ``lstmkit.ops`` run any cell over a sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+from torch import Tensor
+
+
+class LayerWeights(NamedTuple):
+    """The parameters of one layer and direction, in torch.nn's layout.
+
+    ``w_ih`` (G·H, I), ``w_hh`` (G·H, H or P), ``b_ih``/``b_hh`` (G·H,) or None,
+    ``w_hr`` (P, H) with projections, ``peephole`` (3H,) or (2H,) for coupled LSTM.
+    G is the number of gate blocks stacked in the rows (4 for LSTM i|f|g|o, 3 for
+    coupled LSTM i|g|o, 3 for GRU r|z|n, 1 for RNN).
+    """
+
+    w_ih: Tensor
+    w_hh: Tensor
+    b_ih: Tensor | None = None
+    b_hh: Tensor | None = None
+    w_hr: Tensor | None = None
+    peephole: Tensor | None = None
+
+
+State = tuple[Tensor, ...]
+Gates = dict[str, Tensor]
+Step = Callable[[Tensor, State, LayerWeights], tuple[State, Gates]]
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """A configured cell: its step function and what the loops need to know about it.
+
+    ``gate_rows`` names the row blocks of ``w_ih``/``w_hh`` in order; ``gates`` the
+    activations a step reports (for coupled LSTM ``f`` is reported though it has no rows).
+    ``n_states`` is 2 for (h, c) and 1 for (h,).
+    """
+
+    family: str                  # "lstm" | "gru" | "rnn"
+    step: Step
+    gate_rows: tuple[str, ...]
+    gates: tuple[str, ...]
+    n_states: int
+    options: tuple[tuple[str, object], ...] = ()
+
+    def option(self, name: str, default: object = None) -> object:
+        return dict(self.options).get(name, default)

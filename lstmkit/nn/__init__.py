@@ -1,0 +1,8 @@
+"""nn.Module front ends: drop-ins for torch.nn.LSTM, GRU and RNN."""
+
+from .base import RecurrentBase
+from .gru import GRU
+from .lstm import LSTM
+from .rnn import RNN
+
+__all__ = ["LSTM", "GRU", "RNN", "RecurrentBase"]

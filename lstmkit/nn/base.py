@@ -1,0 +1,224 @@
+"""The module front end shared by LSTM, GRU and RNN: parameters in torch.nn's layout,
+stacking, both directions, dropout between layers, PackedSequence, initial states,
+and backend dispatch. The math lives in ``lstmkit.cells``, the loops in ``lstmkit.ops``."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from .. import ops
+from ..cells.base import CellSpec, LayerWeights
+from . import checks
+
+
+class RecurrentBase(nn.Module):
+    """Common base of :class:`lstmkit.LSTM`, :class:`lstmkit.GRU` and :class:`lstmkit.RNN`."""
+
+    _recorder = None          # set by ``lstmkit.record`` while recording; None costs nothing
+
+    def __init__(
+        self,
+        cell: CellSpec,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        checks.check_config(name, input_size, hidden_size, num_layers, dropout, proj_size)
+        if dtype is not None and not dtype.is_floating_point:
+            raise TypeError(f"{name}: dtype must be a floating-point dtype, got {dtype}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                f"{name}: dropout={dropout} has no effect with num_layers=1: it applies "
+                "between stacked layers, to the outputs of all but the last", stacklevel=3)
+        self.cell = cell
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self.proj_size = proj_size
+        self.backend = ops.check_backend(backend)
+        self._build_parameters({"device": device, "dtype": dtype})
+        self.reset_parameters()
+
+    # -- parameters ---------------------------------------------------------------------
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        """Size of h_t: ``proj_size`` if projecting, else ``hidden_size``."""
+        return self.proj_size or self.hidden_size
+
+    def _build_parameters(self, factory: dict) -> None:
+        H, G = self.hidden_size, len(self.cell.gate_rows)
+        peephole = self.cell.option("peephole", False)
+        self._all_weights: list[list[str]] = []
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                size_in = self.input_size if layer == 0 else self.output_size * self.num_directions
+                sfx = f"_l{layer}" + ("_reverse" if direction else "")
+                shapes = {"weight_ih": (G * H, size_in), "weight_hh": (G * H, self.output_size)}
+                if self.bias:
+                    shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
+                if self.proj_size:
+                    shapes["weight_hr"] = (self.proj_size, H)
+                if peephole:                  # i, f, o (coupled: i, o)
+                    shapes["peephole"] = ((len(self.cell.gate_rows) - 1) * H,)
+                for key, shape in shapes.items():
+                    self.register_parameter(key + sfx, nn.Parameter(torch.empty(shape, **factory)))
+                self._all_weights.append([key + sfx for key in shapes])
+
+    def reset_parameters(self) -> None:
+        """U(−1/√H, 1/√H) for every parameter, as torch.nn (same order, so same seed ⇒ same weights)."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        return [[getattr(self, n) for n in names] for names in self._all_weights]
+
+    def layer_weights(self, layer: int, direction: int) -> LayerWeights:
+        """The parameters of one layer and direction as the cells take them."""
+        sfx = f"_l{layer}" + ("_reverse" if direction else "")
+        get = self._parameters.get
+        return LayerWeights(get("weight_ih" + sfx), get("weight_hh" + sfx), get("bias_ih" + sfx),
+                            get("bias_hh" + sfx), get("weight_hr" + sfx), get("peephole" + sfx))
+
+    def flatten_parameters(self) -> None:
+        """No-op, for code written for torch.nn (lstmkit keeps no flat cuDNN buffer)."""
+
+    # -- forward ------------------------------------------------------------------------
+    def _state_shapes(self) -> list[tuple[int, int]]:
+        n = self.num_layers * self.num_directions
+        shapes = [(n, self.output_size)]
+        if self.cell.n_states == 2:
+            shapes.append((n, self.hidden_size))
+        return shapes
+
+    def _state_labels(self) -> tuple[str, ...]:
+        return ("h_0", "c_0")[: self.cell.n_states]
+
+    def _forward(self, input: Tensor | PackedSequence, hx: object):
+        name = type(self).__name__
+        param = self.weight_ih_l0
+        seq = checks.prepare_input(name, input, self.input_size, self.batch_first, param)
+        state0 = checks.prepare_hx(name, hx, seq, self._state_shapes(), self._state_labels(), param)
+        recorder = self._recorder
+        run_layer = ops.select_backend(self.backend, self.cell, recording=recorder is not None)
+
+        D, x = self.num_directions, seq.x
+        finals: list[list[Tensor]] = [[] for _ in state0]
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(D):
+                k = layer * D + direction
+                out, state_n, trace = run_layer(
+                    self.cell, x, seq.batch_sizes, tuple(s[k] for s in state0),
+                    self.layer_weights(layer, direction), reverse=direction == 1,
+                    record=recorder is not None)
+                outputs.append(out)
+                for f, s in zip(finals, state_n):
+                    f.append(s)
+                if recorder is not None:
+                    recorder.add(self, layer, direction, trace, seq)
+            x = outputs[0] if D == 1 else torch.cat(outputs, dim=1)     # (N, D·H_out)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        return self._format(seq, x, tuple(torch.stack(f) for f in finals))
+
+    def _format(self, seq: checks.Sequence, out: Tensor, states: tuple[Tensor, ...]):
+        """Put outputs and final states back in the form the input came in."""
+        packed = seq.packed
+        if packed is not None:
+            if packed.unsorted_indices is not None:
+                states = tuple(s.index_select(1, packed.unsorted_indices) for s in states)
+            output = PackedSequence(out, packed.batch_sizes, packed.sorted_indices,
+                                    packed.unsorted_indices)
+            return output, states
+        output = out.view(seq.steps, seq.batch, -1)                     # (T, B, D·H_out)
+        if seq.unbatched:
+            return output.squeeze(1), tuple(s.squeeze(1) for s in states)
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        return output, states
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
+                    "bidirectional": False, "proj_size": 0, "backend": "auto"}
+        for key, default in defaults.items():
+            if getattr(self, key) != default:
+                s += f", {key}={getattr(self, key)!r}"
+        return s + "".join(f", {k}={v!r}" for k, v in self._variant_options().items())
+
+    def _variant_options(self) -> dict[str, object]:
+        """Keywords that set this module's cell variant, where they differ from the default."""
+        return {}
+
+    # -- interchange with torch.nn --------------------------------------------------------
+    _torch_class: type[nn.Module]
+
+    def _config(self) -> dict:
+        p = self.weight_ih_l0
+        return {"input_size": self.input_size, "hidden_size": self.hidden_size,
+                "num_layers": self.num_layers, "bias": self.bias,
+                "batch_first": self.batch_first, "dropout": self.dropout,
+                "bidirectional": self.bidirectional, "device": p.device, "dtype": p.dtype}
+
+    def to_torch(self) -> nn.Module:
+        """The equivalent ``torch.nn`` module with these weights (plain configurations only)."""
+        options = self._variant_options()
+        if options:
+            raise ValueError(
+                f"{type(self).__name__} with {options} has no torch.nn equivalent; "
+                f"only plain configurations convert")
+        module = self._torch_class(**self._torch_config())
+        module.load_state_dict(self.state_dict())
+        return module.train(self.training)
+
+    def _torch_config(self) -> dict:
+        return self._config()
+
+    @classmethod
+    def from_torch(cls, module: nn.Module, *, backend: str = "auto"):
+        """Build the lstmkit module equal to a ``torch.nn`` one, weights included."""
+        if type(module) is not cls._torch_class:
+            raise TypeError(f"{cls.__name__}.from_torch expects a torch.nn."
+                            f"{cls._torch_class.__name__}, got {type(module).__name__}")
+        p = module.weight_ih_l0
+        config = {"input_size": module.input_size, "hidden_size": module.hidden_size,
+                  "num_layers": module.num_layers, "bias": module.bias,
+                  "batch_first": module.batch_first, "dropout": float(module.dropout),
+                  "bidirectional": module.bidirectional, "device": p.device, "dtype": p.dtype}
+        config.update(cls._from_torch_extra(module))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")          # torch.nn already warned about dropout
+            ours = cls(**config, backend=backend)
+        ours.load_state_dict(module.state_dict())
+        return ours.train(module.training)
+
+    @classmethod
+    def _from_torch_extra(cls, module: nn.Module) -> dict:
+        return {}

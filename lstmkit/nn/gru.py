@@ -1,0 +1,64 @@
+"""``lstmkit.GRU``: torch.nn.GRU's contract, plus the paper's ``reset_after=False`` form."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from ..cells import gru_spec
+from . import checks
+from .base import RecurrentBase
+
+
+class GRU(RecurrentBase):
+    r"""A multi-layer GRU, a drop-in for :class:`torch.nn.GRU`.
+
+    For each step, with gate order r, z, n in the weight rows::
+
+        r_t = σ(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)
+        z_t = σ(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)
+        n_t = tanh(W_in x_t + b_in + r_t ⊙ (W_hn h_{t-1} + b_hn))
+        h_t = (1 − z_t) ⊙ n_t + z_t ⊙ h_{t-1}
+
+    ``reset_after=False`` uses the form of Cho et al. 2014 (ONNX ``linear_before_reset=0``),
+    ``n_t = tanh(W_in x_t + b_in + W_hn (r_t ⊙ h_{t-1}) + b_hn)``, with the same parameters.
+    ``z_t`` here keeps the old state, as in PyTorch; texts that write
+    ``h_t = (1 − z_t) h_{t-1} + z_t h̃_t`` (colah's blog among them) swap its role.
+
+    Arguments, shapes, parameter names (``weight_ih_l{k}`` (3H, I) = (W_ir|W_iz|W_in), ...)
+    and initialisation are those of ``torch.nn.GRU``; returns ``output, h_n``.
+    """
+
+    _torch_class = nn.GRU
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        reset_after: bool = True,
+        backend: str = "auto",
+        **unsupported: object,
+    ) -> None:
+        checks.check_variant_kwargs("GRU", unsupported)
+        self.reset_after = bool(reset_after)
+        super().__init__(gru_spec(reset_after=self.reset_after), input_size, hidden_size,
+                         num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype,
+                         backend=backend)
+
+    def forward(
+        self, input: Tensor | PackedSequence, hx: Tensor | None = None
+    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        output, (h_n,) = self._forward(input, hx)
+        return output, h_n
+
+    def _variant_options(self) -> dict[str, object]:
+        return {} if self.reset_after else {"reset_after": False}

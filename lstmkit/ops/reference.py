@@ -1,0 +1,62 @@
+"""The reference backend: a plain Python time loop over a cell, differentiated by autograd.
+
+This is the ground truth every other backend is tested against. It runs in any
+floating dtype (float64 included) on any device, for every cell in ``lstmkit.cells``.
+
+Sequences come *flat*, as in a ``PackedSequence``: ``x`` is (sum(batch_sizes), I), the
+rows of step t following those of step t−1, and ``batch_sizes`` is non-increasing
+(sequences sorted by length, longest first). A padded batch (T, B, I) is the special case
+``x.reshape(T*B, I)`` with ``batch_sizes = [B] * T``. At step t only the first
+``batch_sizes[t]`` sequences are active. Going forward in time, sequences end and their
+final states are set aside; going backward (``reverse=True``), sequences start, each
+from its own initial state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..cells.base import CellSpec, LayerWeights, State
+
+Trace = list[dict[str, Tensor]]   # per step t: gate activations, c (LSTM) and h, each (batch_sizes[t], ·)
+
+
+def run_layer(
+    cell: CellSpec,
+    x: Tensor,                    # (sum(batch_sizes), I)
+    batch_sizes: list[int],
+    state0: State,                # each (B, ·), B = batch_sizes[0]
+    w: LayerWeights,
+    *,
+    reverse: bool = False,
+    record: bool = False,
+) -> tuple[Tensor, State, Trace | None]:
+    """Run ``cell`` over one sequence batch in one direction.
+
+    Returns the outputs ``h_t`` of all steps, flat like ``x``; the final state of each
+    sequence (each (B, ·), B in sorted order); and, with ``record``, the trace of every step.
+    """
+    steps = x.split(batch_sizes)
+    T = len(batch_sizes)
+    order = range(T - 1, -1, -1) if reverse else range(T)
+    state = tuple(s[: batch_sizes[order[0]]] for s in state0)
+    ended: list[State] = []       # final states of sequences that ended (forward direction)
+    outputs: list[Tensor] = [x.new_empty(0)] * T
+    trace: Trace | None = [{} for _ in range(T)] if record else None
+
+    for t in order:
+        active, n = batch_sizes[t], state[0].shape[0]
+        if active < n:            # forward: sequences n-1 … active have ended
+            ended.append(tuple(s[active:] for s in state))
+            state = tuple(s[:active] for s in state)
+        elif active > n:          # reverse: sequences n … active-1 start here
+            state = tuple(torch.cat([s, s0[n:active]]) for s, s0 in zip(state, state0))
+        state, gates = cell.step(steps[t], state, w)
+        outputs[t] = state[0]
+        if trace is not None:
+            trace[t] = {**gates, **({"c": state[1]} if cell.n_states == 2 else {}), "h": state[0]}
+
+    ended.append(state)
+    final = tuple(torch.cat([e[k] for e in reversed(ended)]) for k in range(len(state0)))
+    return torch.cat(outputs), final, trace

@@ -1,0 +1,104 @@
+"""Counting parameters, and a per-layer, per-gate table that explains the count."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .nn.base import RecurrentBase
+
+_GATE_NAMES = {"i": "input", "f": "forget", "g": "candidate", "o": "output",
+               "r": "reset", "z": "update", "n": "new", "h": "hidden"}
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters in ``model`` (only those with ``requires_grad`` if asked)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"count_parameters expects an nn.Module, got {type(model).__name__}")
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _as_lstmkit(model: nn.Module) -> nn.Module:
+    from . import GRU, LSTM, RNN
+    for ours in (LSTM, GRU, RNN):
+        if type(model) is ours._torch_class:
+            return ours.from_torch(model)
+    return model
+
+
+def summary(model: nn.Module) -> str:
+    """A table of every lstmkit layer in ``model``: per layer, direction and gate, the
+    shapes and parameter counts, with the PyTorch (two-bias) and textbook (one-bias)
+    formulas. torch.nn.LSTM/GRU/RNN are summarised as their lstmkit equivalents."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"summary expects an nn.Module, got {type(model).__name__}")
+    model = _as_lstmkit(model)
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, RecurrentBase)]
+    if not layers:
+        raise ValueError(f"summary: {type(model).__name__} contains no lstmkit LSTM, GRU or "
+                         "RNN layer")
+    parts = [_module_summary(name or type(m).__name__, m) for name, m in layers]
+    total = count_parameters(model)
+    rnn_total = sum(count_parameters(m) for _, m in layers)
+    if total != rnn_total:
+        parts.append(f"other parameters: {total - rnn_total:,}")
+    parts.append(f"total parameters: {total:,}")
+    return "\n\n".join(parts)
+
+
+def _module_summary(title: str, m: RecurrentBase) -> str:
+    cell, H, P = m.cell, m.hidden_size, m.proj_size
+    R = m.output_size                      # columns of W_h*: H, or P with projections
+    rows = [("layer", "dir", "gate", "W_i*", "W_h*", "biases", "peephole", "params")]
+    for layer in range(m.num_layers):
+        I = m.input_size if layer == 0 else R * m.num_directions
+        for d in range(m.num_directions):
+            w = m.layer_weights(layer, d)
+            peep_gates = [g for g in cell.gate_rows if g != "g"] if w.peephole is not None else []
+            for g in cell.gate_rows:
+                has_p = g in peep_gates
+                n = H * I + H * R + (2 * H if m.bias else 0) + (H if has_p else 0)
+                rows.append((str(layer), "rev" if d else "fwd", f"{g} ({_GATE_NAMES[g]})",
+                             f"{H}x{I}", f"{H}x{R}", f"2x{H}" if m.bias else "-",
+                             str(H) if has_p else "-", f"{n:,}"))
+            if w.w_hr is not None:
+                rows.append((str(layer), "rev" if d else "fwd", "W_hr (projection)",
+                             "-", f"{P}x{H}", "-", "-", f"{P * H:,}"))
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(wd) if k == 7 else c.ljust(wd) for k, (c, wd) in
+                       enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return f"{title}: {m!r}\n" + "\n".join(lines) + "\n" + _formulas(m)
+
+
+def _formulas(m: RecurrentBase) -> str:
+    """Per-layer count by formula, PyTorch layout and textbook, and why they differ."""
+    G, H, R = len(m.cell.gate_rows), m.hidden_size, m.output_size
+    hh = "H·P" if m.proj_size else "H·H"
+    sq = "H·P" if m.proj_size else "H²"
+    out = [f"per layer and direction (G={G} gate blocks, H={H}"
+           + (f", P={m.proj_size}" if m.proj_size else "") + "):"]
+    extras = ""
+    if m.proj_size:
+        extras += " + P·H"
+    if m.cell.option("peephole"):
+        extras += f" + {G - 1}H"
+    for layer in range(m.num_layers):
+        I = m.input_size if layer == 0 else R * m.num_directions
+        base = H * I + H * R
+        torch_n = G * (base + (2 * H if m.bias else 0))
+        book_n = G * (base + (H if m.bias else 0))
+        extra_n = (m.proj_size * H if m.proj_size else 0) + \
+                  ((G - 1) * H if m.cell.option("peephole") else 0)
+        if m.bias:
+            out.append(f"  layer {layer} (I={I}): PyTorch layout, two biases: "
+                       f"{G}·(H·I + {hh} + 2H){extras} = {torch_n + extra_n:,}; "
+                       f"textbook, one bias: {G}·({sq} + H·I + H){extras} = {book_n + extra_n:,}")
+        else:
+            out.append(f"  layer {layer} (I={I}): no biases: {G}·(H·I + {hh}){extras} = "
+                       f"{torch_n + extra_n:,}")
+    if m.bias:
+        out.append(f"  The two counts differ by {G}H per layer and direction: PyTorch (and "
+                   "cuDNN) keep two bias vectors b_i* and b_h* that only ever appear as their "
+                   "sum, so one of them adds parameters but no expressive power.")
+    out.append(f"  this module: {count_parameters(m):,} parameters")
+    return "\n".join(out)
