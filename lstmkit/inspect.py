@@ -9,9 +9,9 @@ Recording costs nothing when it is off: a module checks one attribute per forwar
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn

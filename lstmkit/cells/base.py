@@ -9,8 +9,9 @@ The time loops in ``lstmkit.ops`` run any cell over a sequence.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from torch import Tensor
 

@@ -20,7 +20,8 @@ def rnn_step(
     x_t: Tensor, state: State, w: LayerWeights, *, nonlinearity: str = "tanh"
 ) -> tuple[State, Gates]:
     (h_prev,) = state                                          # (B, H)
-    h_t = NONLINEARITIES[nonlinearity](F.linear(x_t, w.w_ih, w.b_ih) + F.linear(h_prev, w.w_hh, w.b_hh))
+    a = F.linear(x_t, w.w_ih, w.b_ih) + F.linear(h_prev, w.w_hh, w.b_hh)   # (B, H)
+    h_t = NONLINEARITIES[nonlinearity](a)
     return (h_t,), {}
 
 

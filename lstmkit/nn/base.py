@@ -90,7 +90,9 @@ class RecurrentBase(nn.Module):
                 self._all_weights.append([key + sfx for key in shapes])
 
     def reset_parameters(self) -> None:
-        """U(−1/√H, 1/√H) for every parameter, as torch.nn (same order, so same seed ⇒ same weights)."""
+        """U(−1/√H, 1/√H) for every parameter, as torch.nn.
+
+        Same order as torch.nn, so the same seed gives the same weights."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)

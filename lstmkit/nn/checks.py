@@ -5,7 +5,6 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 

@@ -6,7 +6,7 @@ Every backend has the signature of :func:`lstmkit.ops.reference.run_layer`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..cells.base import CellSpec
 from . import reference

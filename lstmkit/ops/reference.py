@@ -19,7 +19,8 @@ from torch import Tensor
 
 from ..cells.base import CellSpec, LayerWeights, State
 
-Trace = list[dict[str, Tensor]]   # per step t: gate activations, c (LSTM) and h, each (batch_sizes[t], ·)
+# Per step t: gate activations, c (LSTM) and h, each (batch_sizes[t], ·).
+Trace = list[dict[str, Tensor]]
 
 
 def run_layer(

@@ -1,0 +1,16 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import lstmkit.ops  # noqa: E402
+
+# Every backend a user can name, except "auto" (which is one of them); tested as pairs.
+BACKENDS = [b for b in lstmkit.ops.BACKENDS if b != "auto"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
