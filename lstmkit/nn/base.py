@@ -128,7 +128,7 @@ class RecurrentBase(nn.Module):
         seq = checks.prepare_input(name, input, self.input_size, self.batch_first, param)
         state0 = checks.prepare_hx(name, hx, seq, self._state_shapes(), self._state_labels(), param)
         recorder = self._recorder
-        run_layer = ops.select_backend(self.backend, self.cell, recording=recorder is not None)
+        run_layer = ops.select_backend(self.backend, self.cell, seq.x)
 
         D, x = self.num_directions, seq.x
         finals: list[list[Tensor]] = [[] for _ in state0]

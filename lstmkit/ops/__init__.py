@@ -2,16 +2,31 @@
 
 Every backend has the signature of :func:`lstmkit.ops.reference.run_layer`.
 ``select_backend`` is the only dispatch: the modules call it and tests may swap it.
+
+Backends:
+
+* ``"reference"``: the autograd loop over the cell equations, the ground truth;
+* ``"fused_cpp"``: hand-derived BPTT with the recurrence in the C++ extension (CPU,
+  float32/float64), compiled on first use;
+* ``"fused_py"``: the same algorithm with the recurrence as a torch loop (any device,
+  any floating dtype);
+* ``"fused"``: ``fused_cpp`` where it can run, else ``fused_py``;
+* ``"auto"``: the fastest of these that computes the same function (see ``select_backend``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from functools import partial
+from typing import Callable
+
+import torch
+from torch import Tensor
 
 from ..cells.base import CellSpec
-from . import reference
+from . import fused, loops, reference
+from .extension import cpp_kernels
 
-BACKENDS = ("auto", "reference")
+BACKENDS = ("auto", "reference", "fused", "fused_py", "fused_cpp")
 
 LayerFn = Callable[..., tuple]
 
@@ -24,13 +39,30 @@ def check_backend(backend: object) -> str:
     return backend
 
 
-def select_backend(backend: str, cell: CellSpec, *, recording: bool = False) -> LayerFn:
-    """Return the layer loop for ``backend`` and ``cell``.
+_CPP_DTYPES = (torch.float32, torch.float64)
 
-    ``"reference"`` is the autograd loop over the cell equations. ``"auto"`` picks the
-    fastest loop that computes the same function for this cell; today that is the
-    reference loop, the only one this version has. Recording needs the per-step gates,
-    which every backend returns when asked.
+
+def _cpp_can_run(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in _CPP_DTYPES
+
+
+def select_backend(backend: str, cell: CellSpec, x: Tensor) -> LayerFn:
+    """Return the layer loop for ``backend``, ``cell`` and an input like ``x``.
+
+    ``"auto"`` and ``"fused"`` take the C++ kernels when the extension is available
+    and the input is a CPU float32/float64 tensor, else the torch-loop kernels.
+    ``"fused_cpp"`` raises if the extension cannot be built or cannot take ``x``.
+    Every backend returns the per-step gates when recording.
     """
     check_backend(backend)
-    return reference.run_layer
+    if backend == "reference":
+        return reference.run_layer
+    if backend == "fused_py":
+        return partial(fused.run_layer, kernels=loops)
+    if backend == "fused_cpp":
+        if not _cpp_can_run(x):
+            raise ValueError(f"backend='fused_cpp' runs on CPU float32/float64 tensors, got "
+                             f"{x.dtype} on {x.device}; use backend='fused' or 'auto'")
+        return partial(fused.run_layer, kernels=cpp_kernels(required=True))
+    kernels = cpp_kernels(required=False) if _cpp_can_run(x) else None
+    return partial(fused.run_layer, kernels=kernels or loops)

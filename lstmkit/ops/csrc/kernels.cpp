@@ -1,0 +1,536 @@
+// lstmkit fused kernels: the per-step recurrences of lstmkit/ops/loops.py in C++.
+//
+// Same six functions, same arguments, same results as loops.py (read its docstrings for
+// the buffer conventions and the BPTT derivations); the names follow cells/*.py:
+// i_t, f_t, g_t, o_t, c_t, h_t. Per step: one BLAS GEMM with the recurrent weights
+// (called directly, no tensor created) and one pointwise pass over raw pointers that the
+// compiler vectorises. No allocation inside the time loop.
+//
+// Buffers are row-major and contiguous. N = Σ batch_sizes rows, B = batch_sizes[0],
+// G gate blocks, H hidden size, R = size of h (H, or P with projections).
+
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+using Rows = std::vector<std::pair<int64_t, int64_t>>;      // (first row, active rows)
+
+// ---- activations -------------------------------------------------------------------
+// float: exp by range reduction x = k·ln2 + r and a degree-6 polynomial on |r| ≤ ln2/2
+// (Cephes' expf coefficients, ≈1 ulp); branch-free, so loops over it vectorise.
+inline float exp_fast(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float k = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - k * 0.693359375f;
+  r = r + k * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + exp_fast(-x)); }
+inline float tanh_(float x) { return 2.0f / (1.0f + exp_fast(-2.0f * x)) - 1.0f; }
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+inline double tanh_(double x) { return std::tanh(x); }
+
+// ---- row-major GEMMs, straight into the BLAS that torch links (MKL on x86) -----------
+// Declared weak: a torch built without these symbols makes the module refuse to load,
+// and lstmkit falls back to its torch loops (see lstmkit/ops/extension.py).
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*,
+            const float*, const int*, const float*, const int*, const float*, float*,
+            const int*) __attribute__((weak));
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*,
+            const double*, const int*, const double*, const int*, const double*, double*,
+            const int*) __attribute__((weak));
+}
+
+// Column-major C (m×n) = alpha·op(A)·op(B) + beta·C.
+inline void blas_gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha,
+                      const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+                      float* C, int64_t ldc) {
+  const int m_ = m, n_ = n, k_ = k, lda_ = lda, ldb_ = ldb, ldc_ = ldc;
+  sgemm_(&ta, &tb, &m_, &n_, &k_, &alpha, A, &lda_, B, &ldb_, &beta, C, &ldc_);
+}
+inline void blas_gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, double alpha,
+                      const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
+                      double* C, int64_t ldc) {
+  const int m_ = m, n_ = n, k_ = k, lda_ = lda, ldb_ = ldb, ldc_ = ldc;
+  dgemm_(&ta, &tb, &m_, &n_, &k_, &alpha, A, &lda_, B, &ldb_, &beta, C, &ldc_);
+}
+
+// Row-major C (m×n) = beta·C + A (m×k) · Bᵀ, B stored (n×k).
+template <typename T>
+inline void gemm_abt(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
+                     int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (m == 0) return;
+  blas_gemm('T', 'N', n, m, k, T(1), B, ldb, A, lda, beta, C, ldc);
+}
+// Row-major C (m×n) = beta·C + A (m×k) · B, B stored (k×n).
+template <typename T>
+inline void gemm_ab(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
+                    int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (m == 0) return;
+  blas_gemm('N', 'N', n, m, k, T(1), B, ldb, A, lda, beta, C, ldc);
+}
+
+Rows step_rows(const std::vector<int64_t>& batch_sizes, bool reverse) {
+  Rows rows;
+  int64_t offset = 0;
+  for (int64_t n : batch_sizes) {
+    rows.emplace_back(offset, n);
+    offset += n;
+  }
+  if (reverse) std::reverse(rows.begin(), rows.end());
+  return rows;
+}
+
+template <typename T>
+const T* ptr_or_null(const c10::optional<Tensor>& t) {
+  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
+}
+
+// Calls f(peephole, coupled) with both as compile-time constants.
+template <typename F>
+void with_variant(bool peep, bool coupled, F&& f) {
+  using T = std::true_type;
+  using N = std::false_type;
+  if (peep && coupled) f(T{}, T{});
+  else if (peep) f(T{}, N{});
+  else if (coupled) f(N{}, T{});
+  else f(N{}, N{});
+}
+
+// ---- LSTM ----------------------------------------------------------------------------
+template <typename T, bool PEEP, bool COUPLED>
+void lstm_pointwise(int64_t n, int64_t H, T* a, T* c_carry, T* c_out, T* m_out, int64_t ldm,
+                    const T* peep) {
+  constexpr int64_t G = COUPLED ? 3 : 4;
+  const T* p_i = peep;
+  const T* p_f = peep + H;                      // unused when coupled
+  const T* p_o = peep + (COUPLED ? H : 2 * H);
+  for (int64_t b = 0; b < n; ++b) {
+    T* ab = a + b * G * H;
+    T* a_i = ab;
+    T* a_f = ab + H;                            // coupled: no forget rows
+    T* a_g = ab + (COUPLED ? 1 : 2) * H;
+    T* a_o = ab + (COUPLED ? 2 : 3) * H;
+    T* cb = c_carry + b * H;
+    T* cob = c_out + b * H;
+    T* mb = m_out + b * ldm;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      const T c_prev = cb[j];
+      T pre_i = a_i[j], pre_f = T(0), pre_o = a_o[j];
+      if constexpr (PEEP) pre_i += p_i[j] * c_prev;
+      if constexpr (!COUPLED) {
+        pre_f = a_f[j];
+        if constexpr (PEEP) pre_f += p_f[j] * c_prev;
+      }
+      const T i_t = sigmoid(pre_i);
+      const T f_t = COUPLED ? T(1) - i_t : sigmoid(pre_f);
+      const T g_t = tanh_(a_g[j]);
+      const T c_t = f_t * c_prev + i_t * g_t;
+      if constexpr (PEEP) pre_o += p_o[j] * c_t;
+      const T o_t = sigmoid(pre_o);
+      a_i[j] = i_t;
+      if constexpr (!COUPLED) a_f[j] = f_t;
+      a_g[j] = g_t;
+      a_o[j] = o_t;
+      cb[j] = c_t;
+      cob[j] = c_t;
+      mb[j] = o_t * tanh_(c_t);
+    }
+  }
+}
+
+template <typename T, bool PEEP, bool COUPLED>
+void lstm_pointwise_backward(int64_t n, int64_t H, const T* gates, const T* c, const T* c_prev,
+                             const T* dm, int64_t lddm, T* dc_carry, T* dA, const T* peep) {
+  constexpr int64_t G = COUPLED ? 3 : 4;
+  const T* p_i = peep;
+  const T* p_f = peep + H;
+  const T* p_o = peep + (COUPLED ? H : 2 * H);
+  for (int64_t b = 0; b < n; ++b) {
+    const T* gb = gates + b * G * H;
+    const T* i_ = gb;
+    const T* f_ = gb + H;
+    const T* g_ = gb + (COUPLED ? 1 : 2) * H;
+    const T* o_ = gb + (COUPLED ? 2 : 3) * H;
+    T* db = dA + b * G * H;
+    T* da_i = db;
+    T* da_f = db + H;
+    T* da_g = db + (COUPLED ? 1 : 2) * H;
+    T* da_o = db + (COUPLED ? 2 : 3) * H;
+    const T* cb = c + b * H;
+    const T* cpb = c_prev + b * H;
+    const T* dmb = dm + b * lddm;
+    T* dcb = dc_carry + b * H;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      const T i_t = i_[j], g_t = g_[j], o_t = o_[j], cp = cpb[j];
+      const T f_t = COUPLED ? T(1) - i_t : f_[j];
+      const T tanh_c = tanh_(cb[j]);
+      const T d_m = dmb[j];
+      const T d_o = d_m * tanh_c * o_t * (T(1) - o_t);
+      T dc = dcb[j] + d_m * o_t * (T(1) - tanh_c * tanh_c);
+      if constexpr (PEEP) dc += d_o * p_o[j];
+      const T d_g = dc * i_t * (T(1) - g_t * g_t);
+      const T sig_i = i_t * (T(1) - i_t);
+      T dc_prev = dc * f_t;
+      T d_i;
+      if constexpr (COUPLED) {
+        d_i = dc * (g_t - cp) * sig_i;
+        if constexpr (PEEP) dc_prev += d_i * p_i[j];
+      } else {
+        d_i = dc * g_t * sig_i;
+        const T d_f = dc * cp * f_t * (T(1) - f_t);
+        da_f[j] = d_f;
+        if constexpr (PEEP) dc_prev += d_i * p_i[j] + d_f * p_f[j];
+      }
+      da_i[j] = d_i;
+      da_g[j] = d_g;
+      da_o[j] = d_o;
+      dcb[j] = dc_prev;
+    }
+  }
+}
+
+template <typename T, bool PEEP, bool COUPLED>
+void lstm_forward_impl(Tensor& xw, const Tensor& w_hh, const T* w_hr, const T* peep,
+                       Tensor& out, Tensor& c, Tensor& m, Tensor& h_carry, Tensor& c_carry,
+                       const Rows& rows, int64_t H, int64_t R) {
+  constexpr int64_t G = COUPLED ? 3 : 4;
+  T* a = xw.data_ptr<T>();
+  const T* W = w_hh.data_ptr<T>();
+  T* out_p = out.data_ptr<T>();
+  T* c_p = c.data_ptr<T>();
+  T* m_p = m.defined() ? m.data_ptr<T>() : nullptr;
+  T* h = h_carry.data_ptr<T>();
+  T* cc = c_carry.data_ptr<T>();
+  for (auto [start, n] : rows) {
+    T* a_t = a + start * G * H;
+    gemm_abt<T>(n, G * H, R, h, R, W, R, T(1), a_t, G * H);            // a += h_{t-1} W_hhᵀ
+    if (w_hr == nullptr) {
+      lstm_pointwise<T, PEEP, COUPLED>(n, H, a_t, cc, c_p + start * H, out_p + start * R, R,
+                                       peep);
+      std::memcpy(h, out_p + start * R, sizeof(T) * n * R);
+    } else {
+      lstm_pointwise<T, PEEP, COUPLED>(n, H, a_t, cc, c_p + start * H, m_p + start * H, H,
+                                       peep);
+      gemm_abt<T>(n, R, H, m_p + start * H, H, w_hr, H, T(0), out_p + start * R, R);
+      std::memcpy(h, out_p + start * R, sizeof(T) * n * R);
+    }
+  }
+}
+
+std::vector<Tensor> lstm_forward(Tensor xw, Tensor w_hh, c10::optional<Tensor> w_hr,
+                                 c10::optional<Tensor> peep, Tensor h0, Tensor c0,
+                                 std::vector<int64_t> batch_sizes, bool reverse, bool coupled) {
+  const int64_t N = xw.size(0), H = c0.size(1), R = h0.size(1);
+  const bool proj = w_hr.has_value() && w_hr->defined();
+  const bool has_peep = peep.has_value() && peep->defined();
+  auto w_hh_c = w_hh.contiguous();
+  auto w_hr_c = proj ? w_hr->contiguous() : Tensor();
+  Tensor out = at::empty({N, R}, xw.options());
+  Tensor c = at::empty({N, H}, xw.options());
+  Tensor m = proj ? at::empty({N, H}, xw.options()) : Tensor();
+  Tensor h_carry = h0.clone(), c_carry = c0.clone();
+  const Rows rows = step_rows(batch_sizes, reverse);
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "lstm_forward", [&] {
+    const scalar_t* whr = proj ? w_hr_c.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* p = has_peep ? peep->data_ptr<scalar_t>() : nullptr;
+    with_variant(has_peep, coupled, [&](auto pe, auto co) {
+      lstm_forward_impl<scalar_t, decltype(pe)::value, decltype(co)::value>(
+          xw, w_hh_c, whr, p, out, c, m, h_carry, c_carry, rows, H, R);
+    });
+  });
+  return {out, c, m, h_carry, c_carry};
+}
+
+template <typename T, bool PEEP, bool COUPLED>
+void lstm_backward_impl(const Tensor& dout, const Tensor& gates, const Tensor& c,
+                        const Tensor& c_prev, const Tensor& w_hh, const T* w_hr, const T* peep,
+                        Tensor& dA, Tensor& dh_carry, Tensor& dc_carry, Tensor& dH,
+                        const Rows& rows, int64_t B, int64_t H, int64_t R) {
+  constexpr int64_t G = COUPLED ? 3 : 4;
+  const T* dout_p = dout.data_ptr<T>();
+  const T* g_p = gates.data_ptr<T>();
+  const T* c_p = c.data_ptr<T>();
+  const T* cp_p = c_prev.data_ptr<T>();
+  const T* W = w_hh.data_ptr<T>();
+  T* dA_p = dA.data_ptr<T>();
+  T* dh = dh_carry.data_ptr<T>();
+  T* dc = dc_carry.data_ptr<T>();
+  T* dH_p = dH.defined() ? dH.data_ptr<T>() : nullptr;
+  std::vector<T> dh_t(B * R), dm_t(w_hr ? B * H : 0);
+  for (auto it = rows.rbegin(); it != rows.rend(); ++it) {
+    const auto [start, n] = *it;
+    const T* dout_t = dout_p + start * R;
+    T* dh_step = dH_p ? dH_p + start * R : dh_t.data();
+    for (int64_t k = 0; k < n * R; ++k) dh_step[k] = dout_t[k] + dh[k];
+    const T* dm = dh_step;
+    if (w_hr) {                                                      // dm = dh W_hr
+      gemm_ab<T>(n, H, R, dh_step, R, w_hr, H, T(0), dm_t.data(), H);
+      dm = dm_t.data();
+    }
+    T* dA_t = dA_p + start * G * H;
+    lstm_pointwise_backward<T, PEEP, COUPLED>(n, H, g_p + start * G * H, c_p + start * H,
+                                              cp_p + start * H, dm, H, dc, dA_t, peep);
+    gemm_ab<T>(n, R, G * H, dA_t, G * H, W, R, T(0), dh, R);          // dh_{t-1} = dA W_hh
+  }
+}
+
+std::vector<Tensor> lstm_backward(Tensor dout, Tensor dh_n, Tensor dc_n, Tensor gates, Tensor c,
+                                  Tensor c_prev, Tensor w_hh, c10::optional<Tensor> w_hr,
+                                  c10::optional<Tensor> peep, std::vector<int64_t> batch_sizes,
+                                  bool reverse, bool coupled) {
+  const int64_t H = c.size(1), R = dout.size(1), B = dh_n.size(0);
+  const bool proj = w_hr.has_value() && w_hr->defined();
+  const bool has_peep = peep.has_value() && peep->defined();
+  auto w_hh_c = w_hh.contiguous();
+  auto w_hr_c = proj ? w_hr->contiguous() : Tensor();
+  Tensor dA = at::empty_like(gates);
+  Tensor dH = proj ? at::empty_like(dout) : Tensor();
+  Tensor dh_carry = dh_n.clone(), dc_carry = dc_n.clone();
+  const Rows rows = step_rows(batch_sizes, reverse);
+  AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "lstm_backward", [&] {
+    const scalar_t* whr = proj ? w_hr_c.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* p = has_peep ? peep->data_ptr<scalar_t>() : nullptr;
+    with_variant(has_peep, coupled, [&](auto pe, auto co) {
+      lstm_backward_impl<scalar_t, decltype(pe)::value, decltype(co)::value>(
+          dout, gates, c, c_prev, w_hh_c, whr, p, dA, dh_carry, dc_carry, dH, rows, B, H, R);
+    });
+  });
+  return {dA, dh_carry, dc_carry, dH};
+}
+
+// ---- GRU -----------------------------------------------------------------------------
+template <typename T>
+void gru_forward_impl(T* a, const T* W, const T* b_hh, T* out, T* hw_n, T* h, const Rows& rows,
+                      int64_t B, int64_t H, bool reset_after) {
+  std::vector<T> hw(B * 3 * H), q(B * H);
+  const T* W_n = W + 2 * H * H;
+  for (auto [start, n] : rows) {
+    T* a_t = a + start * 3 * H;
+    T* out_t = out + start * H;
+    const int64_t cols = reset_after ? 3 * H : 2 * H;
+    gemm_abt<T>(n, cols, H, h, H, W, H, T(0), hw.data(), cols);       // h_{t-1} W_hᵀ
+    for (int64_t b = 0; b < n; ++b) {
+      T* ab = a_t + b * 3 * H;
+      const T* hwb = hw.data() + b * cols;
+      const T* hb = h + b * H;
+      T* qb = q.data() + b * H;
+#pragma omp simd
+      for (int64_t j = 0; j < 2 * H; ++j)
+        ab[j] = sigmoid(ab[j] + hwb[j] + (b_hh ? b_hh[j] : T(0)));      // r_t, z_t
+      if (reset_after) {
+        T* hnb = hw_n + (start + b) * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          const T hn = hwb[2 * H + j] + (b_hh ? b_hh[2 * H + j] : T(0));
+          hnb[j] = hn;
+          ab[2 * H + j] += ab[j] * hn;                                  // a_n + r ⊙ hw_n
+        }
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) qb[j] = ab[j] * hb[j];         // q = r ⊙ h_{t-1}
+      }
+    }
+    if (!reset_after)                                                  // a_n += q W_hnᵀ
+      gemm_abt<T>(n, H, H, q.data(), H, W_n, H, T(1), a_t + 2 * H, 3 * H);
+    for (int64_t b = 0; b < n; ++b) {
+      T* ab = a_t + b * 3 * H;
+      T* hb = h + b * H;
+      T* ob = out_t + b * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T pre = ab[2 * H + j] + (!reset_after && b_hh ? b_hh[2 * H + j] : T(0));
+        const T n_t = tanh_(pre);
+        const T z_t = ab[H + j];
+        ab[2 * H + j] = n_t;
+        const T h_t = n_t + z_t * (hb[j] - n_t);                        // (1 − z) n + z h
+        ob[j] = h_t;
+        hb[j] = h_t;
+      }
+    }
+  }
+}
+
+std::vector<Tensor> gru_forward(Tensor xw, Tensor w_hh, c10::optional<Tensor> b_hh, Tensor h0,
+                                std::vector<int64_t> batch_sizes, bool reverse,
+                                bool reset_after) {
+  const int64_t N = xw.size(0), H = h0.size(1), B = h0.size(0);
+  auto w = w_hh.contiguous();
+  Tensor out = at::empty({N, H}, xw.options());
+  Tensor hw_n = reset_after ? at::empty({N, H}, xw.options()) : Tensor();
+  Tensor h_carry = h0.clone();
+  const Rows rows = step_rows(batch_sizes, reverse);
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "gru_forward", [&] {
+    gru_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                               ptr_or_null<scalar_t>(b_hh), out.data_ptr<scalar_t>(),
+                               reset_after ? hw_n.data_ptr<scalar_t>() : nullptr,
+                               h_carry.data_ptr<scalar_t>(), rows, B, H, reset_after);
+  });
+  return {out, hw_n, h_carry};
+}
+
+template <typename T>
+void gru_backward_impl(const T* dout, const T* gates, const T* hw_n, const T* h_prev,
+                       const T* W, T* dA_x, T* dA_h, T* dh, const Rows& rows, int64_t B,
+                       int64_t H, bool reset_after) {
+  std::vector<T> dq(B * H);
+  const T* W_n = W + 2 * H * H;
+  for (auto it = rows.rbegin(); it != rows.rend(); ++it) {
+    const auto [start, n] = *it;
+    T* dx_t = dA_x + start * 3 * H;
+    T* dhh_t = dA_h + start * 3 * H;
+    for (int64_t b = 0; b < n; ++b) {
+      const int64_t row = start + b;
+      const T* gb = gates + row * 3 * H;
+      const T* hpb = h_prev + row * H;
+      const T* dob = dout + row * H;
+      T* dhb = dh + b * H;
+      T* dxb = dx_t + b * 3 * H;
+      T* dhhb = dhh_t + b * 3 * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T r_t = gb[j], z_t = gb[H + j], n_t = gb[2 * H + j];
+        const T d_h = dob[j] + dhb[j];
+        const T d_n = d_h * (T(1) - z_t) * (T(1) - n_t * n_t);
+        dxb[H + j] = d_h * (hpb[j] - n_t) * z_t * (T(1) - z_t);
+        dxb[2 * H + j] = d_n;
+        dhb[j] = d_h * z_t;                                            // the direct path
+        if (reset_after) {
+          const T d_r = d_n * hw_n[row * H + j] * r_t * (T(1) - r_t);
+          dxb[j] = d_r;
+          dhhb[j] = d_r;
+          dhhb[H + j] = dxb[H + j];
+          dhhb[2 * H + j] = d_n * r_t;
+        }
+      }
+    }
+    if (reset_after) {                                                 // dh += dA_h W_hh
+      gemm_ab<T>(n, H, 3 * H, dhh_t, 3 * H, W, H, T(1), dh, H);
+    } else {
+      gemm_ab<T>(n, H, H, dx_t + 2 * H, 3 * H, W_n, H, T(0), dq.data(), H);   // dq = da_n W_hn
+      for (int64_t b = 0; b < n; ++b) {
+        const int64_t row = start + b;
+        const T* gb = gates + row * 3 * H;
+        const T* hpb = h_prev + row * H;
+        const T* dqb = dq.data() + b * H;
+        T* dxb = dx_t + b * 3 * H;
+        T* dhb = dh + b * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          const T r_t = gb[j];
+          dxb[j] = dqb[j] * hpb[j] * r_t * (T(1) - r_t);
+          dhb[j] += dqb[j] * r_t;
+        }
+      }
+      gemm_ab<T>(n, H, 2 * H, dx_t, 3 * H, W, H, T(1), dh, H);       // dh += [da_r, da_z] W_rz
+    }
+  }
+}
+
+std::vector<Tensor> gru_backward(Tensor dout, Tensor dh_n, Tensor gates, c10::optional<Tensor> hw_n,
+                                 Tensor h_prev, Tensor w_hh, std::vector<int64_t> batch_sizes,
+                                 bool reverse, bool reset_after) {
+  const int64_t H = dh_n.size(1), B = dh_n.size(0);
+  auto w = w_hh.contiguous();
+  Tensor dA_x = at::empty_like(gates);
+  Tensor dA_h = reset_after ? at::empty_like(gates) : dA_x;
+  Tensor dh_carry = dh_n.clone();
+  const Rows rows = step_rows(batch_sizes, reverse);
+  AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "gru_backward", [&] {
+    gru_backward_impl<scalar_t>(dout.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
+                                ptr_or_null<scalar_t>(hw_n), h_prev.data_ptr<scalar_t>(),
+                                w.data_ptr<scalar_t>(), dA_x.data_ptr<scalar_t>(),
+                                dA_h.data_ptr<scalar_t>(), dh_carry.data_ptr<scalar_t>(), rows,
+                                B, H, reset_after);
+  });
+  return {dA_x, dA_h, dh_carry};
+}
+
+// ---- RNN -----------------------------------------------------------------------------
+std::vector<Tensor> rnn_forward(Tensor xw, Tensor w_hh, Tensor h0,
+                                std::vector<int64_t> batch_sizes, bool reverse, bool relu) {
+  const int64_t H = h0.size(1);
+  auto w = w_hh.contiguous();
+  Tensor h_carry = h0.clone();
+  const Rows rows = step_rows(batch_sizes, reverse);
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnn_forward", [&] {
+    scalar_t* a = xw.data_ptr<scalar_t>();
+    scalar_t* h = h_carry.data_ptr<scalar_t>();
+    const scalar_t* W = w.data_ptr<scalar_t>();
+    for (auto [start, n] : rows) {
+      scalar_t* a_t = a + start * H;
+      gemm_abt<scalar_t>(n, H, H, h, H, W, H, scalar_t(1), a_t, H);
+#pragma omp simd
+      for (int64_t k = 0; k < n * H; ++k) {
+        const scalar_t h_t = relu ? std::max(a_t[k], scalar_t(0)) : tanh_(a_t[k]);
+        a_t[k] = h_t;
+        h[k] = h_t;
+      }
+    }
+  });
+  return {xw, h_carry};
+}
+
+std::vector<Tensor> rnn_backward(Tensor dout, Tensor dh_n, Tensor out, Tensor w_hh,
+                                 std::vector<int64_t> batch_sizes, bool reverse, bool relu) {
+  const int64_t H = dh_n.size(1);
+  auto w = w_hh.contiguous();
+  Tensor dA = at::empty_like(out);
+  Tensor dh_carry = dh_n.clone();
+  const Rows rows = step_rows(batch_sizes, reverse);
+  AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "rnn_backward", [&] {
+    const scalar_t* d_out = dout.data_ptr<scalar_t>();
+    const scalar_t* h_all = out.data_ptr<scalar_t>();
+    scalar_t* dA_p = dA.data_ptr<scalar_t>();
+    scalar_t* dh = dh_carry.data_ptr<scalar_t>();
+    const scalar_t* W = w.data_ptr<scalar_t>();
+    for (auto it = rows.rbegin(); it != rows.rend(); ++it) {
+      const auto [start, n] = *it;
+      scalar_t* dA_t = dA_p + start * H;
+#pragma omp simd
+      for (int64_t k = 0; k < n * H; ++k) {
+        const scalar_t h_t = h_all[start * H + k];
+        const scalar_t d = d_out[start * H + k] + dh[k];
+        dA_t[k] = relu ? (h_t > scalar_t(0) ? d : scalar_t(0)) : d * (scalar_t(1) - h_t * h_t);
+      }
+      gemm_ab<scalar_t>(n, H, H, dA_t, H, W, H, scalar_t(0), dh, H);
+    }
+  });
+  return {dA, dh_carry};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "lstmkit fused recurrences (see lstmkit/ops/loops.py for the contract)";
+  if (sgemm_ == nullptr || dgemm_ == nullptr)
+    throw std::runtime_error("lstmkit kernels: this torch exports no BLAS sgemm_/dgemm_");
+  m.def("lstm_forward", &lstm_forward);
+  m.def("lstm_backward", &lstm_backward);
+  m.def("gru_forward", &gru_forward);
+  m.def("gru_backward", &gru_backward);
+  m.def("rnn_forward", &rnn_forward);
+  m.def("rnn_backward", &rnn_backward);
+}

@@ -1,0 +1,255 @@
+r"""The per-step recurrences of the fused backend, written with torch operations.
+
+These are the time loops that :mod:`lstmkit.ops.fused` runs between its large GEMMs; the
+C++ extension in ``csrc/`` implements the same six functions with the same signatures, so
+either can be plugged in. Everything here is plain torch, so it runs on any device and
+dtype; Python runs once per time step.
+
+Conventions shared with the C++ kernels (see ``ops/reference.py`` for the flat layout):
+
+* sequences are flat: row block t of an (N, ·) buffer holds step t for the first
+  ``batch_sizes[t]`` sequences (non-increasing batch sizes, i.e. sorted by length);
+* one *carry* buffer of shape (B, ·) holds each sequence's running state. At step t only
+  its first ``batch_sizes[t]`` rows are read and written. Going forward in time, rows of
+  sequences that ended keep their final state; going backward (``reverse``), rows of
+  sequences not started yet still hold their initial state. So the carry starts as the
+  initial state and ends as the final state, in both directions, with no special cases.
+  The backward loops carry dh (and dc) the same way: they start as the gradient of the
+  final state and end as the gradient of the initial state;
+* ``xw`` (N, G·H) enters the forward loops holding the input projection of every step and
+  leaves holding the gate activations (the loops write them in place), which is what
+  BPTT saves. No per-step buffers are allocated beyond that.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def step_rows(batch_sizes: list[int], reverse: bool) -> list[tuple[int, int]]:
+    """(first row, number of active rows) of every step in processing order."""
+    starts, offset = [], 0
+    for n in batch_sizes:
+        starts.append((offset, n))
+        offset += n
+    return starts[::-1] if reverse else starts
+
+
+# -- LSTM -------------------------------------------------------------------------------
+def lstm_forward(xw: Tensor, w_hh: Tensor, w_hr: Tensor | None, peep: Tensor | None,
+                 h0: Tensor, c0: Tensor, batch_sizes: list[int], reverse: bool,
+                 coupled: bool):
+    """Returns (out (N, R), c (N, H), m (N, H) or None, h_n (B, R), c_n (B, H)); ``xw``
+    becomes the activations i, f, g, o (coupled: i, g, o). ``m = o ⊙ tanh(c)`` is kept
+    only with projections, for the gradient of ``w_hr``."""
+    N, H = xw.shape[0], c0.shape[1]
+    out = xw.new_empty(N, h0.shape[1])
+    c = xw.new_empty(N, H)
+    m = xw.new_empty(N, H) if w_hr is not None else None
+    h_carry, c_carry = h0.clone(), c0.clone()
+    w_hh_t = w_hh.t()
+    if peep is not None:
+        p_i, p_f, p_o = (peep[:H], None, peep[H:]) if coupled else peep.split(H)
+    for start, n in step_rows(batch_sizes, reverse):
+        rows = slice(start, start + n)
+        a = xw[rows].addmm_(h_carry[:n], w_hh_t)                     # (n, G·H) pre-activations
+        c_prev = c_carry[:n]
+        if coupled:
+            a_i, a_g, a_o = a.split(H, dim=1)
+        else:
+            a_i, a_f, a_g, a_o = a.split(H, dim=1)
+        if peep is not None:
+            a_i.addcmul_(p_i, c_prev)
+            if not coupled:
+                a_f.addcmul_(p_f, c_prev)
+        i_t = a_i.sigmoid_()
+        g_t = a_g.tanh_()
+        f_t = 1 - i_t if coupled else a_f.sigmoid_()
+        c_t = torch.addcmul(f_t * c_prev, i_t, g_t, out=c[rows])
+        if peep is not None:
+            a_o.addcmul_(p_o, c_t)
+        o_t = a_o.sigmoid_()
+        if m is None:
+            h_t = torch.mul(o_t, c_t.tanh(), out=out[rows])
+        else:
+            m_t = torch.mul(o_t, c_t.tanh(), out=m[rows])
+            h_t = torch.mm(m_t, w_hr.t(), out=out[rows])
+        h_carry[:n] = h_t
+        c_carry[:n] = c_t
+    return out, c, m, h_carry, c_carry
+
+
+def lstm_backward(dout: Tensor, dh_n: Tensor, dc_n: Tensor, gates: Tensor, c: Tensor,
+                  c_prev_all: Tensor, w_hh: Tensor, w_hr: Tensor | None, peep: Tensor | None,
+                  batch_sizes: list[int], reverse: bool, coupled: bool):
+    r"""BPTT through the LSTM recurrence. Returns (dA (N, G·H), dh_0, dc_0, dH or None):
+    dA the gradients of the gate pre-activations, dH the total ∂L/∂h_t of every step
+    (kept only with projections, for the gradient of ``w_hr``).
+
+    Derivation, per step, with dh = ∂L/∂h_t (output gradient + carried) and dc_next the
+    carried ∂L/∂c_t through c_{t+1}; m_t = o_t ⊙ tanh(c_t), h_t = m_t or W_hr m_t:
+
+        dm    = dh                       (dh W_hr with projections)
+        da_o  = dm ⊙ tanh(c_t) ⊙ o(1 − o)                     o = σ(a_o)
+        dc    = dc_next + dm ⊙ o ⊙ (1 − tanh²c_t) [+ da_o ⊙ p_o]   (o peeks at c_t)
+        da_g  = dc ⊙ i ⊙ (1 − g²)                              g = tanh(a_g)
+        da_i  = dc ⊙ g ⊙ i(1 − i),   da_f = dc ⊙ c_{t-1} ⊙ f(1 − f)
+        coupled (f = 1 − i):  da_i = dc ⊙ (g − c_{t-1}) ⊙ i(1 − i)
+        dc_{t-1} = dc ⊙ f [+ da_i ⊙ p_i + da_f ⊙ p_f]
+        dh_{t-1} = dA W_hh                                     (dA = [da_i, da_f, da_g, da_o])
+    """
+    N, H = c.shape
+    dA = torch.empty_like(gates)
+    dH = torch.empty_like(dout) if w_hr is not None else None
+    dh_carry, dc_carry = dh_n.clone(), dc_n.clone()
+    if peep is not None:
+        p_i, p_f, p_o = (peep[:H], None, peep[H:]) if coupled else peep.split(H)
+    for start, n in reversed(step_rows(batch_sizes, reverse)):
+        rows = slice(start, start + n)
+        dh = dout[rows] + dh_carry[:n]
+        if dH is not None:
+            dH[rows] = dh
+            dh = dh @ w_hr                                             # dm, (n, H)
+        c_t, c_prev = c[rows], c_prev_all[rows]
+        if coupled:
+            i_t, g_t, o_t = gates[rows].split(H, dim=1)
+            f_t = 1 - i_t
+            da_i, da_g, da_o = dA[rows].split(H, dim=1)
+        else:
+            i_t, f_t, g_t, o_t = gates[rows].split(H, dim=1)
+            da_i, da_f, da_g, da_o = dA[rows].split(H, dim=1)
+        tanh_c = c_t.tanh()
+        torch.mul(dh * tanh_c, o_t * (1 - o_t), out=da_o)
+        dc = dc_carry[:n] + dh * o_t * (1 - tanh_c * tanh_c)
+        if peep is not None:
+            dc.addcmul_(da_o, p_o)
+        torch.mul(dc * i_t, 1 - g_t * g_t, out=da_g)
+        sig_i = i_t * (1 - i_t)
+        if coupled:
+            torch.mul(dc * (g_t - c_prev), sig_i, out=da_i)
+        else:
+            torch.mul(dc * g_t, sig_i, out=da_i)
+            torch.mul(dc * c_prev, f_t * (1 - f_t), out=da_f)
+        dc_prev = dc * f_t
+        if peep is not None:
+            dc_prev.addcmul_(da_i, p_i)
+            if not coupled:
+                dc_prev.addcmul_(da_f, p_f)
+        dh_carry[:n] = dA[rows] @ w_hh
+        dc_carry[:n] = dc_prev
+    return dA, dh_carry, dc_carry, dH
+
+
+def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    return torch.mm(x, w.t()) if b is None else torch.addmm(b, x, w.t())
+
+
+# -- GRU --------------------------------------------------------------------------------
+def gru_forward(xw: Tensor, w_hh: Tensor, b_hh: Tensor | None, h0: Tensor,
+                batch_sizes: list[int], reverse: bool, reset_after: bool):
+    """Returns (out (N, H), hw_n (N, H) or None, h_n (B, H)); ``xw`` (input projection with
+    ``b_ih``) becomes the activations r, z, n. ``hw_n = W_hn h_{t-1} + b_hn`` is kept with
+    ``reset_after`` (the reset gate multiplies it, so its gradient needs it)."""
+    N, H = xw.shape[0], h0.shape[1]
+    out = xw.new_empty(N, H)
+    hw_n_all = xw.new_empty(N, H) if reset_after else None
+    h_carry = h0.clone()
+    w_rz, w_n = w_hh[: 2 * H], w_hh[2 * H:]
+    b_rz, b_n = (None, None) if b_hh is None else (b_hh[: 2 * H], b_hh[2 * H:])
+    for start, n in step_rows(batch_sizes, reverse):
+        rows = slice(start, start + n)
+        h_prev = h_carry[:n]
+        a = xw[rows]
+        a_rz, a_n = a[:, : 2 * H], a[:, 2 * H:]
+        if reset_after:
+            hw = _linear(h_prev, w_hh, b_hh)                              # (n, 3H)
+            r_t, z_t = a_rz.add_(hw[:, : 2 * H]).sigmoid_().split(H, dim=1)
+            hw_n = hw_n_all[rows]
+            hw_n.copy_(hw[:, 2 * H:])
+            n_t = a_n.addcmul_(r_t, hw_n).tanh_()
+        else:
+            r_t, z_t = a_rz.add_(_linear(h_prev, w_rz, b_rz)).sigmoid_().split(H, dim=1)
+            q = r_t * h_prev
+            a_n.addmm_(q, w_n.t())
+            if b_n is not None:
+                a_n.add_(b_n)
+            n_t = a_n.tanh_()
+        h_t = torch.addcmul(n_t, z_t, h_prev - n_t, out=out[rows])    # (1 − z) n + z h
+        h_carry[:n] = h_t
+    return out, hw_n_all, h_carry
+
+
+def gru_backward(dout: Tensor, dh_n: Tensor, gates: Tensor, hw_n_all: Tensor | None,
+                 h_prev_all: Tensor, w_hh: Tensor, batch_sizes: list[int], reverse: bool,
+                 reset_after: bool):
+    r"""BPTT through the GRU recurrence. Returns (dA_x, dA_h, dh_0): the gradients of the
+    input-side and recurrent-side pre-activations (the same tensor when not
+    ``reset_after``), from which the caller forms the weight gradients.
+
+    With dh = ∂L/∂h_t and h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}:
+
+        da_n = dh ⊙ (1 − z) ⊙ (1 − n²);   da_z = dh ⊙ (h_{t-1} − n) ⊙ z(1 − z)
+        reset_after:  (a_n = x-part + r ⊙ hw_n)
+            da_r = da_n ⊙ hw_n ⊙ r(1 − r);  recurrent side: [da_r, da_z, da_n ⊙ r]
+            dh_{t-1} = dh ⊙ z + [da_r, da_z, da_n ⊙ r] W_hh
+        reset before: (a_n = x-part + W_hn (r ⊙ h_{t-1}) + b_hn)
+            dq = da_n W_hn;  da_r = dq ⊙ h_{t-1} ⊙ r(1 − r)
+            dh_{t-1} = dh ⊙ z + dq ⊙ r + [da_r, da_z] W_h{r,z}
+    """
+    H = dh_n.shape[1]
+    dA_x = torch.empty_like(gates)
+    dA_h = torch.empty_like(gates) if reset_after else dA_x
+    dh_carry = dh_n.clone()
+    w_rz, w_n = w_hh[: 2 * H], w_hh[2 * H:]
+    for start, n in reversed(step_rows(batch_sizes, reverse)):
+        rows = slice(start, start + n)
+        dh = dout[rows] + dh_carry[:n]
+        h_prev = h_prev_all[rows]
+        r_t, z_t, n_t = gates[rows].split(H, dim=1)
+        da_r, da_z, da_n = dA_x[rows].split(H, dim=1)
+        torch.mul(dh * (1 - z_t), 1 - n_t * n_t, out=da_n)
+        torch.mul(dh * (h_prev - n_t), z_t * (1 - z_t), out=da_z)
+        if reset_after:
+            torch.mul(da_n * hw_n_all[rows], r_t * (1 - r_t), out=da_r)
+            dh_r, dh_z, dh_n_ = dA_h[rows].split(H, dim=1)
+            dh_r.copy_(da_r)
+            dh_z.copy_(da_z)
+            torch.mul(da_n, r_t, out=dh_n_)
+            dh_prev = torch.addmm(dh * z_t, dA_h[rows], w_hh)
+        else:
+            dq = da_n @ w_n
+            torch.mul(dq * h_prev, r_t * (1 - r_t), out=da_r)
+            dh_prev = torch.addmm(dh * z_t + dq * r_t, dA_x[rows, : 2 * H], w_rz)
+        dh_carry[:n] = dh_prev
+    return dA_x, dA_h, dh_carry
+
+
+# -- RNN --------------------------------------------------------------------------------
+def rnn_forward(xw: Tensor, w_hh: Tensor, h0: Tensor, batch_sizes: list[int], reverse: bool,
+                relu: bool):
+    """Returns (out, h_n); ``out`` is ``xw`` itself, overwritten with h_t."""
+    h_carry = h0.clone()
+    w_hh_t = w_hh.t()
+    for start, n in step_rows(batch_sizes, reverse):
+        a = xw[start:start + n].addmm_(h_carry[:n], w_hh_t)
+        h_carry[:n] = a.relu_() if relu else a.tanh_()
+    return xw, h_carry
+
+
+def rnn_backward(dout: Tensor, dh_n: Tensor, out: Tensor, w_hh: Tensor, batch_sizes: list[int],
+                 reverse: bool, relu: bool):
+    """dA = dh ⊙ act'(a): (1 − h²) for tanh, [h > 0] for relu; dh_{t-1} = dA W_hh.
+    Returns (dA, dh_0)."""
+    dA = torch.empty_like(out)
+    dh_carry = dh_n.clone()
+    for start, n in reversed(step_rows(batch_sizes, reverse)):
+        rows = slice(start, start + n)
+        dh = dout[rows] + dh_carry[:n]
+        h_t = out[rows]
+        if relu:
+            torch.mul(dh, h_t > 0, out=dA[rows])
+        else:
+            torch.mul(dh, 1 - h_t * h_t, out=dA[rows])
+        dh_carry[:n] = dA[rows] @ w_hh
+    return dA, dh_carry
