@@ -22,7 +22,8 @@ from types import ModuleType
 
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = ("kernels.cpp",)
-CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-std=c++17"]
+CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math",
+          "-fopenmp-simd", "-std=c++17"]
 ENV_DISABLE = "LSTMKIT_NO_EXTENSION"
 
 _lock = threading.Lock()
