@@ -128,7 +128,9 @@ class RecurrentBase(nn.Module):
         seq = checks.prepare_input(name, input, self.input_size, self.batch_first, param)
         state0 = checks.prepare_hx(name, hx, seq, self._state_shapes(), self._state_labels(), param)
         recorder = self._recorder
-        run_layer = ops.select_backend(self.backend, self.cell, seq.x)
+        run_layer = ops.select_backend(self.backend, self.cell, seq.x, seq.batch_sizes,
+                                       projected=bool(self.proj_size),
+                                       recording=recorder is not None)
 
         D, x = self.num_directions, seq.x
         finals: list[list[Tensor]] = [[] for _ in state0]

@@ -11,7 +11,8 @@ Backends:
 * ``"fused_py"``: the same algorithm with the recurrence as a torch loop (any device,
   any floating dtype);
 * ``"fused"``: ``fused_cpp`` where it can run, else ``fused_py``;
-* ``"auto"``: the fastest of these that computes the same function (see ``select_backend``).
+* ``"auto"``: the fastest backend that computes the same function: torch's own oneDNN
+  LSTM for a plain float32 LSTM on padded input (see ``native.py``), else ``"fused"``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import torch
 from torch import Tensor
 
 from ..cells.base import CellSpec
-from . import fused, loops, reference
-from .extension import cpp_kernels
+from . import fused, loops, native, reference
+from .extension import cpp_kernels  # noqa: F401  (re-exported)
 
 BACKENDS = ("auto", "reference", "fused", "fused_py", "fused_cpp")
 
@@ -46,13 +47,15 @@ def _cpp_can_run(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in _CPP_DTYPES
 
 
-def select_backend(backend: str, cell: CellSpec, x: Tensor) -> LayerFn:
+def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[int], *,
+                   projected: bool = False, recording: bool = False) -> LayerFn:
     """Return the layer loop for ``backend``, ``cell`` and an input like ``x``.
 
-    ``"auto"`` and ``"fused"`` take the C++ kernels when the extension is available
-    and the input is a CPU float32/float64 tensor, else the torch-loop kernels.
-    ``"fused_cpp"`` raises if the extension cannot be built or cannot take ``x``.
-    Every backend returns the per-step gates when recording.
+    ``"auto"`` takes torch's LSTM kernel where it runs (plain float32 LSTM, padded, no
+    projection, not recording), else the C++ kernels when the extension is available and
+    the input is a CPU float32/float64 tensor, else the torch-loop kernels; ``"fused"``
+    the same without torch's kernel. ``"fused_cpp"`` raises if the extension cannot be
+    built or cannot take ``x``. Every backend but torch's returns the per-step gates.
     """
     check_backend(backend)
     if backend == "reference":
@@ -64,5 +67,7 @@ def select_backend(backend: str, cell: CellSpec, x: Tensor) -> LayerFn:
             raise ValueError(f"backend='fused_cpp' runs on CPU float32/float64 tensors, got "
                              f"{x.dtype} on {x.device}; use backend='fused' or 'auto'")
         return partial(fused.run_layer, kernels=cpp_kernels(required=True))
+    if backend == "auto" and not recording and native.can_run(cell, x, batch_sizes, projected):
+        return native.run_layer
     kernels = cpp_kernels(required=False) if _cpp_can_run(x) else None
     return partial(fused.run_layer, kernels=kernels or loops)

@@ -16,7 +16,8 @@ give everything else::
 where H_prev (N, ·) holds, for each row, the state the step started from (gathered after
 the loop with :func:`prev_rows`). The per-cell derivations are in the docstrings of the
 backward loops in :mod:`lstmkit.ops.loops`. Backward is not itself differentiable
-(double backward raises; use ``backend="reference"`` for higher derivatives).
+(double backward raises a RuntimeError that says so; ``backend="reference"`` has
+higher derivatives).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from types import ModuleType
 
 import torch
 from torch import Tensor
-from torch.autograd.function import Function, once_differentiable
+from torch.autograd.function import Function
 
 from ..cells.base import CellSpec, LayerWeights, State
 from .reference import Trace
@@ -61,6 +62,15 @@ def _sum_biases(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
     return None if b_ih is None else b_ih + b_hh
 
 
+def _refuse_double_backward() -> None:
+    # autograd enables grad mode inside backward only for create_graph=True
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "lstmkit's fused backend computes BPTT by hand and cannot differentiate twice "
+            "(double backward / create_graph=True); build the model with "
+            "backend='reference' for higher-order gradients")
+
+
 def _weight_grads(ctx, i_x: int, dA: Tensor, x: Tensor, w_ih: Tensor) -> tuple:
     """dx = dA W_ih, dW_ih = dAᵀ x, db = Σ dA, each only if needed."""
     need = ctx.needs_input_grad
@@ -84,8 +94,8 @@ class LSTMFunction(Function):
         return out, h_n, c_n, gates, c
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dout, dh_n, dc_n, _dgates, _dc):
+        _refuse_double_backward()
         x, h0, c0, w_ih, w_hh, w_hr, peep, out, gates, c, m = ctx.saved_tensors
         batch_sizes, reverse, coupled, kernels = ctx.config
         H = c.shape[1]
@@ -122,8 +132,8 @@ class GRUFunction(Function):
         return out, h_n, gates
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dout, dh_n, _dgates):
+        _refuse_double_backward()
         x, h0, w_ih, w_hh, out, gates, hw_n = ctx.saved_tensors
         batch_sizes, reverse, reset_after, kernels, has_bias = ctx.config
         H = h0.shape[1]
@@ -156,8 +166,8 @@ class RNNFunction(Function):
         return out, h_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dout, dh_n):
+        _refuse_double_backward()
         x, h0, w_ih, w_hh, out = ctx.saved_tensors
         batch_sizes, reverse, relu, kernels = ctx.config
         dA, dh0 = kernels.rnn_backward(dout.contiguous(), dh_n.contiguous(), out, w_hh,
