@@ -14,7 +14,7 @@ give everything else::
     dx = dA W_ih      dW_ih = dAᵀ x      dW_hh = dAᵀ H_prev      db_ih = db_hh = Σ_rows dA
 
 where H_prev (N, ·) holds, for each row, the state the step started from (gathered after
-the loop with :func:`prev_rows`). The per-cell derivations are in the docstrings of the
+the loop by :func:`states_before`). The per-cell derivations are in the docstrings of the
 backward loops in :mod:`lstmkit.ops.loops`. Backward is not itself differentiable
 (double backward raises a RuntimeError that says so; ``backend="reference"`` has
 higher derivatives).
@@ -52,6 +52,15 @@ def prev_rows(batch_sizes: list[int], reverse: bool, device: torch.device) -> Te
 
 def _gather_prev(flat: Tensor, initial: Tensor, prev: Tensor) -> Tensor:
     return torch.cat([flat, initial]).index_select(0, prev)
+
+
+def states_before(flat: Tensor, initial: Tensor, batch_sizes: list[int], reverse: bool) -> Tensor:
+    """(N, ·): for each flat row, the state its step started from (see :func:`prev_rows`);
+    for padded input simply the initial state followed by all but the last step."""
+    B = batch_sizes[0]
+    if batch_sizes[-1] == B:
+        return torch.cat([flat[B:], initial]) if reverse else torch.cat([initial, flat[:-B]])
+    return _gather_prev(flat, initial, prev_rows(batch_sizes, reverse, flat.device))
 
 
 def _input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
@@ -99,14 +108,13 @@ class LSTMFunction(Function):
         x, h0, c0, w_ih, w_hh, w_hr, peep, out, gates, c, m = ctx.saved_tensors
         batch_sizes, reverse, coupled, kernels = ctx.config
         H = c.shape[1]
-        prev = prev_rows(batch_sizes, reverse, x.device)
-        c_prev = _gather_prev(c, c0, prev)
+        c_prev = states_before(c, c0, batch_sizes, reverse)
         dA, dh0, dc0, dH = kernels.lstm_backward(
             dout.contiguous(), dh_n.contiguous(), dc_n.contiguous(), gates, c, c_prev, w_hh,
             w_hr, peep, batch_sizes, reverse, coupled)
         need = ctx.needs_input_grad
         dx, dw_ih, db = _weight_grads(ctx, 0, dA, x, w_ih)
-        dw_hh = dA.t() @ _gather_prev(out, h0, prev) if need[4] else None
+        dw_hh = dA.t() @ states_before(out, h0, batch_sizes, reverse) if need[4] else None
         dw_hr = dH.t() @ m if w_hr is not None and need[7] else None
         dpeep = None
         if peep is not None and need[8]:
@@ -137,7 +145,7 @@ class GRUFunction(Function):
         x, h0, w_ih, w_hh, out, gates, hw_n = ctx.saved_tensors
         batch_sizes, reverse, reset_after, kernels, has_bias = ctx.config
         H = h0.shape[1]
-        h_prev = _gather_prev(out, h0, prev_rows(batch_sizes, reverse, x.device))
+        h_prev = states_before(out, h0, batch_sizes, reverse)
         dA_x, dA_h, dh0 = kernels.gru_backward(dout.contiguous(), dh_n.contiguous(), gates,
                                                hw_n, h_prev, w_hh, batch_sizes, reverse,
                                                reset_after)
@@ -175,7 +183,7 @@ class RNNFunction(Function):
         dx, dw_ih, db = _weight_grads(ctx, 0, dA, x, w_ih)
         dw_hh = None
         if ctx.needs_input_grad[3]:
-            dw_hh = dA.t() @ _gather_prev(out, h0, prev_rows(batch_sizes, reverse, x.device))
+            dw_hh = dA.t() @ states_before(out, h0, batch_sizes, reverse)
         return dx, dh0, dw_ih, dw_hh, db, db, None, None, None, None
 
 
