@@ -44,12 +44,21 @@ def _build_name() -> str:
         digest.update((CSRC / name).read_bytes())
     digest.update(" ".join(CFLAGS).encode())
     digest.update(platform.machine().encode())
+    digest.update(_cpu_flags().encode())            # -march=native differs by CPU
     try:
         import torch
         digest.update(torch.__version__.encode())
     except ImportError:                                   # pragma: no cover
         pass
     return "lstmkit_kernels_" + digest.hexdigest()[:12]
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return platform.processor()
 
 
 def _build() -> ModuleType:
