@@ -2,6 +2,8 @@
 
     lstmkit demo      build every cell, run it on a generated sequence, print its summary
                       and how closely it matches torch.nn
+    lstmkit bench     time the fused kernels against torch.nn and the reference loop
+                      (forward, forward+backward, peak memory, error, GEMM share)
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+
+from ._args import positive_int
 
 
 def _demo_models(input_size: int, hidden: int) -> list[tuple[str, object]]:
@@ -74,23 +78,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser("demo", help="build every cell, run it on a generated sequence "
                                        "and print its summary")
-    demo.add_argument("--steps", type=_positive, default=50, help="sequence length T")
-    demo.add_argument("--batch", type=_positive, default=4, help="batch size B")
-    demo.add_argument("--input-size", type=_positive, default=8, help="input features I")
-    demo.add_argument("--hidden", type=_positive, default=16, help="hidden size H")
+    demo.add_argument("--steps", type=positive_int, default=50, help="sequence length T")
+    demo.add_argument("--batch", type=positive_int, default=4, help="batch size B")
+    demo.add_argument("--input-size", type=positive_int, default=8, help="input features I")
+    demo.add_argument("--hidden", type=positive_int, default=16, help="hidden size H")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
+    _add_bench_parser(sub)
     return parser
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _add_bench_parser(sub) -> None:
+    from . import bench as bench_module
+    bench = sub.add_parser("bench", help="time the fused kernels against torch.nn and the "
+                                         "reference loop")
+    bench_module.add_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+    return bench.run_from_args(args)
 
 
 def _version() -> str:
