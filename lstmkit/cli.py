@@ -1,5 +1,10 @@
 """The ``lstmkit`` command.
 
+    lstmkit train     train a character- or word-level language model (default: on the
+                      Python standard library's sources), with checkpoints and samples
+    lstmkit sample    generate text from a trained run
+    lstmkit evaluate  test loss, BPC or perplexity of a trained run
+
     lstmkit demo      build every cell, run it on a generated sequence, print its summary
                       and how closely it matches torch.nn
     lstmkit bench     time the fused kernels against torch.nn and the reference loop
@@ -85,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
     _add_bench_parser(sub)
+    from .train.cli import add_parsers
+    add_parsers(sub)
     return parser
 
 

@@ -1,0 +1,14 @@
+"""Data sets for the ``lstmkit`` commands: text corpora for language models."""
+
+from .text import (
+    Corpus,
+    CorpusError,
+    Vocabulary,
+    default_corpus_files,
+    read_corpus,
+    split_by_position,
+    stream_batches,
+)
+
+__all__ = ["Corpus", "CorpusError", "Vocabulary", "default_corpus_files", "read_corpus",
+           "split_by_position", "stream_batches"]

@@ -1,0 +1,203 @@
+"""``lstmkit train | sample | evaluate``: a thin layer over :mod:`lstmkit.train`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .._args import positive_int
+from ..data.text import CorpusError
+from .checkpoint import CheckpointError
+
+EXIT_ERROR, EXIT_DIVERGED = 2, 1
+EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+def add_parsers(sub) -> None:
+    S = argparse.SUPPRESS                      # only options given appear in the namespace
+    train = sub.add_parser(
+        "train", help="train a character- or word-level language model",
+        description="Train a language model by truncated BPTT. With no --data it trains on "
+                    "the Python standard library's .py sources (read at run time).")
+    data = train.add_argument_group("data")
+    data.add_argument("--data", nargs="+", metavar="PATH", default=S,
+                      help="text files or folders (default: the built-in corpus)")
+    data.add_argument("--max-chars", type=positive_int, default=S,
+                      help="read at most this many characters (default 2,000,000)")
+    data.add_argument("--tokens", choices=["char", "word"], default=S,
+                      help="character-level (default) or word-level model")
+    data.add_argument("--vocab-size", type=positive_int, default=S,
+                      help="word level: keep the most frequent words (default 10000)")
+    data.add_argument("--val-fraction", type=_fraction, default=S)
+    data.add_argument("--test-fraction", type=_fraction, default=S)
+    model = train.add_argument_group("model")
+    model.add_argument("--cell", choices=["lstm", "gru", "rnn"], default=S)
+    model.add_argument("--peephole", action="store_true", default=S)
+    model.add_argument("--coupled", action="store_true", default=S,
+                       help="coupled input-forget gate (CIFG)")
+    model.add_argument("--layers", type=positive_int, default=S)
+    model.add_argument("--hidden", type=positive_int, default=S)
+    model.add_argument("--embed", type=positive_int, default=S)
+    model.add_argument("--dropout", type=_fraction, default=S)
+    model.add_argument("--impl", choices=["lstmkit", "torch"], default=S,
+                       help="recurrent layers from lstmkit (default) or torch.nn")
+    model.add_argument("--backend", choices=["auto", "reference", "fused", "fused_py",
+                                             "fused_cpp"], default=S)
+    opt = train.add_argument_group("optimisation")
+    opt.add_argument("--seq-len", type=positive_int, default=S, help="BPTT length (100)")
+    opt.add_argument("--batch", type=positive_int, default=S,
+                     help="number of streams, over all processes (32)")
+    length = opt.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=positive_int, default=S, help="optimizer steps (1500)")
+    length.add_argument("--epochs", type=_positive_float, default=S,
+                        help="passes over the training data, instead of --steps")
+    opt.add_argument("--lr", type=_positive_float, default=S, help="peak learning rate")
+    opt.add_argument("--lr-schedule", choices=["cosine", "constant"], default=S)
+    opt.add_argument("--warmup", type=int, default=S, help="linear warm-up steps (50)")
+    opt.add_argument("--clip", type=float, default=S, help="gradient-norm clip, 0 = off (1.0)")
+    opt.add_argument("--weight-decay", type=float, default=S)
+    opt.add_argument("--seed", type=int, default=S)
+    run = train.add_argument_group("run")
+    run.add_argument("--out", metavar="RUN_DIR", type=Path,
+                     help="run directory (default runs/<cell>-<date>-<time>)")
+    run.add_argument("--resume", metavar="RUN_DIR", type=Path,
+                     help="continue the run in RUN_DIR (--steps/--epochs may extend it)")
+    run.add_argument("--eval-every", type=positive_int, default=S,
+                     help="validate, checkpoint and sample every N steps (10 per run)")
+    run.add_argument("--log-every", type=positive_int, default=S)
+    run.add_argument("--sample-length", type=positive_int, default=S)
+    run.add_argument("--quiet", action="store_true", default=S,
+                     help="no progress bar or intermediate samples: log lines only")
+    train.set_defaults(func=cmd_train)
+
+    sample = sub.add_parser("sample", help="generate text from a trained run")
+    sample.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    sample.add_argument("--prime", default="", help="text to start from")
+    sample.add_argument("--length", type=positive_int, default=500,
+                        help="tokens to generate (500)")
+    sample.add_argument("--temperature", type=_positive_float, default=0.8)
+    sample.add_argument("--top-k", type=positive_int, default=None)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    sample.set_defaults(func=cmd_sample)
+
+    evaluate = sub.add_parser("evaluate", help="loss, BPC or perplexity on held-out text")
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    evaluate.add_argument("--data", nargs="+", metavar="PATH",
+                          help="text to score (default: the run's test split)")
+    evaluate.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+
+_NOT_CONFIG = {"command", "func", "out", "resume"}
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    d = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    if "epochs" in d:
+        d["steps"] = None
+    elif "steps" in d:
+        d["epochs"] = None
+    return d
+
+
+def _error(message: str) -> int:
+    print(f"lstmkit: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig
+    from .trainer import Trainer, TrainingDiverged, TrainingInterrupted, resume_config
+
+    try:
+        if args.resume is not None:
+            if args.out is not None and args.out != args.resume:
+                return _error("give either --out or --resume, not both")
+            run_dir = args.resume
+            cfg = resume_config(run_dir, _overrides(args))
+        else:
+            cfg = TrainConfig.from_dict(_overrides(args))
+            run_dir = args.out or Path("runs") / f"{cfg.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
+            if (run_dir / "checkpoints").exists():
+                return _error(f"{run_dir} already holds a run; continue it with --resume "
+                              f"{run_dir} or choose another --out")
+        trainer = Trainer(cfg, run_dir, resume=args.resume is not None)
+        trainer.fit()
+    except TrainingInterrupted as e:
+        print(f"lstmkit: interrupted by {e}", file=sys.stderr)
+        return EXIT_SIGNAL.get(e.signame, 130)
+    except TrainingDiverged as e:
+        print(f"lstmkit: training diverged: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except (CorpusError, CheckpointError, ValueError) as e:
+        return _error(str(e))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .sample import generate, load_run
+
+    try:
+        run = load_run(args.run_dir, args.checkpoint)
+        pieces = generate(run.model, run.vocab, prime=args.prime, length=args.length,
+                          temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+        sys.stdout.write(args.prime)
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    except (CorpusError, CheckpointError, ValueError) as e:
+        return _error(str(e))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from ..data.text import read_corpus, split_by_position
+    from .sample import evaluate_ids, evaluate_text, load_run
+
+    try:
+        run = load_run(args.run_dir, args.checkpoint)
+        cfg = run.config
+        if args.data:
+            what = " ".join(args.data)
+            result = evaluate_text(run.model, run.vocab, read_corpus(args.data).text,
+                                   seq_len=cfg.seq_len, streams=cfg.batch)
+        else:
+            corpus = read_corpus(cfg.data, max_chars=cfg.max_chars)
+            ids = run.vocab.encode(corpus.text)
+            test = split_by_position(ids, cfg.val_fraction, cfg.test_fraction)[2]
+            if not len(test):
+                return _error("the run has no test split (test_fraction 0); give --data")
+            what = "the run's test split"
+            result = evaluate_ids(run.model, run.vocab, test, seq_len=cfg.seq_len,
+                                  streams=cfg.batch)
+    except (CorpusError, CheckpointError, ValueError) as e:
+        return _error(str(e))
+    result.update(checkpoint=str(run.path), step=run.step, data=what)
+    print(json.dumps(result, indent=1))
+    return 0

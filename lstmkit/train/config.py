@@ -1,0 +1,108 @@
+"""The resolved configuration of a language-model run, saved as ``config.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+CELLS = ("lstm", "gru", "rnn")
+IMPLS = ("lstmkit", "torch")
+SCHEDULES = ("cosine", "constant")
+
+# what `--resume` may change; everything else is fixed by the run being resumed
+RESUMABLE = ("steps", "epochs", "eval_every", "log_every", "sample_length", "quiet")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a run. Defaults: the README's main job, a one-layer
+    character LSTM on the built-in corpus that trains in a few minutes on 2 cores."""
+
+    # data
+    data: list[str] = field(default_factory=list)   # files or folders; [] = built-in corpus
+    max_chars: int | None = 2_000_000               # read at most this many characters
+    tokens: str = "char"                            # "char" or "word"
+    vocab_size: int = 10_000                        # word level: most frequent words kept
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    # model
+    cell: str = "lstm"
+    peephole: bool = False
+    coupled: bool = False
+    layers: int = 1
+    hidden: int = 256
+    embed: int = 64
+    dropout: float = 0.0                            # on embeddings, between layers, before decoder
+    impl: str = "lstmkit"                           # "lstmkit" or "torch" (torch.nn, for parity)
+    backend: str = "auto"                           # lstmkit backend
+    # optimisation
+    seq_len: int = 100                              # truncated BPTT length T
+    batch: int = 32                                 # global number of streams B
+    steps: int | None = 1500                        # optimizer steps (or use epochs)
+    epochs: float | None = None
+    lr: float = 3e-3
+    lr_schedule: str = "cosine"
+    warmup: int = 50                                # linear warm-up steps
+    min_lr_ratio: float = 0.1                       # cosine ends at lr · min_lr_ratio
+    weight_decay: float = 0.0
+    clip: float = 1.0                               # gradient-norm clip (0 = off)
+    seed: int = 0
+    # reporting
+    eval_every: int | None = None                   # default: 10 evaluations per run
+    log_every: int = 10
+    sample_length: int = 300                        # characters/words printed per sample
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        self.data = [str(p) for p in self.data]
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ValueError(f"invalid training configuration: {what}")
+
+        need(self.cell in CELLS, f"cell must be one of {CELLS}, got {self.cell!r}")
+        need(self.impl in IMPLS, f"impl must be one of {IMPLS}, got {self.impl!r}")
+        need(self.tokens in ("char", "word"), f"tokens must be 'char' or 'word', got "
+                                              f"{self.tokens!r}")
+        need(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES}, got "
+                                            f"{self.lr_schedule!r}")
+        need(not (self.peephole or self.coupled) or self.cell == "lstm",
+             f"peephole/coupled are LSTM keywords; cell is {self.cell!r}")
+        need(not (self.impl == "torch" and (self.peephole or self.coupled)),
+             "torch.nn has no peephole or coupled LSTM; use impl='lstmkit'")
+        for name in ("layers", "hidden", "embed", "seq_len", "batch", "vocab_size",
+                     "log_every", "sample_length"):
+            need(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
+        need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.clip >= 0, f"clip must be ≥ 0 (0 = off), got {self.clip}")
+        need(self.warmup >= 0, f"warmup must be ≥ 0, got {self.warmup}")
+        need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got "
+                                          f"{self.min_lr_ratio}")
+        need(0 <= self.val_fraction < 0.5 and 0 <= self.test_fraction < 0.5,
+             "val_fraction and test_fraction must be in [0, 0.5)")
+        need(self.val_fraction > 0, "val_fraction must be > 0 (validation picks the best "
+                                    "checkpoint)")
+        need((self.steps is None) != (self.epochs is None),
+             "give exactly one of steps and epochs")
+        need(self.steps is None or self.steps >= 1, f"steps must be ≥ 1, got {self.steps}")
+        need(self.epochs is None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
+        need(self.eval_every is None or self.eval_every >= 1, "eval_every must be ≥ 1")
+        need(self.max_chars is None or self.max_chars >= 100, "max_chars must be ≥ 100")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,82 @@
+"""The language model: embedding → recurrent stack → linear decoder over the vocabulary."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+import lstmkit
+
+from .config import TrainConfig
+
+State = Tensor | tuple[Tensor, Tensor]
+
+
+def make_rnn(cfg: TrainConfig) -> nn.Module:
+    """The recurrent stack: an lstmkit module, or torch.nn's for a parity run.
+
+    Built with the same arguments either way, so under the same seed both start from the
+    same weights (lstmkit draws its initial weights exactly as torch.nn does).
+    """
+    args = (cfg.embed, cfg.hidden, cfg.layers)
+    kw = dict(batch_first=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+    if cfg.impl == "torch":
+        return {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cfg.cell](*args, **kw)
+    if cfg.cell == "lstm":
+        return lstmkit.LSTM(*args, **kw, peephole=cfg.peephole, coupled=cfg.coupled,
+                            backend=cfg.backend)
+    module = {"gru": lstmkit.GRU, "rnn": lstmkit.RNN}[cfg.cell]
+    return module(*args, **kw, backend=cfg.backend)
+
+
+class LanguageModel(nn.Module):
+    """p(x_{t+1} | x_≤t): ``logits, state = model(ids, state)`` with ids (B, T) → (B, T, V)."""
+
+    def __init__(self, vocab_size: int, cfg: TrainConfig):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, cfg.embed)
+        self.rnn = make_rnn(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.decoder = nn.Linear(cfg.hidden, vocab_size)
+
+    def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        x = self.drop(self.embed(ids))                           # (B, T, E)
+        out, state = self.rnn(x, state)                          # (B, T, H)
+        return self.decoder(self.drop(out)), state               # (B, T, V)
+
+
+def detach_state(state: State | None) -> State | None:
+    """Cut the graph between truncated-BPTT windows, keep the values."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)
+    return state.detach()
+
+
+def state_tensors(state: State | None) -> list[Tensor]:
+    return [] if state is None else list(state) if isinstance(state, tuple) else [state]
+
+
+def state_from_tensors(tensors: list[Tensor], cell: str) -> State | None:
+    if not tensors:
+        return None
+    return (tensors[0], tensors[1]) if cell == "lstm" else tensors[0]
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, rows: Tensor, seq_len: int) -> tuple[float, int]:
+    """Mean next-token cross-entropy (nats) over every target of ``rows`` (B, n), the
+    hidden state carried through the windows as in training; and the number of targets."""
+    from ..data.text import stream_batches
+
+    was_training = model.training
+    model.eval()
+    total, count, state = 0.0, 0, None
+    for x, y in stream_batches(rows, seq_len):
+        logits, state = model(x, state)
+        total += nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(),
+                                             reduction="sum").item()
+        count += y.numel()
+    model.train(was_training)
+    return total / count, count

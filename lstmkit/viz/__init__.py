@@ -1,0 +1,6 @@
+"""Plots and reports. matplotlib is imported lazily, inside each function, so that the
+core never needs it."""
+
+from .curves import plot_loss_curve
+
+__all__ = ["plot_loss_curve"]
