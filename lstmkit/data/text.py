@@ -49,10 +49,18 @@ class Corpus:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
 
+_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "__pycache__"}
+
+
 def default_corpus_files() -> list[Path]:
-    """The built-in corpus: the top-level ``.py`` files of the standard library, sorted."""
+    """The built-in corpus: the standard library's ``.py`` files — the top-level modules
+    sorted by name, then the packages' modules sorted by path (tests and installed
+    third-party packages left out)."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(p for p in stdlib.glob("*.py") if p.is_file())
+    for sub in sorted(d for d in stdlib.iterdir() if d.is_dir() and d.name not in _SKIP_DIRS):
+        files += sorted(p for p in sub.rglob("*.py")
+                        if p.is_file() and not _SKIP_DIRS.intersection(p.relative_to(stdlib).parts))
     if not files:
         raise CorpusError(f"no .py files found in the standard library folder {stdlib}; "
                           "give a text file with --data")
