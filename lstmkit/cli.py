@@ -4,6 +4,9 @@
                       Python standard library's sources), with checkpoints and samples
     lstmkit sample    generate text from a trained run
     lstmkit evaluate  test loss, BPC or perplexity of a trained run
+    lstmkit experiment TASK       the long-time-lag tasks (adding, copy, Reber, temporal
+                                  order): cells × seeds, results table and curves
+    lstmkit gradient-flow         ‖∂L/∂h_t‖ over t for RNN, GRU and LSTM
 
     lstmkit demo      build every cell, run it on a generated sequence, print its summary
                       and how closely it matches torch.nn
@@ -90,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
     _add_bench_parser(sub)
-    from .train.cli import add_parsers
+    from .train.cli import add_experiment_parsers, add_parsers
     add_parsers(sub)
+    add_experiment_parsers(sub)
     return parser
 
 

@@ -116,3 +116,97 @@ def record(model: nn.Module) -> Iterator[Recording]:
                 m.__dict__.pop("_recorder", None)
             else:
                 m._recorder = prev
+
+
+# -- gradient flow --------------------------------------------------------------------------
+@dataclass
+class LayerGradients:
+    """‖∂L/∂h_t‖ (and ‖∂L/∂c_t‖ for LSTM) for every step t of one layer and direction:
+    the norm over batch and units of the total derivative of the loss with respect to the
+    state at step t, through every later step. Shape [T], time in step order."""
+
+    module: str
+    layer: int
+    direction: int
+    cell: str
+    dh: Tensor
+    dc: Tensor | None
+
+
+class _GradientRecorder(Recording):
+    """Keeps the per-step states of the reference loop in the graph, retaining their
+    gradients, instead of recording detached values."""
+
+    def __init__(self, names: dict[int, str]):
+        super().__init__(names=names)
+        self.kept: list[tuple[RecurrentBase, int, int, list[Tensor], list[Tensor] | None]] = []
+
+    def add(self, module, layer, direction, trace, seq) -> None:
+        hs = [step["h"] for step in trace]
+        cs = [step["c"] for step in trace] if "c" in trace[0] else None
+        for t in hs + (cs or []):
+            if t.requires_grad:
+                t.retain_grad()
+        self.kept.append((module, layer, direction, hs, cs))
+
+    def norms(self) -> list[LayerGradients]:
+        def norm(ts: list[Tensor]) -> Tensor:
+            return torch.stack([t.grad.norm() if t.grad is not None else t.new_zeros(())
+                                for t in ts]).detach()
+        return [LayerGradients(self.names.get(id(m), ""), layer, d, m.cell.family, norm(hs),
+                               norm(cs) if cs is not None else None)
+                for m, layer, d, hs, cs in self.kept]
+
+
+def gradient_flow(model: nn.Module, inputs, loss_fn=None) -> list[LayerGradients]:
+    """How far back the gradient of a loss reaches: ‖∂L/∂h_t‖ and ‖∂L/∂c_t‖ at every step.
+
+    Runs ``model(inputs)`` once with every lstmkit layer on the reference backend (so that
+    each step's state is a node of the autograd graph), computes ``L = loss_fn(output)`` and
+    backpropagates. With no ``loss_fn`` and an lstmkit module as ``model``, L is the sum of
+    the last step's output, so the curve shows how the last output depends on earlier
+    states — the picture of vanishing gradients. The model's parameter gradients are left
+    as they were.
+    """
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, RecurrentBase)]
+    if not targets:
+        raise ValueError(f"gradient_flow: {type(model).__name__} contains no lstmkit layer")
+    if loss_fn is None:
+        if not isinstance(model, RecurrentBase):
+            raise ValueError("gradient_flow needs loss_fn(output) -> scalar for a model that "
+                             "is not itself an lstmkit LSTM, GRU or RNN")
+        loss_fn = _last_step_sum(model)
+    rec = _GradientRecorder({id(m): n for n, m in targets})
+    saved = [(m, m.backend, m.__dict__.get("_recorder")) for _, m in targets]
+    grads = {p: p.grad for p in model.parameters()}
+    try:
+        for _, m in targets:
+            m.backend, m._recorder = "reference", rec
+        with torch.enable_grad():
+            loss = loss_fn(model(inputs))
+            if loss.dim() != 0:
+                raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+            params = [p for p in model.parameters() if p.requires_grad]
+            states = [t for *_, hs, cs in rec.kept for t in hs + (cs or []) if t.requires_grad]
+            torch.autograd.backward(loss, inputs=states or params)
+    finally:
+        for m, backend, prev in saved:
+            m.backend = backend
+            if prev is None:
+                m.__dict__.pop("_recorder", None)
+            else:
+                m._recorder = prev
+        for p, g in grads.items():
+            p.grad = g
+    return rec.norms()
+
+
+def _last_step_sum(model: RecurrentBase):
+    def loss(output):
+        out = output[0]
+        if isinstance(out, nn.utils.rnn.PackedSequence):
+            raise ValueError("gradient_flow: give loss_fn for PackedSequence input")
+        if out.dim() == 2:                                  # unbatched (L, H)
+            return out[-1].sum()
+        return (out[:, -1] if model.batch_first else out[-1]).sum()
+    return loss

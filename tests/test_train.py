@@ -92,7 +92,7 @@ def test_streams_are_continuous_across_windows():
     assert len(windows) == 3                                 # 24 targets per row: 10, 10, 4
     for x, y in windows:
         assert torch.equal(y[:, :-1], x[:, 1:])              # targets are the next tokens
-    for (x0, y0), (x1, _) in zip(windows, windows[1:]):
+    for (_, y0), (x1, _) in zip(windows, windows[1:]):
         assert torch.equal(x1[:, 0], y0[:, -1])              # the next window goes on
     assert rows[1, 0].item() == 25                           # row b is the b-th quarter
 

@@ -201,3 +201,72 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result.update(checkpoint=str(run.path), step=run.step, data=what)
     print(json.dumps(result, indent=1))
     return 0
+
+
+def add_experiment_parsers(sub) -> None:
+    from ..data.synthetic import TASKS
+    from .experiment import CELLS
+
+    exp = sub.add_parser(
+        "experiment", help="a long-time-lag task (adding, copy, Reber, temporal order) for "
+                           "several cells and seeds, with a results table and curves",
+        description="Train each cell on a synthetic long-time-lag task, test it on fresh "
+                    "sequences and write results.md, results.json and curves.png.")
+    exp.add_argument("task", choices=list(TASKS))
+    exp.add_argument("--cell", nargs="+", choices=list(CELLS), default=["lstm", "rnn"])
+    exp.add_argument("--T", type=positive_int, default=100, help="minimal sequence length")
+    exp.add_argument("--budget", type=positive_int, default=100_000,
+                     help="training sequences per run (100000)")
+    exp.add_argument("--seeds", type=positive_int, default=1)
+    exp.add_argument("--hidden", type=positive_int, default=64)
+    exp.add_argument("--batch", type=positive_int, default=32)
+    exp.add_argument("--lr", type=_positive_float, default=1e-3)
+    exp.add_argument("--no-stop", action="store_true",
+                     help="use the whole budget even after the task is solved")
+    exp.add_argument("--out", type=Path, help="output folder (default runs/experiments/"
+                                              "<task>-T<T>-<date>-<time>)")
+    exp.set_defaults(func=cmd_experiment)
+
+    flow = sub.add_parser(
+        "gradient-flow", help="‖∂L/∂h_t‖ over t for RNN, GRU and LSTM, before and after "
+                              "training on a task")
+    flow.add_argument("--task", choices=list(TASKS), default="adding2016")
+    flow.add_argument("--T", type=positive_int, default=100)
+    flow.add_argument("--cell", nargs="+", choices=list(CELLS), default=["rnn", "gru", "lstm"])
+    flow.add_argument("--budget", type=positive_int, default=20_000)
+    flow.add_argument("--hidden", type=positive_int, default=64)
+    flow.add_argument("--seed", type=int, default=0)
+    flow.add_argument("--out", type=Path, default=Path("runs/gradient-flow"))
+    flow.set_defaults(func=cmd_gradient_flow)
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .experiment import run_table
+
+    out = args.out or Path("runs/experiments") / (
+        f"{args.task}-T{args.T}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        run_table(args.task, args.T, args.cell, args.seeds, out, hidden=args.hidden,
+                  batch=args.batch, budget=args.budget, lr=args.lr,
+                  stop_when_solved=not args.no_stop)
+    except ValueError as e:
+        return _error(str(e))
+    print((out / "results.md").read_text())
+    print(f"wrote {out}/results.md, results.json, curves.png")
+    return 0
+
+
+def cmd_gradient_flow(args: argparse.Namespace) -> int:
+    from .experiment import gradient_flow_study
+
+    try:
+        study = gradient_flow_study(args.task, args.T, tuple(args.cell), budget=args.budget,
+                                    hidden=args.hidden, seed=args.seed, out=args.out)
+    except ValueError as e:
+        return _error(str(e))
+    print(f"‖∂L/∂h_t‖ at t = 0 over t = T−1, {args.task} T={args.T}:")
+    for cell, entry in study["cells"].items():
+        print(f"  {cell:9s} init {entry['init']['dh_first_over_last']:.3g}   trained "
+              f"{entry['trained']['dh_first_over_last']:.3g}   (test {entry['test']})")
+    print(f"wrote {args.out}/gradient_flow.png and gradient_flow.json")
+    return 0

@@ -42,3 +42,60 @@ def plot_loss_curve(records: Sequence[dict], path: str | Path, *, metric: str = 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_learning_curves(results: Sequence[dict], path: str | Path, *, metric: str,
+                         baseline: float | None = None, title: str = "") -> Path:
+    """Validation ``metric`` against training sequences for experiment results
+    (:func:`lstmkit.train.experiment.run_experiment`), one colour per cell, one line per
+    seed, with the task's baseline dashed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    colours: dict[str, str] = {}
+    for r in results:
+        cell = r["config"]["cell"]
+        xs = [p["sequences"] for p in r["curve"]]
+        ys = [p[f"val_{metric}"] for p in r["curve"]]
+        line, = ax.plot(xs, ys, color=colours.get(cell), alpha=0.8,
+                        label=None if cell in colours else cell)
+        colours.setdefault(cell, line.get_color())
+    if baseline is not None:
+        ax.axhline(baseline, color="black", linestyle="--", linewidth=1, label="baseline")
+    ax.set_xlabel("training sequences")
+    ax.set_ylabel(f"validation {metric}")
+    if metric in ("mse", "ce", "bce"):
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_gradient_flow(study: dict, path: str | Path) -> Path:
+    """‖∂L/∂h_t‖ against t, log scale, per cell, at initialisation and after training
+    (:func:`lstmkit.train.experiment.gradient_flow_study`)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100, sharey=True)
+    for ax, when in zip(axes, ("init", "trained")):
+        for cell, entry in study["cells"].items():
+            dh = entry[when]["dh"]
+            line, = ax.semilogy(range(len(dh)), [max(v, 1e-30) for v in dh], label=f"{cell} h")
+            if entry[when]["dc"] is not None:
+                ax.semilogy(range(len(dh)), [max(v, 1e-30) for v in entry[when]["dc"]], "--",
+                            color=line.get_color(), label=f"{cell} c")
+        ax.set_title(f"{'at initialisation' if when == 'init' else 'after training'}")
+        ax.set_xlabel("step t")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("‖∂L/∂state_t‖")
+    axes[1].legend()
+    fig.suptitle(f"gradient flow: {study['task']}, T = {study['T']}, loss at the last step")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
