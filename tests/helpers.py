@@ -24,7 +24,8 @@ def make_input(T: int, B: int, I: int, dtype: torch.dtype, *, batch_first: bool,
     x = torch.randn(shape, dtype=dtype, generator=generator).requires_grad_()
     if not packed:
         return x, x
-    lengths = torch.tensor(LENGTHS[B]) if B in LENGTHS else torch.randint(1, T + 1, (B,))
+    lengths = (torch.tensor(LENGTHS[B]) if B in LENGTHS
+               else torch.randint(1, T + 1, (B,), generator=generator))
     feed = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False)
     return x, feed
 

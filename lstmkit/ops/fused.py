@@ -8,13 +8,16 @@ For one layer and direction, forward is
    it saves only the gate activations and states that BPTT needs.
 
 Backward walks t = T…1 in the kernel, carrying dh (and dc), writing the gradients of the
-gate pre-activations of every step into one buffer dA (N, G·H); then a few large GEMMs
+gate pre-activations of every step into a buffer dA (rows, G·H); then a few large GEMMs
 give everything else::
 
     dx = dA W_ih      dW_ih = dAᵀ x      dW_hh = dAᵀ H_prev      db_ih = db_hh = Σ_rows dA
 
-where H_prev (N, ·) holds, for each row, the state the step started from (gathered after
-the loop by :func:`states_before`). The per-cell derivations are in the docstrings of the
+where H_prev holds, for each row, the state the step started from (see
+:func:`prev_rows`). To bound memory the walk is cut into up to 8 time chunks
+(:func:`backward_chunks`): the kernel runs on one chunk, the GEMMs above consume its dA,
+and the carried dh (dc) go on to the next, so only one chunk's gate gradients exist at a
+time. The per-cell derivations are in the docstrings of the
 backward loops in :mod:`lstmkit.ops.loops`. Backward is not itself differentiable
 (double backward raises a RuntimeError that says so; ``backend="reference"`` has
 higher derivatives).
@@ -50,17 +53,38 @@ def prev_rows(batch_sizes: list[int], reverse: bool, device: torch.device) -> Te
     return torch.where(t > 0, offsets[(t - 1).clamp(min=0)] + b, N + b)
 
 
-def _gather_prev(flat: Tensor, initial: Tensor, prev: Tensor) -> Tensor:
-    return torch.cat([flat, initial]).index_select(0, prev)
+MAX_CHUNKS = 8          # backward runs in up to this many time chunks …
+MIN_CHUNK_ROWS = 256    # … of at least this many rows
 
 
-def states_before(flat: Tensor, initial: Tensor, batch_sizes: list[int], reverse: bool) -> Tensor:
-    """(N, ·): for each flat row, the state its step started from (see :func:`prev_rows`);
-    for padded input simply the initial state followed by all but the last step."""
-    B = batch_sizes[0]
-    if batch_sizes[-1] == B:
-        return torch.cat([flat[B:], initial]) if reverse else torch.cat([initial, flat[:-B]])
-    return _gather_prev(flat, initial, prev_rows(batch_sizes, reverse, flat.device))
+def backward_chunks(batch_sizes: list[int], reverse: bool) -> list[tuple[int, int, int, int]]:
+    """(t0, t1, r0, r1): consecutive time chunks of steps [t0, t1), rows [r0, r1), in the
+    order backward visits them (the reverse of the forward loop's order).
+
+    Backward runs the kernel chunk by chunk, carrying dh (and dc) from one chunk to the
+    next, and does the weight-gradient GEMMs of each chunk before the next, so the gate
+    gradients of only one chunk are alive at a time: memory O(N/chunks) instead of O(N)."""
+    N = sum(batch_sizes)
+    target = max(MIN_CHUNK_ROWS, -(-N // MAX_CHUNKS))
+    chunks, t0, r0, rows = [], 0, 0, 0
+    for t, n in enumerate(batch_sizes):
+        rows += n
+        if rows - r0 >= target or t == len(batch_sizes) - 1:
+            chunks.append((t0, t + 1, r0, rows))
+            t0, r0 = t + 1, rows
+    return chunks if reverse else chunks[::-1]
+
+
+def _prev_of(flat: Tensor, initial: Tensor, prev: Tensor, r0: int, r1: int) -> Tensor:
+    """For rows [r0, r1): the state each row's step started from (rows of ``flat`` or of
+    ``initial``, per :func:`prev_rows`), gathered for this chunk only."""
+    idx = prev[r0:r1]
+    N = flat.shape[0]
+    rows = flat.index_select(0, idx.clamp(max=N - 1))
+    first = idx >= N
+    if bool(first.any()):
+        rows[first] = initial.index_select(0, idx[first] - N)
+    return rows
 
 
 def _input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
@@ -78,15 +102,6 @@ def _refuse_double_backward() -> None:
             "lstmkit's fused backend computes BPTT by hand and cannot differentiate twice "
             "(double backward / create_graph=True); build the model with "
             "backend='reference' for higher-order gradients")
-
-
-def _weight_grads(ctx, i_x: int, dA: Tensor, x: Tensor, w_ih: Tensor) -> tuple:
-    """dx = dA W_ih, dW_ih = dAᵀ x, db = Σ dA, each only if needed."""
-    need = ctx.needs_input_grad
-    dx = dA @ w_ih if need[i_x] else None
-    dw_ih = dA.t() @ x if need[3] else None
-    db = dA.sum(0) if need[5] or need[6] else None
-    return dx, dw_ih, db
 
 
 class LSTMFunction(Function):
@@ -107,24 +122,52 @@ class LSTMFunction(Function):
         _refuse_double_backward()
         x, h0, c0, w_ih, w_hh, w_hr, peep, out, gates, c, m = ctx.saved_tensors
         batch_sizes, reverse, coupled, kernels = ctx.config
-        H = c.shape[1]
-        c_prev = states_before(c, c0, batch_sizes, reverse)
-        dA, dh0, dc0, dH = kernels.lstm_backward(
-            dout.contiguous(), dh_n.contiguous(), dc_n.contiguous(), gates, c, c_prev, w_hh,
-            w_hr, peep, batch_sizes, reverse, coupled)
         need = ctx.needs_input_grad
-        dx, dw_ih, db = _weight_grads(ctx, 0, dA, x, w_ih)
-        dw_hh = dA.t() @ states_before(out, h0, batch_sizes, reverse) if need[4] else None
-        dw_hr = dH.t() @ m if w_hr is not None and need[7] else None
-        dpeep = None
-        if peep is not None and need[8]:
-            dA_i, dA_o = dA[:, :H], dA[:, -H:]
-            parts = [(dA_i * c_prev).sum(0)]
-            if not coupled:
-                parts.append((dA[:, H:2 * H] * c_prev).sum(0))
-            parts.append((dA_o * c).sum(0))
-            dpeep = torch.cat(parts)
-        return (dx, dh0, dc0, dw_ih, dw_hh, db, db, dw_hr, dpeep, None, None, None, None)
+        H = c.shape[1]
+        dout, dh, dc = dout.contiguous(), dh_n.contiguous(), dc_n.contiguous()
+        grads = _Accumulators(x, w_ih, need, bias=need[5] or need[6])
+        dw_hh = torch.zeros_like(w_hh) if need[4] else None
+        dw_hr = torch.zeros_like(w_hr) if w_hr is not None and need[7] else None
+        dpeep = torch.zeros_like(peep) if peep is not None and need[8] else None
+        prev = prev_rows(batch_sizes, reverse, x.device)
+        for t0, t1, r0, r1 in backward_chunks(batch_sizes, reverse):
+            c_prev = _prev_of(c, c0, prev, r0, r1)
+            dA, dh, dc, dH = kernels.lstm_backward(
+                dout[r0:r1], dh, dc, gates[r0:r1], c[r0:r1], c_prev, w_hh, w_hr, peep,
+                batch_sizes[t0:t1], reverse, coupled)
+            grads.add(dA, r0, r1)
+            if dw_hh is not None:
+                dw_hh.addmm_(dA.t(), _prev_of(out, h0, prev, r0, r1))
+            if dw_hr is not None:
+                dw_hr.addmm_(dH.t(), m[r0:r1])
+            if dpeep is not None:
+                parts = [(dA[:, :H] * c_prev).sum(0)]
+                if not coupled:
+                    parts.append((dA[:, H:2 * H] * c_prev).sum(0))
+                parts.append((dA[:, -H:] * c[r0:r1]).sum(0))
+                dpeep += torch.cat(parts)
+        return (grads.dx, dh, dc, grads.dw_ih, dw_hh, grads.db, grads.db, dw_hr, dpeep,
+                None, None, None, None)
+
+
+class _Accumulators:
+    """dx (rows written chunk by chunk), dW_ih and db (summed over chunks) of one layer."""
+
+    def __init__(self, x: Tensor, w_ih: Tensor, need: tuple, *, bias: bool, i_x: int = 0,
+                 i_w: int = 3):
+        self.x, self.w_ih = x, w_ih
+        self.dx = torch.empty_like(x) if need[i_x] else None
+        self.dw_ih = torch.zeros_like(w_ih) if need[i_w] else None
+        self.db = w_ih.new_zeros(w_ih.shape[0]) if bias else None
+
+    def add(self, dA: Tensor, r0: int, r1: int) -> None:
+        """dx = dA W_ih, dW_ih += dAᵀ x, db += Σ dA for rows [r0, r1)."""
+        if self.dx is not None:
+            torch.mm(dA, self.w_ih, out=self.dx[r0:r1])
+        if self.dw_ih is not None:
+            self.dw_ih.addmm_(dA.t(), self.x[r0:r1])
+        if self.db is not None:
+            self.db += dA.sum(0)
 
 
 class GRUFunction(Function):
@@ -144,24 +187,30 @@ class GRUFunction(Function):
         _refuse_double_backward()
         x, h0, w_ih, w_hh, out, gates, hw_n = ctx.saved_tensors
         batch_sizes, reverse, reset_after, kernels, has_bias = ctx.config
-        H = h0.shape[1]
-        h_prev = states_before(out, h0, batch_sizes, reverse)
-        dA_x, dA_h, dh0 = kernels.gru_backward(dout.contiguous(), dh_n.contiguous(), gates,
-                                               hw_n, h_prev, w_hh, batch_sizes, reverse,
-                                               reset_after)
         need = ctx.needs_input_grad
-        dx = dA_x @ w_ih if need[0] else None
-        dw_ih = dA_x.t() @ x if need[2] else None
-        db_ih = dA_x.sum(0) if has_bias and need[4] else None
-        db_hh = dA_h.sum(0) if has_bias and need[5] else None
-        dw_hh = None
-        if need[3]:
+        H = h0.shape[1]
+        dout, dh = dout.contiguous(), dh_n.contiguous()
+        grads = _Accumulators(x, w_ih, need, bias=has_bias and need[4], i_w=2)
+        db_hh = w_hh.new_zeros(w_hh.shape[0]) if has_bias and need[5] else None
+        dw_hh = torch.zeros_like(w_hh) if need[3] else None
+        prev = prev_rows(batch_sizes, reverse, x.device)
+        for t0, t1, r0, r1 in backward_chunks(batch_sizes, reverse):
+            h_prev = _prev_of(out, h0, prev, r0, r1)
+            dA_x, dA_h, dh = kernels.gru_backward(
+                dout[r0:r1], dh, gates[r0:r1], hw_n[r0:r1] if hw_n is not None else None,
+                h_prev, w_hh, batch_sizes[t0:t1], reverse, reset_after)
+            grads.add(dA_x, r0, r1)
+            if db_hh is not None:
+                db_hh += dA_h.sum(0)
+            if dw_hh is None:
+                continue
             if reset_after:
-                dw_hh = dA_h.t() @ h_prev
+                dw_hh.addmm_(dA_h.t(), h_prev)
             else:                              # the n rows multiply r ⊙ h_{t-1}
-                q = gates[:, :H] * h_prev
-                dw_hh = torch.cat([dA_h[:, : 2 * H].t() @ h_prev, dA_h[:, 2 * H:].t() @ q])
-        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
+                q = gates[r0:r1, :H] * h_prev
+                dw_hh[: 2 * H].addmm_(dA_h[:, : 2 * H].t(), h_prev)
+                dw_hh[2 * H:].addmm_(dA_h[:, 2 * H:].t(), q)
+        return grads.dx, dh, grads.dw_ih, dw_hh, grads.db, db_hh, None, None, None, None
 
 
 class RNNFunction(Function):
@@ -178,13 +227,18 @@ class RNNFunction(Function):
         _refuse_double_backward()
         x, h0, w_ih, w_hh, out = ctx.saved_tensors
         batch_sizes, reverse, relu, kernels = ctx.config
-        dA, dh0 = kernels.rnn_backward(dout.contiguous(), dh_n.contiguous(), out, w_hh,
-                                       batch_sizes, reverse, relu)
-        dx, dw_ih, db = _weight_grads(ctx, 0, dA, x, w_ih)
-        dw_hh = None
-        if ctx.needs_input_grad[3]:
-            dw_hh = dA.t() @ states_before(out, h0, batch_sizes, reverse)
-        return dx, dh0, dw_ih, dw_hh, db, db, None, None, None, None
+        need = ctx.needs_input_grad
+        dout, dh = dout.contiguous(), dh_n.contiguous()
+        grads = _Accumulators(x, w_ih, need, bias=need[4] or need[5], i_w=2)
+        dw_hh = torch.zeros_like(w_hh) if need[3] else None
+        prev = prev_rows(batch_sizes, reverse, x.device)
+        for t0, t1, r0, r1 in backward_chunks(batch_sizes, reverse):
+            dA, dh = kernels.rnn_backward(dout[r0:r1], dh, out[r0:r1], w_hh,
+                                          batch_sizes[t0:t1], reverse, relu)
+            grads.add(dA, r0, r1)
+            if dw_hh is not None:
+                dw_hh.addmm_(dA.t(), _prev_of(out, h0, prev, r0, r1))
+        return grads.dx, dh, grads.dw_ih, dw_hh, grads.db, grads.db, None, None, None, None
 
 
 def _trace(cell: CellSpec, batch_sizes: list[int], out: Tensor, gates: Tensor | None,
