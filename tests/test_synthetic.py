@@ -213,3 +213,29 @@ def test_experiment_command_writes_table_and_curves(tmp_path):
     assert all(run["sequences"] >= 320 or run["solved_at"] for run in data["runs"])
     assert "| lstm |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_forget_bias_moves_only_the_forget_rows():
+    from lstmkit.train.experiment import SequenceModel
+    task = make_task("adding2016", 10)
+    torch.manual_seed(0)
+    plain = SequenceModel(task, "lstm", 6)
+    torch.manual_seed(0)
+    biased = SequenceModel(task, "lstm", 6, forget_bias=1.0)
+    a, b = plain.rnn.bias_ih_l0, biased.rnn.bias_ih_l0
+    torch.testing.assert_close(b[6:12], a[6:12] + 1.0)
+    assert torch.equal(b[:6], a[:6]) and torch.equal(b[12:], a[12:])
+    assert torch.equal(plain.rnn.bias_hh_l0, biased.rnn.bias_hh_l0)
+
+
+def test_gradient_flow_study_writes_plot_and_table(tmp_path):
+    from lstmkit.train.experiment import flow_table, gradient_flow_study
+    study = gradient_flow_study("adding2016", 12, ("rnn", "lstm"), budget=64, hidden=4,
+                                out=tmp_path, log=None)
+    assert set(study["cells"]) == {"rnn", "lstm"}
+    lstm = study["cells"]["lstm"]
+    assert len(lstm["init"]["dh"]) == 12 and len(lstm["trained"]["dc"]) == 12
+    assert study["cells"]["rnn"]["init"]["dc"] is None
+    assert (tmp_path / "gradient_flow.png").read_bytes()[:4] == b"\x89PNG"
+    table = flow_table(study)
+    assert "| rnn | init |" in table and "| lstm | trained |" in table

@@ -220,7 +220,9 @@ def add_experiment_parsers(sub) -> None:
     exp.add_argument("--seeds", type=positive_int, default=1)
     exp.add_argument("--hidden", type=positive_int, default=64)
     exp.add_argument("--batch", type=positive_int, default=32)
-    exp.add_argument("--lr", type=_positive_float, default=1e-3)
+    exp.add_argument("--lr", type=_positive_float, default=1e-2, help="Adam (0.01)")
+    exp.add_argument("--forget-bias", type=float, default=0.0,
+                     help="add this to the LSTM forget-gate bias at initialisation")
     exp.add_argument("--no-stop", action="store_true",
                      help="use the whole budget even after the task is solved")
     exp.add_argument("--out", type=Path, help="output folder (default runs/experiments/"
@@ -248,6 +250,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     try:
         run_table(args.task, args.T, args.cell, args.seeds, out, hidden=args.hidden,
                   batch=args.batch, budget=args.budget, lr=args.lr,
+                  forget_bias=args.forget_bias,
                   stop_when_solved=not args.no_stop)
     except ValueError as e:
         return _error(str(e))
@@ -257,16 +260,13 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_gradient_flow(args: argparse.Namespace) -> int:
-    from .experiment import gradient_flow_study
+    from .experiment import flow_table, gradient_flow_study
 
     try:
         study = gradient_flow_study(args.task, args.T, tuple(args.cell), budget=args.budget,
                                     hidden=args.hidden, seed=args.seed, out=args.out)
     except ValueError as e:
         return _error(str(e))
-    print(f"‖∂L/∂h_t‖ at t = 0 over t = T−1, {args.task} T={args.T}:")
-    for cell, entry in study["cells"].items():
-        print(f"  {cell:9s} init {entry['init']['dh_first_over_last']:.3g}   trained "
-              f"{entry['trained']['dh_first_over_last']:.3g}   (test {entry['test']})")
+    print(flow_table(study))
     print(f"wrote {args.out}/gradient_flow.png and gradient_flow.json")
     return 0
