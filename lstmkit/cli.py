@@ -7,6 +7,7 @@
     lstmkit experiment TASK       the long-time-lag tasks (adding, copy, Reber, temporal
                                   order): cells × seeds, results table and curves
     lstmkit gradient-flow         ‖∂L/∂h_t‖ over t for RNN, GRU and LSTM
+    lstmkit inspect RUN_DIR       an HTML page of a trained model's gates and cells
 
     lstmkit demo      build every cell, run it on a generated sequence, print its summary
                       and how closely it matches torch.nn
@@ -93,9 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
     _add_bench_parser(sub)
-    from .train.cli import add_experiment_parsers, add_parsers
+    from .train.cli import add_experiment_parsers, add_inspect_parser, add_parsers
     add_parsers(sub)
     add_experiment_parsers(sub)
+    add_inspect_parser(sub)
     return parser
 
 
