@@ -16,6 +16,16 @@ def _pyplot():
     return plt
 
 
+def save(fig, path: str | Path) -> Path:
+    """Lay out, write and close a figure."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_loss_curve(records: Sequence[dict], path: str | Path, *, metric: str = "bpc",
                     title: str = "") -> Path:
     """A PNG of the training and validation ``metric`` ("bpc", "ppl" or "loss") against
@@ -37,11 +47,7 @@ def plot_loss_curve(records: Sequence[dict], path: str | Path, *, metric: str = 
     ax.legend()
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_learning_curves(results: Sequence[dict], path: str | Path, *, metric: str,
@@ -69,11 +75,7 @@ def plot_learning_curves(results: Sequence[dict], path: str | Path, *, metric: s
     ax.legend()
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_gradient_flow(study: dict, path: str | Path) -> Path:
@@ -94,8 +96,4 @@ def plot_gradient_flow(study: dict, path: str | Path) -> Path:
     axes[0].set_ylabel("‖∂L/∂state_t‖")
     axes[1].legend()
     fig.suptitle(f"gradient flow: {study['task']}, T = {study['T']}, loss at the last step")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .curves import _pyplot
+from .curves import _pyplot, save
 from .report import SATURATED
 
 
@@ -31,11 +31,7 @@ def plot_gate_heatmaps(layer, path: str | Path, *, batch_index: int = 0,
         ax.set_yticks([])
     axes[-1, 0].set_xlabel("step")
     fig.suptitle(f"{layer.cell.upper()} layer {layer.layer}: units × steps")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_saturation(layer, path: str | Path, *, batch_index: int = 0) -> Path:
@@ -54,8 +50,4 @@ def plot_saturation(layer, path: str | Path, *, batch_index: int = 0) -> Path:
         ax.plot([0, 1], [1, 0], color="grey", linewidth=0.5)
         ax.set(xlim=(0, 1), ylim=(0, 1), title=f"gate {g}", xlabel="left-saturated")
     axes[0, 0].set_ylabel("right-saturated")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
