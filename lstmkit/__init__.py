@@ -14,5 +14,13 @@ from .summary import count_parameters, summary
 
 __version__ = "0.1.0"
 
+
+def from_keras(layer_or_file):
+    """An lstmkit module from a Keras 3 LSTM/GRU/SimpleRNN layer or ``.keras`` file; see
+    :mod:`lstmkit.interop.keras`."""
+    from .interop.keras import from_keras as convert
+    return convert(layer_or_file)
+
+
 __all__ = ["LSTM", "GRU", "RNN", "record", "Recording", "LayerRecord",
-           "count_parameters", "summary", "__version__"]
+           "count_parameters", "summary", "from_keras", "__version__"]
