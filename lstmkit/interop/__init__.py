@@ -1,4 +1,9 @@
-"""Moving models between lstmkit and other libraries (Keras 3 so far)."""
+"""Moving models between lstmkit and other libraries.
+
+* :func:`from_keras` — Keras 3 LSTM/GRU/SimpleRNN layers to lstmkit modules;
+* :func:`lstmkit.interop.onnx.export_module` — an lstmkit module as ONNX LSTM/GRU/RNN
+  operators (imported on use: it needs the ``onnx`` package).
+"""
 
 from .keras import from_keras
 

@@ -1,0 +1,191 @@
+"""lstmkit modules → ONNX ``LSTM`` / ``GRU`` / ``RNN`` operators: ``export_module``.
+
+    lstmkit.interop.onnx.export_module(model, "model.onnx", sequence_lens=True,
+                                       initial_state=True)
+
+Each layer becomes one standard ONNX recurrent operator (opset 17), stacked layers a chain.
+The translation, checked against the ONNX operator specification (and design.md §5):
+
+* LSTM: ONNX gate order i, o, f, c (ours i, f, g, o); ``B`` = [input biases, recurrent
+  biases]; peepholes go to ``P`` in the order i, o, f; ``coupled=True`` is
+  ``input_forget=1`` (f = 1 − i), its absent forget rows exported as zeros;
+* GRU: ONNX order z, r, h (ours r, z, n); ``reset_after=True`` is ``linear_before_reset=1``;
+* RNN: ``activations=["Tanh"]`` or ``["Relu"]``;
+* ``bidirectional`` is ``direction="bidirectional"``; ``sequence_lens`` (int32, one per
+  sequence) gives what a PackedSequence gives: zero outputs past each length and final states
+  at each sequence's last step.
+
+The graph's inputs are ``input`` ((T, N, I), or (N, T, I) with ``batch_first``), optionally
+``sequence_lens`` (N,) int32 and ``h0`` / ``c0`` (layers·directions, N, H); its outputs are
+``output`` and ``h_n`` (and ``c_n``), shaped as the module returns them. ``proj_size`` has no
+ONNX operator and raises a ValueError, as does anything else ONNX cannot express. Needs the
+``onnx`` package. The model's IR version is set to 8, which current onnxruntime releases read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+OPSET, IR_VERSION = 17, 8
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError as e:
+        raise ImportError("ONNX export needs the onnx package: pip install onnx") from e
+    return onnx
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float32).cpu().numpy()
+
+
+def _blocks(a: np.ndarray, H: int, names: str, order: str, fill: dict[str, np.ndarray]):
+    """Reorder the H-row blocks of ``a`` (named by ``names``) into ``order``; blocks in
+    ``fill`` (absent from ``a``) are taken from there."""
+    parts = dict(zip(names, np.split(a, len(names))))
+    parts.update(fill)
+    return np.concatenate([parts[k] for k in order])
+
+
+def _layer_tensors(module, layer: int, suffix: str) -> dict[str, np.ndarray]:
+    """W, R, B (and P) of one direction of one layer, in ONNX layout (without the leading
+    direction axis)."""
+    H, family = module.hidden_size, module.cell.family
+    p = dict(module.named_parameters())
+    w_ih, w_hh = _np(p[f"weight_ih_l{layer}{suffix}"]), _np(p[f"weight_hh_l{layer}{suffix}"])
+    G = w_ih.shape[0] // H
+    has_bias = f"bias_ih_l{layer}{suffix}" in p
+    b_ih = _np(p[f"bias_ih_l{layer}{suffix}"]) if has_bias else np.zeros(G * H, np.float32)
+    b_hh = _np(p[f"bias_hh_l{layer}{suffix}"]) if has_bias else np.zeros(G * H, np.float32)
+    if family == "lstm":
+        coupled = bool(module.cell.option("coupled"))
+        names = "igo" if coupled else "ifgo"
+        zero_w = {"f": np.zeros((H, w_ih.shape[1]), np.float32)} if coupled else {}
+        zero_r = {"f": np.zeros((H, H), np.float32)} if coupled else {}
+        zero_b = {"f": np.zeros(H, np.float32)} if coupled else {}
+        out = {"W": _blocks(w_ih, H, names, "iofg", zero_w),
+               "R": _blocks(w_hh, H, names, "iofg", zero_r),
+               "B": np.concatenate([_blocks(b_ih, H, names, "iofg", zero_b),
+                                    _blocks(b_hh, H, names, "iofg", zero_b)])}
+        peep = p.get(f"peephole_l{layer}{suffix}")
+        if peep is not None:
+            peep = _np(peep)
+            pn = "io" if coupled else "ifo"
+            out["P"] = _blocks(peep, H, pn, "iof", {"f": np.zeros(H, np.float32)}
+                               if coupled else {})
+        return out
+    if family == "gru":
+        return {"W": _blocks(w_ih, H, "rzn", "zrn", {}), "R": _blocks(w_hh, H, "rzn", "zrn", {}),
+                "B": np.concatenate([_blocks(b_ih, H, "rzn", "zrn", {}),
+                                     _blocks(b_hh, H, "rzn", "zrn", {})])}
+    return {"W": w_ih, "R": w_hh, "B": np.concatenate([b_ih, b_hh])}
+
+
+def _check(module) -> None:
+    from ..nn.base import RecurrentBase
+    if not isinstance(module, RecurrentBase):
+        raise ValueError(f"export_module takes an lstmkit LSTM, GRU or RNN, got "
+                         f"{type(module).__name__}")
+    if getattr(module, "proj_size", 0):
+        raise ValueError("ONNX's LSTM operator has no projection (proj_size); export a model "
+                         "without proj_size")
+
+
+def export_module(module, path: str | Path, *, sequence_lens: bool = False,
+                  initial_state: bool = False) -> Path:
+    """Write ``module`` (an lstmkit LSTM, GRU or RNN) as an ONNX model; see the module
+    docstring for the graph's inputs and outputs."""
+    onnx = _onnx()
+    from onnx import TensorProto, helper, numpy_helper
+
+    _check(module)
+    family, H, L = module.cell.family, module.hidden_size, module.num_layers
+    D = 2 if module.bidirectional else 1
+    I = module.input_size
+    op = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[family]
+    nodes, inits = [], []
+    inputs = [helper.make_tensor_value_info(
+        "input", TensorProto.FLOAT, ["N", "T", I] if module.batch_first else ["T", "N", I])]
+    x = "input"
+    if module.batch_first:
+        nodes.append(helper.make_node("Transpose", ["input"], ["x_tn"], perm=[1, 0, 2]))
+        x = "x_tn"
+    if sequence_lens:
+        inputs.append(helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, ["N"]))
+    states = ["h0", "c0"] if family == "lstm" else ["h0"]
+    if initial_state:
+        inputs += [helper.make_tensor_value_info(s, TensorProto.FLOAT, [L * D, "N", H])
+                   for s in states]
+    inits.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), "flat_shape"))
+    finals: dict[str, list[str]] = {"h": [], "c": []}
+    for layer in range(L):
+        per_dir = [_layer_tensors(module, layer, s) for s in ([""] + ["_reverse"] * (D - 1))]
+        names = []
+        for key in ("W", "R", "B", "P"):
+            if key not in per_dir[0]:
+                continue
+            name = f"{key}_l{layer}"
+            inits.append(numpy_helper.from_array(np.stack([d[key] for d in per_dir]), name))
+            names.append(name)
+        op_inputs = [x, names[0], names[1], names[2],
+                     "sequence_lens" if sequence_lens else ""]
+        for s in states:
+            if initial_state:
+                sliced = f"{s}_l{layer}"
+                inits.append(numpy_helper.from_array(np.array([layer * D], np.int64),
+                                                     f"{sliced}_start"))
+                inits.append(numpy_helper.from_array(np.array([(layer + 1) * D], np.int64),
+                                                     f"{sliced}_end"))
+                inits.append(numpy_helper.from_array(np.array([0], np.int64), f"{sliced}_ax"))
+                nodes.append(helper.make_node("Slice", [s, f"{sliced}_start", f"{sliced}_end",
+                                                        f"{sliced}_ax"], [sliced]))
+                op_inputs.append(sliced)
+            else:
+                op_inputs.append("")
+        if "P" in per_dir[0]:
+            op_inputs.append(names[3])
+        while op_inputs and op_inputs[-1] == "":
+            op_inputs.pop()
+        attrs = dict(hidden_size=H, direction="bidirectional" if D == 2 else "forward")
+        if family == "lstm" and module.cell.option("coupled"):
+            attrs["input_forget"] = 1
+        if family == "gru":
+            attrs["linear_before_reset"] = int(bool(module.cell.option("reset_after", True)))
+        if family == "rnn":
+            attrs["activations"] = ["Relu" if module.cell.option("nonlinearity") == "relu"
+                                    else "Tanh"] * D
+        y = f"y_l{layer}"
+        outs = [y, f"yh_l{layer}"] + ([f"yc_l{layer}"] if family == "lstm" else [])
+        nodes.append(helper.make_node(op, op_inputs, outs, **attrs))
+        finals["h"].append(outs[1])
+        if family == "lstm":
+            finals["c"].append(outs[2])
+        # Y (T, D, N, H) → (T, N, D·H), the next layer's input
+        nodes.append(helper.make_node("Transpose", [y], [f"{y}_t"], perm=[0, 2, 1, 3]))
+        nodes.append(helper.make_node("Reshape", [f"{y}_t", "flat_shape"], [f"x_l{layer + 1}"]))
+        x = f"x_l{layer + 1}"
+    if module.batch_first:
+        nodes.append(helper.make_node("Transpose", [x], ["output"], perm=[1, 0, 2]))
+    else:
+        nodes.append(helper.make_node("Identity", [x], ["output"]))
+    nodes.append(helper.make_node("Concat", finals["h"], ["h_n"], axis=0))
+    outputs = [helper.make_tensor_value_info(
+        "output", TensorProto.FLOAT, ["N", "T", D * H] if module.batch_first
+        else ["T", "N", D * H]),
+        helper.make_tensor_value_info("h_n", TensorProto.FLOAT, [L * D, "N", H])]
+    if family == "lstm":
+        nodes.append(helper.make_node("Concat", finals["c"], ["c_n"], axis=0))
+        outputs.append(helper.make_tensor_value_info("c_n", TensorProto.FLOAT, [L * D, "N", H]))
+    graph = helper.make_graph(nodes, f"lstmkit_{family}", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="lstmkit")
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    path = Path(path)
+    onnx.save(model, path)
+    return path
