@@ -60,6 +60,8 @@ def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[in
     check_backend(backend)
     if backend == "reference":
         return reference.run_layer
+    if torch.compiler.is_compiling():
+        return _compiled(backend, cell, x, batch_sizes, projected, recording)
     if backend == "fused_py":
         return partial(fused.run_layer, kernels=loops)
     if backend == "fused_cpp":
@@ -71,3 +73,16 @@ def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[in
         return native.run_layer
     kernels = cpp_kernels(required=False) if _cpp_can_run(x) else None
     return partial(fused.run_layer, kernels=kernels or loops)
+
+
+def _compiled(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[int],
+              projected: bool, recording: bool) -> LayerFn:
+    """Under ``torch.compile``: the same choice, through the custom ops of
+    :mod:`lstmkit.ops.library`, which pick their kernels when they run."""
+    from . import library
+    if backend == "fused_cpp" and not _cpp_can_run(x):
+        raise ValueError(f"backend='fused_cpp' runs on CPU float32/float64 tensors, got "
+                         f"{x.dtype} on {x.device}; use backend='fused' or 'auto'")
+    if backend == "auto" and not recording and native.can_run(cell, x, batch_sizes, projected):
+        return native.run_layer
+    return partial(library.run_layer, kernels="fused" if backend == "auto" else backend)
