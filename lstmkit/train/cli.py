@@ -129,6 +129,15 @@ def _error(message: str) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .trainer import shutdown_distributed
+
+    try:
+        return _train(args)
+    finally:
+        shutdown_distributed()
+
+
+def _train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .trainer import Trainer, TrainingDiverged, TrainingInterrupted, resume_config
 

@@ -94,10 +94,14 @@ def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
                      * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+_OWNED_GROUP = []                 # the process group this module started, if any
+
+
 def _dist_setup() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
+        _OWNED_GROUP.append(True)
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -373,6 +377,17 @@ class Trainer:
                            f"at step {self.best_step}{test}. Sample more with "
                            f"`lstmkit sample {self.run_dir}`")
         return result
+
+
+def shutdown_distributed() -> None:
+    """Tear down the process group that training started (all processes wait for each
+    other first), so that no communication thread outlives the interpreter."""
+    if _OWNED_GROUP and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+            _OWNED_GROUP.clear()
 
 
 def resume_config(run_dir: str | Path, overrides: dict) -> TrainConfig:
