@@ -73,3 +73,55 @@ def test_unsupported_configurations_say_why(tmp_path):
         export_module(lstmkit.LSTM(I, H, proj_size=2), tmp_path / "p.onnx")
     with pytest.raises(ValueError, match="takes an lstmkit LSTM, GRU or RNN"):
         export_module(torch.nn.LSTM(I, H), tmp_path / "t.onnx")
+
+
+# -- whole models through torch.onnx.export ---------------------------------------------------
+class _Model(torch.nn.Module):
+    def __init__(self, rnn: torch.nn.Module, with_state: bool):
+        super().__init__()
+        self.rnn, self.with_state = rnn, with_state
+        width = rnn.hidden_size * rnn.num_directions
+        self.head = torch.nn.Linear(width, 2)
+
+    def forward(self, x, *state):
+        hx = (state if len(state) == 2 else state[0]) if self.with_state else None
+        out, _ = self.rnn(x, hx)
+        return self.head(torch.tanh(out))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("with_state", [False, True], ids=["no-state", "initial-state"])
+@pytest.mark.parametrize("form", [dict(), dict(num_layers=2, bidirectional=True)],
+                         ids=["1", "2layers-bi"])
+@pytest.mark.parametrize("name", list(MODELS) + ["lstm_fused"])
+def test_whole_model_export(name, form, with_state, tmp_path):
+    pytest.importorskip("onnxscript")
+    from lstmkit.interop.onnx import export
+
+    torch.manual_seed(1)
+    rnn = (lstmkit.LSTM(I, H, backend="fused", **form) if name == "lstm_fused"
+           else MODELS[name](**form))
+    model = _Model(rnn, with_state).eval()
+    x = torch.randn(T, N, I)
+    n = rnn.num_layers * rnn.num_directions
+    states = tuple(torch.randn(n, N, H) for _ in range(2 if name.startswith("lstm") else 1))
+    args = (x, *states) if with_state else (x,)
+    path = export(model, args, tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args, strict=True)}
+    (got,) = session.run(None, feed)
+    with torch.no_grad():
+        expected = model(*args)
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5, rtol=1e-5)
+    import onnx
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert ops & {"LSTM", "GRU", "RNN"}, ops                    # the standard operators
+
+
+def test_whole_model_export_refuses_packed_and_projection(tmp_path):
+    pytest.importorskip("onnxscript")
+    from lstmkit.interop.onnx import export
+    model = _Model(lstmkit.LSTM(I, 6, proj_size=3, backend="fused"), False)
+    model.head = torch.nn.Linear(3, 2)
+    with pytest.raises(Exception, match="no projection"):
+        export(model, (torch.randn(T, N, I),), tmp_path / "p.onnx")

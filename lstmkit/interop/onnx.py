@@ -189,3 +189,116 @@ def export_module(module, path: str | Path, *, sequence_lens: bool = False,
     path = Path(path)
     onnx.save(model, path)
     return path
+
+
+# -- whole models: torch.onnx.export with translations of lstmkit's custom ops ----------------
+def _translations() -> dict:
+    """ONNX translations of lstmkit::lstm_layer, gru_layer and rnn_layer (padded input,
+    one direction each: torch.onnx.export sees every layer and direction as one op)."""
+    from onnxscript import opset18 as op
+
+    def const(values, dtype="int64"):
+        return op.Constant(value=onnx_tensor(values, dtype))
+
+    def onnx_tensor(values, dtype):
+        from onnx import numpy_helper
+        return numpy_helper.from_array(np.array(values, dtype=dtype))
+
+    def reorder(t, names: str, order: str, zero_like=None):
+        if names == order:
+            return t
+        parts = dict(zip(names, op.Split(t, axis=0, num_outputs=len(names)), strict=True))
+        for k in order:
+            if k not in parts:
+                parts[k] = op.Mul(parts[zero_like], const(0.0, "float32"))
+        return op.Concat(*[parts[k] for k in order], axis=0)
+
+    def frame(batch_sizes, what):
+        if len(set(batch_sizes)) != 1:
+            raise ValueError(f"ONNX export of a whole model takes padded input; for "
+                             f"PackedSequence export the {what} module with export_module("
+                             "..., sequence_lens=True)")
+        return len(batch_sizes), batch_sizes[0]
+
+    def zeros(shape):
+        return op.Expand(const(0.0, "float32"), const(shape))
+
+    def biases(b_ih, b_hh, names, order, n):
+        if b_ih is None:
+            return op.Unsqueeze(zeros([2 * n]), const([0]))
+        zl = names[0]
+        return op.Unsqueeze(op.Concat(reorder(b_ih, names, order, zl),
+                                      reorder(b_hh, names, order, zl), axis=0), const([0]))
+
+    def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, batch_sizes, reverse, coupled,
+             kernels):
+        if w_hr is not None:
+            raise ValueError("ONNX's LSTM operator has no projection (proj_size)")
+        T, B = frame(batch_sizes, "LSTM")
+        H = int(w_hh.shape[1])
+        names, order = ("igo" if coupled else "ifgo"), "iofg"
+        W = op.Unsqueeze(reorder(w_ih, names, order, "i"), const([0]))
+        R = op.Unsqueeze(reorder(w_hh, names, order, "i"), const([0]))
+        Bias = biases(b_ih, b_hh, names, order, 4 * H)
+        P = None
+        if peep is not None:
+            P = op.Unsqueeze(reorder(peep, "io" if coupled else "ifo", "iof", "i"), const([0]))
+        X = op.Reshape(x, const([T, B, -1]))
+        Y, Y_h, Y_c = op.LSTM(X, W, R, Bias, None, op.Unsqueeze(h0, const([0])),
+                              op.Unsqueeze(c0, const([0])), P, hidden_size=H,
+                              direction="reverse" if reverse else "forward",
+                              input_forget=int(coupled))
+        N, G = T * B, (3 if coupled else 4) * H
+        return (op.Reshape(Y, const([N, H])), op.Squeeze(Y_h, const([0])),
+                op.Squeeze(Y_c, const([0])), zeros([N, G]), zeros([N, H]), zeros([0]))
+
+    def gru(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, reset_after, kernels):
+        T, B = frame(batch_sizes, "GRU")
+        H = int(w_hh.shape[1])
+        W = op.Unsqueeze(reorder(w_ih, "rzn", "zrn"), const([0]))
+        R = op.Unsqueeze(reorder(w_hh, "rzn", "zrn"), const([0]))
+        Bias = biases(b_ih, b_hh, "rzn", "zrn", 3 * H)
+        X = op.Reshape(x, const([T, B, -1]))
+        Y, Y_h = op.GRU(X, W, R, Bias, None, op.Unsqueeze(h0, const([0])), hidden_size=H,
+                        direction="reverse" if reverse else "forward",
+                        linear_before_reset=int(reset_after))
+        N = T * B
+        return (op.Reshape(Y, const([N, H])), op.Squeeze(Y_h, const([0])),
+                zeros([N, 3 * H]), zeros([N, H]) if reset_after else zeros([0]))
+
+    def rnn(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, relu, kernels):
+        T, B = frame(batch_sizes, "RNN")
+        H = int(w_hh.shape[1])
+        X = op.Reshape(x, const([T, B, -1]))
+        Bias = biases(b_ih, b_hh, "h", "h", H)
+        Y, Y_h = op.RNN(X, op.Unsqueeze(w_ih, const([0])), op.Unsqueeze(w_hh, const([0])),
+                        Bias, None, op.Unsqueeze(h0, const([0])), hidden_size=H,
+                        direction="reverse" if reverse else "forward",
+                        activations=["Relu" if relu else "Tanh"])
+        return op.Reshape(Y, const([T * B, H])), op.Squeeze(Y_h, const([0]))
+
+    from ..ops import library  # noqa: F401  (registers the ops)
+    return {torch.ops.lstmkit.lstm_layer.default: lstm,
+            torch.ops.lstmkit.gru_layer.default: gru,
+            torch.ops.lstmkit.rnn_layer.default: rnn}
+
+
+def export(model: torch.nn.Module, args: tuple, path: str | Path, **kwargs) -> Path:
+    """``torch.onnx.export`` of any model containing lstmkit layers (padded input): each
+    layer and direction becomes ONNX ``LSTM`` / ``GRU`` / ``RNN``. Needs ``onnx`` and
+    ``onnxscript``; ``kwargs`` go to ``torch.onnx.export``."""
+    path = Path(path)
+    was = model.training
+    model.eval()
+    try:
+        program = torch.onnx.export(model, args, dynamo=True, verbose=False,
+                                    custom_translation_table=_translations(), **kwargs)
+    finally:
+        model.train(was)
+    program.save(str(path))
+    onnx = _onnx()
+    proto = onnx.load(str(path))
+    if proto.ir_version > 10:                   # onnxruntime reads up to this IR version
+        proto.ir_version = 10
+        onnx.save(proto, str(path))
+    return path
