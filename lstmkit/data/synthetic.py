@@ -22,6 +22,7 @@ last step) or one per step.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ class Batch:
         return self.x.shape[0]
 
 
-class Task:
+class Task(ABC):
     """A sequence task: ``sample(n, gen)`` draws a batch; ``loss`` trains on the model's
     outputs; ``score`` gives the reported metrics, among them ``metric`` (lower is better)
     and ``solved`` (the paper's success criterion, where it has one)."""
@@ -59,14 +60,17 @@ class Task:
 
     min_T = 2
 
+    @abstractmethod
     def sample(self, n: int, gen: torch.Generator) -> Batch:
-        raise NotImplementedError
+        """``n`` sequences drawn from ``gen``."""
 
+    @abstractmethod
     def loss(self, out: Tensor, batch: Batch) -> Tensor:
-        raise NotImplementedError
+        """The training loss of the model's outputs."""
 
+    @abstractmethod
     def score(self, out: Tensor, batch: Batch) -> dict[str, float]:
-        raise NotImplementedError
+        """The reported metrics, ``metric`` and ``solved`` among them."""
 
     def stream(self, batch_size: int, seed: int) -> Iterator[Batch]:
         """Fresh batches forever; the same ``seed`` gives the same batches."""

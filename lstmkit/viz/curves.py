@@ -26,6 +26,14 @@ def save(fig, path: str | Path) -> Path:
     return path
 
 
+def _finish(fig, ax, path: str | Path, title: str) -> Path:
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return save(fig, path)
+
+
 def plot_loss_curve(records: Sequence[dict], path: str | Path, *, metric: str = "bpc",
                     title: str = "") -> Path:
     """A PNG of the training and validation ``metric`` ("bpc", "ppl" or "loss") against
@@ -43,11 +51,7 @@ def plot_loss_curve(records: Sequence[dict], path: str | Path, *, metric: str = 
     ax.set_ylabel({"bpc": "bits per character", "ppl": "perplexity"}.get(metric, metric))
     if metric == "ppl":
         ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    if title:
-        ax.set_title(title)
-    return save(fig, path)
+    return _finish(fig, ax, path, title)
 
 
 def plot_learning_curves(results: Sequence[dict], path: str | Path, *, metric: str,
@@ -71,11 +75,7 @@ def plot_learning_curves(results: Sequence[dict], path: str | Path, *, metric: s
     ax.set_ylabel(f"validation {metric}")
     if metric in ("mse", "ce", "bce"):
         ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    if title:
-        ax.set_title(title)
-    return save(fig, path)
+    return _finish(fig, ax, path, title)
 
 
 def plot_gradient_flow(study: dict, path: str | Path) -> Path:
