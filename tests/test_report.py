@@ -177,12 +177,16 @@ def browser():
 
 
 def _open(browser, path: Path) -> float:
+    from selenium.webdriver.support.ui import WebDriverWait
+
     start = time.perf_counter()
     browser.get(path.as_uri())
-    while browser.execute_script("return document.body.dataset.ready") != "1":
-        assert browser.find_element("id", "errors").text == "", "the page raised an error"
-        assert time.perf_counter() - start < 600, "the page never finished rendering"
-        time.sleep(0.05)
+
+    def settled(b):                               # rendered, or stopped by an error
+        return (b.execute_script("return document.body.dataset.ready") == "1"
+                or b.find_element("id", "errors").text != "")
+    WebDriverWait(browser, 600).until(settled)
+    assert browser.find_element("id", "errors").text == "", "the page raised an error"
     return time.perf_counter() - start
 
 
