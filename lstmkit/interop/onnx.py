@@ -31,6 +31,11 @@ import torch
 
 OPSET, IR_VERSION = 17, 8
 
+# row blocks: lstmkit (torch.nn) order → ONNX order
+LSTM_ROWS, LSTM_COUPLED_ROWS, ONNX_LSTM = "ifgo", "igo", "iofg"
+PEEP, PEEP_COUPLED, ONNX_PEEP = "ifo", "io", "iof"
+GRU_ROWS, ONNX_GRU = "rzn", "zrn"
+
 
 def _onnx():
     try:
@@ -64,25 +69,26 @@ def _layer_tensors(module, layer: int, suffix: str) -> dict[str, np.ndarray]:
     b_hh = _np(p[f"bias_hh_l{layer}{suffix}"]) if has_bias else np.zeros(G * H, np.float32)
     if family == "lstm":
         coupled = bool(module.cell.option("coupled"))
-        names = "igo" if coupled else "ifgo"
+        names = LSTM_COUPLED_ROWS if coupled else LSTM_ROWS
         zero_w = {"f": np.zeros((H, w_ih.shape[1]), np.float32)} if coupled else {}
         zero_r = {"f": np.zeros((H, H), np.float32)} if coupled else {}
         zero_b = {"f": np.zeros(H, np.float32)} if coupled else {}
-        out = {"W": _blocks(w_ih, H, names, "iofg", zero_w),
-               "R": _blocks(w_hh, H, names, "iofg", zero_r),
-               "B": np.concatenate([_blocks(b_ih, H, names, "iofg", zero_b),
-                                    _blocks(b_hh, H, names, "iofg", zero_b)])}
+        out = {"W": _blocks(w_ih, H, names, ONNX_LSTM, zero_w),
+               "R": _blocks(w_hh, H, names, ONNX_LSTM, zero_r),
+               "B": np.concatenate([_blocks(b_ih, H, names, ONNX_LSTM, zero_b),
+                                    _blocks(b_hh, H, names, ONNX_LSTM, zero_b)])}
         peep = p.get(f"peephole_l{layer}{suffix}")
         if peep is not None:
             peep = _np(peep)
-            pn = "io" if coupled else "ifo"
-            out["P"] = _blocks(peep, H, pn, "iof", {"f": np.zeros(H, np.float32)}
+            pn = PEEP_COUPLED if coupled else PEEP
+            out["P"] = _blocks(peep, H, pn, ONNX_PEEP, {"f": np.zeros(H, np.float32)}
                                if coupled else {})
         return out
     if family == "gru":
-        return {"W": _blocks(w_ih, H, "rzn", "zrn", {}), "R": _blocks(w_hh, H, "rzn", "zrn", {}),
-                "B": np.concatenate([_blocks(b_ih, H, "rzn", "zrn", {}),
-                                     _blocks(b_hh, H, "rzn", "zrn", {})])}
+        return {"W": _blocks(w_ih, H, GRU_ROWS, ONNX_GRU, {}),
+                "R": _blocks(w_hh, H, GRU_ROWS, ONNX_GRU, {}),
+                "B": np.concatenate([_blocks(b_ih, H, GRU_ROWS, ONNX_GRU, {}),
+                                     _blocks(b_hh, H, GRU_ROWS, ONNX_GRU, {})])}
     return {"W": w_ih, "R": w_hh, "B": np.concatenate([b_ih, b_hh])}
 
 
@@ -236,13 +242,14 @@ def _translations() -> dict:
             raise ValueError("ONNX's LSTM operator has no projection (proj_size)")
         T, B = frame(batch_sizes, "LSTM")
         H = int(w_hh.shape[1])
-        names, order = ("igo" if coupled else "ifgo"), "iofg"
+        names, order = (LSTM_COUPLED_ROWS if coupled else LSTM_ROWS), ONNX_LSTM
         W = op.Unsqueeze(reorder(w_ih, names, order, "i"), const([0]))
         R = op.Unsqueeze(reorder(w_hh, names, order, "i"), const([0]))
         Bias = biases(b_ih, b_hh, names, order, 4 * H)
         P = None
         if peep is not None:
-            P = op.Unsqueeze(reorder(peep, "io" if coupled else "ifo", "iof", "i"), const([0]))
+            P = op.Unsqueeze(reorder(peep, PEEP_COUPLED if coupled else PEEP, ONNX_PEEP, "i"),
+                             const([0]))
         X = op.Reshape(x, const([T, B, -1]))
         Y, Y_h, Y_c = op.LSTM(X, W, R, Bias, None, op.Unsqueeze(h0, const([0])),
                               op.Unsqueeze(c0, const([0])), P, hidden_size=H,
@@ -255,9 +262,9 @@ def _translations() -> dict:
     def gru(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, reset_after, kernels):
         T, B = frame(batch_sizes, "GRU")
         H = int(w_hh.shape[1])
-        W = op.Unsqueeze(reorder(w_ih, "rzn", "zrn"), const([0]))
-        R = op.Unsqueeze(reorder(w_hh, "rzn", "zrn"), const([0]))
-        Bias = biases(b_ih, b_hh, "rzn", "zrn", 3 * H)
+        W = op.Unsqueeze(reorder(w_ih, GRU_ROWS, ONNX_GRU), const([0]))
+        R = op.Unsqueeze(reorder(w_hh, GRU_ROWS, ONNX_GRU), const([0]))
+        Bias = biases(b_ih, b_hh, GRU_ROWS, ONNX_GRU, 3 * H)
         X = op.Reshape(x, const([T, B, -1]))
         Y, Y_h = op.GRU(X, W, R, Bias, None, op.Unsqueeze(h0, const([0])), hidden_size=H,
                         direction="reverse" if reverse else "forward",

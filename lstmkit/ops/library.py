@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.library import custom_op
 
 from ..cells.base import CellSpec, LayerWeights, State
-from . import fused, loops
+from . import _cpp_can_run, fused, loops
 from .extension import cpp_kernels
 
 
@@ -30,8 +30,7 @@ def _kernels(choice: str, x: Tensor):
         return loops
     if choice == "fused_cpp":
         return cpp_kernels(required=True)
-    cpu = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-    return (cpp_kernels(required=False) if cpu else None) or loops
+    return (cpp_kernels(required=False) if _cpp_can_run(x) else None) or loops
 
 
 class _Ctx(SimpleNamespace):
