@@ -7,32 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-from .._args import positive_int
+from .._args import fraction, positive_float, positive_int
 from ..data.text import CorpusError
 from .checkpoint import CheckpointError
 
 EXIT_ERROR, EXIT_DIVERGED = 2, 1
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return value
 
 
 def add_parsers(sub) -> None:
@@ -50,8 +30,8 @@ def add_parsers(sub) -> None:
                       help="character-level (default) or word-level model")
     data.add_argument("--vocab-size", type=positive_int, default=S,
                       help="word level: keep the most frequent words (default 10000)")
-    data.add_argument("--val-fraction", type=_fraction, default=S)
-    data.add_argument("--test-fraction", type=_fraction, default=S)
+    data.add_argument("--val-fraction", type=fraction, default=S)
+    data.add_argument("--test-fraction", type=fraction, default=S)
     model = train.add_argument_group("model")
     model.add_argument("--cell", choices=["lstm", "gru", "rnn"], default=S)
     model.add_argument("--peephole", action="store_true", default=S)
@@ -60,7 +40,7 @@ def add_parsers(sub) -> None:
     model.add_argument("--layers", type=positive_int, default=S)
     model.add_argument("--hidden", type=positive_int, default=S)
     model.add_argument("--embed", type=positive_int, default=S)
-    model.add_argument("--dropout", type=_fraction, default=S)
+    model.add_argument("--dropout", type=fraction, default=S)
     model.add_argument("--impl", choices=["lstmkit", "torch"], default=S,
                        help="recurrent layers from lstmkit (default) or torch.nn")
     model.add_argument("--backend", choices=["auto", "reference", "fused", "fused_py",
@@ -71,9 +51,9 @@ def add_parsers(sub) -> None:
                      help="number of streams, over all processes (32)")
     length = opt.add_mutually_exclusive_group()
     length.add_argument("--steps", type=positive_int, default=S, help="optimizer steps (1500)")
-    length.add_argument("--epochs", type=_positive_float, default=S,
+    length.add_argument("--epochs", type=positive_float, default=S,
                         help="passes over the training data, instead of --steps")
-    opt.add_argument("--lr", type=_positive_float, default=S, help="peak learning rate")
+    opt.add_argument("--lr", type=positive_float, default=S, help="peak learning rate")
     opt.add_argument("--lr-schedule", choices=["cosine", "constant"], default=S)
     opt.add_argument("--warmup", type=int, default=S, help="linear warm-up steps (50)")
     opt.add_argument("--clip", type=float, default=S, help="gradient-norm clip, 0 = off (1.0)")
@@ -97,7 +77,7 @@ def add_parsers(sub) -> None:
     sample.add_argument("--prime", default="", help="text to start from")
     sample.add_argument("--length", type=positive_int, default=500,
                         help="tokens to generate (500)")
-    sample.add_argument("--temperature", type=_positive_float, default=0.8)
+    sample.add_argument("--temperature", type=positive_float, default=0.8)
     sample.add_argument("--top-k", type=positive_int, default=None)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--checkpoint", choices=["best", "last"], default="best")
@@ -199,9 +179,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             corpus = read_corpus(cfg.data, max_chars=cfg.max_chars)
             ids = run.vocab.encode(corpus.text)
-            test = split_by_position(ids, cfg.val_fraction, cfg.test_fraction)[2]
+            test = split_by_position(ids, cfg.valfraction, cfg.testfraction)[2]
             if not len(test):
-                return _error("the run has no test split (test_fraction 0); give --data")
+                return _error("the run has no test split (testfraction 0); give --data")
             what = "the run's test split"
             result = evaluate_ids(run.model, run.vocab, test, seq_len=cfg.seq_len,
                                   streams=cfg.batch)
@@ -229,7 +209,7 @@ def add_experiment_parsers(sub) -> None:
     exp.add_argument("--seeds", type=positive_int, default=1)
     exp.add_argument("--hidden", type=positive_int, default=64)
     exp.add_argument("--batch", type=positive_int, default=32)
-    exp.add_argument("--lr", type=_positive_float, default=1e-2, help="Adam (0.01)")
+    exp.add_argument("--lr", type=positive_float, default=1e-2, help="Adam (0.01)")
     exp.add_argument("--forget-bias", type=float, default=0.0,
                      help="add this to the LSTM forget-gate bias at initialisation")
     exp.add_argument("--no-stop", action="store_true",
@@ -322,7 +302,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         else:                                  # the start of the run's validation split
             cfg = run.config
             ids = run.vocab.encode(read_corpus(cfg.data, max_chars=cfg.max_chars).text)
-            val = split_by_position(ids, cfg.val_fraction, cfg.test_fraction)[1]
+            val = split_by_position(ids, cfg.valfraction, cfg.testfraction)[1]
             text = run.vocab.decode(val[:5000])
         flow = None
         if args.gradient_flow is not None:
