@@ -179,9 +179,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             corpus = read_corpus(cfg.data, max_chars=cfg.max_chars)
             ids = run.vocab.encode(corpus.text)
-            test = split_by_position(ids, cfg.valfraction, cfg.testfraction)[2]
+            test = split_by_position(ids, cfg.val_fraction, cfg.test_fraction)[2]
             if not len(test):
-                return _error("the run has no test split (testfraction 0); give --data")
+                return _error("the run has no test split (test_fraction 0); give --data")
             what = "the run's test split"
             result = evaluate_ids(run.model, run.vocab, test, seq_len=cfg.seq_len,
                                   streams=cfg.batch)
@@ -302,7 +302,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         else:                                  # the start of the run's validation split
             cfg = run.config
             ids = run.vocab.encode(read_corpus(cfg.data, max_chars=cfg.max_chars).text)
-            val = split_by_position(ids, cfg.valfraction, cfg.testfraction)[1]
+            val = split_by_position(ids, cfg.val_fraction, cfg.test_fraction)[1]
             text = run.vocab.decode(val[:5000])
         flow = None
         if args.gradient_flow is not None:
