@@ -221,7 +221,7 @@ def test_auto_with_torch_kernel_matches_reference(bidirectional):
 def test_extension_disabled_by_environment(monkeypatch):
     from lstmkit.ops import extension
     monkeypatch.setenv(extension.ENV_DISABLE, "1")
-    monkeypatch.setattr(extension, "_state", {})
+    monkeypatch.setattr(extension, "_states", {})
     assert extension.cpp_kernels(required=False) is None
     with pytest.raises(extension.ExtensionUnavailable, match="LSTMKIT_NO_EXTENSION"):
         extension.cpp_kernels(required=True)
@@ -234,9 +234,9 @@ def test_extension_disabled_by_environment(monkeypatch):
 def test_extension_build_failure_warns_once_and_falls_back(monkeypatch):
     from lstmkit.ops import extension
     monkeypatch.delenv(extension.ENV_DISABLE, raising=False)
-    monkeypatch.setattr(extension, "_state", {})
+    monkeypatch.setattr(extension, "_states", {})
 
-    def broken():
+    def broken(name):
         raise OSError("no C++ compiler found")
     monkeypatch.setattr(extension, "_build", broken)
     with pytest.warns(RuntimeWarning, match="could not be built.*no C\\+\\+ compiler"):

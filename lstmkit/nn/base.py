@@ -85,6 +85,8 @@ class RecurrentBase(nn.Module):
                     shapes["weight_hr"] = (self.proj_size, H)
                 if peephole:                  # i, f, o (coupled: i, o)
                     shapes["peephole"] = ((len(self.cell.gate_rows) - 1) * H,)
+                for extra in self.cell.extra_params:
+                    shapes[extra.name] = extra.shape(H, size_in, self.output_size)
                 for key, shape in shapes.items():
                     self.register_parameter(key + sfx, nn.Parameter(torch.empty(shape, **factory)))
                 self._all_weights.append([key + sfx for key in shapes])
@@ -92,10 +94,20 @@ class RecurrentBase(nn.Module):
     def reset_parameters(self) -> None:
         """U(−1/√H, 1/√H) for every parameter, as torch.nn.
 
-        Same order as torch.nn, so the same seed gives the same weights."""
+        Same order as torch.nn, so the same seed gives the same weights. A variant's extra
+        parameters declared "ones" or "zeros" (e.g. layer-norm gains and biases) start there.
+        """
         bound = 1.0 / math.sqrt(self.hidden_size)
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
+        fixed = {e.name: e.init for e in self.cell.extra_params if e.init != "uniform"}
+        if fixed:
+            with torch.no_grad():
+                for names in self._all_weights:
+                    for name in names:
+                        init = fixed.get(name.rsplit("_l", 1)[0])
+                        if init is not None:
+                            getattr(self, name).fill_(1.0 if init == "ones" else 0.0)
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
@@ -105,8 +117,10 @@ class RecurrentBase(nn.Module):
         """The parameters of one layer and direction as the cells take them."""
         sfx = f"_l{layer}" + ("_reverse" if direction else "")
         get = self._parameters.get
+        extra = tuple(get(e.name + sfx) for e in self.cell.extra_params)
         return LayerWeights(get("weight_ih" + sfx), get("weight_hh" + sfx), get("bias_ih" + sfx),
-                            get("bias_hh" + sfx), get("weight_hr" + sfx), get("peephole" + sfx))
+                            get("bias_hh" + sfx), get("weight_hr" + sfx), get("peephole" + sfx),
+                            extra)
 
     def flatten_parameters(self) -> None:
         """No-op, for code written for torch.nn (lstmkit keeps no flat cuDNN buffer)."""
