@@ -1,4 +1,4 @@
-"""A one-line progress bar for training: step, loss, BPC or perplexity, tokens/s, ETA.
+"""A one-line progress bar for training: step, loss, BPC or perplexity, items/s, ETA.
 
 On a terminal it redraws one line on stderr; elsewhere (a log file, CI) it writes a plain
 line on each update instead. ``quiet`` turns the bar off; :meth:`Progress.write` lines
@@ -25,15 +25,17 @@ def format_rate(per_second: float) -> str:
 
 class Progress:
     def __init__(self, total: int, *, start: int = 0, quiet: bool = False,
-                 bar: TextIO | None = None, out: TextIO | None = None, width: int = 24):
+                 bar: TextIO | None = None, out: TextIO | None = None, width: int = 24,
+                 unit: str = "tok"):
         self.total, self.start, self.quiet, self.width = total, start, quiet, width
+        self.unit = unit                     # what the rate counts: tok, windows, seqs
         self.bar = bar if bar is not None else sys.stderr
         self.out = out if out is not None else sys.stdout
         self.tty = hasattr(self.bar, "isatty") and self.bar.isatty()
         self.t0 = time.perf_counter()
         self._shown = False
 
-    def line(self, step: int, tokens_per_s: float, **metrics: float) -> str:
+    def line(self, step: int, per_second: float, **metrics: float) -> str:
         done = step / self.total
         filled = int(self.width * done)
         elapsed = time.perf_counter() - self.t0
@@ -42,12 +44,13 @@ class Progress:
         values = " ".join(f"{k} {v:.3f}" for k, v in metrics.items())
         eta_text = format_duration(eta) if eta == eta else "?"
         return (f"step {step}/{self.total} [{'#' * filled}{'.' * (self.width - filled)}] "
-                f"{done:4.0%} {values} | {format_rate(tokens_per_s)} tok/s | ETA {eta_text}")
+                f"{done:4.0%} {values} | {format_rate(per_second)} {self.unit}/s "
+                f"| ETA {eta_text}")
 
-    def update(self, step: int, tokens_per_s: float, **metrics: float) -> None:
+    def update(self, step: int, per_second: float, **metrics: float) -> None:
         if self.quiet:
             return
-        text = self.line(step, tokens_per_s, **metrics)
+        text = self.line(step, per_second, **metrics)
         if self.tty:
             self.bar.write("\r\033[K" + text)
             self._shown = True
