@@ -153,6 +153,10 @@ class TrainerBase:
     def _plot_title(self) -> str:
         return type(self.model).__name__
 
+    def _plot_metric(self) -> str:
+        """*task*: the logged metric loss.png shows (``train_<m>`` and ``val_<m>``)."""
+        return "loss"
+
     # -- resume and saving -----------------------------------------------------------------
     def _restore(self, payload: dict) -> None:
         try:
@@ -275,7 +279,7 @@ class TrainerBase:
                    **{f"val_{k}": v for k, v in metrics.items()}})
         self.save("last", "best") if improved else self.save("last")
         self._saved = True
-        self._plot(next(iter(metrics), "loss"))
+        self._plot(self._plot_metric())
         if self.rank == 0:
             shown = "".join(f", {k} {v:.4f}" for k, v in metrics.items())
             progress.write(f"step {self.step}: validation loss {val_loss:.4f}{shown}"

@@ -18,15 +18,27 @@ def make_rnn(cfg: TrainConfig) -> nn.Module:
     Built with the same arguments either way, so under the same seed both start from the
     same weights (lstmkit draws its initial weights exactly as torch.nn does).
     """
-    args = (cfg.embed, cfg.hidden, cfg.layers)
-    kw = dict(batch_first=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
     if cfg.impl == "torch":
-        return {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cfg.cell](*args, **kw)
-    if cfg.cell == "lstm":
-        return lstmkit.LSTM(*args, **kw, peephole=cfg.peephole, coupled=cfg.coupled,
-                            backend=cfg.backend)
-    module = {"gru": lstmkit.GRU, "rnn": lstmkit.RNN}[cfg.cell]
-    return module(*args, **kw, backend=cfg.backend)
+        kw = dict(batch_first=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        return {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cfg.cell](
+            cfg.embed, cfg.hidden, cfg.layers, **kw)
+    return build_recurrent(cfg.cell, cfg.embed, cfg.hidden, cfg.layers, dropout=cfg.dropout,
+                           peephole=cfg.peephole, coupled=cfg.coupled, backend=cfg.backend)
+
+
+def build_recurrent(cell: str, input_size: int, hidden: int, layers: int = 1, *,
+                    dropout: float = 0.0, bidirectional: bool = False, peephole: bool = False,
+                    coupled: bool = False, backend: str = "auto") -> nn.Module:
+    """A batch-first lstmkit LSTM/GRU/RNN stack; ``dropout`` applies between layers only
+    (ignored for one layer, without torch.nn's warning)."""
+    kw = dict(batch_first=True, dropout=dropout if layers > 1 else 0.0,
+              bidirectional=bidirectional, backend=backend)
+    if cell == "lstm":
+        return lstmkit.LSTM(input_size, hidden, layers, **kw, peephole=peephole, coupled=coupled)
+    if peephole or coupled:
+        raise ValueError(f"peephole/coupled are LSTM keywords; cell is {cell!r}")
+    module = {"gru": lstmkit.GRU, "rnn": lstmkit.RNN}[cell]
+    return module(input_size, hidden, layers, **kw)
 
 
 class LanguageModel(nn.Module):

@@ -133,6 +133,9 @@ class Trainer(TrainerBase):
     def _plot_title(self) -> str:
         return f"{self.cfg.cell} {self.cfg.layers}×{self.cfg.hidden}"
 
+    def _plot_metric(self) -> str:
+        return self.metric
+
     def _intro(self) -> str:
         cfg = self.cfg
         n = sum(p.numel() for p in self.model.parameters())
