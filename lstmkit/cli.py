@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_parser(sub)
     from .train.cli import add_experiment_parsers, add_inspect_parser, add_parsers
     add_parsers(sub)
+    from .train.tasks_cli import add_task_parsers
+    add_task_parsers(sub)
     add_experiment_parsers(sub)
     add_inspect_parser(sub)
     return parser

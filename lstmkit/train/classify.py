@@ -41,11 +41,12 @@ from ..data.ucr import (
 )
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import CELLS, SCHEDULES
-from .loop import TrainerBase
+from .loop import TrainerBase, resume_run_config
 from .model import build_recurrent
 from .progress import Progress
 
 POOLS = ("last", "mean")
+RESUMABLE = ("steps", "eval_every", "log_every", "quiet")
 
 
 @dataclass
@@ -361,3 +362,9 @@ def load_classifier(run_dir: str | Path, which: str = "best") -> tuple[SequenceC
         raise CheckpointError(f"the checkpoint of {run_dir} is not a classify run's: "
                               f"{e}") from None
     return model.eval(), cfg, scaler, classes
+
+
+def resume_classify_config(run_dir: str | Path, overrides: dict) -> ClassifyConfig:
+    """The configuration of the run in ``run_dir``, with the fields of ``overrides`` that
+    may change on resume (see :data:`RESUMABLE`)."""
+    return resume_run_config(run_dir, overrides, ClassifyConfig, RESUMABLE)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from .._args import fraction, positive_float, positive_int
+from ..data.packaged import DatasetUnavailable
 from ..data.text import CorpusError
 from .checkpoint import CheckpointError
 
@@ -94,8 +95,12 @@ def add_parsers(sub) -> None:
 _NOT_CONFIG = {"command", "func", "out", "resume"}
 
 
-def _overrides(args: argparse.Namespace) -> dict:
+def _overrides(args: argparse.Namespace, epochs: bool = True) -> dict:
+    """The options given, as configuration fields; with ``epochs``, --steps and --epochs
+    replace each other."""
     d = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    if not epochs:
+        return d
     if "epochs" in d:
         d["steps"] = None
     elif "steps" in d:
@@ -109,40 +114,43 @@ def _error(message: str) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .trainer import shutdown_distributed
-
-    try:
-        return _train(args)
-    finally:
-        shutdown_distributed()
-
-
-def _train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
-    from .trainer import Trainer, TrainingDiverged, TrainingInterrupted, resume_config
+    from .trainer import Trainer, resume_config
+
+    return run_job(args, TrainConfig.from_dict, resume_config, Trainer,
+                   lambda cfg: cfg.cell, epochs=True)
+
+
+def run_job(args: argparse.Namespace, make_config, resume_config, trainer_class,
+            name_of, *, epochs: bool = False) -> int:
+    """Start or resume a run (``--out`` / ``--resume``) of ``trainer_class`` and map its
+    outcome to an exit code: 0 done, 1 diverged, 2 bad input, 130/143 signals."""
+    from .loop import TrainingDiverged, TrainingInterrupted, shutdown_distributed
 
     try:
         if args.resume is not None:
             if args.out is not None and args.out != args.resume:
                 return _error("give either --out or --resume, not both")
             run_dir = args.resume
-            cfg = resume_config(run_dir, _overrides(args))
+            cfg = resume_config(run_dir, _overrides(args, epochs))
         else:
-            cfg = TrainConfig.from_dict(_overrides(args))
-            run_dir = args.out or Path("runs") / f"{cfg.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
+            cfg = make_config(_overrides(args, epochs))
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run_dir = args.out or Path("runs") / f"{name_of(cfg)}-{stamp}"
             if (run_dir / "checkpoints").exists():
                 return _error(f"{run_dir} already holds a run; continue it with --resume "
                               f"{run_dir} or choose another --out")
-        trainer = Trainer(cfg, run_dir, resume=args.resume is not None)
-        trainer.fit()
+        trainer_class(cfg, run_dir, resume=args.resume is not None).fit()
     except TrainingInterrupted as e:
         print(f"lstmkit: interrupted by {e}", file=sys.stderr)
         return EXIT_SIGNAL.get(e.signame, 130)
     except TrainingDiverged as e:
         print(f"lstmkit: training diverged: {e}", file=sys.stderr)
         return EXIT_DIVERGED
-    except (CorpusError, CheckpointError, ValueError) as e:
+    except (CorpusError, CheckpointError, ValueError, DatasetUnavailable, ImportError) as e:
         return _error(str(e))
+    finally:
+        shutdown_distributed()
     return 0
 
 

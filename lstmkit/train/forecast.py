@@ -52,7 +52,7 @@ from ..data.series import (
 )
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import CELLS, SCHEDULES
-from .loop import TrainerBase
+from .loop import TrainerBase, resume_run_config
 from .model import build_recurrent
 from .progress import Progress
 
@@ -479,16 +479,7 @@ def predict(run_dir: str | Path, csv_path: str | Path | None = None) -> tuple[np
 def resume_forecast_config(run_dir: str | Path, overrides: dict) -> ForecastConfig:
     """The configuration of the run in ``run_dir``, with the fields of ``overrides`` that
     may change on resume (see :data:`RESUMABLE`)."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not an lstmkit run directory (no config.json)")
-    cfg = json.loads(path.read_text())
-    fixed = sorted(k for k, v in overrides.items() if k not in RESUMABLE and cfg.get(k) != v)
-    if fixed:
-        raise ValueError(f"cannot change {', '.join(fixed)} when resuming (only "
-                         f"{', '.join(RESUMABLE)} may change)")
-    cfg.update({k: v for k, v in overrides.items() if k in RESUMABLE})
-    return ForecastConfig.from_dict(cfg)
+    return resume_run_config(run_dir, overrides, ForecastConfig, RESUMABLE)
 
 
 __all__ = ["ForecastConfig", "ForecastTrainer", "ForecastResult", "Forecaster", "predict",

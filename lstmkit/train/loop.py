@@ -83,6 +83,25 @@ def shutdown_distributed() -> None:
             _OWNED_GROUP.clear()
 
 
+def resume_run_config(run_dir: str | Path, overrides: dict, config_class: Any,
+                      resumable: tuple[str, ...]) -> Any:
+    """The configuration saved in ``run_dir``, with the fields of ``overrides`` that may
+    change on resume (``resumable``); a different value of any other field is an error."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not an lstmkit run directory (no config.json)")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    fixed = sorted(k for k, v in overrides.items() if k not in resumable and cfg.get(k) != v)
+    if fixed:
+        raise ValueError(f"cannot change {', '.join(fixed)} when resuming; a resumed run "
+                         f"keeps its configuration (only {', '.join(resumable)} may change)")
+    cfg.update({k: v for k, v in overrides.items() if k in resumable})
+    return config_class.from_dict(cfg)
+
+
 class TrainerBase:
     """The shared loop. ``cfg`` is a dataclass with ``lr``, ``lr_schedule``, ``warmup``,
     ``min_lr_ratio``, ``weight_decay``, ``clip``, ``seed``, ``log_every``, ``quiet`` and a
