@@ -275,10 +275,10 @@ def test_cli_forecast_and_predict(sales_csv, tmp_path, capsys):
 def test_classical_baselines_follow_a_linear_trend():
     pytest.importorskip("statsmodels")
     from lstmkit.train.classical import arima_backtest, ets_backtest
-    y = 3.0 + 0.5 * np.arange(60) + np.random.default_rng(0).normal(0, 1e-3, 60)
+    y = 3.0 + 0.5 * np.arange(60) + np.random.default_rng(0).normal(0, 0.05, 60)
     expected = np.stack([3.0 + 0.5 * np.arange(o, o + 4) for o in (50, 53)])
     f, _ = ets_backtest(y, 50, [50, 53], 4, 1)
-    np.testing.assert_allclose(f, expected, atol=0.05)
+    np.testing.assert_allclose(f, expected, atol=0.3)
     g, name = arima_backtest(y, 50, [50, 53], 4, 1)
     assert name.startswith("ARIMA(")
-    np.testing.assert_allclose(g, expected, atol=0.05)
+    np.testing.assert_allclose(g, expected, atol=0.3)

@@ -1,4 +1,6 @@
-"""Data sets for the ``lstmkit`` commands: text corpora for language models."""
+"""Data sets for the ``lstmkit`` commands: text corpora for language models
+(:mod:`.text`), synthetic long-time-lag tasks (:mod:`.synthetic`), time series for
+forecasting (:mod:`.series`) and labelled sequences for classification (:mod:`.ucr`)."""
 
 from .text import (
     Corpus,

@@ -29,12 +29,14 @@ from ..data.packaged import EXTRA
 
 
 def _statsmodels():
+    """(SARIMAX, ExponentialSmoothing) from statsmodels' state-space models."""
     try:
-        import statsmodels.api as sm
+        from statsmodels.tsa.statespace.exponential_smoothing import ExponentialSmoothing
+        from statsmodels.tsa.statespace.sarimax import SARIMAX
     except ImportError:
         raise ImportError(f"the ARIMA/ETS baselines need statsmodels: pip install '{EXTRA}' "
-                          "(or run without them: --no-classical)") from None
-    return sm
+                          "(or leave out --classical)") from None
+    return SARIMAX, ExponentialSmoothing
 
 
 @contextlib.contextmanager
@@ -86,8 +88,8 @@ def _rolling(res, y: np.ndarray, origins: list[int], horizon: int) -> np.ndarray
 def arima_backtest(y: np.ndarray, train_end: int, origins: list[int], horizon: int,
                    season: int) -> tuple[np.ndarray, str]:
     """(forecasts (len(origins), horizon), description of the chosen model)."""
-    sm = _statsmodels()
-    res, kw = _best_fit(lambda kw: sm.tsa.SARIMAX(y[:train_end], **kw),
+    sarimax, _ = _statsmodels()
+    res, kw = _best_fit(lambda kw: sarimax(y[:train_end], **kw),
                         _arima_candidates(season))
     p, d, q = kw["order"]
     P, D, Q, m = kw["seasonal_order"]
@@ -98,11 +100,11 @@ def arima_backtest(y: np.ndarray, train_end: int, origins: list[int], horizon: i
 def ets_backtest(y: np.ndarray, train_end: int, origins: list[int], horizon: int,
                  season: int) -> tuple[np.ndarray, str]:
     """(forecasts (len(origins), horizon), description of the chosen model)."""
-    sm = _statsmodels()
+    _, exponential_smoothing = _statsmodels()
     if train_end < 2 * max(season, 1) + 2:
         raise ValueError(f"ETS needs at least two seasons ({2 * season + 2} values) in the "
                          f"training part, which has {train_end}")
-    res, kw = _best_fit(lambda kw: sm.tsa.statespace.ExponentialSmoothing(y[:train_end], **kw),
+    res, kw = _best_fit(lambda kw: exponential_smoothing(y[:train_end], **kw),
                         _ets_candidates(season))
     trend = "N" if not kw["trend"] else ("Ad" if kw["damped_trend"] else "A")
     name = f"ETS(A,{trend},{'A' if kw['seasonal'] else 'N'})"
