@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +40,8 @@ from ..data.ucr import (
     stratified_split,
 )
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import CELLS, SCHEDULES
-from .loop import TrainerBase, resume_run_config
+from .config import RunConfig
+from .loop import TrainerBase, load_run, resume_run_config
 from .model import build_recurrent
 from .progress import Progress
 
@@ -50,7 +50,7 @@ RESUMABLE = ("steps", "eval_every", "log_every", "quiet")
 
 
 @dataclass
-class ClassifyConfig:
+class ClassifyConfig(RunConfig):
     """Everything that decides a classification run (saved as ``config.json``)."""
 
     # data
@@ -91,11 +91,8 @@ class ClassifyConfig:
             if not ok:
                 raise ValueError(f"invalid classify configuration: {what}")
 
-        need(self.cell in CELLS, f"cell must be one of {CELLS}, got {self.cell!r}")
-        need(not (self.peephole or self.coupled) or self.cell == "lstm",
-             f"peephole/coupled are LSTM keywords; cell is {self.cell!r}")
+        self._check_common(need)
         need(self.pool in POOLS, f"pool must be one of {POOLS}, got {self.pool!r}")
-        need(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES}")
         need((self.train is None) == (self.test is None), "give both --train and --test")
         need(self.train is not None or self.dataset.lower() in {k.lower() for k in BUILTIN_SETS},
              f"dataset must be one of {', '.join(BUILTIN_SETS)}, got {self.dataset!r}")
@@ -103,26 +100,10 @@ class ClassifyConfig:
                                           "checkpoint is chosen on held-out training cases")
         for name in ("layers", "hidden", "steps", "batch", "log_every"):
             need(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
-        need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
-        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(self.clip >= 0, f"clip must be ≥ 0 (0 = off), got {self.clip}")
-        need(self.warmup >= 0, f"warmup must be ≥ 0, got {self.warmup}")
-        need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]")
-        need(self.eval_every is None or self.eval_every >= 1, "eval_every must be ≥ 1")
 
     @property
     def name(self) -> str:
         return Path(self.train).stem if self.train else self.dataset
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ClassifyConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
-        return cls(**d)
 
 
 def load_sets(cfg: ClassifyConfig) -> tuple[SequenceSet, SequenceSet]:
@@ -347,12 +328,7 @@ def load_classifier(run_dir: str | Path, which: str = "best") -> tuple[SequenceC
                                                                        ClassifyConfig,
                                                                        Standardizer, list[str]]:
     """(model, configuration, standardiser, classes) of a ``classify`` run."""
-    run_dir = Path(run_dir)
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not an lstmkit classify run (no config.json)")
-    cfg = ClassifyConfig.from_dict(json.loads(path.read_text()))
-    payload = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt")
+    cfg, payload = load_run(run_dir, ClassifyConfig, "classify", which)
     try:
         classes = json.loads(payload["classes"])
         scaler = Standardizer.from_dict(json.loads(payload["scaler"]))

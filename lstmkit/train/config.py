@@ -13,8 +13,42 @@ SCHEDULES = ("cosine", "constant")
 RESUMABLE = ("steps", "epochs", "eval_every", "log_every", "sample_length", "quiet")
 
 
+class RunConfig:
+    """What every run configuration (train, forecast, classify) shares: JSON in and out,
+    and the checks of the model and optimisation fields they have in common."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+    def _check_common(self, need) -> None:
+        need(self.cell in CELLS, f"cell must be one of {CELLS}, got {self.cell!r}")
+        need(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES}, got "
+                                            f"{self.lr_schedule!r}")
+        need(not (self.peephole or self.coupled) or self.cell == "lstm",
+             f"peephole/coupled are LSTM keywords; cell is {self.cell!r}")
+        need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.clip >= 0, f"clip must be ≥ 0 (0 = off), got {self.clip}")
+        need(self.warmup >= 0, f"warmup must be ≥ 0, got {self.warmup}")
+        need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got "
+                                          f"{self.min_lr_ratio}")
+        need(self.eval_every is None or self.eval_every >= 1, "eval_every must be ≥ 1")
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     """Everything that decides a run. Defaults: the README's main job, a one-layer
     character LSTM on the built-in corpus that trains in a few minutes on 2 cores."""
 
@@ -62,25 +96,15 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"invalid training configuration: {what}")
 
-        need(self.cell in CELLS, f"cell must be one of {CELLS}, got {self.cell!r}")
+        self._check_common(need)
         need(self.impl in IMPLS, f"impl must be one of {IMPLS}, got {self.impl!r}")
         need(self.tokens in ("char", "word"), f"tokens must be 'char' or 'word', got "
                                               f"{self.tokens!r}")
-        need(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES}, got "
-                                            f"{self.lr_schedule!r}")
-        need(not (self.peephole or self.coupled) or self.cell == "lstm",
-             f"peephole/coupled are LSTM keywords; cell is {self.cell!r}")
         need(not (self.impl == "torch" and (self.peephole or self.coupled)),
              "torch.nn has no peephole or coupled LSTM; use impl='lstmkit'")
         for name in ("layers", "hidden", "embed", "seq_len", "batch", "vocab_size",
                      "log_every", "sample_length"):
             need(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
-        need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
-        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(self.clip >= 0, f"clip must be ≥ 0 (0 = off), got {self.clip}")
-        need(self.warmup >= 0, f"warmup must be ≥ 0, got {self.warmup}")
-        need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got "
-                                          f"{self.min_lr_ratio}")
         need(0 <= self.val_fraction < 0.5 and 0 <= self.test_fraction < 0.5,
              "val_fraction and test_fraction must be in [0, 0.5)")
         need(self.val_fraction > 0, "val_fraction must be > 0 (validation picks the best "
@@ -89,20 +113,4 @@ class TrainConfig:
              "give exactly one of steps and epochs")
         need(self.steps is None or self.steps >= 1, f"steps must be ≥ 1, got {self.steps}")
         need(self.epochs is None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
-        need(self.eval_every is None or self.eval_every >= 1, "eval_every must be ≥ 1")
         need(self.max_chars is None or self.max_chars >= 100, "max_chars must be ≥ 100")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
-        return cls(**d)
-
-    @classmethod
-    def from_json(cls, text: str) -> TrainConfig:
-        return cls.from_dict(json.loads(text))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +51,8 @@ from ..data.series import (
     windows,
 )
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import CELLS, SCHEDULES
-from .loop import TrainerBase, resume_run_config
+from .config import RunConfig
+from .loop import TrainerBase, load_run, resume_run_config
 from .model import build_recurrent
 from .progress import Progress
 
@@ -60,7 +60,7 @@ RESUMABLE = ("steps", "eval_every", "log_every", "quiet", "classical")
 
 
 @dataclass
-class ForecastConfig:
+class ForecastConfig(RunConfig):
     """Everything that decides a forecasting run (saved as ``config.json``). ``None``
     fields are resolved from the series by :meth:`resolved`."""
 
@@ -111,10 +111,7 @@ class ForecastConfig:
             if not ok:
                 raise ValueError(f"invalid forecast configuration: {what}")
 
-        need(self.cell in CELLS, f"cell must be one of {CELLS}, got {self.cell!r}")
-        need(not (self.peephole or self.coupled) or self.cell == "lstm",
-             f"peephole/coupled are LSTM keywords; cell is {self.cell!r}")
-        need(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES}")
+        self._check_common(need)
         need(self.csv is not None or self.series in BUILTIN_SERIES,
              f"series must be one of {', '.join(sorted(BUILTIN_SERIES))}, got {self.series!r}")
         need(self.csv is None or self.target is not None, "a CSV needs --target COLUMN")
@@ -125,12 +122,6 @@ class ForecastConfig:
             need(v is None or v >= 1, f"{name} must be ≥ 1, got {v}")
         for name in ("backtest", "stride", "layers", "hidden", "steps", "batch", "log_every"):
             need(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
-        need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
-        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(self.clip >= 0, f"clip must be ≥ 0 (0 = off), got {self.clip}")
-        need(self.warmup >= 0, f"warmup must be ≥ 0, got {self.warmup}")
-        need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]")
-        need(self.eval_every is None or self.eval_every >= 1, "eval_every must be ≥ 1")
 
     def resolved(self, series: Series) -> ForecastConfig:
         """The configuration with every default that depends on the series filled in."""
@@ -139,16 +130,6 @@ class ForecastConfig:
         lookback = self.lookback or max(2 * season, 2 * horizon)
         return replace(self, season=season, horizon=horizon, lookback=lookback,
                        val_windows=self.val_windows or horizon)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ForecastConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
-        return cls(**d)
 
 
 def load_series(cfg: ForecastConfig) -> Series:
@@ -435,15 +416,7 @@ def load_forecast_run(run_dir: str | Path, which: str = "best") -> tuple[Forecas
                                                                          ForecastConfig,
                                                                          Scaler, list[str]]:
     """(model, configuration, scaler, column names) of a finished ``forecast`` run."""
-    run_dir = Path(run_dir)
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not an lstmkit forecast run (no config.json)")
-    try:
-        cfg = ForecastConfig.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path} is not a forecast configuration: {e}") from None
-    payload = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt")
+    cfg, payload = load_run(run_dir, ForecastConfig, "forecast", which)
     try:
         scaler = Scaler.from_dict(json.loads(payload["scaler"]))
         columns = json.loads(payload["columns"])

@@ -102,6 +102,21 @@ def resume_run_config(run_dir: str | Path, overrides: dict, config_class: Any,
     return config_class.from_dict(cfg)
 
 
+def load_run(run_dir: str | Path, config_class: Any, kind: str,
+             which: str = "best") -> tuple[Any, dict]:
+    """(configuration, checkpoint payload) of a finished ``kind`` run (``lstmkit forecast``,
+    ``classify``, …): clear errors if ``run_dir`` is not one."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not an lstmkit {kind} run (no config.json)")
+    try:
+        cfg = config_class.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a {kind} configuration: {e}") from None
+    return cfg, load_checkpoint(run_dir / "checkpoints" / f"{which}.pt")
+
+
 class TrainerBase:
     """The shared loop. ``cfg`` is a dataclass with ``lr``, ``lr_schedule``, ``warmup``,
     ``min_lr_ratio``, ``weight_decay``, ``clip``, ``seed``, ``log_every``, ``quiet`` and a

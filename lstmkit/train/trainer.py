@@ -21,7 +21,6 @@ and only rank 0 writes the run directory.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +38,14 @@ from ..data.text import (
     stream_rows,
     window,
 )
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import load_checkpoint
 from .config import RESUMABLE, TrainConfig
 from .loop import (  # noqa: F401  (re-exported)
     TrainerBase,
     TrainingDiverged,
     TrainingInterrupted,
     learning_rate,
+    resume_run_config,
     shutdown_distributed,
 )
 from .model import (
@@ -196,20 +196,10 @@ class Trainer(TrainerBase):
 
 def resume_config(run_dir: str | Path, overrides: dict) -> TrainConfig:
     """The configuration of the run in ``run_dir`` with the fields of ``overrides`` that
-    may change on resume (steps, epochs, eval_every, log_every, sample_length, quiet)."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not an lstmkit run directory (no config.json)")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
-    fixed = sorted(k for k, v in overrides.items() if k not in RESUMABLE and cfg.get(k) != v)
-    if fixed:
-        raise ValueError(f"cannot change {', '.join(fixed)} when resuming; a resumed run "
-                         f"keeps its configuration (only {', '.join(RESUMABLE)} may change)")
+    may change on resume (steps, epochs, eval_every, log_every, sample_length, quiet);
+    --steps and --epochs replace each other."""
+    cfg = resume_run_config(run_dir, overrides, TrainConfig, RESUMABLE)
     if "steps" in overrides or "epochs" in overrides:
-        cfg["steps"], cfg["epochs"] = overrides.get("steps"), overrides.get("epochs")
-    cfg.update({k: v for k, v in overrides.items() if k in RESUMABLE and k not in
-                ("steps", "epochs")})
-    return TrainConfig.from_dict(cfg)
+        cfg.steps, cfg.epochs = overrides.get("steps"), overrides.get("epochs")
+        cfg.validate()
+    return cfg
