@@ -251,3 +251,35 @@ def test_auto_backend_is_not_torch_kernel():
     ref.load_state_dict(m.state_dict())
     x = torch.randn(5, 2, 3)
     torch.testing.assert_close(m(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
+
+
+# -- torch.compile -----------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["fused", "fused_py"])
+@pytest.mark.parametrize("variant", ["nig", "noaf", "fgr_peephole", "nog_cifg_peephole"])
+def test_compile_no_graph_breaks_same_outputs_and_gradients(variant, backend):
+    """tests/test_compile.py's pattern: one custom op per layer, no graph break, and the
+    compiled model equals the eager one, gradients included."""
+    import torch._dynamo as dynamo
+    torch.manual_seed(0)
+    m = build(variant, backend, dtype=torch.float32, input_size=4, hidden_size=6,
+              bidirectional=True)
+    model = torch.nn.Sequential(m)
+
+    def run(mod, x):
+        return mod(x)[0].tanh().sum(-1)
+
+    x, g = torch.randn(9, 3, 4), torch.randn(9, 3)
+    dynamo.reset()
+    explained = dynamo.explain(lambda x: run(model, x))(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    compiled = torch.compile(lambda x: run(model, x), backend="aot_eager", fullgraph=True)
+
+    def grads(fn):
+        model.zero_grad()
+        xx = x.clone().requires_grad_()
+        y = fn(xx)
+        (y * g).sum().backward()
+        return [y.detach(), xx.grad] + [p.grad.clone() for p in model.parameters()]
+
+    for a, b in zip(grads(compiled), grads(lambda x: run(model, x)), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
