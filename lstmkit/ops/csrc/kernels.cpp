@@ -405,8 +405,8 @@ std::vector<Tensor> lstm_backward(Tensor dout, Tensor dh_n, Tensor dc_n, Tensor 
 // lstm_variant_forward / lstm_variant_backward of loops.py: absent gates (constant 1, no
 // rows), no input / cell activation (identity), full gate recurrence (FGR: W_gg (3H, 3H)
 // from the previous step's i, f, o). The flags are runtime values: the pointwise loops
-// compute every term and select, so they stay branch-free and vectorise; an absent gate
-// reads zeros and writes to a sink, and a missing peephole is a vector of zeros.
+// compute every term and weight it by 0 or 1 (x = k·a + (1 − k)·b), so they stay branch-free
+// and vectorise; an absent gate reads a sink and writes to it, a missing peephole is zeros.
 struct Variant {
   bool coupled, has_i, has_f, has_o, act_g, act_c, fgr;
   int64_t G;                          // gate blocks in the rows
@@ -453,8 +453,10 @@ struct Scratch {
 template <typename T>
 void lstm_variant_pointwise(int64_t n, int64_t H, const Variant& v, T* a, T* c_carry, T* c_out,
                             T* m_out, int64_t ldm, const T* peep, T* q, Scratch<T>& s) {
-  const bool coupled = v.coupled, has_i = v.has_i, has_f = v.has_f, has_o = v.has_o;
-  const bool act_g = v.act_g, act_c = v.act_c;
+  // the flags as 0/1 weights: x = k·a + (1 − k)·b is exactly a or b, and plain arithmetic
+  // keeps the loop vectorised (GCC does not vectorise it with runtime ternaries)
+  const T k_i = v.has_i, k_f = v.has_f, k_o = v.has_o, k_g = v.act_g, k_c = v.act_c;
+  const T k_cpl = v.coupled;
   const T* z = s.zeros.data();
   const T* p_i = peep ? block(peep, v.peep_i, H, z) : z;
   const T* p_f = peep ? block(peep, v.peep_f, H, z) : z;
@@ -473,13 +475,19 @@ void lstm_variant_pointwise(int64_t n, int64_t H, const Variant& v, T* a, T* c_c
     T* mb = m_out + b * ldm;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
-      const T c_prev = cb[j];
-      const T i_t = has_i ? sigmoid(a_i[j] + p_i[j] * c_prev) : T(1);
-      const T f_t = coupled ? T(1) - i_t : has_f ? sigmoid(a_f[j] + p_f[j] * c_prev) : T(1);
-      const T g_t = act_g ? tanh_(a_g[j]) : a_g[j];
+      // every term computed unconditionally, then weighted: keeps the loop vectorised
+      const T c_prev = cb[j], pre_g = a_g[j];
+      const T s_i = sigmoid(a_i[j] + p_i[j] * c_prev);
+      const T s_f = sigmoid(a_f[j] + p_f[j] * c_prev);
+      const T tanh_g = tanh_(pre_g);
+      const T i_t = k_i * s_i + (T(1) - k_i);
+      const T f_t = k_cpl * (T(1) - i_t) + (T(1) - k_cpl) * (k_f * s_f + (T(1) - k_f));
+      const T g_t = k_g * tanh_g + (T(1) - k_g) * pre_g;
       const T c_t = f_t * c_prev + i_t * g_t;
-      const T o_t = has_o ? sigmoid(a_o[j] + p_o[j] * c_t) : T(1);
-      const T act_c_t = act_c ? tanh_(c_t) : c_t;
+      const T s_o = sigmoid(a_o[j] + p_o[j] * c_t);
+      const T tanh_c = tanh_(c_t);
+      const T o_t = k_o * s_o + (T(1) - k_o);
+      const T act_c_t = k_c * tanh_c + (T(1) - k_c) * c_t;
       a_i[j] = i_t;
       a_f[j] = f_t;
       a_g[j] = g_t;
@@ -499,8 +507,10 @@ void lstm_variant_pointwise_backward(int64_t n, int64_t H, const Variant& v, con
                                      const T* c, const T* c_prev, const T* dm, int64_t lddm,
                                      T* dc_carry, const T* dq, T* dA, const T* peep,
                                      Scratch<T>& s) {
-  const bool coupled = v.coupled, has_i = v.has_i, has_f = v.has_f, has_o = v.has_o;
-  const bool act_g = v.act_g, act_c = v.act_c;
+  // the flags as 0/1 weights: x = k·a + (1 − k)·b is exactly a or b, and plain arithmetic
+  // keeps the loop vectorised (GCC does not vectorise it with runtime ternaries)
+  const T k_i = v.has_i, k_f = v.has_f, k_o = v.has_o, k_g = v.act_g, k_c = v.act_c;
+  const T k_cpl = v.coupled;
   const T* z = s.zeros.data();
   const T* p_i = peep ? block(peep, v.peep_i, H, z) : z;
   const T* p_f = peep ? block(peep, v.peep_f, H, z) : z;
@@ -525,19 +535,21 @@ void lstm_variant_pointwise_backward(int64_t n, int64_t H, const Variant& v, con
     T* dcb = dc_carry + b * H;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
-      const T i_t = has_i ? i_[j] : T(1), g_t = g_[j], o_t = has_o ? o_[j] : T(1);
-      const T f_t = coupled ? T(1) - i_t : has_f ? f_[j] : T(1);
-      const T cp = cpb[j];
-      const T act_c_t = act_c ? tanh_(cb[j]) : cb[j];
-      const T d_m = dmb[j];
-      const T d_o = has_o ? (d_m * act_c_t + dq_o[j]) * o_t * (T(1) - o_t) : T(0);
-      const T dc = dcb[j] + d_m * o_t * (act_c ? T(1) - act_c_t * act_c_t : T(1)) +
-                   d_o * p_o[j];
-      const T d_g = dc * i_t * (act_g ? T(1) - g_t * g_t : T(1));
+      // loads and terms unconditional, then weighted (vectorised); an absent gate is 1,
+      // so its σ' = g(1 − g) is 0 and its dA block comes out 0
+      const T gi = i_[j], gf = f_[j], g_t = g_[j], go = o_[j], c_t = cb[j], cp = cpb[j];
+      const T dqi = dq_i[j], dqf = dq_f[j], dqo = dq_o[j], d_m = dmb[j];
+      const T tanh_c = tanh_(c_t);
+      const T i_t = k_i * gi + (T(1) - k_i), o_t = k_o * go + (T(1) - k_o);
+      const T f_t = k_cpl * (T(1) - i_t) + (T(1) - k_cpl) * (k_f * gf + (T(1) - k_f));
+      const T act_c_t = k_c * tanh_c + (T(1) - k_c) * c_t;
+      const T d_act_c = T(1) - k_c * tanh_c * tanh_c;
+      const T d_o = (d_m * act_c_t + dqo) * o_t * (T(1) - o_t);
+      const T dc = dcb[j] + d_m * o_t * d_act_c + d_o * p_o[j];
+      const T d_g = dc * i_t * (T(1) - k_g * g_t * g_t);
       const T sig_i = i_t * (T(1) - i_t);
-      const T d_i = coupled ? dc * (g_t - cp) * sig_i
-                            : has_i ? (dc * g_t + dq_i[j]) * sig_i : T(0);
-      const T d_f = has_f ? (dc * cp + dq_f[j]) * f_t * (T(1) - f_t) : T(0);
+      const T d_i = (k_cpl * (dc * (g_t - cp)) + (T(1) - k_cpl) * (dc * g_t + dqi)) * sig_i;
+      const T d_f = (dc * cp + dqf) * f_t * (T(1) - f_t);
       da_i[j] = d_i;
       da_f[j] = d_f;
       da_g[j] = d_g;
