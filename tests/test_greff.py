@@ -283,3 +283,29 @@ def test_compile_no_graph_breaks_same_outputs_and_gradients(variant, backend):
 
     for a, b in zip(grads(compiled), grads(lambda x: run(model, x)), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+# -- the CLIs ------------------------------------------------------------------------------------
+def test_experiment_cells_and_forget_bias():
+    """``experiment --cell lstm-nig`` builds Greff's NIG (vanilla minus the input gate), and
+    the forget bias lands on the f block, which is the first one without an input gate."""
+    from lstmkit.train.experiment import CELLS, add_forget_bias
+    module, kw = CELLS["lstm-nig"]
+    m = module(3, 4, **kw)
+    assert (m.peephole, m.input_gate) == (True, False)
+    before = m.bias_ih_l0.detach().clone()
+    add_forget_bias(m, 1.0)
+    torch.testing.assert_close(m.bias_ih_l0.detach() - before,
+                               torch.cat([torch.ones(4), torch.zeros(8)]))
+    assert CELLS["lstm-fgr"][1] == {"peephole": True, "gate_recurrence": True}
+
+
+def test_train_config_variant():
+    from lstmkit.train.config import TrainConfig
+    from lstmkit.train.model import make_rnn
+    rnn = make_rnn(TrainConfig(variant="noaf", hidden=8, embed=4))
+    assert (rnn.peephole, rnn.cell_activation) == (True, None)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        TrainConfig(variant="nig", cell="gru")
+    with pytest.raises(ValueError, match="variant must be one of"):
+        TrainConfig(variant="xyz")

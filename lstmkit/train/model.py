@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 import lstmkit
 
+from ..nn.lstm import GREFF_VARIANTS
 from .config import TrainConfig
 
 State = Tensor | tuple[Tensor, Tensor]
@@ -23,8 +24,9 @@ def make_rnn(cfg: TrainConfig) -> nn.Module:
     if cfg.impl == "torch":
         return {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cfg.cell](*args, **kw)
     if cfg.cell == "lstm":
-        return lstmkit.LSTM(*args, **kw, peephole=cfg.peephole, coupled=cfg.coupled,
-                            backend=cfg.backend)
+        variant = {"peephole": cfg.peephole, "coupled": cfg.coupled,
+                   **GREFF_VARIANTS.get(cfg.variant or "np")}       # Greff et al. 2015
+        return lstmkit.LSTM(*args, **kw, **variant, backend=cfg.backend)
     module = {"gru": lstmkit.GRU, "rnn": lstmkit.RNN}[cfg.cell]
     return module(*args, **kw, backend=cfg.backend)
 
