@@ -1,7 +1,7 @@
 r"""The per-step recurrences of the fused backend, written with torch operations.
 
 These are the time loops that :mod:`lstmkit.ops.fused` runs between its large GEMMs; the
-C++ extension in ``csrc/`` implements the same six functions with the same signatures, so
+C++ extension in ``csrc/`` implements the same functions with the same signatures, so
 either can be plugged in. Everything here is plain torch, so it runs on any device and
 dtype; Python runs once per time step.
 

@@ -1,6 +1,6 @@
 // lstmkit fused kernels: the per-step recurrences of lstmkit/ops/loops.py in C++.
 //
-// Same six functions, same arguments, same results as loops.py (read its docstrings for
+// Same functions, same arguments, same results as loops.py (read its docstrings for
 // the buffer conventions and the BPTT derivations); the names follow cells/*.py:
 // i_t, f_t, g_t, o_t, c_t, h_t. Per step: one BLAS GEMM with the recurrent weights
 // (called directly, no tensor created) and one pointwise pass over raw pointers that the
