@@ -185,7 +185,7 @@ class LSTMVariantFunction(Function):
         dw_hr = torch.zeros_like(w_hr) if w_hr is not None and need[7] else None
         dpeep = torch.zeros_like(peep) if peep is not None and need[8] else None
         dw_gg = torch.zeros_like(w_gg) if w_gg is not None and need[9] else None
-        cols = loops._columns(coupled, greff, H)
+        cols = loops.gate_columns(coupled, greff, H)
         prev = prev_rows(batch_sizes, reverse, x.device)
         for t0, t1, r0, r1 in backward_chunks(batch_sizes, reverse):
             c_prev = _prev_of(c, c0, prev, r0, r1)

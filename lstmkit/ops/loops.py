@@ -144,7 +144,7 @@ def lstm_backward(dout: Tensor, dh_n: Tensor, dc_n: Tensor, gates: Tensor, c: Te
 
 
 # -- LSTM ablations of Greff et al. (2015) ----------------------------------------------------
-def _columns(coupled: bool, greff: Greff, H: int) -> dict[str, slice]:
+def gate_columns(coupled: bool, greff: Greff, H: int) -> dict[str, slice]:
     """Column block of each gate that has rows (see ``cells.lstm.gate_rows``)."""
     return {k: slice(j * H, (j + 1) * H) for j, k in enumerate(gate_rows(coupled, greff))}
 
@@ -175,7 +175,7 @@ def lstm_variant_forward(xw: Tensor, w_hh: Tensor, w_hr: Tensor | None, peep: Te
     m = xw.new_empty(N, H) if w_hr is not None else None
     h_carry, c_carry = h0.clone(), c0.clone()
     q_carry = xw.new_zeros(h0.shape[0], 3 * H) if w_gg is not None else None   # i, f, o at t−1
-    cols = _columns(coupled, greff, H)
+    cols = gate_columns(coupled, greff, H)
     p = _peepholes(peep, cols)
     w_hh_t = w_hh.t()
     for start, n in step_rows(batch_sizes, reverse):
@@ -234,7 +234,7 @@ def lstm_variant_backward(dout: Tensor, dh_n: Tensor, dc_n: Tensor, dq_n: Tensor
     dH = torch.empty_like(dout) if w_hr is not None else None
     dh_carry, dc_carry = dh_n.clone(), dc_n.clone()
     dq_carry = dq_n.clone() if w_gg is not None else None
-    cols = _columns(coupled, greff, H)
+    cols = gate_columns(coupled, greff, H)
     p = _peepholes(peep, cols)
     for start, n in reversed(step_rows(batch_sizes, reverse)):
         rows = slice(start, start + n)
