@@ -69,13 +69,13 @@ FORMS = {"plain": {}, "proj": {"proj_size": 2},
          "bi-2layers-packed-hx": {"num_layers": 2, "bidirectional": True}}
 
 
-def _run(m: lstmkit.LSTM, packed: bool, given_hx: bool):
+def _run(m: lstmkit.LSTM, packed: bool, given_hx: bool, dtype: torch.dtype = torch.float64):
     g = torch.Generator().manual_seed(7)
-    x, feed = make_input(9, 3, 3, torch.float64, batch_first=False, packed=packed, generator=g)
+    x, feed = make_input(9, 3, 3, dtype, batch_first=False, packed=packed, generator=g)
     hx = None
     if given_hx:
         D, L = m.num_directions, m.num_layers
-        hx = tuple(torch.randn(D * L, 3, s, dtype=torch.float64, generator=g).requires_grad_()
+        hx = tuple(torch.randn(D * L, 3, s, dtype=dtype, generator=g).requires_grad_()
                    for s in (m.output_size, m.hidden_size))
     out, (h_n, c_n) = m(feed, hx)
     backward_with_random_grads(out, (h_n, c_n), seed=11)
@@ -102,6 +102,20 @@ def test_fused_equals_reference(variant, backend, form, chunked, monkeypatch):
     for a, b in zip(grads_f, grads_r, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     compare_modules(fused, ref, 1e-10)
+
+
+@pytest.mark.parametrize("variant", ["nig", "nog_cifg_peephole", "niaf", "noaf", "fgr_peephole"])
+def test_fused_cpp_float32(variant):
+    """float32: the C++ kernel's fast exp against the reference's torch functions."""
+    torch.manual_seed(2)
+    kw = {"dtype": torch.float32, "num_layers": 2, "bidirectional": True}
+    ref, fused = build(variant, "reference", **kw), build(variant, "fused_cpp", **kw)
+    fused.load_state_dict(ref.state_dict())
+    (values_r, grads_r), (values_f, grads_f) = (_run(m, True, True, torch.float32)
+                                                for m in (ref, fused))
+    for a, b in zip(values_f + grads_f, values_r + grads_r, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    compare_modules(fused, ref, 1e-5)
 
 
 # -- NumPy: Greff et al.'s equations --------------------------------------------------------
