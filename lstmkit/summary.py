@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 from .nn.base import RecurrentBase
@@ -63,6 +65,9 @@ def _module_summary(title: str, m: RecurrentBase) -> str:
             if w.w_hr is not None:
                 rows.append((str(layer), "rev" if d else "fwd", "W_hr (projection)",
                              "-", f"{P}x{H}", "-", "-", f"{P * H:,}"))
+            for e, t in zip(cell.extra_params, w.extra):      # e.g. weight_gg (FGR)
+                rows.append((str(layer), "rev" if d else "fwd", e.name, "-",
+                             "x".join(map(str, t.shape)), "-", "-", f"{t.numel():,}"))
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(wd) if k == 7 else c.ljust(wd) for k, (c, wd) in
                        enumerate(zip(r, widths))) for r in rows]
@@ -89,12 +94,16 @@ def _formulas(m: RecurrentBase) -> str:
         book_n = G * (base + (H if m.bias else 0))
         extra_n = (m.proj_size * H if m.proj_size else 0) + \
                   ((G - 1) * H if m.cell.option("peephole") else 0)
+        shapes = [e.shape(H, I, R) for e in m.cell.extra_params]
+        extras_l = extras + "".join(" + " + "·".join(map(str, sh)) for sh in shapes)
+        extra_n += sum(math.prod(sh) for sh in shapes)
         if m.bias:
             out.append(f"  layer {layer} (I={I}): PyTorch layout, two biases: "
-                       f"{G}·(H·I + {hh} + 2H){extras} = {torch_n + extra_n:,}; "
-                       f"textbook, one bias: {G}·({sq} + H·I + H){extras} = {book_n + extra_n:,}")
+                       f"{G}·(H·I + {hh} + 2H){extras_l} = {torch_n + extra_n:,}; "
+                       f"textbook, one bias: {G}·({sq} + H·I + H){extras_l} = "
+                       f"{book_n + extra_n:,}")
         else:
-            out.append(f"  layer {layer} (I={I}): no biases: {G}·(H·I + {hh}){extras} = "
+            out.append(f"  layer {layer} (I={I}): no biases: {G}·(H·I + {hh}){extras_l} = "
                        f"{torch_n + extra_n:,}")
     if m.bias:
         out.append(f"  The two counts differ by {G}H per layer and direction: PyTorch (and "

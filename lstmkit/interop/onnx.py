@@ -100,6 +100,18 @@ def _check(module) -> None:
     if getattr(module, "proj_size", 0):
         raise ValueError("ONNX's LSTM operator has no projection (proj_size); export a model "
                          "without proj_size")
+    _refuse_greff(module)
+
+
+def _refuse_greff(model: torch.nn.Module) -> None:
+    """ONNX's LSTM has every gate, tanh activations and no gate-to-gate recurrence."""
+    for m in model.modules():
+        cell = getattr(m, "cell", None)
+        if cell is not None and cell.option("greff") is not None:
+            raise ValueError(f"ONNX's LSTM operator cannot express the Greff et al. (2015) "
+                             f"ablation {m._variant_options()} (absent gates, identity "
+                             "activations or full gate recurrence); export a standard, "
+                             "peephole or coupled LSTM")
 
 
 def export_module(module, path: str | Path, *, sequence_lens: bool = False,
@@ -294,6 +306,7 @@ def export(model: torch.nn.Module, args: tuple, path: str | Path, **kwargs) -> P
     """``torch.onnx.export`` of any model containing lstmkit layers (padded input): each
     layer and direction becomes ONNX ``LSTM`` / ``GRU`` / ``RNN``. Needs ``onnx`` and
     ``onnxscript``; ``kwargs`` go to ``torch.onnx.export``."""
+    _refuse_greff(model)
     path = Path(path)
     was = model.training
     model.eval()

@@ -7,7 +7,22 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from ..cells import lstm_spec
+from ..cells.lstm import Greff
 from .base import RecurrentBase
+
+# Greff et al. (2015), §III: the eight variants, each one change to their "vanilla" LSTM
+# (which has peepholes), as keywords of :class:`LSTM`; for the experiment and train CLIs.
+GREFF_VARIANTS: dict[str, dict[str, object]] = {
+    "vanilla": {"peephole": True},
+    "nig": {"peephole": True, "input_gate": False},
+    "nfg": {"peephole": True, "forget_gate": False},
+    "nog": {"peephole": True, "output_gate": False},
+    "niaf": {"peephole": True, "input_activation": None},
+    "noaf": {"peephole": True, "cell_activation": None},
+    "np": {},
+    "cifg": {"peephole": True, "coupled": True},
+    "fgr": {"peephole": True, "gate_recurrence": True},
+}
 
 
 class LSTM(RecurrentBase):
@@ -35,6 +50,21 @@ class LSTM(RecurrentBase):
         coupled: CIFG, ``f_t = 1 − i_t`` (Greff et al. 2015; ONNX ``input_forget``). The
             forget-gate rows are absent: weights are (3H, ·) in the order i, g, o, and a
             peephole is (2H,), order i, o.
+        input_gate, forget_gate, output_gate, input_activation, cell_activation,
+        gate_recurrence: the ablations of Greff et al., "LSTM: A Search Space Odyssey"
+            (2015/2017): ``input_gate=False`` NIG (i_t = 1), ``forget_gate=False`` NFG
+            (f_t = 1), ``output_gate=False`` NOG (o_t = 1), ``input_activation=None`` NIAF
+            (g_t = its pre-activation), ``cell_activation=None`` NOAF (h_t = o_t ⊙ c_t),
+            ``gate_recurrence=True`` FGR: i, f, o also receive i_{t-1}, f_{t-1}, o_{t-1}
+            through ``weight_gg_l{k}`` (3H, 3H) (rows: target gate i, f, o; columns:
+            source gate i, f, o; zeros before the first step, at every call). An absent
+            gate has no weight rows and no peephole entry: the rows are the remaining ones
+            of i, f, g, o in that order (NIG: f, g, o), the peephole those of i, f, o.
+            Greff's "vanilla" LSTM is ``peephole=True``; NP is the default; CIFG is
+            ``coupled=True``. Refused (ValueError): ``coupled`` with ``input_gate=False``
+            or ``forget_gate=False``; ``gate_recurrence`` with ``coupled`` or an absent
+            gate; ``peephole`` with no gate i, f, o left. Such modules have no torch.nn,
+            ONNX or Keras equivalent.
         backend: ``"auto"`` (fastest available that computes the same function) or
             ``"reference"`` (the autograd loop over the equations).
 
@@ -61,11 +91,28 @@ class LSTM(RecurrentBase):
         *,
         peephole: bool = False,
         coupled: bool = False,
+        input_gate: bool = True,
+        forget_gate: bool = True,
+        output_gate: bool = True,
+        input_activation: str | None = "tanh",
+        cell_activation: str | None = "tanh",
+        gate_recurrence: bool = False,
         backend: str = "auto",
     ) -> None:
         self.peephole = bool(peephole)
         self.coupled = bool(coupled)
-        super().__init__(lstm_spec(peephole=self.peephole, coupled=self.coupled), input_size,
+        for key, act in (("input_activation", input_activation),
+                         ("cell_activation", cell_activation)):
+            if act not in ("tanh", None):
+                raise ValueError(f"LSTM: {key} must be 'tanh' or None, got {act!r}")
+        self.input_gate, self.forget_gate = bool(input_gate), bool(forget_gate)
+        self.output_gate, self.gate_recurrence = bool(output_gate), bool(gate_recurrence)
+        self.input_activation, self.cell_activation = input_activation, cell_activation
+        greff = Greff(self.input_gate, self.forget_gate, self.output_gate,
+                      input_activation is not None, cell_activation is not None,
+                      self.gate_recurrence)
+        super().__init__(lstm_spec(peephole=self.peephole, coupled=self.coupled, greff=greff),
+                         input_size,
                          hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size, device, dtype, backend=backend)
 
@@ -75,7 +122,13 @@ class LSTM(RecurrentBase):
         return self._forward(input, hx)
 
     def _variant_options(self) -> dict[str, object]:
-        return {k: True for k in ("peephole", "coupled") if getattr(self, k)}
+        options = {k: True for k in ("peephole", "coupled", "gate_recurrence")
+                   if getattr(self, k)}
+        options.update({k: False for k in ("input_gate", "forget_gate", "output_gate")
+                        if not getattr(self, k)})
+        options.update({k: None for k in ("input_activation", "cell_activation")
+                        if getattr(self, k) is None})
+        return options
 
     def _torch_config(self) -> dict:
         return {**self._config(), "proj_size": self.proj_size}

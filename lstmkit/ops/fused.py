@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.autograd.function import Function
 
 from ..cells.base import CellSpec, LayerWeights, State
+from . import loops
 from .reference import Trace
 
 
@@ -150,6 +151,63 @@ class LSTMFunction(Function):
                 None, None, None, None)
 
 
+class LSTMVariantFunction(Function):
+    """:class:`LSTMFunction` for the ablations of Greff et al. (2015) (``cells.lstm.Greff``:
+    absent gates, no input/cell activation, full gate recurrence with ``w_gg``), through the
+    kernels' ``lstm_variant_forward``/``lstm_variant_backward`` (derivation in
+    :func:`lstmkit.ops.loops.lstm_variant_backward`). With FGR, besides the GEMMs of the
+    module docstring, ``dW_gg = Σ_rows [da_i, da_f, da_o]ᵀ q_{t-1}``, q the gate
+    activations i, f, o of the row's previous step (zeros before the first)."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, w_gg, batch_sizes, reverse,
+                coupled, greff, kernels):
+        xw = _input_projection(x, w_ih, _sum_biases(b_ih, b_hh))
+        out, c, m, h_n, c_n = kernels.lstm_variant_forward(
+            xw, w_hh, w_hr, peep, w_gg, h0, c0, batch_sizes, reverse, coupled, greff)
+        gates = xw                                           # activations, written in place
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, peep, w_gg, out, gates, c, m)
+        ctx.config = (batch_sizes, reverse, coupled, greff, kernels)
+        ctx.mark_non_differentiable(gates, c)
+        return out, h_n, c_n, gates, c
+
+    @staticmethod
+    def backward(ctx, dout, dh_n, dc_n, _dgates, _dc):
+        _refuse_double_backward()
+        x, h0, c0, w_ih, w_hh, w_hr, peep, w_gg, out, gates, c, m = ctx.saved_tensors
+        batch_sizes, reverse, coupled, greff, kernels = ctx.config
+        need = ctx.needs_input_grad
+        H = c.shape[1]
+        dout, dh, dc = dout.contiguous(), dh_n.contiguous(), dc_n.contiguous()
+        dq = c.new_zeros(h0.shape[0], 3 * H) if w_gg is not None else None
+        grads = _Accumulators(x, w_ih, need, bias=need[5] or need[6])
+        dw_hh = torch.zeros_like(w_hh) if need[4] else None
+        dw_hr = torch.zeros_like(w_hr) if w_hr is not None and need[7] else None
+        dpeep = torch.zeros_like(peep) if peep is not None and need[8] else None
+        dw_gg = torch.zeros_like(w_gg) if w_gg is not None and need[9] else None
+        cols = loops.gate_columns(coupled, greff, H)
+        prev = prev_rows(batch_sizes, reverse, x.device)
+        for t0, t1, r0, r1 in backward_chunks(batch_sizes, reverse):
+            c_prev = _prev_of(c, c0, prev, r0, r1)
+            dA, dh, dc, dq, dH = kernels.lstm_variant_backward(
+                dout[r0:r1], dh, dc, dq, gates[r0:r1], c[r0:r1], c_prev, w_hh, w_hr, peep,
+                w_gg, batch_sizes[t0:t1], reverse, coupled, greff)
+            grads.add(dA, r0, r1)
+            if dw_hh is not None:
+                dw_hh.addmm_(dA.t(), _prev_of(out, h0, prev, r0, r1))
+            if dw_hr is not None:
+                dw_hr.addmm_(dH.t(), m[r0:r1])
+            if dpeep is not None:                  # i, f see c_{t-1}; o sees c_t
+                dpeep += torch.cat([(dA[:, cols[k]] * (c[r0:r1] if k == "o" else c_prev)).sum(0)
+                                    for k in cols if k != "g"])
+            if dw_gg is not None:                  # all four gates present: i, f, g, o
+                q_prev = _prev_of(gates, gates.new_zeros(h0.shape[0], 4 * H), prev, r0, r1)
+                dw_gg.addmm_(torch.cat([dA[:, : 2 * H], dA[:, 3 * H:]], dim=1).t(),
+                             torch.cat([q_prev[:, : 2 * H], q_prev[:, 3 * H:]], dim=1))
+        return (grads.dx, dh, dc, grads.dw_ih, dw_hh, grads.db, grads.db, dw_hr, dpeep, dw_gg,
+                None, None, None, None, None)
+
+
 class _Accumulators:
     """dx (rows written chunk by chunk), dW_ih and db (summed over chunks) of one layer."""
 
@@ -251,10 +309,12 @@ def _trace(cell: CellSpec, batch_sizes: list[int], out: Tensor, gates: Tensor | 
     for h_t, g_t, c_t in zip(outs, g_steps, c_steps):
         record: dict[str, Tensor] = {}
         if g_t is not None:
-            record.update(zip(cell.gate_rows, g_t.chunk(len(cell.gate_rows), dim=1)))
-            if cell.option("coupled"):
-                record = {"i": record["i"], "f": 1 - record["i"], "g": record["g"],
-                          "o": record["o"]}
+            acts = dict(zip(cell.gate_rows, g_t.chunk(len(cell.gate_rows), dim=1)))
+            for k in cell.gates:                 # absent LSTM gates: f = 1 − i (coupled), or 1
+                record[k] = acts.get(k)
+                if record[k] is None:
+                    record[k] = (1 - acts["i"] if k == "f" and cell.option("coupled")
+                                 else torch.ones_like(acts["g"]))
         if c_t is not None:
             record["c"] = c_t
         record["h"] = h_t
@@ -269,12 +329,19 @@ def run_layer(cell: CellSpec, x: Tensor, batch_sizes: list[int], state0: State,
     (the C++ extension or :mod:`lstmkit.ops.loops`) for the recurrence."""
     gates = c = None
     x = x.contiguous()
-    if cell.family == "lstm":
+    if cell.family == "lstm" and cell.option("greff") is not None:
+        h0, c0 = (s.contiguous() for s in state0)
+        out, h_n, c_n, gates, c = LSTMVariantFunction.apply(
+            x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, w.peephole,
+            w.extra[0] if w.extra else None, batch_sizes, reverse, bool(cell.option("coupled")),
+            cell.option("greff"), kernels)
+        final: State = (h_n, c_n)
+    elif cell.family == "lstm":
         h0, c0 = (s.contiguous() for s in state0)
         out, h_n, c_n, gates, c = LSTMFunction.apply(
             x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, w.peephole, batch_sizes,
             reverse, bool(cell.option("coupled")), kernels)
-        final: State = (h_n, c_n)
+        final = (h_n, c_n)
     elif cell.family == "gru":
         out, h_n, gates = GRUFunction.apply(
             x, state0[0].contiguous(), w.w_ih, w.w_hh, w.b_ih, w.b_hh, batch_sizes, reverse,

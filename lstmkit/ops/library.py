@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.library import custom_op
 
 from ..cells.base import CellSpec, LayerWeights, State
+from ..cells.lstm import Greff
 from . import _cpp_can_run, fused, loops
 from .extension import cpp_kernels
 
@@ -125,6 +126,81 @@ def _lstm_backward(ctx, dout, dh_n, dc_n, _dgates, _dc, _dm):
 
 
 lstm_layer.register_autograd(_lstm_backward, setup_context=_lstm_setup)
+
+
+# -- LSTM ablations of Greff et al. (2015) --------------------------------------------------
+@custom_op("lstmkit::lstm_variant_layer", mutates_args=())
+def lstm_variant_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
+                       b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None,
+                       peep: Tensor | None, w_gg: Tensor | None, batch_sizes: list[int],
+                       reverse: bool, coupled: bool, greff: list[bool], kernels: str
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    ctx = _Ctx()
+    out, h_n, c_n, gates, c = fused.LSTMVariantFunction.forward(
+        ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, w_gg, batch_sizes, reverse, coupled,
+        Greff(*greff), _kernels(kernels, x))
+    m = ctx.saved_tensors[-1]
+    return out, h_n, c_n, gates, c, _empty_if_none(m, x)
+
+
+@lstm_variant_layer.register_fake
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, w_gg, batch_sizes, reverse, coupled, greff,
+      kernels):
+    N, H = x.shape[0], c0.shape[1]
+    m = x.new_empty(N, H) if w_hr is not None else x.new_empty(0)
+    return (x.new_empty(N, h0.shape[1]), torch.empty_like(h0), torch.empty_like(c0),
+            x.new_empty(N, w_ih.shape[0]), x.new_empty(N, H), m)
+
+
+@custom_op("lstmkit::lstm_variant_layer_backward", mutates_args=())
+def lstm_variant_layer_backward(
+        x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Tensor | None,
+        peep: Tensor | None, w_gg: Tensor | None, out: Tensor, gates: Tensor, c: Tensor,
+        m: Tensor | None, dout: Tensor, dh_n: Tensor, dc_n: Tensor, batch_sizes: list[int],
+        reverse: bool, coupled: bool, greff: list[bool], kernels: str, needs: list[bool]
+        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    ctx = _Ctx(saved_tensors=(x, h0, c0, w_ih, w_hh, w_hr, peep, w_gg, out, gates, c, m),
+               config=(batch_sizes, reverse, coupled, Greff(*greff), _kernels(kernels, x)),
+               needs_input_grad=tuple(needs))
+    g = fused.LSTMVariantFunction.backward(ctx, dout, dh_n, dc_n, None, None)
+    return tuple(_empty_if_none(t, x) for t in (*g[:6], *g[7:10]))
+
+
+@lstm_variant_layer_backward.register_fake
+def _(x, h0, c0, w_ih, w_hh, w_hr, peep, w_gg, out, gates, c, m, dout, dh_n, dc_n, batch_sizes,
+      reverse, coupled, greff, kernels, needs):
+    def like(t, need):
+        return torch.empty_like(t) if need and t is not None else x.new_empty(0)
+    db = x.new_empty(w_ih.shape[0]) if needs[5] or needs[6] else x.new_empty(0)
+    return (like(x, needs[0]), torch.empty_like(h0), torch.empty_like(c0),
+            like(w_ih, needs[3]), like(w_hh, needs[4]), db, like(w_hr, needs[7]),
+            like(peep, needs[8]), like(w_gg, needs[9]))
+
+
+def _lstm_variant_setup(ctx, inputs, output) -> None:
+    (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, w_gg, batch_sizes, reverse, coupled, greff,
+     kernels) = inputs
+    out, h_n, c_n, gates, c, m = output
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, peep, w_gg, out, gates, c,
+                          m if w_hr is not None else None)
+    ctx.config = (batch_sizes, reverse, coupled, greff, kernels)
+
+
+def _lstm_variant_backward(ctx, dout, dh_n, dc_n, _dgates, _dc, _dm):
+    x, h0, c0, w_ih, w_hh, w_hr, peep, w_gg, out, gates, c, m = ctx.saved_tensors
+    batch_sizes, reverse, coupled, greff, kernels = ctx.config
+    g = lstm_variant_layer_backward(
+        x, h0, c0, w_ih, w_hh, w_hr, peep, w_gg, out, gates, c, m, _zeros_if_none(dout, out),
+        _zeros_if_none(dh_n, h0), _zeros_if_none(dc_n, c0), batch_sizes, reverse, coupled,
+        greff, kernels, list(ctx.needs_input_grad[:10]))
+    dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, dpeep, dw_gg = g
+    db = _none_if_empty(db)
+    return (_none_if_empty(dx), dh0, dc0, _none_if_empty(dw_ih), _none_if_empty(dw_hh), db,
+            db, _none_if_empty(dw_hr), _none_if_empty(dpeep), _none_if_empty(dw_gg),
+            None, None, None, None, None)
+
+
+lstm_variant_layer.register_autograd(_lstm_variant_backward, setup_context=_lstm_variant_setup)
 
 
 # -- GRU ----------------------------------------------------------------------------------
@@ -254,12 +330,19 @@ def run_layer(cell: CellSpec, x: Tensor, batch_sizes: list[int], state0: State,
     """:func:`lstmkit.ops.fused.run_layer` through the custom ops."""
     gates = c = None
     x = x.contiguous()
-    if cell.family == "lstm":
+    if cell.family == "lstm" and cell.option("greff") is not None:
+        h0, c0 = (s.contiguous() for s in state0)
+        out, h_n, c_n, gates, c, _ = lstm_variant_layer(
+            x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, w.peephole,
+            w.extra[0] if w.extra else None, list(batch_sizes), reverse,
+            bool(cell.option("coupled")), list(cell.option("greff")), kernels)
+        final: State = (h_n, c_n)
+    elif cell.family == "lstm":
         h0, c0 = (s.contiguous() for s in state0)
         out, h_n, c_n, gates, c, _ = lstm_layer(
             x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, w.peephole, list(batch_sizes),
             reverse, bool(cell.option("coupled")), kernels)
-        final: State = (h_n, c_n)
+        final = (h_n, c_n)
     elif cell.family == "gru":
         out, h_n, gates, _ = gru_layer(
             x, state0[0].contiguous(), w.w_ih, w.w_hh, w.b_ih, w.b_hh, list(batch_sizes),

@@ -1,7 +1,7 @@
 r"""The per-step recurrences of the fused backend, written with torch operations.
 
 These are the time loops that :mod:`lstmkit.ops.fused` runs between its large GEMMs; the
-C++ extension in ``csrc/`` implements the same six functions with the same signatures, so
+C++ extension in ``csrc/`` implements the same functions with the same signatures, so
 either can be plugged in. Everything here is plain torch, so it runs on any device and
 dtype; Python runs once per time step.
 
@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from ..cells.lstm import Greff, gate_rows
 
 
 def step_rows(batch_sizes: list[int], reverse: bool) -> list[tuple[int, int]]:
@@ -139,6 +141,142 @@ def lstm_backward(dout: Tensor, dh_n: Tensor, dc_n: Tensor, gates: Tensor, c: Te
         dh_carry[:n] = dA[rows] @ w_hh
         dc_carry[:n] = dc_prev
     return dA, dh_carry, dc_carry, dH
+
+
+# -- LSTM ablations of Greff et al. (2015) ----------------------------------------------------
+def gate_columns(coupled: bool, greff: Greff, H: int) -> dict[str, slice]:
+    """Column block of each gate that has rows (see ``cells.lstm.gate_rows``)."""
+    return {k: slice(j * H, (j + 1) * H) for j, k in enumerate(gate_rows(coupled, greff))}
+
+
+def _peepholes(peep: Tensor | None, cols: dict[str, slice]) -> dict[str, Tensor]:
+    names = [k for k in cols if k != "g"]
+    return {} if peep is None else dict(zip(names, peep.chunk(len(names))))
+
+
+def _gate(a: Tensor, cols: dict[str, slice], p: dict[str, Tensor], k: str,
+          c_seen: Tensor) -> Tensor | None:
+    """σ(a_k [+ p_k ⊙ c]) in place in ``a``, or None for an absent gate (constant 1)."""
+    if k not in cols:
+        return None
+    a_k = a[:, cols[k]]
+    return (a_k.addcmul_(p[k], c_seen) if k in p else a_k).sigmoid_()
+
+
+def lstm_variant_forward(xw: Tensor, w_hh: Tensor, w_hr: Tensor | None, peep: Tensor | None,
+                         w_gg: Tensor | None, h0: Tensor, c0: Tensor, batch_sizes: list[int],
+                         reverse: bool, coupled: bool, greff: Greff):
+    """:func:`lstm_forward` for any LSTM of ``cells.lstm`` (absent gates, no activations,
+    FGR with ``w_gg`` (3H, 3H)). ``xw`` has the rows of ``gate_rows(coupled, greff)`` and
+    becomes their activations. An absent gate is the constant 1 (nothing stored)."""
+    N, H = xw.shape[0], c0.shape[1]
+    out = xw.new_empty(N, h0.shape[1])
+    c = xw.new_empty(N, H)
+    m = xw.new_empty(N, H) if w_hr is not None else None
+    h_carry, c_carry = h0.clone(), c0.clone()
+    q_carry = xw.new_zeros(h0.shape[0], 3 * H) if w_gg is not None else None   # i, f, o at t−1
+    cols = gate_columns(coupled, greff, H)
+    p = _peepholes(peep, cols)
+    w_hh_t = w_hh.t()
+    for start, n in step_rows(batch_sizes, reverse):
+        rows = slice(start, start + n)
+        a = xw[rows].addmm_(h_carry[:n], w_hh_t)                     # (n, G·H) pre-activations
+        if q_carry is not None:                                      # all gates present
+            r = q_carry[:n] @ w_gg.t()                               # (n, 3H): to i, f, o
+            a[:, : 2 * H] += r[:, : 2 * H]
+            a[:, 3 * H:] += r[:, 2 * H:]
+        c_prev = c_carry[:n]
+        i_t = _gate(a, cols, p, "i", c_prev)
+        f_t = 1 - i_t if coupled else _gate(a, cols, p, "f", c_prev)
+        g_t = a[:, cols["g"]]
+        if greff.input_activation:
+            g_t.tanh_()
+        c_t = torch.mul(c_prev, f_t, out=c[rows]) if f_t is not None else c[rows].copy_(c_prev)
+        c_t.add_(g_t if i_t is None else i_t * g_t)
+        o_t = _gate(a, cols, p, "o", c_t)
+        act_c = c_t.tanh() if greff.cell_activation else c_t
+        m_t = act_c if o_t is None else o_t * act_c
+        if m is None:
+            h_t = out[rows].copy_(m_t)
+        else:
+            h_t = torch.mm(m[rows].copy_(m_t), w_hr.t(), out=out[rows])
+        h_carry[:n] = h_t
+        c_carry[:n] = c_t
+        if q_carry is not None:
+            q_carry[:n] = torch.cat([i_t, f_t, o_t], dim=1)
+    return out, c, m, h_carry, c_carry
+
+
+def lstm_variant_backward(dout: Tensor, dh_n: Tensor, dc_n: Tensor, dq_n: Tensor | None,
+                          gates: Tensor, c: Tensor, c_prev_all: Tensor, w_hh: Tensor,
+                          w_hr: Tensor | None, peep: Tensor | None, w_gg: Tensor | None,
+                          batch_sizes: list[int], reverse: bool, coupled: bool, greff: Greff):
+    r"""BPTT of :func:`lstm_variant_forward`. Returns (dA, dh_0, dc_0, dq_0 or None, dH or
+    None) as :func:`lstm_backward`, dq the carried gradient of FGR's previous gate
+    activations q_{t-1} = [i; f; o]_{t-1}.
+
+    Derivation, per step (notation of :func:`lstm_backward`; an absent gate is the
+    constant 1 and has no dA block; act_c = tanh or identity (NOAF), act_g likewise (NIAF),
+    act' its derivative, dq = [dq_i, dq_f, dq_o] the carry, 0 without FGR):
+
+        m_t   = o ⊙ act_c(c_t),   dm = dh  (dh W_hr with projections)
+        da_o  = (dm ⊙ act_c(c_t) + dq_o) ⊙ o(1 − o)
+        dc    = dc_next + dm ⊙ o ⊙ act_c'(c_t) [+ da_o ⊙ p_o]
+        da_g  = dc ⊙ i ⊙ act_g'(a_g)                           (1 − g² or 1)
+        da_i  = (dc ⊙ g + dq_i) ⊙ i(1 − i),   da_f = (dc ⊙ c_{t-1} + dq_f) ⊙ f(1 − f)
+        coupled (f = 1 − i):  da_i = dc ⊙ (g − c_{t-1}) ⊙ i(1 − i)
+        dc_{t-1} = dc ⊙ f [+ da_i ⊙ p_i + da_f ⊙ p_f]
+        dh_{t-1} = dA W_hh
+        FGR ([a_i, a_f, a_o] += q_{t-1} W_ggᵀ):  dq_{t-1} = [da_i, da_f, da_o] W_gg
+    """
+    N, H = c.shape
+    dA = torch.empty_like(gates)
+    dH = torch.empty_like(dout) if w_hr is not None else None
+    dh_carry, dc_carry = dh_n.clone(), dc_n.clone()
+    dq_carry = dq_n.clone() if w_gg is not None else None
+    cols = gate_columns(coupled, greff, H)
+    p = _peepholes(peep, cols)
+    for start, n in reversed(step_rows(batch_sizes, reverse)):
+        rows = slice(start, start + n)
+        dh = dout[rows] + dh_carry[:n]
+        if dH is not None:
+            dH[rows] = dh
+            dh = dh @ w_hr                                             # dm, (n, H)
+        g_rows, dA_t = gates[rows], dA[rows]
+        act = {k: g_rows[:, s] for k, s in cols.items()}              # activations
+        da = {k: dA_t[:, s] for k, s in cols.items()}
+        dq = dict(zip("ifo", dq_carry[:n].split(H, dim=1))) if dq_carry is not None else {}
+        i_t, g_t, o_t, c_prev = act.get("i"), act["g"], act.get("o"), c_prev_all[rows]
+        f_t = 1 - i_t if coupled else act.get("f")
+        c_t = c[rows]
+        act_c = c_t.tanh() if greff.cell_activation else c_t
+        dmo = dh if o_t is None else dh * o_t
+        dc = dc_carry[:n] + (dmo * (1 - act_c * act_c) if greff.cell_activation else dmo)
+        if o_t is not None:
+            torch.mul(dh * act_c + dq.get("o", 0), o_t * (1 - o_t), out=da["o"])
+            if "o" in p:
+                dc.addcmul_(da["o"], p["o"])
+        d_ig = dc if i_t is None else dc * i_t                         # ∂L/∂g
+        if greff.input_activation:
+            torch.mul(d_ig, 1 - g_t * g_t, out=da["g"])
+        else:
+            da["g"].copy_(d_ig)
+        if coupled:
+            torch.mul(dc * (g_t - c_prev), i_t * (1 - i_t), out=da["i"])
+        else:
+            if i_t is not None:
+                torch.mul(dc * g_t + dq.get("i", 0), i_t * (1 - i_t), out=da["i"])
+            if f_t is not None:
+                torch.mul(dc * c_prev + dq.get("f", 0), f_t * (1 - f_t), out=da["f"])
+        dc_prev = dc if f_t is None else dc * f_t
+        for k in ("i", "f"):
+            if k in p:
+                dc_prev = dc_prev + da[k] * p[k]
+        dh_carry[:n] = dA_t @ w_hh
+        dc_carry[:n] = dc_prev
+        if dq_carry is not None:
+            dq_carry[:n] = torch.cat([dA_t[:, : 2 * H], dA_t[:, 3 * H:]], dim=1) @ w_gg
+    return dA, dh_carry, dc_carry, dq_carry, dH
 
 
 def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:

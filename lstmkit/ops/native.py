@@ -16,7 +16,8 @@ from ..cells.base import CellSpec, LayerWeights, State
 
 
 def can_run(cell: CellSpec, x: Tensor, batch_sizes: list[int], projected: bool) -> bool:
-    plain = cell.family == "lstm" and not cell.option("peephole") and not cell.option("coupled")
+    plain = (cell.family == "lstm" and not cell.option("peephole") and not cell.option("coupled")
+             and not cell.option("greff"))
     padded = batch_sizes[0] == batch_sizes[-1]
     return (plain and padded and not projected and x.device.type == "cpu"
             and x.dtype == torch.float32)

@@ -52,7 +52,8 @@ def run_layer(
             ended.append(tuple(s[active:] for s in state))
             state = tuple(s[:active] for s in state)
         elif active > n:          # reverse: sequences n … active-1 start here
-            state = tuple(torch.cat([s, s0[n:active]]) for s, s0 in zip(state, state0))
+            state = tuple(torch.cat([s, _initial(state0, k, s)[n:active]])
+                          for k, s in enumerate(state))
         state, gates = cell.step(steps[t], state, w)
         outputs[t] = state[0]
         if trace is not None:
@@ -61,3 +62,11 @@ def run_layer(
     ended.append(state)
     final = tuple(torch.cat([e[k] for e in reversed(ended)]) for k in range(len(state0)))
     return torch.cat(outputs), final, trace
+
+
+def _initial(state0: State, k: int, like: Tensor) -> Tensor:
+    """Initial value of state entry k: given, or zeros for an entry a cell carries beyond
+    the module's states (e.g. the previous gate activations of FGR, Greff et al. 2015)."""
+    if k < len(state0):
+        return state0[k]
+    return like.new_zeros(state0[0].shape[0], *like.shape[1:])

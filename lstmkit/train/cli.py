@@ -17,6 +17,7 @@ EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
 
 def add_parsers(sub) -> None:
+    from ..nn.lstm import GREFF_VARIANTS
     S = argparse.SUPPRESS                      # only options given appear in the namespace
     train = sub.add_parser(
         "train", help="train a character- or word-level language model",
@@ -38,6 +39,9 @@ def add_parsers(sub) -> None:
     model.add_argument("--peephole", action="store_true", default=S)
     model.add_argument("--coupled", action="store_true", default=S,
                        help="coupled input-forget gate (CIFG)")
+    model.add_argument("--variant", choices=list(GREFF_VARIANTS), default=S,
+                       help="an LSTM variant of Greff et al. 2015 (vanilla = with peepholes; "
+                            "nig, nfg, nog, niaf, noaf, np, cifg, fgr)")
     model.add_argument("--layers", type=positive_int, default=S)
     model.add_argument("--hidden", type=positive_int, default=S)
     model.add_argument("--embed", type=positive_int, default=S)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+from ..nn.lstm import GREFF_VARIANTS
+
 CELLS = ("lstm", "gru", "rnn")
 IMPLS = ("lstmkit", "torch")
 SCHEDULES = ("cosine", "constant")
@@ -63,6 +65,7 @@ class TrainConfig(RunConfig):
     cell: str = "lstm"
     peephole: bool = False
     coupled: bool = False
+    variant: str | None = None                      # Greff et al. 2015: nn.lstm.GREFF_VARIANTS
     layers: int = 1
     hidden: int = 256
     embed: int = 64
@@ -102,6 +105,10 @@ class TrainConfig(RunConfig):
                                               f"{self.tokens!r}")
         need(not (self.impl == "torch" and (self.peephole or self.coupled)),
              "torch.nn has no peephole or coupled LSTM; use impl='lstmkit'")
+        need(self.variant is None or (self.cell == "lstm" and self.impl == "lstmkit"
+                                      and self.variant in GREFF_VARIANTS),
+             f"variant must be one of {tuple(GREFF_VARIANTS)} with cell='lstm' and "
+             f"impl='lstmkit', got {self.variant!r} (cell={self.cell!r}, impl={self.impl!r})")
         for name in ("layers", "hidden", "embed", "seq_len", "batch", "vocab_size",
                      "log_every", "sample_length"):
             need(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")

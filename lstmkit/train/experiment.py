@@ -27,10 +27,12 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import lstmkit
 
 from ..data.synthetic import Batch, Task, make_task
+from ..nn.lstm import GREFF_VARIANTS
 
 CELLS = {"lstm": (lstmkit.LSTM, {}), "peephole": (lstmkit.LSTM, {"peephole": True}),
          "coupled": (lstmkit.LSTM, {"coupled": True}), "gru": (lstmkit.GRU, {}),
-         "rnn": (lstmkit.RNN, {})}
+         "rnn": (lstmkit.RNN, {}),
+         **{f"lstm-{k}": (lstmkit.LSTM, kw) for k, kw in GREFF_VARIANTS.items()}}  # Greff 2015
 VAL_SEED, TEST_SEED = 1_000_003, 2_000_003          # offsets: validation/test never = train
 
 
@@ -46,7 +48,7 @@ class SequenceModel(nn.Module):
         self.per_step = task.per_step
         self.rnn = module(task.input_size, hidden, layers, batch_first=True, **kw)
         self.head = nn.Linear(hidden, task.output_size)
-        if forget_bias and cell in ("lstm", "peephole"):
+        if forget_bias and module is lstmkit.LSTM and "f" in self.rnn.cell.gate_rows:
             add_forget_bias(self.rnn, forget_bias)
 
     def forward(self, batch: Batch) -> Tensor:
@@ -64,13 +66,16 @@ class SequenceModel(nn.Module):
 
 def add_forget_bias(lstm: nn.Module, value: float) -> None:
     """Add ``value`` to the forget-gate bias of every layer and direction (rows H…2H of
-    ``bias_ih``), so the cell starts out remembering: Gers, Schmidhuber & Cummins 2000
-    suggest a positive forget bias, Jozefowicz, Zaremba & Sutskever 2015 recommend 1."""
+    ``bias_ih``; f's block when gates are absent), so the cell starts out remembering:
+    Gers, Schmidhuber & Cummins 2000 suggest a positive forget bias, Jozefowicz, Zaremba &
+    Sutskever 2015 recommend 1."""
+    cell = getattr(lstm, "cell", None)                  # torch.nn.LSTM has none: i, f, g, o
+    k = cell.gate_rows.index("f") if cell is not None else 1
     with torch.no_grad():
         for name, p in lstm.named_parameters():
             if name.startswith("bias_ih"):
                 H = lstm.hidden_size
-                p[H:2 * H] += value
+                p[k * H:(k + 1) * H] += value
 
 
 @dataclass

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 import lstmkit
 
+from ..nn.lstm import GREFF_VARIANTS
 from .config import TrainConfig
 
 State = Tensor | tuple[Tensor, Tensor]
@@ -23,20 +24,25 @@ def make_rnn(cfg: TrainConfig) -> nn.Module:
         return {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cfg.cell](
             cfg.embed, cfg.hidden, cfg.layers, **kw)
     return build_recurrent(cfg.cell, cfg.embed, cfg.hidden, cfg.layers, dropout=cfg.dropout,
-                           peephole=cfg.peephole, coupled=cfg.coupled, backend=cfg.backend)
+                           peephole=cfg.peephole, coupled=cfg.coupled, variant=cfg.variant,
+                           backend=cfg.backend)
 
 
 def build_recurrent(cell: str, input_size: int, hidden: int, layers: int = 1, *,
                     dropout: float = 0.0, bidirectional: bool = False, peephole: bool = False,
-                    coupled: bool = False, backend: str = "auto") -> nn.Module:
+                    coupled: bool = False, variant: str | None = None,
+                    backend: str = "auto") -> nn.Module:
     """A batch-first lstmkit LSTM/GRU/RNN stack; ``dropout`` applies between layers only
-    (ignored for one layer, without torch.nn's warning)."""
+    (ignored for one layer, without torch.nn's warning). ``variant`` names one of Greff et
+    al. 2015's LSTM variants (:data:`lstmkit.nn.lstm.GREFF_VARIANTS`)."""
     kw = dict(batch_first=True, dropout=dropout if layers > 1 else 0.0,
               bidirectional=bidirectional, backend=backend)
     if cell == "lstm":
-        return lstmkit.LSTM(input_size, hidden, layers, **kw, peephole=peephole, coupled=coupled)
-    if peephole or coupled:
-        raise ValueError(f"peephole/coupled are LSTM keywords; cell is {cell!r}")
+        options = {"peephole": peephole, "coupled": coupled,
+                   **GREFF_VARIANTS.get(variant or "np")}
+        return lstmkit.LSTM(input_size, hidden, layers, **kw, **options)
+    if peephole or coupled or variant:
+        raise ValueError(f"peephole/coupled/variant are LSTM options; cell is {cell!r}")
     module = {"gru": lstmkit.GRU, "rnn": lstmkit.RNN}[cell]
     return module(input_size, hidden, layers, **kw)
 

@@ -1,6 +1,6 @@
 // lstmkit fused kernels: the per-step recurrences of lstmkit/ops/loops.py in C++.
 //
-// Same six functions, same arguments, same results as loops.py (read its docstrings for
+// Same functions, same arguments, same results as loops.py (read its docstrings for
 // the buffer conventions and the BPTT derivations); the names follow cells/*.py:
 // i_t, f_t, g_t, o_t, c_t, h_t. Per step: one BLAS GEMM with the recurrent weights
 // (called directly, no tensor created) and one pointwise pass over raw pointers that the
@@ -401,6 +401,298 @@ std::vector<Tensor> lstm_backward(Tensor dout, Tensor dh_n, Tensor dc_n, Tensor 
   return {dA, dh_carry, dc_carry, dH};
 }
 
+// ---- LSTM ablations of Greff et al. (2015) -------------------------------------------
+// lstm_variant_forward / lstm_variant_backward of loops.py: absent gates (constant 1, no
+// rows), no input / cell activation (identity), full gate recurrence (FGR: W_gg (3H, 3H)
+// from the previous step's i, f, o). The flags are runtime values: the pointwise loops
+// compute every term and weight it by 0 or 1 (x = k·a + (1 − k)·b), so they stay branch-free
+// and vectorise; an absent gate reads a sink and writes to it, a missing peephole is zeros.
+struct Variant {
+  bool coupled, has_i, has_f, has_o, act_g, act_c, fgr;
+  int64_t G;                          // gate blocks in the rows
+  int64_t col_i, col_f, col_g, col_o; // column block of each gate (−1: absent)
+  int64_t peep_i, peep_f, peep_o;     // block of each gate in the peephole (−1: none)
+};
+
+// greff = (input_gate, forget_gate, output_gate, input_activation, cell_activation,
+// gate_recurrence), as lstmkit.cells.lstm.Greff.
+Variant make_variant(bool coupled, const std::vector<bool>& greff, bool peep) {
+  TORCH_CHECK(greff.size() == 6, "lstm_variant: greff needs 6 flags, got ", greff.size());
+  Variant v{coupled, greff[0], greff[1] && !coupled, greff[2], greff[3], greff[4], greff[5],
+            0, -1, -1, -1, -1, -1, -1, -1};
+  int64_t k = 0;
+  if (v.has_i) v.col_i = k++;
+  if (v.has_f) v.col_f = k++;
+  v.col_g = k++;
+  if (v.has_o) v.col_o = k++;
+  v.G = k;
+  if (peep) {
+    k = 0;
+    if (v.has_i) v.peep_i = k++;
+    if (v.has_f) v.peep_f = k++;
+    if (v.has_o) v.peep_o = k++;
+  }
+  return v;
+}
+
+// Block `col` (of H) of a row, or `other` when the gate is absent.
+template <typename P>
+inline P block(P row, int64_t col, int64_t H, P other) {
+  return col < 0 ? other : row + col * H;
+}
+
+// Scratch for absent gates: `zeros` (read, never written) and three sinks (written).
+template <typename T>
+struct Scratch {
+  explicit Scratch(int64_t H) : zeros(3 * H, T(0)), sink(3 * H, T(0)), H(H) {}
+  T* sink_at(int64_t k) { return sink.data() + k * H; }
+  std::vector<T> zeros, sink;
+  int64_t H;
+};
+
+template <typename T>
+void lstm_variant_pointwise(int64_t n, int64_t H, const Variant& v, T* a, T* c_carry, T* c_out,
+                            T* m_out, int64_t ldm, const T* peep, T* q, Scratch<T>& s) {
+  // the flags as 0/1 weights: x = k·a + (1 − k)·b is exactly a or b, and plain arithmetic
+  // keeps the loop vectorised (GCC does not vectorise it with runtime ternaries)
+  const T k_i = v.has_i, k_f = v.has_f, k_o = v.has_o, k_g = v.act_g, k_c = v.act_c;
+  const T k_cpl = v.coupled;
+  const T* z = s.zeros.data();
+  const T* p_i = peep ? block(peep, v.peep_i, H, z) : z;
+  const T* p_f = peep ? block(peep, v.peep_f, H, z) : z;
+  const T* p_o = peep ? block(peep, v.peep_o, H, z) : z;
+  for (int64_t b = 0; b < n; ++b) {
+    T* ab = a + b * v.G * H;
+    T* a_i = block(ab, v.col_i, H, s.sink_at(0));
+    T* a_f = block(ab, v.col_f, H, s.sink_at(1));
+    T* a_g = ab + v.col_g * H;
+    T* a_o = block(ab, v.col_o, H, s.sink_at(2));
+    T* q_i = q ? q + b * 3 * H : s.sink_at(0);        // FGR: i, f, o of this step
+    T* q_f = q ? q_i + H : s.sink_at(1);
+    T* q_o = q ? q_i + 2 * H : s.sink_at(2);
+    T* cb = c_carry + b * H;
+    T* cob = c_out + b * H;
+    T* mb = m_out + b * ldm;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      // every term computed unconditionally, then weighted: keeps the loop vectorised
+      const T c_prev = cb[j], pre_g = a_g[j];
+      const T s_i = sigmoid(a_i[j] + p_i[j] * c_prev);
+      const T s_f = sigmoid(a_f[j] + p_f[j] * c_prev);
+      const T tanh_g = tanh_(pre_g);
+      const T i_t = k_i * s_i + (T(1) - k_i);
+      const T f_t = k_cpl * (T(1) - i_t) + (T(1) - k_cpl) * (k_f * s_f + (T(1) - k_f));
+      const T g_t = k_g * tanh_g + (T(1) - k_g) * pre_g;
+      const T c_t = f_t * c_prev + i_t * g_t;
+      const T s_o = sigmoid(a_o[j] + p_o[j] * c_t);
+      const T tanh_c = tanh_(c_t);
+      const T o_t = k_o * s_o + (T(1) - k_o);
+      const T act_c_t = k_c * tanh_c + (T(1) - k_c) * c_t;
+      a_i[j] = i_t;
+      a_f[j] = f_t;
+      a_g[j] = g_t;
+      a_o[j] = o_t;
+      q_i[j] = i_t;
+      q_f[j] = f_t;
+      q_o[j] = o_t;
+      cb[j] = c_t;
+      cob[j] = c_t;
+      mb[j] = o_t * act_c_t;
+    }
+  }
+}
+
+template <typename T>
+void lstm_variant_pointwise_backward(int64_t n, int64_t H, const Variant& v, const T* gates,
+                                     const T* c, const T* c_prev, const T* dm, int64_t lddm,
+                                     T* dc_carry, const T* dq, T* dA, const T* peep,
+                                     Scratch<T>& s) {
+  // the flags as 0/1 weights: x = k·a + (1 − k)·b is exactly a or b, and plain arithmetic
+  // keeps the loop vectorised (GCC does not vectorise it with runtime ternaries)
+  const T k_i = v.has_i, k_f = v.has_f, k_o = v.has_o, k_g = v.act_g, k_c = v.act_c;
+  const T k_cpl = v.coupled;
+  const T* z = s.zeros.data();
+  const T* p_i = peep ? block(peep, v.peep_i, H, z) : z;
+  const T* p_f = peep ? block(peep, v.peep_f, H, z) : z;
+  const T* p_o = peep ? block(peep, v.peep_o, H, z) : z;
+  for (int64_t b = 0; b < n; ++b) {
+    const T* gb = gates + b * v.G * H;
+    const T* i_ = block(gb, v.col_i, H, z);
+    const T* f_ = block(gb, v.col_f, H, z);
+    const T* g_ = gb + v.col_g * H;
+    const T* o_ = block(gb, v.col_o, H, z);
+    T* db = dA + b * v.G * H;
+    T* da_i = block(db, v.col_i, H, s.sink_at(0));
+    T* da_f = block(db, v.col_f, H, s.sink_at(1));
+    T* da_g = db + v.col_g * H;
+    T* da_o = block(db, v.col_o, H, s.sink_at(2));
+    const T* dq_i = dq ? dq + b * 3 * H : z;           // FGR carry: ∂L/∂(i, f, o)_t
+    const T* dq_f = dq ? dq_i + H : z;
+    const T* dq_o = dq ? dq_i + 2 * H : z;
+    const T* cb = c + b * H;
+    const T* cpb = c_prev + b * H;
+    const T* dmb = dm + b * lddm;
+    T* dcb = dc_carry + b * H;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      // loads and terms unconditional, then weighted (vectorised); an absent gate is 1,
+      // so its σ' = g(1 − g) is 0 and its dA block comes out 0
+      const T gi = i_[j], gf = f_[j], g_t = g_[j], go = o_[j], c_t = cb[j], cp = cpb[j];
+      const T dqi = dq_i[j], dqf = dq_f[j], dqo = dq_o[j], d_m = dmb[j];
+      const T tanh_c = tanh_(c_t);
+      const T i_t = k_i * gi + (T(1) - k_i), o_t = k_o * go + (T(1) - k_o);
+      const T f_t = k_cpl * (T(1) - i_t) + (T(1) - k_cpl) * (k_f * gf + (T(1) - k_f));
+      const T act_c_t = k_c * tanh_c + (T(1) - k_c) * c_t;
+      const T d_act_c = T(1) - k_c * tanh_c * tanh_c;
+      const T d_o = (d_m * act_c_t + dqo) * o_t * (T(1) - o_t);
+      const T dc = dcb[j] + d_m * o_t * d_act_c + d_o * p_o[j];
+      const T d_g = dc * i_t * (T(1) - k_g * g_t * g_t);
+      const T sig_i = i_t * (T(1) - i_t);
+      const T d_i = (k_cpl * (dc * (g_t - cp)) + (T(1) - k_cpl) * (dc * g_t + dqi)) * sig_i;
+      const T d_f = (dc * cp + dqf) * f_t * (T(1) - f_t);
+      da_i[j] = d_i;
+      da_f[j] = d_f;
+      da_g[j] = d_g;
+      da_o[j] = d_o;
+      dcb[j] = dc * f_t + d_i * p_i[j] + d_f * p_f[j];
+    }
+  }
+}
+
+template <typename T>
+void lstm_variant_forward_impl(const Variant& v, Tensor& xw, const Tensor& w_hh, const T* w_hr,
+                               const T* peep, const T* w_gg, Tensor& out, Tensor& c, Tensor& m,
+                               Tensor& h_carry, Tensor& c_carry, const Rows& rows, int64_t H,
+                               int64_t R) {
+  const int64_t G = v.G, B = h_carry.size(0);
+  T* a = xw.data_ptr<T>();
+  T* out_p = out.data_ptr<T>();
+  T* c_p = c.data_ptr<T>();
+  T* m_p = m.defined() ? m.data_ptr<T>() : nullptr;
+  T* h = h_carry.data_ptr<T>();
+  T* cc = c_carry.data_ptr<T>();
+  Scratch<T> scratch(H);
+  std::vector<T> q(w_gg ? B * 3 * H : 0, T(0));                      // i, f, o at t−1
+  const WeightGemm<T> recurrent(w_hh.data_ptr<T>(), true, B, G * H, R);   // · W_hhᵀ
+  const WeightGemm<T> projection(w_hr, true, w_hr ? B : 0, R, H);         // · W_hrᵀ
+  const WeightGemm<T> to_if(w_gg, true, w_gg ? B : 0, 2 * H, 3 * H);      // · W_gg[i,f]ᵀ
+  const WeightGemm<T> to_o(w_gg ? w_gg + 6 * H * H : nullptr, true, w_gg ? B : 0, H, 3 * H);
+  for (auto [start, n] : rows) {
+    T* a_t = a + start * G * H;
+    recurrent(n, h, R, T(1), a_t, G * H);                             // a += h_{t-1} W_hhᵀ
+    if (w_gg) {                                                       // a_{i,f,o} += q W_ggᵀ
+      to_if(n, q.data(), 3 * H, T(1), a_t, G * H);
+      to_o(n, q.data(), 3 * H, T(1), a_t + 3 * H, G * H);
+    }
+    T* m_t = w_hr ? m_p + start * H : out_p + start * R;
+    lstm_variant_pointwise<T>(n, H, v, a_t, cc, c_p + start * H, m_t, w_hr ? H : R, peep,
+                              w_gg ? q.data() : nullptr, scratch);
+    if (w_hr) projection(n, m_t, H, T(0), out_p + start * R, R);      // h = m W_hrᵀ
+    std::memcpy(h, out_p + start * R, sizeof(T) * n * R);
+  }
+}
+
+std::vector<Tensor> lstm_variant_forward(Tensor xw, Tensor w_hh, c10::optional<Tensor> w_hr,
+                                         c10::optional<Tensor> peep, c10::optional<Tensor> w_gg,
+                                         Tensor h0, Tensor c0, std::vector<int64_t> batch_sizes,
+                                         bool reverse, bool coupled, std::vector<bool> greff) {
+  const int64_t N = xw.size(0), H = c0.size(1), R = h0.size(1);
+  const bool proj = w_hr.has_value() && w_hr->defined();
+  const bool has_peep = peep.has_value() && peep->defined();
+  const bool fgr = w_gg.has_value() && w_gg->defined();
+  const Variant v = make_variant(coupled, greff, has_peep);
+  TORCH_CHECK(fgr == v.fgr && (!fgr || (v.G == 4 && !coupled)),
+              "lstm_variant_forward: w_gg is given exactly for FGR with all four gates");
+  auto w_hh_c = w_hh.contiguous();
+  auto w_hr_c = proj ? w_hr->contiguous() : Tensor();
+  auto w_gg_c = fgr ? w_gg->contiguous() : Tensor();
+  Tensor out = at::empty({N, R}, xw.options());
+  Tensor c = at::empty({N, H}, xw.options());
+  Tensor m = proj ? at::empty({N, H}, xw.options()) : Tensor();
+  Tensor h_carry = h0.clone(), c_carry = c0.clone();
+  const Rows rows = step_rows(batch_sizes, reverse);
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "lstm_variant_forward", [&] {
+    lstm_variant_forward_impl<scalar_t>(
+        v, xw, w_hh_c, proj ? w_hr_c.data_ptr<scalar_t>() : nullptr,
+        has_peep ? peep->data_ptr<scalar_t>() : nullptr,
+        fgr ? w_gg_c.data_ptr<scalar_t>() : nullptr, out, c, m, h_carry, c_carry, rows, H, R);
+  });
+  return {out, c, m, h_carry, c_carry};
+}
+
+template <typename T>
+void lstm_variant_backward_impl(const Variant& v, const Tensor& dout, const Tensor& gates,
+                                const Tensor& c, const Tensor& c_prev, const Tensor& w_hh,
+                                const T* w_hr, const T* peep, const T* w_gg, Tensor& dA,
+                                Tensor& dh_carry, Tensor& dc_carry, Tensor& dq_carry, Tensor& dH,
+                                const Rows& rows, int64_t B, int64_t H, int64_t R) {
+  const int64_t G = v.G;
+  const T* dout_p = dout.data_ptr<T>();
+  const T* g_p = gates.data_ptr<T>();
+  const T* c_p = c.data_ptr<T>();
+  const T* cp_p = c_prev.data_ptr<T>();
+  T* dA_p = dA.data_ptr<T>();
+  T* dh = dh_carry.data_ptr<T>();
+  T* dc = dc_carry.data_ptr<T>();
+  T* dq = w_gg ? dq_carry.data_ptr<T>() : nullptr;
+  T* dH_p = dH.defined() ? dH.data_ptr<T>() : nullptr;
+  Scratch<T> scratch(H);
+  std::vector<T> dh_t(B * R), dm_t(w_hr ? B * H : 0);
+  const WeightGemm<T> recurrent(w_hh.data_ptr<T>(), false, B, R, G * H);  // · W_hh
+  const WeightGemm<T> projection(w_hr, false, w_hr ? B : 0, H, R);        // · W_hr
+  const WeightGemm<T> from_if(w_gg, false, w_gg ? B : 0, 3 * H, 2 * H);   // · W_gg[i,f]
+  const WeightGemm<T> from_o(w_gg ? w_gg + 6 * H * H : nullptr, false, w_gg ? B : 0, 3 * H, H);
+  for (auto it = rows.rbegin(); it != rows.rend(); ++it) {
+    const auto [start, n] = *it;
+    const T* dout_t = dout_p + start * R;
+    T* dh_step = dH_p ? dH_p + start * R : dh_t.data();
+    for (int64_t k = 0; k < n * R; ++k) dh_step[k] = dout_t[k] + dh[k];
+    const T* dm = dh_step;
+    if (w_hr) {                                                      // dm = dh W_hr
+      projection(n, dh_step, R, T(0), dm_t.data(), H);
+      dm = dm_t.data();
+    }
+    T* dA_t = dA_p + start * G * H;
+    lstm_variant_pointwise_backward<T>(n, H, v, g_p + start * G * H, c_p + start * H,
+                                       cp_p + start * H, dm, H, dc, dq, dA_t, peep, scratch);
+    recurrent(n, dA_t, G * H, T(0), dh, R);                           // dh_{t-1} = dA W_hh
+    if (w_gg) {                                             // dq_{t-1} = dA_{i,f,o} W_gg
+      from_if(n, dA_t, G * H, T(0), dq, 3 * H);
+      from_o(n, dA_t + 3 * H, G * H, T(1), dq, 3 * H);
+    }
+  }
+}
+
+std::vector<Tensor> lstm_variant_backward(
+    Tensor dout, Tensor dh_n, Tensor dc_n, c10::optional<Tensor> dq_n, Tensor gates, Tensor c,
+    Tensor c_prev, Tensor w_hh, c10::optional<Tensor> w_hr, c10::optional<Tensor> peep,
+    c10::optional<Tensor> w_gg, std::vector<int64_t> batch_sizes, bool reverse, bool coupled,
+    std::vector<bool> greff) {
+  const int64_t H = c.size(1), R = dout.size(1), B = dh_n.size(0);
+  const bool proj = w_hr.has_value() && w_hr->defined();
+  const bool has_peep = peep.has_value() && peep->defined();
+  const bool fgr = w_gg.has_value() && w_gg->defined();
+  const Variant v = make_variant(coupled, greff, has_peep);
+  TORCH_CHECK(fgr == v.fgr && (!fgr || (v.G == 4 && !coupled && dq_n.has_value())),
+              "lstm_variant_backward: w_gg and dq_n are given exactly for FGR");
+  auto w_hh_c = w_hh.contiguous();
+  auto w_hr_c = proj ? w_hr->contiguous() : Tensor();
+  auto w_gg_c = fgr ? w_gg->contiguous() : Tensor();
+  Tensor dA = at::empty_like(gates);
+  Tensor dH = proj ? at::empty_like(dout) : Tensor();
+  Tensor dh_carry = dh_n.clone(), dc_carry = dc_n.clone();
+  Tensor dq_carry = fgr ? dq_n->clone() : Tensor();
+  const Rows rows = step_rows(batch_sizes, reverse);
+  AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "lstm_variant_backward", [&] {
+    lstm_variant_backward_impl<scalar_t>(
+        v, dout, gates, c, c_prev, w_hh_c, proj ? w_hr_c.data_ptr<scalar_t>() : nullptr,
+        has_peep ? peep->data_ptr<scalar_t>() : nullptr,
+        fgr ? w_gg_c.data_ptr<scalar_t>() : nullptr, dA, dh_carry, dc_carry, dq_carry, dH, rows,
+        B, H, R);
+  });
+  return {dA, dh_carry, dc_carry, dq_carry, dH};
+}
+
 // ---- GRU -----------------------------------------------------------------------------
 template <typename T>
 void gru_forward_impl(T* a, const T* W, const T* b_hh, T* out, T* hw_n, T* h, const Rows& rows,
@@ -621,6 +913,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "pack float32 weights once per call for MKL's packed GEMM (default on)");
   m.def("lstm_forward", &lstm_forward);
   m.def("lstm_backward", &lstm_backward);
+  m.def("lstm_variant_forward", &lstm_variant_forward);
+  m.def("lstm_variant_backward", &lstm_variant_backward);
   m.def("gru_forward", &gru_forward);
   m.def("gru_backward", &gru_backward);
   m.def("rnn_forward", &rnn_forward);
