@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from ..cells import lstm_spec
+from . import regularize
 from .base import RecurrentBase
 
 
@@ -37,6 +38,8 @@ class LSTM(RecurrentBase):
             peephole is (2H,), order i, o.
         backend: ``"auto"`` (fastest available that computes the same function) or
             ``"reference"`` (the autograd loop over the equations).
+        zoneout, input_dropout, recurrent_dropout, weight_dropout: regularisers, off by
+            default (``zoneout`` a rate or a pair (z_c, z_h)); see :mod:`lstmkit.nn.regularize`.
 
     Shapes: input ``(L, N, H_in)``, ``(N, L, H_in)`` with ``batch_first``, unbatched
     ``(L, H_in)`` or a ``PackedSequence``; ``hx = (h_0, c_0)`` with h_0
@@ -62,12 +65,19 @@ class LSTM(RecurrentBase):
         peephole: bool = False,
         coupled: bool = False,
         backend: str = "auto",
+        zoneout: float | tuple[float, float] = 0.0,
+        input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        weight_dropout: float = 0.0,
     ) -> None:
         self.peephole = bool(peephole)
         self.coupled = bool(coupled)
+        reg = regularize.resolve("LSTM", "lstm", zoneout=zoneout, input_dropout=input_dropout,
+                                 recurrent_dropout=recurrent_dropout,
+                                 weight_dropout=weight_dropout)
         super().__init__(lstm_spec(peephole=self.peephole, coupled=self.coupled), input_size,
                          hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype, backend=backend)
+                         proj_size, device, dtype, backend=backend, regularization=reg)
 
     def forward(
         self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
