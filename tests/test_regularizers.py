@@ -424,3 +424,14 @@ def test_recording_sees_the_zoned_states():
     with lstmkit.record(m) as rec:
         out, _ = m(x)
     assert_close(rec.layers[0]["h"], out.detach(), "recorded h", 0.0)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_unbatched_and_batch_first_see_the_same_masks(family):
+    x = torch.randn(5, 3, dtype=F64)
+    outs = []
+    for batch_first, feed in ((False, x), (False, x[:, None]), (True, x[None])):
+        m = _module(family, 3, 4, batch_first=batch_first, **ALL_ON)
+        torch.manual_seed(3)
+        outs.append(m(feed)[0].reshape(5, 4))
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])

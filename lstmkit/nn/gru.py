@@ -28,6 +28,11 @@ class GRU(RecurrentBase):
 
     Arguments, shapes, parameter names (``weight_ih_l{k}`` (3H, I) = (W_ir|W_iz|W_in), ...)
     and initialisation are those of ``torch.nn.GRU``; returns ``output, h_n``.
+
+    Regularisers (off by default; :mod:`lstmkit.nn.regularize`): ``zoneout`` (one rate: the
+    GRU has only h), ``input_dropout``, ``recurrent_dropout`` (on h_{t-1} where it meets
+    W_hh; the direct path z_t ⊙ h_{t-1} is not dropped), ``weight_dropout`` (DropConnect
+    on ``weight_hh``).
     """
 
     _torch_class = nn.GRU

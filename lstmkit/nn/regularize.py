@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from ..cells.base import LayerWeights
-from ..ops.masks import StepMasks, per_row
+from ..ops.masks import StepMasks, mul_per_row
 
 
 @dataclass(frozen=True)
@@ -110,16 +110,16 @@ def resolve(name: str, family: str, *, zoneout: object = 0.0, input_dropout: obj
 
 def drop_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:
     """Bernoulli(1 − p) / (1 − p): inverted dropout's mask, expectation 1."""
-    keep = torch.full(shape, 1.0 - p, dtype=like.dtype, device=like.device)
-    return torch.bernoulli(keep).div_(1.0 - p)
+    keep = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return keep.bernoulli_(1.0 - p).div_(1.0 - p)
 
 
 def zone_mask(shape: tuple[int, ...], z: float, like: Tensor, training: bool) -> Tensor | None:
     """Bernoulli(z) (1 keeps the previous state) in training, its expectation z at test."""
     if not z:
         return None
-    mask = torch.full(shape, z, dtype=like.dtype, device=like.device)
-    return torch.bernoulli(mask) if training else mask
+    mask = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return mask.bernoulli_(z) if training else mask.fill_(z)
 
 
 def apply(reg: Regularization, training: bool, x: Tensor, batch_sizes: list[int],
@@ -128,7 +128,7 @@ def apply(reg: Regularization, training: bool, x: Tensor, batch_sizes: list[int]
     the weights with W_hh dropped, and the masks for the time loop (None if none)."""
     B, N, R = batch_sizes[0], x.shape[0], w.w_hh.shape[1]
     if training and reg.input_dropout:
-        x = x * per_row(drop_mask((B, x.shape[1]), reg.input_dropout, x), batch_sizes)
+        x = mul_per_row(x, drop_mask((B, x.shape[1]), reg.input_dropout, x), batch_sizes)
     if training and reg.weight_dropout:
         w = w._replace(w_hh=w.w_hh * drop_mask(tuple(w.w_hh.shape), reg.weight_dropout, x))
     if not reg.in_recurrence(training):

@@ -19,6 +19,10 @@ class RNN(RecurrentBase):
 
     Arguments (``nonlinearity`` fourth, as in torch.nn), shapes, parameter names and
     initialisation are those of ``torch.nn.RNN``; returns ``output, h_n``.
+
+    Regularisers (off by default; :mod:`lstmkit.nn.regularize`): ``zoneout`` (one rate),
+    ``input_dropout``, ``recurrent_dropout``, ``weight_dropout`` (DropConnect on
+    ``weight_hh``).
     """
 
     _torch_class = nn.RNN

@@ -52,12 +52,12 @@ def row_sequences(batch_sizes: list[int], device: torch.device) -> Tensor:
     return torch.arange(int(bs.sum()), device=device) - offsets[t]
 
 
-def per_row(mask: Tensor, batch_sizes: list[int]) -> Tensor:
-    """A per-sequence mask (B, K) repeated for every flat row (N, K)."""
+def mul_per_row(x: Tensor, mask: Tensor, batch_sizes: list[int]) -> Tensor:
+    """x (N, K) ⊙ a per-sequence mask (B, K), the same mask row at every step."""
     T, B = len(batch_sizes), batch_sizes[0]
     if batch_sizes[-1] == B:                                  # padded: every step has B rows
-        return mask.unsqueeze(0).expand(T, B, mask.shape[1]).reshape(T * B, mask.shape[1])
-    return mask.index_select(0, row_sequences(batch_sizes, mask.device))
+        return (x.reshape(T, B, x.shape[1]) * mask).view(x.shape)
+    return x * mask.index_select(0, row_sequences(batch_sizes, mask.device))
 
 
 def zoneout(d: Tensor | None, old: Tensor, new: Tensor) -> Tensor:
