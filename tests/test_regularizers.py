@@ -435,3 +435,21 @@ def test_unbatched_and_batch_first_see_the_same_masks(family):
         torch.manual_seed(3)
         outs.append(m(feed)[0].reshape(5, 4))
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+def test_onnx_export_refuses_zoneout(tmp_path):
+    pytest.importorskip("onnx")
+    from lstmkit.interop.onnx import export_module
+    with pytest.raises(ValueError, match="zoneout"):
+        export_module(lstmkit.GRU(3, 4, zoneout=0.1), tmp_path / "m.onnx")
+
+
+def test_compiling_with_masks(monkeypatch):
+    """Under torch.compile the custom ops take no masks: auto runs the reference loop,
+    an explicit fused backend raises."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    cell, x, bs = lstm_spec(), torch.randn(6, 3), [2, 2, 2]
+    from lstmkit.ops import reference
+    assert lstmkit.ops.select_backend("auto", cell, x, bs, masked=True) is reference.run_layer
+    with pytest.raises(ValueError, match="torch.compile"):
+        lstmkit.ops.select_backend("fused_cpp", cell, x, bs, masked=True)

@@ -100,6 +100,10 @@ def _check(module) -> None:
     if getattr(module, "proj_size", 0):
         raise ValueError("ONNX's LSTM operator has no projection (proj_size); export a model "
                          "without proj_size")
+    reg = getattr(module, "regularization", None)
+    if reg is not None and (reg.zoneout_c or reg.zoneout_h):
+        raise ValueError("zoneout changes the test-time recurrence (h_t = z h_{t-1} + (1 - z) "
+                         "h̃_t), which ONNX's recurrent operators cannot express")
 
 
 def export_module(module, path: str | Path, *, sequence_lens: bool = False,
