@@ -101,6 +101,10 @@ def _check(module) -> None:
         raise ValueError("ONNX's LSTM operator has no projection (proj_size); export a model "
                          "without proj_size")
     _refuse_greff(module)
+    reg = getattr(module, "regularization", None)
+    if reg is not None and (reg.zoneout_c or reg.zoneout_h):
+        raise ValueError("zoneout changes the test-time recurrence (h_t = z h_{t-1} + (1 - z) "
+                         "h̃_t), which ONNX's recurrent operators cannot express")
 
 
 def _refuse_greff(model: torch.nn.Module) -> None:

@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .. import ops
 from ..cells.base import CellSpec, LayerWeights
-from . import checks
+from . import checks, regularize
 
 
 class RecurrentBase(nn.Module):
@@ -37,6 +37,7 @@ class RecurrentBase(nn.Module):
         dtype: torch.dtype | None = None,
         *,
         backend: str = "auto",
+        regularization: regularize.Regularization | None = None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -57,6 +58,7 @@ class RecurrentBase(nn.Module):
         self.bidirectional = bool(bidirectional)
         self.proj_size = proj_size
         self.backend = ops.check_backend(backend)
+        self.regularization = regularization or regularize.Regularization()
         self._build_parameters({"device": device, "dtype": dtype})
         self.reset_parameters()
 
@@ -142,9 +144,11 @@ class RecurrentBase(nn.Module):
         seq = checks.prepare_input(name, input, self.input_size, self.batch_first, param)
         state0 = checks.prepare_hx(name, hx, seq, self._state_shapes(), self._state_labels(), param)
         recorder = self._recorder
+        reg = self.regularization
         run_layer = ops.select_backend(self.backend, self.cell, seq.x, seq.batch_sizes,
                                        projected=bool(self.proj_size),
-                                       recording=recorder is not None)
+                                       recording=recorder is not None,
+                                       masked=reg.in_recurrence(self.training))
 
         D, x = self.num_directions, seq.x
         finals: list[list[Tensor]] = [[] for _ in state0]
@@ -152,10 +156,14 @@ class RecurrentBase(nn.Module):
             outputs = []
             for direction in range(D):
                 k = layer * D + direction
+                x_in, w, masks = x, self.layer_weights(layer, direction), None
+                if reg.active:
+                    x_in, w, masks = regularize.apply(reg, self.training, x, seq.batch_sizes, w,
+                                                      self.hidden_size)
                 out, state_n, trace = run_layer(
-                    self.cell, x, seq.batch_sizes, tuple(s[k] for s in state0),
-                    self.layer_weights(layer, direction), reverse=direction == 1,
-                    record=recorder is not None)
+                    self.cell, x_in, seq.batch_sizes, tuple(s[k] for s in state0), w,
+                    reverse=direction == 1, record=recorder is not None,
+                    **({} if masks is None else {"masks": masks}))
                 outputs.append(out)
                 for f, s in zip(finals, state_n):
                     f.append(s)
@@ -189,7 +197,8 @@ class RecurrentBase(nn.Module):
         for key, default in defaults.items():
             if getattr(self, key) != default:
                 s += f", {key}={getattr(self, key)!r}"
-        return s + "".join(f", {k}={v!r}" for k, v in self._variant_options().items())
+        options = {**self._variant_options(), **self.regularization.keywords()}
+        return s + "".join(f", {k}={v!r}" for k, v in options.items())
 
     def _variant_options(self) -> dict[str, object]:
         """Keywords that set this module's cell variant, where they differ from the default."""
@@ -208,6 +217,8 @@ class RecurrentBase(nn.Module):
     def to_torch(self) -> nn.Module:
         """The equivalent ``torch.nn`` module with these weights (plain configurations only)."""
         options = self._variant_options()
+        if self.regularization.zoneout_c or self.regularization.zoneout_h:
+            options["zoneout"] = self.regularization.keywords()["zoneout"]   # eval differs
         if options:
             raise ValueError(
                 f"{type(self).__name__} with {options} has no torch.nn equivalent; "

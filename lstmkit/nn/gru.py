@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from ..cells import gru_spec
-from . import checks
+from . import checks, regularize
 from .base import RecurrentBase
 
 
@@ -28,6 +28,11 @@ class GRU(RecurrentBase):
 
     Arguments, shapes, parameter names (``weight_ih_l{k}`` (3H, I) = (W_ir|W_iz|W_in), ...)
     and initialisation are those of ``torch.nn.GRU``; returns ``output, h_n``.
+
+    Regularisers (off by default; :mod:`lstmkit.nn.regularize`): ``zoneout`` (one rate: the
+    GRU has only h), ``input_dropout``, ``recurrent_dropout`` (on h_{t-1} where it meets
+    W_hh; the direct path z_t ⊙ h_{t-1} is not dropped), ``weight_dropout`` (DropConnect
+    on ``weight_hh``).
     """
 
     _torch_class = nn.GRU
@@ -46,13 +51,20 @@ class GRU(RecurrentBase):
         *,
         reset_after: bool = True,
         backend: str = "auto",
+        zoneout: float = 0.0,
+        input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        weight_dropout: float = 0.0,
         **unsupported: object,
     ) -> None:
         checks.check_variant_kwargs("GRU", unsupported)
+        reg = regularize.resolve("GRU", "gru", zoneout=zoneout, input_dropout=input_dropout,
+                                 recurrent_dropout=recurrent_dropout,
+                                 weight_dropout=weight_dropout)
         self.reset_after = bool(reset_after)
         super().__init__(gru_spec(reset_after=self.reset_after), input_size, hidden_size,
                          num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype,
-                         backend=backend)
+                         backend=backend, regularization=reg)
 
     def forward(
         self, input: Tensor | PackedSequence, hx: Tensor | None = None

@@ -8,6 +8,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..cells import lstm_spec
 from ..cells.lstm import Greff
+from . import regularize
 from .base import RecurrentBase
 
 # Greff et al. (2015), §III: the eight variants, each one change to their "vanilla" LSTM
@@ -67,6 +68,8 @@ class LSTM(RecurrentBase):
             ONNX or Keras equivalent.
         backend: ``"auto"`` (fastest available that computes the same function) or
             ``"reference"`` (the autograd loop over the equations).
+        zoneout, input_dropout, recurrent_dropout, weight_dropout: regularisers, off by
+            default (``zoneout`` a rate or a pair (z_c, z_h)); see :mod:`lstmkit.nn.regularize`.
 
     Shapes: input ``(L, N, H_in)``, ``(N, L, H_in)`` with ``batch_first``, unbatched
     ``(L, H_in)`` or a ``PackedSequence``; ``hx = (h_0, c_0)`` with h_0
@@ -98,6 +101,10 @@ class LSTM(RecurrentBase):
         cell_activation: str | None = "tanh",
         gate_recurrence: bool = False,
         backend: str = "auto",
+        zoneout: float | tuple[float, float] = 0.0,
+        input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        weight_dropout: float = 0.0,
     ) -> None:
         self.peephole = bool(peephole)
         self.coupled = bool(coupled)
@@ -111,10 +118,18 @@ class LSTM(RecurrentBase):
         greff = Greff(self.input_gate, self.forget_gate, self.output_gate,
                       input_activation is not None, cell_activation is not None,
                       self.gate_recurrence)
+        reg = regularize.resolve("LSTM", "lstm", zoneout=zoneout, input_dropout=input_dropout,
+                                 recurrent_dropout=recurrent_dropout,
+                                 weight_dropout=weight_dropout)
+        if greff != Greff() and (reg.zoneout_c or reg.zoneout_h or reg.recurrent_dropout):
+            raise ValueError("LSTM: zoneout and recurrent_dropout are not supported with the "
+                             "Greff et al. ablations (input_gate/forget_gate/output_gate/"
+                             "input_activation/cell_activation/gate_recurrence); "
+                             "input_dropout and weight_dropout are")
         super().__init__(lstm_spec(peephole=self.peephole, coupled=self.coupled, greff=greff),
-                         input_size,
-                         hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype, backend=backend)
+                         input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, device, dtype, backend=backend,
+                         regularization=reg)
 
     def forward(
         self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None

@@ -8,7 +8,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..cells import rnn_spec
 from ..cells.rnn import NONLINEARITIES
-from . import checks
+from . import checks, regularize
 from .base import RecurrentBase
 
 
@@ -19,6 +19,10 @@ class RNN(RecurrentBase):
 
     Arguments (``nonlinearity`` fourth, as in torch.nn), shapes, parameter names and
     initialisation are those of ``torch.nn.RNN``; returns ``output, h_n``.
+
+    Regularisers (off by default; :mod:`lstmkit.nn.regularize`): ``zoneout`` (one rate),
+    ``input_dropout``, ``recurrent_dropout``, ``weight_dropout`` (DropConnect on
+    ``weight_hh``).
     """
 
     _torch_class = nn.RNN
@@ -37,16 +41,23 @@ class RNN(RecurrentBase):
         dtype: torch.dtype | None = None,
         *,
         backend: str = "auto",
+        zoneout: float = 0.0,
+        input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        weight_dropout: float = 0.0,
         **unsupported: object,
     ) -> None:
         checks.check_variant_kwargs("RNN", unsupported)
+        reg = regularize.resolve("RNN", "rnn", zoneout=zoneout, input_dropout=input_dropout,
+                                 recurrent_dropout=recurrent_dropout,
+                                 weight_dropout=weight_dropout)
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"RNN: nonlinearity must be one of {sorted(NONLINEARITIES)}, "
                              f"got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         super().__init__(rnn_spec(nonlinearity=nonlinearity), input_size, hidden_size,
                          num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype,
-                         backend=backend)
+                         backend=backend, regularization=reg)
 
     def forward(
         self, input: Tensor | PackedSequence, hx: Tensor | None = None

@@ -48,7 +48,8 @@ def _cpp_can_run(x: Tensor) -> bool:
 
 
 def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[int], *,
-                   projected: bool = False, recording: bool = False) -> LayerFn:
+                   projected: bool = False, recording: bool = False,
+                   masked: bool = False) -> LayerFn:
     """Return the layer loop for ``backend``, ``cell`` and an input like ``x``.
 
     ``"auto"`` takes torch's LSTM kernel where it runs (plain float32 LSTM, padded, no
@@ -56,11 +57,20 @@ def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[in
     the input is a CPU float32/float64 tensor, else the torch-loop kernels; ``"fused"``
     the same without torch's kernel. ``"fused_cpp"`` raises if the extension cannot be
     built or cannot take ``x``. Every backend but torch's returns the per-step gates.
+    ``masked``: the layers get recurrent masks (recurrent dropout, zoneout; see
+    ``ops/masks.py``), which the fused kernels take and torch's kernel does not. Under
+    ``torch.compile`` (whose custom ops take no masks) ``"auto"``/``"fused"`` then run the
+    reference loop, which compiles as plain torch code, and an explicit fused backend raises.
     """
     check_backend(backend)
     if backend == "reference":
         return reference.run_layer
     if torch.compiler.is_compiling():
+        if masked and backend in ("auto", "fused"):
+            return reference.run_layer
+        if masked:
+            raise ValueError(f"backend={backend!r} cannot run recurrent dropout or zoneout "
+                             f"under torch.compile; use backend='auto' or 'reference'")
         return _compiled(backend, cell, x, batch_sizes, projected, recording)
     if backend == "fused_py":
         return partial(fused.run_layer, kernels=loops)
@@ -69,7 +79,8 @@ def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[in
             raise ValueError(f"backend='fused_cpp' runs on CPU float32/float64 tensors, got "
                              f"{x.dtype} on {x.device}; use backend='fused' or 'auto'")
         return partial(fused.run_layer, kernels=cpp_kernels(required=True))
-    if backend == "auto" and not recording and native.can_run(cell, x, batch_sizes, projected):
+    if (backend == "auto" and not recording and not masked
+            and native.can_run(cell, x, batch_sizes, projected)):
         return native.run_layer
     kernels = cpp_kernels(required=False) if _cpp_can_run(x) else None
     return partial(fused.run_layer, kernels=kernels or loops)

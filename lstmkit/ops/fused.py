@@ -21,6 +21,10 @@ time. The per-cell derivations are in the docstrings of the
 backward loops in :mod:`lstmkit.ops.loops`. Backward is not itself differentiable
 (double backward raises a RuntimeError that says so; ``backend="reference"`` has
 higher derivatives).
+
+Recurrent dropout and zoneout masks (:mod:`lstmkit.ops.masks`) are extra, optional inputs
+of the Functions, passed to the kernels; they are constants (no gradient). With recurrent
+dropout the GEMM ``dW_hh = dAᵀ H_prev`` takes the dropped states ``m ⊙ h_{t-1}``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from torch.autograd.function import Function
 
 from ..cells.base import CellSpec, LayerWeights, State
 from . import loops
+from .masks import StepMasks, row_sequences
 from .reference import Trace
 
 
@@ -88,6 +93,21 @@ def _prev_of(flat: Tensor, initial: Tensor, prev: Tensor, r0: int, r1: int) -> T
     return rows
 
 
+def _mask_rows(mask: Tensor | None, r0: int, r1: int) -> Tensor | None:
+    return None if mask is None else mask[r0:r1]
+
+
+def _dropped(h_prev: Tensor, h_drop: Tensor | None, seq: Tensor | None, r0: int,
+             r1: int) -> Tensor:
+    """m ⊙ h_{t-1} for rows [r0, r1) (m has one row per sequence; ``seq`` maps rows)."""
+    return h_prev if h_drop is None else h_prev * h_drop.index_select(0, seq[r0:r1])
+
+
+def _masks(ctx, n: int) -> tuple:
+    """The masks a Function's forward kept (the custom ops of ``library`` keep none)."""
+    return getattr(ctx, "masks", (None,) * n)
+
+
 def _input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
     return torch.mm(x, w_ih.t()) if bias is None else torch.addmm(bias, x, w_ih.t())
 
@@ -108,10 +128,11 @@ def _refuse_double_backward() -> None:
 class LSTMFunction(Function):
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, batch_sizes, reverse,
-                coupled, kernels):
+                coupled, kernels, h_drop=None, zone_h=None, zone_c=None):
         xw = _input_projection(x, w_ih, _sum_biases(b_ih, b_hh))
+        ctx.masks = (h_drop, zone_h, zone_c)
         out, c, m, h_n, c_n = kernels.lstm_forward(xw, w_hh, w_hr, peep, h0, c0, batch_sizes,
-                                                   reverse, coupled)
+                                                   reverse, coupled, *ctx.masks)
         gates = xw                                           # activations, written in place
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, peep, out, gates, c, m)
         ctx.config = (batch_sizes, reverse, coupled, kernels)
@@ -123,6 +144,7 @@ class LSTMFunction(Function):
         _refuse_double_backward()
         x, h0, c0, w_ih, w_hh, w_hr, peep, out, gates, c, m = ctx.saved_tensors
         batch_sizes, reverse, coupled, kernels = ctx.config
+        h_drop, zone_h, zone_c = _masks(ctx, 3)
         need = ctx.needs_input_grad
         H = c.shape[1]
         dout, dh, dc = dout.contiguous(), dh_n.contiguous(), dc_n.contiguous()
@@ -131,24 +153,37 @@ class LSTMFunction(Function):
         dw_hr = torch.zeros_like(w_hr) if w_hr is not None and need[7] else None
         dpeep = torch.zeros_like(peep) if peep is not None and need[8] else None
         prev = prev_rows(batch_sizes, reverse, x.device)
+        seq = row_sequences(batch_sizes, x.device) if h_drop is not None else None
         for t0, t1, r0, r1 in backward_chunks(batch_sizes, reverse):
             c_prev = _prev_of(c, c0, prev, r0, r1)
             dA, dh, dc, dH = kernels.lstm_backward(
                 dout[r0:r1], dh, dc, gates[r0:r1], c[r0:r1], c_prev, w_hh, w_hr, peep,
-                batch_sizes[t0:t1], reverse, coupled)
+                batch_sizes[t0:t1], reverse, coupled, h_drop, _mask_rows(zone_h, r0, r1),
+                _mask_rows(zone_c, r0, r1))
             grads.add(dA, r0, r1)
             if dw_hh is not None:
-                dw_hh.addmm_(dA.t(), _prev_of(out, h0, prev, r0, r1))
+                h_prev = _prev_of(out, h0, prev, r0, r1)
+                dw_hh.addmm_(dA.t(), _dropped(h_prev, h_drop, seq, r0, r1))
             if dw_hr is not None:
                 dw_hr.addmm_(dH.t(), m[r0:r1])
             if dpeep is not None:
                 parts = [(dA[:, :H] * c_prev).sum(0)]
                 if not coupled:
                     parts.append((dA[:, H:2 * H] * c_prev).sum(0))
-                parts.append((dA[:, -H:] * c[r0:r1]).sum(0))
+                c_t = c[r0:r1] if zone_c is None else _candidate(gates[r0:r1], c_prev, coupled)
+                parts.append((dA[:, -H:] * c_t).sum(0))
                 dpeep += torch.cat(parts)
         return (grads.dx, dh, dc, grads.dw_ih, dw_hh, grads.db, grads.db, dw_hr, dpeep,
-                None, None, None, None)
+                None, None, None, None, None, None, None)
+
+
+def _candidate(gates: Tensor, c_prev: Tensor, coupled: bool) -> Tensor:
+    """c̃_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t from the saved activations (zoneout saves c_t)."""
+    if coupled:
+        i_t, g_t, _ = gates.chunk(3, dim=1)
+        return (1 - i_t) * c_prev + i_t * g_t
+    i_t, f_t, g_t, _ = gates.chunk(4, dim=1)
+    return f_t * c_prev + i_t * g_t
 
 
 class LSTMVariantFunction(Function):
@@ -230,10 +265,12 @@ class _Accumulators:
 
 class GRUFunction(Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, reset_after, kernels):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, reset_after, kernels,
+                h_drop=None, zone_h=None):
         xw = _input_projection(x, w_ih, b_ih)
+        ctx.masks = (h_drop, zone_h)
         out, hw_n, h_n = kernels.gru_forward(xw, w_hh, b_hh, h0, batch_sizes, reverse,
-                                             reset_after)
+                                             reset_after, h_drop, zone_h)
         gates = xw
         ctx.save_for_backward(x, h0, w_ih, w_hh, out, gates, hw_n)
         ctx.config = (batch_sizes, reverse, reset_after, kernels, b_hh is not None)
@@ -245,6 +282,7 @@ class GRUFunction(Function):
         _refuse_double_backward()
         x, h0, w_ih, w_hh, out, gates, hw_n = ctx.saved_tensors
         batch_sizes, reverse, reset_after, kernels, has_bias = ctx.config
+        h_drop, zone_h = _masks(ctx, 2)
         need = ctx.needs_input_grad
         H = h0.shape[1]
         dout, dh = dout.contiguous(), dh_n.contiguous()
@@ -252,51 +290,64 @@ class GRUFunction(Function):
         db_hh = w_hh.new_zeros(w_hh.shape[0]) if has_bias and need[5] else None
         dw_hh = torch.zeros_like(w_hh) if need[3] else None
         prev = prev_rows(batch_sizes, reverse, x.device)
+        seq = row_sequences(batch_sizes, x.device) if h_drop is not None else None
         for t0, t1, r0, r1 in backward_chunks(batch_sizes, reverse):
             h_prev = _prev_of(out, h0, prev, r0, r1)
             dA_x, dA_h, dh = kernels.gru_backward(
                 dout[r0:r1], dh, gates[r0:r1], hw_n[r0:r1] if hw_n is not None else None,
-                h_prev, w_hh, batch_sizes[t0:t1], reverse, reset_after)
+                h_prev, w_hh, batch_sizes[t0:t1], reverse, reset_after, h_drop,
+                _mask_rows(zone_h, r0, r1))
             grads.add(dA_x, r0, r1)
             if db_hh is not None:
                 db_hh += dA_h.sum(0)
             if dw_hh is None:
                 continue
+            h_prev = _dropped(h_prev, h_drop, seq, r0, r1)          # what W_hh multiplied
             if reset_after:
                 dw_hh.addmm_(dA_h.t(), h_prev)
             else:                              # the n rows multiply r ⊙ h_{t-1}
                 q = gates[r0:r1, :H] * h_prev
                 dw_hh[: 2 * H].addmm_(dA_h[:, : 2 * H].t(), h_prev)
                 dw_hh[2 * H:].addmm_(dA_h[:, 2 * H:].t(), q)
-        return grads.dx, dh, grads.dw_ih, dw_hh, grads.db, db_hh, None, None, None, None
+        return (grads.dx, dh, grads.dw_ih, dw_hh, grads.db, db_hh, None, None, None, None,
+                None, None)
 
 
 class RNNFunction(Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, relu, kernels):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, relu, kernels,
+                h_drop=None, zone_h=None):
         xw = _input_projection(x, w_ih, _sum_biases(b_ih, b_hh))
-        out, h_n = kernels.rnn_forward(xw, w_hh, h0, batch_sizes, reverse, relu)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, out)
+        ctx.masks = (h_drop, zone_h)
+        out, h_n = kernels.rnn_forward(xw, w_hh, h0, batch_sizes, reverse, relu, h_drop, zone_h)
+        # xw now holds h̃_t = act(a_t); it is ``out`` itself unless zoneout mixed h_{t-1} in
+        ctx.save_for_backward(x, h0, w_ih, w_hh, out, *([xw] if zone_h is not None else []))
         ctx.config = (batch_sizes, reverse, relu, kernels)
         return out, h_n
 
     @staticmethod
     def backward(ctx, dout, dh_n):
         _refuse_double_backward()
-        x, h0, w_ih, w_hh, out = ctx.saved_tensors
+        x, h0, w_ih, w_hh, out, *act = ctx.saved_tensors
+        act = act[0] if act else out                                   # h̃_t
         batch_sizes, reverse, relu, kernels = ctx.config
+        h_drop, zone_h = _masks(ctx, 2)
         need = ctx.needs_input_grad
         dout, dh = dout.contiguous(), dh_n.contiguous()
         grads = _Accumulators(x, w_ih, need, bias=need[4] or need[5], i_w=2)
         dw_hh = torch.zeros_like(w_hh) if need[3] else None
         prev = prev_rows(batch_sizes, reverse, x.device)
+        seq = row_sequences(batch_sizes, x.device) if h_drop is not None else None
         for t0, t1, r0, r1 in backward_chunks(batch_sizes, reverse):
-            dA, dh = kernels.rnn_backward(dout[r0:r1], dh, out[r0:r1], w_hh,
-                                          batch_sizes[t0:t1], reverse, relu)
+            dA, dh = kernels.rnn_backward(dout[r0:r1], dh, act[r0:r1], w_hh,
+                                          batch_sizes[t0:t1], reverse, relu, h_drop,
+                                          _mask_rows(zone_h, r0, r1))
             grads.add(dA, r0, r1)
             if dw_hh is not None:
-                dw_hh.addmm_(dA.t(), _prev_of(out, h0, prev, r0, r1))
-        return grads.dx, dh, grads.dw_ih, dw_hh, grads.db, grads.db, None, None, None, None
+                h_prev = _prev_of(out, h0, prev, r0, r1)
+                dw_hh.addmm_(dA.t(), _dropped(h_prev, h_drop, seq, r0, r1))
+        return (grads.dx, dh, grads.dw_ih, dw_hh, grads.db, grads.db, None, None, None, None,
+                None, None)
 
 
 def _trace(cell: CellSpec, batch_sizes: list[int], out: Tensor, gates: Tensor | None,
@@ -324,10 +375,13 @@ def _trace(cell: CellSpec, batch_sizes: list[int], out: Tensor, gates: Tensor | 
 
 def run_layer(cell: CellSpec, x: Tensor, batch_sizes: list[int], state0: State,
               w: LayerWeights, *, reverse: bool = False, record: bool = False,
-              kernels: ModuleType) -> tuple[Tensor, State, Trace | None]:
+              kernels: ModuleType, masks: StepMasks | None = None
+              ) -> tuple[Tensor, State, Trace | None]:
     """:func:`lstmkit.ops.reference.run_layer` with hand-derived BPTT, using ``kernels``
     (the C++ extension or :mod:`lstmkit.ops.loops`) for the recurrence."""
     gates = c = None
+    h_drop, zone_h, zone_c = (None if m is None else m.contiguous()
+                              for m in (masks or StepMasks()))
     x = x.contiguous()
     if cell.family == "lstm" and cell.option("greff") is not None:
         h0, c0 = (s.contiguous() for s in state0)
@@ -340,17 +394,17 @@ def run_layer(cell: CellSpec, x: Tensor, batch_sizes: list[int], state0: State,
         h0, c0 = (s.contiguous() for s in state0)
         out, h_n, c_n, gates, c = LSTMFunction.apply(
             x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, w.peephole, batch_sizes,
-            reverse, bool(cell.option("coupled")), kernels)
+            reverse, bool(cell.option("coupled")), kernels, h_drop, zone_h, zone_c)
         final = (h_n, c_n)
     elif cell.family == "gru":
         out, h_n, gates = GRUFunction.apply(
             x, state0[0].contiguous(), w.w_ih, w.w_hh, w.b_ih, w.b_hh, batch_sizes, reverse,
-            bool(cell.option("reset_after", True)), kernels)
+            bool(cell.option("reset_after", True)), kernels, h_drop, zone_h)
         final = (h_n,)
     elif cell.family == "rnn":
         out, h_n = RNNFunction.apply(
             x, state0[0].contiguous(), w.w_ih, w.w_hh, w.b_ih, w.b_hh, batch_sizes, reverse,
-            cell.option("nonlinearity") == "relu", kernels)
+            cell.option("nonlinearity") == "relu", kernels, h_drop, zone_h)
         final = (h_n,)
     else:
         raise ValueError(f"the fused backend has no kernel for cell family {cell.family!r}")

@@ -18,7 +18,14 @@ Conventions shared with the C++ kernels (see ``ops/reference.py`` for the flat l
   final state and end as the gradient of the initial state;
 * ``xw`` (N, G·H) enters the forward loops holding the input projection of every step and
   leaves holding the gate activations (the loops write them in place), which is what
-  BPTT saves. No per-step buffers are allocated beyond that.
+  BPTT saves. No per-step buffers are allocated beyond that;
+* optional masks (``ops/masks.py``): ``h_drop`` (B, R) multiplies h_{t-1} where it feeds
+  W_hh (recurrent dropout, one row per sequence); ``zone_h`` (N, R) and ``zone_c`` (N, H)
+  mix the previous state back in (zoneout): h_t = d ⊙ h_{t-1} + (1 − d) ⊙ h̃_t. The saved
+  ``c`` and ``out`` then hold the zoned-out states; BPTT recomputes the candidate
+  c̃_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t from the gates. Through a mix, with dh = ∂L/∂h_t:
+  ∂L/∂h̃_t = (1 − d) ⊙ dh and a direct term d ⊙ dh goes to ∂L/∂h_{t-1} (c alike); through
+  the dropped input, ∂L/∂h_{t-1} gets (dA W_hh) ⊙ m.
 """
 
 from __future__ import annotations
@@ -41,7 +48,8 @@ def step_rows(batch_sizes: list[int], reverse: bool) -> list[tuple[int, int]]:
 # -- LSTM -------------------------------------------------------------------------------
 def lstm_forward(xw: Tensor, w_hh: Tensor, w_hr: Tensor | None, peep: Tensor | None,
                  h0: Tensor, c0: Tensor, batch_sizes: list[int], reverse: bool,
-                 coupled: bool):
+                 coupled: bool, h_drop: Tensor | None = None, zone_h: Tensor | None = None,
+                 zone_c: Tensor | None = None):
     """Returns (out (N, R), c (N, H), m (N, H) or None, h_n (B, R), c_n (B, H)); ``xw``
     becomes the activations i, f, g, o (coupled: i, g, o). ``m = o ⊙ tanh(c)`` is kept
     only with projections, for the gradient of ``w_hr``."""
@@ -55,7 +63,8 @@ def lstm_forward(xw: Tensor, w_hh: Tensor, w_hr: Tensor | None, peep: Tensor | N
         p_i, p_f, p_o = (peep[:H], None, peep[H:]) if coupled else peep.split(H)
     for start, n in step_rows(batch_sizes, reverse):
         rows = slice(start, start + n)
-        a = xw[rows].addmm_(h_carry[:n], w_hh_t)                     # (n, G·H) pre-activations
+        h_in = h_carry[:n] if h_drop is None else h_carry[:n] * h_drop[:n]
+        a = xw[rows].addmm_(h_in, w_hh_t)                            # (n, G·H) pre-activations
         c_prev = c_carry[:n]
         if coupled:
             a_i, a_g, a_o = a.split(H, dim=1)
@@ -77,6 +86,10 @@ def lstm_forward(xw: Tensor, w_hh: Tensor, w_hr: Tensor | None, peep: Tensor | N
         else:
             m_t = torch.mul(o_t, c_t.tanh(), out=m[rows])
             h_t = torch.mm(m_t, w_hr.t(), out=out[rows])
+        if zone_h is not None:                                       # zoneout: h̃_t → h_t
+            h_t.lerp_(h_carry[:n], zone_h[rows])
+        if zone_c is not None:                                       # c̃_t → c_t
+            c_t.lerp_(c_prev, zone_c[rows])
         h_carry[:n] = h_t
         c_carry[:n] = c_t
     return out, c, m, h_carry, c_carry
@@ -84,7 +97,9 @@ def lstm_forward(xw: Tensor, w_hh: Tensor, w_hr: Tensor | None, peep: Tensor | N
 
 def lstm_backward(dout: Tensor, dh_n: Tensor, dc_n: Tensor, gates: Tensor, c: Tensor,
                   c_prev_all: Tensor, w_hh: Tensor, w_hr: Tensor | None, peep: Tensor | None,
-                  batch_sizes: list[int], reverse: bool, coupled: bool):
+                  batch_sizes: list[int], reverse: bool, coupled: bool,
+                  h_drop: Tensor | None = None, zone_h: Tensor | None = None,
+                  zone_c: Tensor | None = None):
     r"""BPTT through the LSTM recurrence. Returns (dA (N, G·H), dh_0, dc_0, dH or None):
     dA the gradients of the gate pre-activations, dH the total ∂L/∂h_t of every step
     (kept only with projections, for the gradient of ``w_hr``).
@@ -100,6 +115,10 @@ def lstm_backward(dout: Tensor, dh_n: Tensor, dc_n: Tensor, gates: Tensor, c: Te
         coupled (f = 1 − i):  da_i = dc ⊙ (g − c_{t-1}) ⊙ i(1 − i)
         dc_{t-1} = dc ⊙ f [+ da_i ⊙ p_i + da_f ⊙ p_f]
         dh_{t-1} = dA W_hh                                     (dA = [da_i, da_f, da_g, da_o])
+
+    With masks (module docstring): dh and dc_next are first split into the part through the
+    candidate, (1 − d) ⊙ ·, used above with c̃_t in place of c_t, and the direct part
+    d ⊙ ·, added to dh_{t-1} / dc_{t-1}; dh_{t-1} = (dA W_hh) ⊙ m with recurrent dropout.
     """
     N, H = c.shape
     dA = torch.empty_like(gates)
@@ -110,6 +129,9 @@ def lstm_backward(dout: Tensor, dh_n: Tensor, dc_n: Tensor, gates: Tensor, c: Te
     for start, n in reversed(step_rows(batch_sizes, reverse)):
         rows = slice(start, start + n)
         dh = dout[rows] + dh_carry[:n]
+        if zone_h is not None:
+            dh_direct = dh * zone_h[rows]
+            dh = dh - dh_direct
         if dH is not None:
             dH[rows] = dh
             dh = dh @ w_hr                                             # dm, (n, H)
@@ -121,9 +143,14 @@ def lstm_backward(dout: Tensor, dh_n: Tensor, dc_n: Tensor, gates: Tensor, c: Te
         else:
             i_t, f_t, g_t, o_t = gates[rows].split(H, dim=1)
             da_i, da_f, da_g, da_o = dA[rows].split(H, dim=1)
+        dc_next = dc_carry[:n]
+        if zone_c is not None:
+            c_t = f_t * c_prev + i_t * g_t                             # c̃_t
+            dc_direct = dc_next * zone_c[rows]
+            dc_next = dc_next - dc_direct
         tanh_c = c_t.tanh()
         torch.mul(dh * tanh_c, o_t * (1 - o_t), out=da_o)
-        dc = dc_carry[:n] + dh * o_t * (1 - tanh_c * tanh_c)
+        dc = dc_next + dh * o_t * (1 - tanh_c * tanh_c)
         if peep is not None:
             dc.addcmul_(da_o, p_o)
         torch.mul(dc * i_t, 1 - g_t * g_t, out=da_g)
@@ -138,7 +165,14 @@ def lstm_backward(dout: Tensor, dh_n: Tensor, dc_n: Tensor, gates: Tensor, c: Te
             dc_prev.addcmul_(da_i, p_i)
             if not coupled:
                 dc_prev.addcmul_(da_f, p_f)
-        dh_carry[:n] = dA[rows] @ w_hh
+        if zone_c is not None:
+            dc_prev += dc_direct
+        dh_prev = dA[rows] @ w_hh
+        if h_drop is not None:
+            dh_prev *= h_drop[:n]
+        if zone_h is not None:
+            dh_prev += dh_direct
+        dh_carry[:n] = dh_prev
         dc_carry[:n] = dc_prev
     return dA, dh_carry, dc_carry, dH
 
@@ -285,7 +319,8 @@ def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
 
 # -- GRU --------------------------------------------------------------------------------
 def gru_forward(xw: Tensor, w_hh: Tensor, b_hh: Tensor | None, h0: Tensor,
-                batch_sizes: list[int], reverse: bool, reset_after: bool):
+                batch_sizes: list[int], reverse: bool, reset_after: bool,
+                h_drop: Tensor | None = None, zone_h: Tensor | None = None):
     """Returns (out (N, H), hw_n (N, H) or None, h_n (B, H)); ``xw`` (input projection with
     ``b_ih``) becomes the activations r, z, n. ``hw_n = W_hn h_{t-1} + b_hn`` is kept with
     ``reset_after`` (the reset gate multiplies it, so its gradient needs it)."""
@@ -298,29 +333,33 @@ def gru_forward(xw: Tensor, w_hh: Tensor, b_hh: Tensor | None, h0: Tensor,
     for start, n in step_rows(batch_sizes, reverse):
         rows = slice(start, start + n)
         h_prev = h_carry[:n]
+        h_in = h_prev if h_drop is None else h_prev * h_drop[:n]         # feeds W_hh
         a = xw[rows]
         a_rz, a_n = a[:, : 2 * H], a[:, 2 * H:]
         if reset_after:
-            hw = _linear(h_prev, w_hh, b_hh)                              # (n, 3H)
+            hw = _linear(h_in, w_hh, b_hh)                                # (n, 3H)
             r_t, z_t = a_rz.add_(hw[:, : 2 * H]).sigmoid_().split(H, dim=1)
             hw_n = hw_n_all[rows]
             hw_n.copy_(hw[:, 2 * H:])
             n_t = a_n.addcmul_(r_t, hw_n).tanh_()
         else:
-            r_t, z_t = a_rz.add_(_linear(h_prev, w_rz, b_rz)).sigmoid_().split(H, dim=1)
-            q = r_t * h_prev
+            r_t, z_t = a_rz.add_(_linear(h_in, w_rz, b_rz)).sigmoid_().split(H, dim=1)
+            q = r_t * h_in
             a_n.addmm_(q, w_n.t())
             if b_n is not None:
                 a_n.add_(b_n)
             n_t = a_n.tanh_()
         h_t = torch.addcmul(n_t, z_t, h_prev - n_t, out=out[rows])    # (1 − z) n + z h
+        if zone_h is not None:
+            h_t.lerp_(h_prev, zone_h[rows])
         h_carry[:n] = h_t
     return out, hw_n_all, h_carry
 
 
 def gru_backward(dout: Tensor, dh_n: Tensor, gates: Tensor, hw_n_all: Tensor | None,
                  h_prev_all: Tensor, w_hh: Tensor, batch_sizes: list[int], reverse: bool,
-                 reset_after: bool):
+                 reset_after: bool, h_drop: Tensor | None = None,
+                 zone_h: Tensor | None = None):
     r"""BPTT through the GRU recurrence. Returns (dA_x, dA_h, dh_0): the gradients of the
     input-side and recurrent-side pre-activations (the same tensor when not
     ``reset_after``), from which the caller forms the weight gradients.
@@ -334,6 +373,10 @@ def gru_backward(dout: Tensor, dh_n: Tensor, gates: Tensor, hw_n_all: Tensor | N
         reset before: (a_n = x-part + W_hn (r ⊙ h_{t-1}) + b_hn)
             dq = da_n W_hn;  da_r = dq ⊙ h_{t-1} ⊙ r(1 − r)
             dh_{t-1} = dh ⊙ z + dq ⊙ r + [da_r, da_z] W_h{r,z}
+
+    With masks: ĥ = m ⊙ h_{t-1} replaces h_{t-1} where it meets W_hh (so da_r uses ĥ before
+    reset, and the terms through W_hh are multiplied by m); zoneout splits dh as in
+    :func:`lstm_backward`.
     """
     H = dh_n.shape[1]
     dA_x = torch.empty_like(gates)
@@ -343,7 +386,11 @@ def gru_backward(dout: Tensor, dh_n: Tensor, gates: Tensor, hw_n_all: Tensor | N
     for start, n in reversed(step_rows(batch_sizes, reverse)):
         rows = slice(start, start + n)
         dh = dout[rows] + dh_carry[:n]
+        if zone_h is not None:
+            dh_direct = dh * zone_h[rows]
+            dh = dh - dh_direct
         h_prev = h_prev_all[rows]
+        m = None if h_drop is None else h_drop[:n]
         r_t, z_t, n_t = gates[rows].split(H, dim=1)
         da_r, da_z, da_n = dA_x[rows].split(H, dim=1)
         torch.mul(dh * (1 - z_t), 1 - n_t * n_t, out=da_n)
@@ -354,40 +401,66 @@ def gru_backward(dout: Tensor, dh_n: Tensor, gates: Tensor, hw_n_all: Tensor | N
             dh_r.copy_(da_r)
             dh_z.copy_(da_z)
             torch.mul(da_n, r_t, out=dh_n_)
-            dh_prev = torch.addmm(dh * z_t, dA_h[rows], w_hh)
+            if m is None:
+                dh_prev = torch.addmm(dh * z_t, dA_h[rows], w_hh)
+            else:
+                dh_prev = torch.addcmul(dh * z_t, dA_h[rows] @ w_hh, m)
         else:
             dq = da_n @ w_n
-            torch.mul(dq * h_prev, r_t * (1 - r_t), out=da_r)
-            dh_prev = torch.addmm(dh * z_t + dq * r_t, dA_x[rows, : 2 * H], w_rz)
+            h_in = h_prev if m is None else h_prev * m
+            torch.mul(dq * h_in, r_t * (1 - r_t), out=da_r)
+            if m is None:
+                dh_prev = torch.addmm(dh * z_t + dq * r_t, dA_x[rows, : 2 * H], w_rz)
+            else:
+                dh_prev = torch.addcmul(dh * z_t, dq * r_t + dA_x[rows, : 2 * H] @ w_rz, m)
+        if zone_h is not None:
+            dh_prev += dh_direct
         dh_carry[:n] = dh_prev
     return dA_x, dA_h, dh_carry
 
 
 # -- RNN --------------------------------------------------------------------------------
 def rnn_forward(xw: Tensor, w_hh: Tensor, h0: Tensor, batch_sizes: list[int], reverse: bool,
-                relu: bool):
-    """Returns (out, h_n); ``out`` is ``xw`` itself, overwritten with h_t."""
+                relu: bool, h_drop: Tensor | None = None, zone_h: Tensor | None = None):
+    """Returns (out, h_n); ``xw`` is overwritten with h̃_t = act(a_t), and ``out`` is
+    ``xw`` itself unless zoneout makes h_t differ from h̃_t."""
     h_carry = h0.clone()
     w_hh_t = w_hh.t()
+    out = xw if zone_h is None else torch.empty_like(xw)
     for start, n in step_rows(batch_sizes, reverse):
-        a = xw[start:start + n].addmm_(h_carry[:n], w_hh_t)
-        h_carry[:n] = a.relu_() if relu else a.tanh_()
-    return xw, h_carry
+        rows = slice(start, start + n)
+        h_in = h_carry[:n] if h_drop is None else h_carry[:n] * h_drop[:n]
+        a = xw[rows].addmm_(h_in, w_hh_t)
+        h_t = a.relu_() if relu else a.tanh_()
+        if zone_h is not None:
+            h_t = torch.lerp(h_t, h_carry[:n], zone_h[rows], out=out[rows])
+        h_carry[:n] = h_t
+    return out, h_carry
 
 
 def rnn_backward(dout: Tensor, dh_n: Tensor, out: Tensor, w_hh: Tensor, batch_sizes: list[int],
-                 reverse: bool, relu: bool):
+                 reverse: bool, relu: bool, h_drop: Tensor | None = None,
+                 zone_h: Tensor | None = None):
     """dA = dh ⊙ act'(a): (1 − h²) for tanh, [h > 0] for relu; dh_{t-1} = dA W_hh.
-    Returns (dA, dh_0)."""
+    Returns (dA, dh_0). ``out`` holds h̃_t = act(a_t); with masks dh is split as in
+    :func:`lstm_backward` and dh_{t-1} = (dA W_hh) ⊙ m + d ⊙ dh."""
     dA = torch.empty_like(out)
     dh_carry = dh_n.clone()
     for start, n in reversed(step_rows(batch_sizes, reverse)):
         rows = slice(start, start + n)
         dh = dout[rows] + dh_carry[:n]
+        if zone_h is not None:
+            dh_direct = dh * zone_h[rows]
+            dh = dh - dh_direct
         h_t = out[rows]
         if relu:
             torch.mul(dh, h_t > 0, out=dA[rows])
         else:
             torch.mul(dh, 1 - h_t * h_t, out=dA[rows])
-        dh_carry[:n] = dA[rows] @ w_hh
+        dh_prev = dA[rows] @ w_hh
+        if h_drop is not None:
+            dh_prev *= h_drop[:n]
+        if zone_h is not None:
+            dh_prev += dh_direct
+        dh_carry[:n] = dh_prev
     return dA, dh_carry

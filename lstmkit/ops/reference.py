@@ -14,10 +14,13 @@ from its own initial state.
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 import torch
 from torch import Tensor
 
 from ..cells.base import CellSpec, LayerWeights, State
+from .masks import StepMasks, masked_step
 
 # Per step t: gate activations, c (LSTM) and h, each (batch_sizes[t], ·).
 Trace = list[dict[str, Tensor]]
@@ -32,11 +35,13 @@ def run_layer(
     *,
     reverse: bool = False,
     record: bool = False,
+    masks: StepMasks | None = None,
 ) -> tuple[Tensor, State, Trace | None]:
     """Run ``cell`` over one sequence batch in one direction.
 
     Returns the outputs ``h_t`` of all steps, flat like ``x``; the final state of each
     sequence (each (B, ·), B in sorted order); and, with ``record``, the trace of every step.
+    ``masks`` (recurrent dropout, zoneout) change each step as :mod:`lstmkit.ops.masks` says.
     """
     steps = x.split(batch_sizes)
     T = len(batch_sizes)
@@ -45,6 +50,7 @@ def run_layer(
     ended: list[State] = []       # final states of sequences that ended (forward direction)
     outputs: list[Tensor] = [x.new_empty(0)] * T
     trace: Trace | None = [{} for _ in range(T)] if record else None
+    starts = list(accumulate([0, *batch_sizes[:-1]]))          # first flat row of each step
 
     for t in order:
         active, n = batch_sizes[t], state[0].shape[0]
@@ -54,7 +60,11 @@ def run_layer(
         elif active > n:          # reverse: sequences n … active-1 start here
             state = tuple(torch.cat([s, _initial(state0, k, s)[n:active]])
                           for k, s in enumerate(state))
-        state, gates = cell.step(steps[t], state, w)
+        if masks is None:
+            state, gates = cell.step(steps[t], state, w)
+        else:
+            rows = slice(starts[t], starts[t] + active)
+            state, gates = masked_step(cell, steps[t], state, w, masks, rows)
         outputs[t] = state[0]
         if trace is not None:
             trace[t] = {**gates, **({"c": state[1]} if cell.n_states == 2 else {}), "h": state[0]}

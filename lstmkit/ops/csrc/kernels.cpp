@@ -181,6 +181,61 @@ const T* ptr_or_null(const c10::optional<Tensor>& t) {
   return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
 }
 
+// ---- masks: recurrent dropout and zoneout (lstmkit/ops/masks.py, loops.py) -------------
+// h_drop (B, R): one row per sequence, multiplies h_{t-1} where it feeds W_hh;
+// zone_h (N, R), zone_c (N, H): flat rows, the weight d of the previous state:
+// h_t = d ⊙ h_{t-1} + (1 − d) ⊙ h̃_t. A null pointer means that mask is off.
+template <typename T>
+struct Masks {
+  const T* h_drop = nullptr;
+  const T* zone_h = nullptr;
+  const T* zone_c = nullptr;
+};
+
+template <typename T>
+Masks<T> masks_of(const c10::optional<Tensor>& h_drop, const c10::optional<Tensor>& zone_h,
+                  const c10::optional<Tensor>& zone_c) {
+  return {ptr_or_null<T>(h_drop), ptr_or_null<T>(zone_h), ptr_or_null<T>(zone_c)};
+}
+
+// y = x ⊙ m (k elements)
+template <typename T>
+inline void mul_into(int64_t k, const T* x, const T* m, T* y) {
+#pragma omp simd
+  for (int64_t j = 0; j < k; ++j) y[j] = x[j] * m[j];
+}
+
+// y ⊙= m
+template <typename T>
+inline void mul_inplace(int64_t k, T* y, const T* m) {
+#pragma omp simd
+  for (int64_t j = 0; j < k; ++j) y[j] *= m[j];
+}
+
+// y += x
+template <typename T>
+inline void add_inplace(int64_t k, T* y, const T* x) {
+#pragma omp simd
+  for (int64_t j = 0; j < k; ++j) y[j] += x[j];
+}
+
+// zoneout: fresh ← d ⊙ old + (1 − d) ⊙ fresh
+template <typename T>
+inline void zone_mix(int64_t k, const T* d, const T* old, T* fresh) {
+#pragma omp simd
+  for (int64_t j = 0; j < k; ++j) fresh[j] += d[j] * (old[j] - fresh[j]);
+}
+
+// BPTT through a zoneout mix: direct ← d ⊙ g (to the previous state), g ← (1 − d) ⊙ g
+template <typename T>
+inline void zone_split(int64_t k, const T* d, T* g, T* direct) {
+#pragma omp simd
+  for (int64_t j = 0; j < k; ++j) {
+    direct[j] = d[j] * g[j];
+    g[j] -= direct[j];
+  }
+}
+
 // Calls f(peephole, coupled) with both as compile-time constants.
 template <typename F>
 void with_variant(bool peep, bool coupled, F&& f) {
@@ -290,7 +345,7 @@ void lstm_pointwise_backward(int64_t n, int64_t H, const T* gates, const T* c, c
 template <typename T, bool PEEP, bool COUPLED>
 void lstm_forward_impl(Tensor& xw, const Tensor& w_hh, const T* w_hr, const T* peep,
                        Tensor& out, Tensor& c, Tensor& m, Tensor& h_carry, Tensor& c_carry,
-                       const Rows& rows, int64_t H, int64_t R) {
+                       const Rows& rows, int64_t H, int64_t R, const Masks<T>& mk) {
   constexpr int64_t G = COUPLED ? 3 : 4;
   T* a = xw.data_ptr<T>();
   const T* W = w_hh.data_ptr<T>();
@@ -302,25 +357,38 @@ void lstm_forward_impl(Tensor& xw, const Tensor& w_hh, const T* w_hr, const T* p
   const int64_t B = h_carry.size(0);
   const WeightGemm<T> recurrent(W, true, B, G * H, R);                // · W_hhᵀ
   const WeightGemm<T> projection(w_hr, true, w_hr ? B : 0, R, H);     // · W_hrᵀ
+  std::vector<T> h_in(mk.h_drop ? B * R : 0), c_old(mk.zone_c ? B * H : 0);
   for (auto [start, n] : rows) {
     T* a_t = a + start * G * H;
-    recurrent(n, h, R, T(1), a_t, G * H);                             // a += h_{t-1} W_hhᵀ
+    const T* h_gemm = h;
+    if (mk.h_drop) {                                                  // m ⊙ h_{t-1}
+      mul_into(n * R, h, mk.h_drop, h_in.data());
+      h_gemm = h_in.data();
+    }
+    if (mk.zone_c) std::memcpy(c_old.data(), cc, sizeof(T) * n * H);   // c_{t-1}
+    recurrent(n, h_gemm, R, T(1), a_t, G * H);                        // a += h_{t-1} W_hhᵀ
     if (w_hr == nullptr) {
       lstm_pointwise<T, PEEP, COUPLED>(n, H, a_t, cc, c_p + start * H, out_p + start * R, R,
                                        peep);
-      std::memcpy(h, out_p + start * R, sizeof(T) * n * R);
     } else {
       lstm_pointwise<T, PEEP, COUPLED>(n, H, a_t, cc, c_p + start * H, m_p + start * H, H,
                                        peep);
       projection(n, m_p + start * H, H, T(0), out_p + start * R, R);     // h = m W_hrᵀ
-      std::memcpy(h, out_p + start * R, sizeof(T) * n * R);
+    }
+    if (mk.zone_h) zone_mix(n * R, mk.zone_h + start * R, h, out_p + start * R);
+    std::memcpy(h, out_p + start * R, sizeof(T) * n * R);
+    if (mk.zone_c) {                                                  // c̃_t → c_t
+      zone_mix(n * H, mk.zone_c + start * H, c_old.data(), c_p + start * H);
+      std::memcpy(cc, c_p + start * H, sizeof(T) * n * H);
     }
   }
 }
 
 std::vector<Tensor> lstm_forward(Tensor xw, Tensor w_hh, c10::optional<Tensor> w_hr,
                                  c10::optional<Tensor> peep, Tensor h0, Tensor c0,
-                                 std::vector<int64_t> batch_sizes, bool reverse, bool coupled) {
+                                 std::vector<int64_t> batch_sizes, bool reverse, bool coupled,
+                                 c10::optional<Tensor> h_drop, c10::optional<Tensor> zone_h,
+                                 c10::optional<Tensor> zone_c) {
   const int64_t N = xw.size(0), H = c0.size(1), R = h0.size(1);
   const bool proj = w_hr.has_value() && w_hr->defined();
   const bool has_peep = peep.has_value() && peep->defined();
@@ -336,17 +404,36 @@ std::vector<Tensor> lstm_forward(Tensor xw, Tensor w_hh, c10::optional<Tensor> w
     const scalar_t* p = has_peep ? peep->data_ptr<scalar_t>() : nullptr;
     with_variant(has_peep, coupled, [&](auto pe, auto co) {
       lstm_forward_impl<scalar_t, decltype(pe)::value, decltype(co)::value>(
-          xw, w_hh_c, whr, p, out, c, m, h_carry, c_carry, rows, H, R);
+          xw, w_hh_c, whr, p, out, c, m, h_carry, c_carry, rows, H, R,
+          masks_of<scalar_t>(h_drop, zone_h, zone_c));
     });
   });
   return {out, c, m, h_carry, c_carry};
+}
+
+// c̃_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t from the saved activations (coupled: f_t = 1 − i_t)
+template <typename T, bool COUPLED>
+void lstm_candidate(int64_t n, int64_t H, const T* gates, const T* c_prev, T* c_cand) {
+  constexpr int64_t G = COUPLED ? 3 : 4;
+  for (int64_t b = 0; b < n; ++b) {
+    const T* i_ = gates + b * G * H;
+    const T* f_ = i_ + H;
+    const T* g_ = i_ + (COUPLED ? 1 : 2) * H;
+    const T* cpb = c_prev + b * H;
+    T* ccb = c_cand + b * H;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      const T f_t = COUPLED ? T(1) - i_[j] : f_[j];
+      ccb[j] = f_t * cpb[j] + i_[j] * g_[j];
+    }
+  }
 }
 
 template <typename T, bool PEEP, bool COUPLED>
 void lstm_backward_impl(const Tensor& dout, const Tensor& gates, const Tensor& c,
                         const Tensor& c_prev, const Tensor& w_hh, const T* w_hr, const T* peep,
                         Tensor& dA, Tensor& dh_carry, Tensor& dc_carry, Tensor& dH,
-                        const Rows& rows, int64_t B, int64_t H, int64_t R) {
+                        const Rows& rows, int64_t B, int64_t H, int64_t R, const Masks<T>& mk) {
   constexpr int64_t G = COUPLED ? 3 : 4;
   const T* dout_p = dout.data_ptr<T>();
   const T* g_p = gates.data_ptr<T>();
@@ -360,27 +447,40 @@ void lstm_backward_impl(const Tensor& dout, const Tensor& gates, const Tensor& c
   std::vector<T> dh_t(B * R), dm_t(w_hr ? B * H : 0);
   const WeightGemm<T> recurrent(W, false, B, R, G * H);               // · W_hh
   const WeightGemm<T> projection(w_hr, false, w_hr ? B : 0, H, R);    // · W_hr
+  std::vector<T> dh_direct(mk.zone_h ? B * R : 0), dc_direct(mk.zone_c ? B * H : 0);
+  std::vector<T> c_cand(mk.zone_c ? B * H : 0);
   for (auto it = rows.rbegin(); it != rows.rend(); ++it) {
     const auto [start, n] = *it;
     const T* dout_t = dout_p + start * R;
     T* dh_step = dH_p ? dH_p + start * R : dh_t.data();
     for (int64_t k = 0; k < n * R; ++k) dh_step[k] = dout_t[k] + dh[k];
+    if (mk.zone_h) zone_split(n * R, mk.zone_h + start * R, dh_step, dh_direct.data());
+    const T* c_t = c_p + start * H;                                   // c̃_t for tanh, o's peephole
+    if (mk.zone_c) {                  // the saved c is the zoned-out c_t: recompute c̃_t
+      lstm_candidate<T, COUPLED>(n, H, g_p + start * G * H, cp_p + start * H, c_cand.data());
+      c_t = c_cand.data();
+      zone_split(n * H, mk.zone_c + start * H, dc, dc_direct.data());
+    }
     const T* dm = dh_step;
     if (w_hr) {                                                      // dm = dh W_hr
       projection(n, dh_step, R, T(0), dm_t.data(), H);
       dm = dm_t.data();
     }
     T* dA_t = dA_p + start * G * H;
-    lstm_pointwise_backward<T, PEEP, COUPLED>(n, H, g_p + start * G * H, c_p + start * H,
+    lstm_pointwise_backward<T, PEEP, COUPLED>(n, H, g_p + start * G * H, c_t,
                                               cp_p + start * H, dm, H, dc, dA_t, peep);
     recurrent(n, dA_t, G * H, T(0), dh, R);                           // dh_{t-1} = dA W_hh
+    if (mk.h_drop) mul_inplace(n * R, dh, mk.h_drop);                 // ⊙ m
+    if (mk.zone_h) add_inplace(n * R, dh, dh_direct.data());          // + d ⊙ dh_t
+    if (mk.zone_c) add_inplace(n * H, dc, dc_direct.data());          // + d ⊙ dc_t
   }
 }
 
 std::vector<Tensor> lstm_backward(Tensor dout, Tensor dh_n, Tensor dc_n, Tensor gates, Tensor c,
                                   Tensor c_prev, Tensor w_hh, c10::optional<Tensor> w_hr,
                                   c10::optional<Tensor> peep, std::vector<int64_t> batch_sizes,
-                                  bool reverse, bool coupled) {
+                                  bool reverse, bool coupled, c10::optional<Tensor> h_drop,
+                                  c10::optional<Tensor> zone_h, c10::optional<Tensor> zone_c) {
   const int64_t H = c.size(1), R = dout.size(1), B = dh_n.size(0);
   const bool proj = w_hr.has_value() && w_hr->defined();
   const bool has_peep = peep.has_value() && peep->defined();
@@ -395,7 +495,8 @@ std::vector<Tensor> lstm_backward(Tensor dout, Tensor dh_n, Tensor dc_n, Tensor 
     const scalar_t* p = has_peep ? peep->data_ptr<scalar_t>() : nullptr;
     with_variant(has_peep, coupled, [&](auto pe, auto co) {
       lstm_backward_impl<scalar_t, decltype(pe)::value, decltype(co)::value>(
-          dout, gates, c, c_prev, w_hh_c, whr, p, dA, dh_carry, dc_carry, dH, rows, B, H, R);
+          dout, gates, c, c_prev, w_hh_c, whr, p, dA, dh_carry, dc_carry, dH, rows, B, H, R,
+          masks_of<scalar_t>(h_drop, zone_h, zone_c));
     });
   });
   return {dA, dh_carry, dc_carry, dH};
@@ -696,19 +797,24 @@ std::vector<Tensor> lstm_variant_backward(
 // ---- GRU -----------------------------------------------------------------------------
 template <typename T>
 void gru_forward_impl(T* a, const T* W, const T* b_hh, T* out, T* hw_n, T* h, const Rows& rows,
-                      int64_t B, int64_t H, bool reset_after) {
-  std::vector<T> hw(B * 3 * H), q(B * H);
+                      int64_t B, int64_t H, bool reset_after, const Masks<T>& mk) {
+  std::vector<T> hw(B * 3 * H), q(B * H), h_in(mk.h_drop ? B * H : 0);
   const int64_t cols = reset_after ? 3 * H : 2 * H;
   const WeightGemm<T> recurrent(W, true, B, cols, H);                 // · W_hhᵀ (or W_h{r,z}ᵀ)
   const WeightGemm<T> candidate(W + 2 * H * H, true, reset_after ? 0 : B, H, H);   // · W_hnᵀ
   for (auto [start, n] : rows) {
     T* a_t = a + start * 3 * H;
     T* out_t = out + start * H;
-    recurrent(n, h, H, T(0), hw.data(), cols);                        // h_{t-1} W_hᵀ
+    const T* h_gemm = h;                                              // h_{t-1} (m ⊙ h_{t-1})
+    if (mk.h_drop) {
+      mul_into(n * H, h, mk.h_drop, h_in.data());
+      h_gemm = h_in.data();
+    }
+    recurrent(n, h_gemm, H, T(0), hw.data(), cols);                   // h_{t-1} W_hᵀ
     for (int64_t b = 0; b < n; ++b) {
       T* ab = a_t + b * 3 * H;
       const T* hwb = hw.data() + b * cols;
-      const T* hb = h + b * H;
+      const T* hb = h_gemm + b * H;
       T* qb = q.data() + b * H;
 #pragma omp simd
       for (int64_t j = 0; j < 2 * H; ++j)
@@ -732,13 +838,15 @@ void gru_forward_impl(T* a, const T* W, const T* b_hh, T* out, T* hw_n, T* h, co
       T* ab = a_t + b * 3 * H;
       T* hb = h + b * H;
       T* ob = out_t + b * H;
+      const T* zb = mk.zone_h ? mk.zone_h + (start + b) * H : nullptr;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         const T pre = ab[2 * H + j] + (!reset_after && b_hh ? b_hh[2 * H + j] : T(0));
         const T n_t = tanh_(pre);
         const T z_t = ab[H + j];
         ab[2 * H + j] = n_t;
-        const T h_t = n_t + z_t * (hb[j] - n_t);                        // (1 − z) n + z h
+        T h_t = n_t + z_t * (hb[j] - n_t);                              // (1 − z) n + z h
+        if (zb) h_t += zb[j] * (hb[j] - h_t);                            // zoneout
         ob[j] = h_t;
         hb[j] = h_t;
       }
@@ -748,7 +856,8 @@ void gru_forward_impl(T* a, const T* W, const T* b_hh, T* out, T* hw_n, T* h, co
 
 std::vector<Tensor> gru_forward(Tensor xw, Tensor w_hh, c10::optional<Tensor> b_hh, Tensor h0,
                                 std::vector<int64_t> batch_sizes, bool reverse,
-                                bool reset_after) {
+                                bool reset_after, c10::optional<Tensor> h_drop,
+                                c10::optional<Tensor> zone_h) {
   const int64_t N = xw.size(0), H = h0.size(1), B = h0.size(0);
   auto w = w_hh.contiguous();
   Tensor out = at::empty({N, H}, xw.options());
@@ -759,7 +868,8 @@ std::vector<Tensor> gru_forward(Tensor xw, Tensor w_hh, c10::optional<Tensor> b_
     gru_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
                                ptr_or_null<scalar_t>(b_hh), out.data_ptr<scalar_t>(),
                                reset_after ? hw_n.data_ptr<scalar_t>() : nullptr,
-                               h_carry.data_ptr<scalar_t>(), rows, B, H, reset_after);
+                               h_carry.data_ptr<scalar_t>(), rows, B, H, reset_after,
+                               masks_of<scalar_t>(h_drop, zone_h, c10::nullopt));
   });
   return {out, hw_n, h_carry};
 }
@@ -767,8 +877,8 @@ std::vector<Tensor> gru_forward(Tensor xw, Tensor w_hh, c10::optional<Tensor> b_
 template <typename T>
 void gru_backward_impl(const T* dout, const T* gates, const T* hw_n, const T* h_prev,
                        const T* W, T* dA_x, T* dA_h, T* dh, const Rows& rows, int64_t B,
-                       int64_t H, bool reset_after) {
-  std::vector<T> dq(B * H);
+                       int64_t H, bool reset_after, const Masks<T>& mk) {
+  std::vector<T> dq(B * H), dh_w(mk.h_drop ? B * H : 0);   // dh_w: the term through W_hh
   const WeightGemm<T> recurrent(W, false, reset_after ? B : 0, H, 3 * H);          // · W_hh
   const WeightGemm<T> gates_rz(W, false, reset_after ? 0 : B, H, 2 * H);           // · W_h{r,z}
   const WeightGemm<T> candidate(W + 2 * H * H, false, reset_after ? 0 : B, H, H);  // · W_hn
@@ -784,14 +894,17 @@ void gru_backward_impl(const T* dout, const T* gates, const T* hw_n, const T* h_
       T* dhb = dh + b * H;
       T* dxb = dx_t + b * 3 * H;
       T* dhhb = dhh_t + b * 3 * H;
+      const T* zb = mk.zone_h ? mk.zone_h + row * H : nullptr;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         const T r_t = gb[j], z_t = gb[H + j], n_t = gb[2 * H + j];
-        const T d_h = dob[j] + dhb[j];
+        T d_h = dob[j] + dhb[j];
+        const T d_zone = zb ? zb[j] * d_h : T(0);                       // zoneout's direct path
+        d_h -= d_zone;
         const T d_n = d_h * (T(1) - z_t) * (T(1) - n_t * n_t);
         dxb[H + j] = d_h * (hpb[j] - n_t) * z_t * (T(1) - z_t);
         dxb[2 * H + j] = d_n;
-        dhb[j] = d_h * z_t;                                            // the direct path
+        dhb[j] = d_h * z_t + d_zone;                                   // the direct paths
         if (reset_after) {
           const T d_r = d_n * hw_n[row * H + j] * r_t * (T(1) - r_t);
           dxb[j] = d_r;
@@ -801,7 +914,11 @@ void gru_backward_impl(const T* dout, const T* gates, const T* hw_n, const T* h_
         }
       }
     }
-    if (reset_after) {                                                 // dh += dA_h W_hh
+    if (reset_after && mk.h_drop) {                                    // dh += (dA_h W_hh) ⊙ m
+      recurrent(n, dhh_t, 3 * H, T(0), dh_w.data(), H);
+      mul_inplace(n * H, dh_w.data(), mk.h_drop);
+      add_inplace(n * H, dh, dh_w.data());
+    } else if (reset_after) {                                          // dh += dA_h W_hh
       recurrent(n, dhh_t, 3 * H, T(1), dh, H);
     } else {
       candidate(n, dx_t + 2 * H, 3 * H, T(0), dq.data(), H);           // dq = da_n W_hn
@@ -812,21 +929,29 @@ void gru_backward_impl(const T* dout, const T* gates, const T* hw_n, const T* h_
         const T* dqb = dq.data() + b * H;
         T* dxb = dx_t + b * 3 * H;
         T* dhb = dh + b * H;
+        const T* mb = mk.h_drop ? mk.h_drop + b * H : nullptr;
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
-          const T r_t = gb[j];
-          dxb[j] = dqb[j] * hpb[j] * r_t * (T(1) - r_t);
-          dhb[j] += dqb[j] * r_t;
+          const T r_t = gb[j], m_j = mb ? mb[j] : T(1);                // ĥ = m ⊙ h_{t-1}
+          dxb[j] = dqb[j] * hpb[j] * m_j * r_t * (T(1) - r_t);
+          dhb[j] += dqb[j] * r_t * m_j;
         }
       }
-      gates_rz(n, dx_t, 3 * H, T(1), dh, H);                         // dh += [da_r, da_z] W_rz
+      if (mk.h_drop) {                                   // dh += ([da_r, da_z] W_rz) ⊙ m
+        gates_rz(n, dx_t, 3 * H, T(0), dh_w.data(), H);
+        mul_inplace(n * H, dh_w.data(), mk.h_drop);
+        add_inplace(n * H, dh, dh_w.data());
+      } else {
+        gates_rz(n, dx_t, 3 * H, T(1), dh, H);                       // dh += [da_r, da_z] W_rz
+      }
     }
   }
 }
 
 std::vector<Tensor> gru_backward(Tensor dout, Tensor dh_n, Tensor gates, c10::optional<Tensor> hw_n,
                                  Tensor h_prev, Tensor w_hh, std::vector<int64_t> batch_sizes,
-                                 bool reverse, bool reset_after) {
+                                 bool reverse, bool reset_after, c10::optional<Tensor> h_drop,
+                                 c10::optional<Tensor> zone_h) {
   const int64_t H = dh_n.size(1), B = dh_n.size(0);
   auto w = w_hh.contiguous();
   Tensor dA_x = at::empty_like(gates);
@@ -838,59 +963,78 @@ std::vector<Tensor> gru_backward(Tensor dout, Tensor dh_n, Tensor gates, c10::op
                                 ptr_or_null<scalar_t>(hw_n), h_prev.data_ptr<scalar_t>(),
                                 w.data_ptr<scalar_t>(), dA_x.data_ptr<scalar_t>(),
                                 dA_h.data_ptr<scalar_t>(), dh_carry.data_ptr<scalar_t>(), rows,
-                                B, H, reset_after);
+                                B, H, reset_after, masks_of<scalar_t>(h_drop, zone_h, c10::nullopt));
   });
   return {dA_x, dA_h, dh_carry};
 }
 
 // ---- RNN -----------------------------------------------------------------------------
 template <typename T>
-void rnn_forward_impl(T* a, const T* W, T* h, const Rows& rows, int64_t H, bool relu) {
+void rnn_forward_impl(T* a, const T* W, T* h, T* out, const Rows& rows, int64_t H, bool relu,
+                      const Masks<T>& mk) {
   const WeightGemm<T> recurrent(W, true, max_rows(rows), H, H);
+  std::vector<T> h_in(mk.h_drop ? max_rows(rows) * H : 0);
   for (auto [start, n] : rows) {
     T* a_t = a + start * H;
-    recurrent(n, h, H, T(1), a_t, H);                                 // a += h_{t-1} W_hhᵀ
-#pragma omp simd
-    for (int64_t k = 0; k < n * H; ++k) {
-      const T h_t = relu ? std::max(a_t[k], T(0)) : tanh_(a_t[k]);
-      a_t[k] = h_t;
-      h[k] = h_t;
+    const T* h_gemm = h;
+    if (mk.h_drop) {                                                  // m ⊙ h_{t-1}
+      mul_into(n * H, h, mk.h_drop, h_in.data());
+      h_gemm = h_in.data();
     }
+    recurrent(n, h_gemm, H, T(1), a_t, H);                            // a += h_{t-1} W_hhᵀ
+#pragma omp simd
+    for (int64_t k = 0; k < n * H; ++k) a_t[k] = relu ? std::max(a_t[k], T(0)) : tanh_(a_t[k]);
+    if (mk.zone_h) {                                                  // h̃_t (in a) → h_t
+      std::memcpy(out + start * H, a_t, sizeof(T) * n * H);
+      zone_mix(n * H, mk.zone_h + start * H, h, out + start * H);
+    }
+    std::memcpy(h, out + start * H, sizeof(T) * n * H);
   }
 }
 
 std::vector<Tensor> rnn_forward(Tensor xw, Tensor w_hh, Tensor h0,
-                                std::vector<int64_t> batch_sizes, bool reverse, bool relu) {
+                                std::vector<int64_t> batch_sizes, bool reverse, bool relu,
+                                c10::optional<Tensor> h_drop, c10::optional<Tensor> zone_h) {
   auto w = w_hh.contiguous();
   Tensor h_carry = h0.clone();
+  const bool zoned = zone_h.has_value() && zone_h->defined();
+  Tensor out = zoned ? at::empty_like(xw) : xw;            // xw keeps h̃_t, out gets h_t
   const Rows rows = step_rows(batch_sizes, reverse);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnn_forward", [&] {
     rnn_forward_impl<scalar_t>(xw.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
-                               h_carry.data_ptr<scalar_t>(), rows, h0.size(1), relu);
+                               h_carry.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), rows,
+                               h0.size(1), relu, masks_of<scalar_t>(h_drop, zone_h, c10::nullopt));
   });
-  return {xw, h_carry};
+  return {out, h_carry};
 }
 
 template <typename T>
 void rnn_backward_impl(const T* dout, const T* h_all, const T* W, T* dA, T* dh, const Rows& rows,
-                       int64_t H, bool relu) {
+                       int64_t H, bool relu, const Masks<T>& mk) {
   const WeightGemm<T> recurrent(W, false, max_rows(rows), H, H);
+  std::vector<T> dh_direct(mk.zone_h ? max_rows(rows) * H : 0);
   for (auto it = rows.rbegin(); it != rows.rend(); ++it) {
     const auto [start, n] = *it;
     T* dA_t = dA + start * H;
-    const T* h_t = h_all + start * H;
+    const T* h_t = h_all + start * H;                                 // h̃_t = act(a_t)
     const T* dout_t = dout + start * H;
 #pragma omp simd
+    for (int64_t k = 0; k < n * H; ++k) dh[k] += dout_t[k];
+    if (mk.zone_h) zone_split(n * H, mk.zone_h + start * H, dh, dh_direct.data());
+#pragma omp simd
     for (int64_t k = 0; k < n * H; ++k) {
-      const T d = dout_t[k] + dh[k];
+      const T d = dh[k];
       dA_t[k] = relu ? (h_t[k] > T(0) ? d : T(0)) : d * (T(1) - h_t[k] * h_t[k]);
     }
     recurrent(n, dA_t, H, T(0), dh, H);                               // dh_{t-1} = dA W_hh
+    if (mk.h_drop) mul_inplace(n * H, dh, mk.h_drop);                 // ⊙ m
+    if (mk.zone_h) add_inplace(n * H, dh, dh_direct.data());          // + d ⊙ dh_t
   }
 }
 
 std::vector<Tensor> rnn_backward(Tensor dout, Tensor dh_n, Tensor out, Tensor w_hh,
-                                 std::vector<int64_t> batch_sizes, bool reverse, bool relu) {
+                                 std::vector<int64_t> batch_sizes, bool reverse, bool relu,
+                                 c10::optional<Tensor> h_drop, c10::optional<Tensor> zone_h) {
   auto w = w_hh.contiguous();
   Tensor dA = at::empty_like(out);
   Tensor dh_carry = dh_n.clone();
@@ -898,7 +1042,8 @@ std::vector<Tensor> rnn_backward(Tensor dout, Tensor dh_n, Tensor out, Tensor w_
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "rnn_backward", [&] {
     rnn_backward_impl<scalar_t>(dout.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
                                 w.data_ptr<scalar_t>(), dA.data_ptr<scalar_t>(),
-                                dh_carry.data_ptr<scalar_t>(), rows, dh_n.size(1), relu);
+                                dh_carry.data_ptr<scalar_t>(), rows, dh_n.size(1), relu,
+                                masks_of<scalar_t>(h_drop, zone_h, c10::nullopt));
   });
   return {dA, dh_carry};
 }
