@@ -2,8 +2,9 @@
 
 from .base import RecurrentBase
 from .clockwork import ClockworkRNN
+from .depth_gated import DepthGatedLSTM
 from .gru import GRU
 from .lstm import LSTM
 from .rnn import RNN
 
-__all__ = ["LSTM", "GRU", "RNN", "RecurrentBase", "ClockworkRNN"]
+__all__ = ["LSTM", "GRU", "RNN", "RecurrentBase", "ClockworkRNN", "DepthGatedLSTM"]
