@@ -38,12 +38,17 @@ def _run(m, packed, seed=1):
     return output_tensor(out).detach(), h_n.detach(), c_n.detach(), x.grad, h0.grad, c0.grad
 
 
+FUSED = ["fused_py", "fused_cpp"]
+ALL = ["reference", *FUSED]
+
+
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_fused_matches_reference(packed, bidirectional, bias):
+@pytest.mark.parametrize("backend", FUSED)
+def test_fused_matches_reference(backend, packed, bidirectional, bias):
     ref, fused = (_module(b, bias=bias, bidirectional=bidirectional)
-                  for b in ("reference", "fused"))
+                  for b in ("reference", backend))
     got, want = _run(fused, packed), _run(ref, packed)
     for what, a, b in zip(("output", "h_n", "c_n", "dx", "dh0", "dc0"), got, want):
         assert_close(a, b, what, TOL[F64])
@@ -52,7 +57,7 @@ def test_fused_matches_reference(packed, bidirectional, bias):
         assert_close(p.grad, q.grad, f"grad {name}", TOL[F64])
 
 
-@pytest.mark.parametrize("backend", ["reference", "fused"])
+@pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_gradcheck(backend, packed):
     m = _module(backend, I=2, H=2, layers=2)
@@ -100,7 +105,7 @@ def _numpy_depth_gated(x, h0, c0, p):
     return np.stack(outs), np.stack([h1, h2]), np.stack([c1, c2])
 
 
-@pytest.mark.parametrize("backend", ["reference", "fused"])
+@pytest.mark.parametrize("backend", ALL)
 def test_numpy_paper_equations(backend):
     m = _module(backend, layers=2, bidirectional=False)
     x = torch.randn(5, 2, 3, dtype=F64)
@@ -112,7 +117,7 @@ def test_numpy_paper_equations(backend):
         np.testing.assert_allclose(got.detach().numpy(), exp, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", ["reference", "fused"])
+@pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_closed_depth_gate_is_a_plain_lstm_stack(backend, packed):
     """b_d = −1e4 and zero depth weights give d = 0 exactly: torch.nn.LSTM's function."""
@@ -147,7 +152,7 @@ def _run_lstm(m, packed):
                                          c0.grad)
 
 
-@pytest.mark.parametrize("backend", ["reference", "fused"])
+@pytest.mark.parametrize("backend", ALL)
 def test_gradient_reaches_the_lower_cell(backend):
     """With layer 1 blind to h^0 (W_ih = W_xd = 0), layer 0 influences the output only
     through c^0 and the depth gate: its weights get a gradient only along that path."""
@@ -169,7 +174,7 @@ def test_gradient_reaches_the_lower_cell(backend):
 
 
 def test_record_has_the_depth_gate():
-    m = _module("fused", layers=2, bidirectional=False, dtype=torch.float32)
+    m = _module("auto", layers=2, bidirectional=False, dtype=torch.float32)
     with lstmkit.record(m) as rec:
         m(torch.randn(5, 2, 3))
     assert "d" not in rec.layers[0].keys()
@@ -189,13 +194,26 @@ def test_parameters_and_state_dict():
 @pytest.mark.parametrize("kwargs, error, words", [
     (dict(proj_size=2), ValueError, "proj_size"),
     (dict(peephole=True), ValueError, "peephole"),
-    (dict(backend="fused_cpp"), ValueError, "fused_cpp"),
     (dict(backend="fast"), ValueError, "backend"),
     (dict(reset_after=True), TypeError, "reset_after"),
 ])
 def test_bad_options_raise(kwargs, error, words):
     with pytest.raises(error, match=words):
         lstmkit.DepthGatedLSTM(3, 4, **kwargs)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_float32_agrees_with_reference(backend):
+    ref = _module("reference", layers=2, dtype=torch.float32)
+    fused = _module(backend, layers=2, dtype=torch.float32)
+    x = torch.randn(6, 3, 3)
+    assert_close(fused(x)[0], ref(x)[0], "float32 output", TOL[torch.float32])
+
+
+def test_fused_cpp_refuses_what_it_cannot_run():
+    m = lstmkit.DepthGatedLSTM(3, 4, dtype=torch.bfloat16, backend="fused_cpp")
+    with pytest.raises(ValueError, match="float32/float64"):
+        m(torch.randn(5, 2, 3, dtype=torch.bfloat16))
 
 
 def test_bad_states_name_shapes():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,9 +42,11 @@ class DepthGatedLSTM(RecurrentBase):
     step, same reading direction). Dropout applies to h between layers, not to c^L.
     ``proj_size``, ``peephole`` and ``coupled`` raise ValueError.
 
-    backend: ``"auto"``/``"fused"``/``"fused_py"`` run the fused torch loop with
-    hand-derived BPTT (the depth gate as a fifth gate block); ``"reference"`` the autograd
-    loop over the cell; ``"fused_cpp"`` has no kernel for this cell and raises.
+    backend: the fused path has hand-derived BPTT with the depth gate as a fifth gate
+    block; ``"fused_cpp"`` runs its recurrence in C++ (``csrc/depth_gated.cpp``, CPU
+    float32/float64; raises if it cannot), ``"fused_py"`` as a torch loop (any device),
+    ``"auto"``/``"fused"`` in C++ where it can run, else the torch loop; ``"reference"``
+    is the autograd loop over the cell.
     Returns ``output, (h_n, c_n)`` as ``torch.nn.LSTM``.
     """
 
@@ -67,10 +71,6 @@ class DepthGatedLSTM(RecurrentBase):
             if value:
                 raise ValueError(f"DepthGatedLSTM does not support {key}={value!r}: "
                                  f"{_UNSUPPORTED[key]}")
-        if backend == "fused_cpp":
-            raise ValueError("DepthGatedLSTM: backend='fused_cpp' is not available for the "
-                             "depth-gated cell (no C++ kernel); use 'auto', 'fused' or "
-                             "'fused_py' (the fused torch loop) or 'reference'")
         super().__init__(depth_gated_spec(), input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, 0, device, dtype,
                          backend=backend)
@@ -108,7 +108,7 @@ class DepthGatedLSTM(RecurrentBase):
         h0, c0 = checks.prepare_hx(name, hx, seq, self._state_shapes(), ("h_0", "c_0"), param)
         recorder = self._recorder
         run = (fused_depth_gated.reference_layer if self.backend == "reference"
-               else fused_depth_gated.fused_layer)
+               else partial(fused_depth_gated.fused_layer, backend=self.backend))
         D, x = self.num_directions, seq.x
         c_low: list[Tensor | None] = [None] * D
         h_n, c_n = [], []

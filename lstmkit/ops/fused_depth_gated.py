@@ -26,12 +26,16 @@ and then large GEMMs: ``dx = dA [W_ih; W_xd]``, ``d[W_ih; W_xd] = dAᵀ x``,
 
 from __future__ import annotations
 
+from types import ModuleType, SimpleNamespace
+
 import torch
 from torch import Tensor
 from torch.autograd.function import Function
 
 from ..cells.base import LayerWeights
 from ..cells.depth_gated import depth_gated_step
+from . import _cpp_can_run
+from .extension import cpp_module
 from .fused import _prev_of, _refuse_double_backward, prev_rows
 from .loops import step_rows
 
@@ -121,10 +125,28 @@ def depth_gated_backward(dout: Tensor, dh_n: Tensor, dc_n: Tensor, dc_in: Tensor
     return dA, dh_carry, dc_carry, dc_low
 
 
+TORCH_LOOPS = SimpleNamespace(depth_gated_forward=depth_gated_forward,
+                              depth_gated_backward=depth_gated_backward)
+
+
+def kernels_for(backend: str, x: Tensor) -> ModuleType | SimpleNamespace:
+    """The recurrence kernels for ``backend``: the C++ extension (``csrc/depth_gated.cpp``)
+    for "fused_cpp" (required) and, where it can run, "fused"/"auto"; else the torch loops."""
+    if backend == "fused_py":
+        return TORCH_LOOPS
+    if backend == "fused_cpp":
+        if not _cpp_can_run(x):
+            raise ValueError(f"backend='fused_cpp' runs on CPU float32/float64 tensors, got "
+                             f"{x.dtype} on {x.device}; use backend='fused' or 'auto'")
+        return cpp_module("depth_gated", required=True)
+    module = cpp_module("depth_gated", required=False) if _cpp_can_run(x) else None
+    return module or TORCH_LOOPS
+
+
 class DepthGatedFunction(Function):
     @staticmethod
     def forward(ctx, x, c_low, h0, c0, w_ih, w_hh, b_ih, b_hh, w_xd, b_d, w_cd, w_ld,
-                batch_sizes, reverse):
+                batch_sizes, reverse, kernels):
         depth = c_low is not None
         w_in = torch.cat([w_ih, w_xd]) if depth else w_ih                  # (5H or 4H, I)
         b = None
@@ -134,11 +156,11 @@ class DepthGatedFunction(Function):
         H = h0.shape[1]
         if depth:
             xw[:, 4 * H:].addcmul_(w_ld, c_low)                              # w_ld ⊙ c^L_t
-        out, c, h_n, c_n = depth_gated_forward(xw, c_low, w_hh, w_cd, h0, c0, batch_sizes,
-                                               reverse)
+        out, c, h_n, c_n = kernels.depth_gated_forward(xw, c_low, w_hh, w_cd, h0, c0,
+                                                       batch_sizes, reverse)
         gates = xw
         ctx.save_for_backward(x, c_low, h0, c0, w_in, w_hh, w_cd, w_ld, out, c, gates)
-        ctx.config = (batch_sizes, reverse, b is not None)
+        ctx.config = (batch_sizes, reverse, b is not None, kernels)
         ctx.mark_non_differentiable(gates)
         return out, c, h_n, c_n, gates
 
@@ -146,15 +168,16 @@ class DepthGatedFunction(Function):
     def backward(ctx, dout, dc_in, dh_n, dc_n, _dgates):
         _refuse_double_backward()
         x, c_low, h0, c0, w_in, w_hh, w_cd, w_ld, out, c, gates = ctx.saved_tensors
-        batch_sizes, reverse, has_bias = ctx.config
+        batch_sizes, reverse, has_bias, kernels = ctx.config
         need = ctx.needs_input_grad
         H = h0.shape[1]
         prev = prev_rows(batch_sizes, reverse, x.device)
         c_prev = _prev_of(c, c0, prev, 0, x.shape[0])
-        dA, dh0, dc0, dc_low = depth_gated_backward(
+        dA, dh0, dc0, *dc_low = kernels.depth_gated_backward(
             _dense(dout, out), _dense(dh_n, h0), _dense(dc_n, c0),
             dc_in.contiguous() if dc_in is not None else None, gates, c, c_prev, c_low,
             w_hh, w_cd, w_ld, batch_sizes, reverse)
+        dc_low = dc_low[0] if dc_low else None
         dx = dA @ w_in if need[0] else None
         dw_in = dA.t() @ x if need[4] or need[8] else None
         dw_hh = dA[:, : 4 * H].t() @ _prev_of(out, h0, prev, 0, x.shape[0]) if need[5] else None
@@ -166,7 +189,7 @@ class DepthGatedFunction(Function):
             dw_ld = (da_d * c_low).sum(0)
         return (dx, dc_low, dh0, dc0, _rows(dw_in, 0, 4 * H), dw_hh, _rows(db, 0, 4 * H),
                 _rows(db, 0, 4 * H), _rows(dw_in, 4 * H, 5 * H), _rows(db, 4 * H, 5 * H),
-                dw_cd, dw_ld, None, None)
+                dw_cd, dw_ld, None, None, None)
 
 
 def _dense(grad: Tensor | None, like: Tensor) -> Tensor:
@@ -178,12 +201,14 @@ def _rows(t: Tensor | None, r0: int, r1: int) -> Tensor | None:
 
 
 def fused_layer(x: Tensor, c_low: Tensor | None, batch_sizes: list[int], h0: Tensor,
-                c0: Tensor, w: LayerWeights, *, reverse: bool = False, record: bool = False):
-    """:func:`reference_layer` with hand-derived BPTT."""
+                c0: Tensor, w: LayerWeights, *, reverse: bool = False, record: bool = False,
+                backend: str = "fused"):
+    """:func:`reference_layer` with hand-derived BPTT; ``backend`` picks the recurrence
+    kernels (see :func:`kernels_for`)."""
     w_xd, b_d, w_cd, w_ld = w.extra if c_low is not None else (None,) * 4
     out, c, h_n, c_n, gates = DepthGatedFunction.apply(
         x.contiguous(), c_low, h0.contiguous(), c0.contiguous(), w.w_ih, w.w_hh, w.b_ih,
-        w.b_hh, w_xd, b_d, w_cd, w_ld, batch_sizes, reverse)
+        w.b_hh, w_xd, b_d, w_cd, w_ld, batch_sizes, reverse, kernels_for(backend, x))
     trace = _trace(batch_sizes, out, c, gates) if record else None
     return out, c, (h_n, c_n), trace
 
