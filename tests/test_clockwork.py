@@ -13,8 +13,11 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import lstmkit
 
 F64 = torch.float64
-PERIODS = {"exp": dict(num_modules=3), "non_dividing": dict(periods=(1, 3, 4)),
-           "offset": dict(periods=(2, 3, 5))}
+PERIODS = {"exp": dict(num_modules=3), "chain_from_2": dict(periods=(2, 4, 8)),
+           "non_dividing": dict(periods=(1, 3, 4)), "offset": dict(periods=(2, 3, 5))}
+CHAINS = ("exp", "chain_from_2")          # each period divides the next: C++ kernels run
+FUSED = [("fused_py", p) for p in PERIODS] + [("fused_cpp", p) for p in CHAINS]
+ALL = ["reference", "fused_py", "fused_cpp"]
 
 
 def _module(backend, *, I=3, H=6, layers=2, bidirectional=True, bias=True, **kw):
@@ -40,9 +43,9 @@ def _run(m, packed, seed=1):
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-@pytest.mark.parametrize("periods", list(PERIODS))
-def test_fused_matches_reference(periods, packed, bias):
-    ref, fused = (_module(b, bias=bias, **PERIODS[periods]) for b in ("reference", "fused"))
+@pytest.mark.parametrize("backend, periods", FUSED)
+def test_fused_matches_reference(backend, periods, packed, bias):
+    ref, fused = (_module(b, bias=bias, **PERIODS[periods]) for b in ("reference", backend))
     got, want = _run(fused, packed), _run(ref, packed)
     for what, a, b in zip(("output", "h_n", "dx", "dh0"), got, want):
         assert_close(a, b, what, TOL[F64])
@@ -50,10 +53,11 @@ def test_fused_matches_reference(periods, packed, bias):
         assert_close(p.grad, q.grad, f"grad {name}", TOL[F64])
 
 
-@pytest.mark.parametrize("backend", ["reference", "fused"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_gradcheck(backend, packed):
-    m = _module(backend, I=2, H=4, periods=(1, 3))
+@pytest.mark.parametrize("backend, periods", [(b, (1, 2)) for b in ALL]
+                         + [(b, (1, 3)) for b in ("reference", "fused_py")])
+def test_gradcheck(backend, periods, packed):
+    m = _module(backend, I=2, H=4, periods=periods)
     names = [n for n, _ in m.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in m.parameters()]
     x = torch.randn(5, 2, 2, dtype=F64, requires_grad=True)
@@ -86,8 +90,9 @@ def _numpy_clockwork(x, h0, w_ih, w_hh, b, periods):
     return np.stack(outs), h
 
 
-@pytest.mark.parametrize("backend", ["reference", "fused"])
-@pytest.mark.parametrize("periods", [(1, 2, 4), (1, 3, 4), (2, 3, 5)])
+@pytest.mark.parametrize("backend, periods", [
+    (b, p) for b in ALL for p in [(1, 2, 4), (2, 4, 8), (1, 3, 4), (2, 3, 5)]
+    if b != "fused_cpp" or p[1] % p[0] == 0 == p[2] % p[1]])
 def test_numpy_paper_equations(backend, periods):
     m = _module(backend, layers=1, periods=periods)
     with torch.no_grad():                    # masked entries hold values: they must not act
@@ -107,7 +112,7 @@ def test_numpy_paper_equations(backend, periods):
         np.testing.assert_allclose(h_n[d].detach().numpy(), want_n, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", ["reference", "fused"])
+@pytest.mark.parametrize("backend", ALL)
 def test_held_modules_keep_their_values(backend):
     periods = (1, 2, 4)
     m = _module(backend, layers=1, bidirectional=False, periods=periods)
@@ -123,7 +128,7 @@ def test_held_modules_keep_their_values(backend):
                 assert not torch.equal(h[t, :, units], h[t - 1, :, units]), (t, T)
 
 
-@pytest.mark.parametrize("backend", ["reference", "fused"])
+@pytest.mark.parametrize("backend", ALL)
 def test_masked_weights_no_effect_no_gradient(backend):
     m = _module(backend, layers=1, bidirectional=False, num_modules=3)
     mask = m.hh_mask.bool()
@@ -139,10 +144,12 @@ def test_masked_weights_no_effect_no_gradient(backend):
     assert torch.equal(m(x)[0], out)
 
 
-@pytest.mark.parametrize("backend", ["reference", "fused"])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_packed_sequences_have_their_own_clock(backend, bidirectional):
-    m = _module(backend, bidirectional=bidirectional, periods=(1, 2, 3))
+@pytest.mark.parametrize("backend, periods", [("reference", (1, 2, 3)), ("fused_py", (1, 2, 3)),
+                                              ("fused_py", (1, 2, 4)),
+                                              ("fused_cpp", (1, 2, 4))])
+def test_packed_sequences_have_their_own_clock(backend, periods, bidirectional):
+    m = _module(backend, bidirectional=bidirectional, periods=periods)
     lengths = [4, 7, 2]
     x = torch.randn(7, 3, 3, dtype=F64)
     out, h_n = m(pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False))
@@ -161,8 +168,9 @@ def test_init_zeroes_masked_entries_and_state_dict_is_rnns():
     assert set(m.state_dict()) == set(rnn.state_dict())
 
 
-def test_fused_is_the_default_backend_and_float32_agrees():
-    m = lstmkit.ClockworkRNN(4, 8, num_modules=4)
+@pytest.mark.parametrize("backend", ["auto", "fused_py", "fused_cpp"])
+def test_float32_agrees_with_reference(backend):
+    m = lstmkit.ClockworkRNN(4, 8, num_modules=4, backend=backend)
     ref = lstmkit.ClockworkRNN(4, 8, num_modules=4, backend="reference")
     ref.load_state_dict(m.state_dict())
     x = torch.randn(10, 3, 4)
@@ -176,7 +184,7 @@ def test_fused_is_the_default_backend_and_float32_agrees():
     (dict(), ValueError, "exactly one"),
     (dict(periods=(1, 2), num_modules=2), ValueError, "exactly one"),
     (dict(periods="12"), TypeError, "sequence of ints"),
-    (dict(num_modules=2, backend="fused_cpp"), ValueError, "fused_cpp"),
+    (dict(periods=(2, 3), backend="fused_cpp"), ValueError, "divide the next"),
     (dict(num_modules=2, nonlinearity="relu"), ValueError, "nonlinearity"),
     (dict(num_modules=2, proj_size=2), ValueError, "proj_size"),
 ])
@@ -184,6 +192,12 @@ def test_bad_options_raise(kwargs, error, words):
     kwargs = {"hidden_size": 6, **kwargs}
     with pytest.raises(error, match=words):
         lstmkit.ClockworkRNN(3, **kwargs)
+
+
+def test_fused_cpp_refuses_what_it_cannot_run():
+    m = lstmkit.ClockworkRNN(3, 4, num_modules=2, dtype=torch.bfloat16, backend="fused_cpp")
+    with pytest.raises(ValueError, match="float32/float64"):
+        m(torch.randn(5, 2, 3, dtype=torch.bfloat16))
 
 
 def test_bad_input_names_shapes():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -44,10 +45,12 @@ class ClockworkRNN(RecurrentBase):
     direction is the same Clockwork RNN run on the reversed sequence. Packed input: every
     sequence has its own clock (step 0 is its own first step, in either direction).
 
-    backend: ``"auto"``/``"fused"``/``"fused_py"`` run the fused torch loop with
-    hand-derived BPTT that computes only the active modules' units each step;
-    ``"reference"`` the autograd loop over the cell; ``"fused_cpp"`` is not available
-    for this cell and raises. Returns ``output, h_n`` as ``torch.nn.RNN``.
+    backend: the fused path has hand-derived BPTT and computes only the active modules'
+    units at each step. ``"fused_cpp"`` runs its recurrence in C++ (``csrc/clockwork.cpp``;
+    CPU float32/float64 and periods that each divide the next, as the exponential ones,
+    else it raises), ``"fused_py"`` as a torch loop (any periods, any device),
+    ``"auto"``/``"fused"`` in C++ where it can run, else the torch loop; ``"reference"``
+    is the autograd loop over the cell. Returns ``output, h_n`` as ``torch.nn.RNN``.
     """
 
     def __init__(
@@ -69,10 +72,10 @@ class ClockworkRNN(RecurrentBase):
     ) -> None:
         checks.check_variant_kwargs("ClockworkRNN", unsupported)
         self.periods = _resolve_periods(periods, num_modules, hidden_size)
-        if backend == "fused_cpp":
-            raise ValueError("ClockworkRNN: backend='fused_cpp' is not available for the "
-                             "Clockwork RNN (no C++ kernel); use 'auto', 'fused' or "
-                             "'fused_py' (the fused torch loop) or 'reference'")
+        if backend == "fused_cpp" and not fused_clockwork.is_divisor_chain(self.periods):
+            raise ValueError("ClockworkRNN: backend='fused_cpp' needs periods that each "
+                             f"divide the next (e.g. 1, 2, 4), got {self.periods}; use "
+                             "'auto', 'fused' or 'fused_py' (the fused torch loop)")
         super().__init__(clockwork_spec(self.periods), input_size, hidden_size, num_layers,
                          bias, batch_first, dropout, bidirectional, 0, device, dtype,
                          backend=backend)
@@ -108,7 +111,7 @@ class ClockworkRNN(RecurrentBase):
         (h0,) = checks.prepare_hx(name, hx, seq, self._state_shapes(), ("h_0",), param)
         recorder = self._recorder
         run = (fused_clockwork.reference_layer if self.backend == "reference"
-               else fused_clockwork.fused_layer)
+               else partial(fused_clockwork.fused_layer, backend=self.backend))
         D, x, finals = self.num_directions, seq.x, []
         for layer in range(self.num_layers):
             outputs = []

@@ -21,11 +21,16 @@ per-row mask where the rows disagree. BPTT, with ``dh`` = ∂L/∂h_t (output + 
 
 ``W_hh`` arrives already multiplied by the fixed block mask, so autograd multiplies its
 gradient by the mask too: masked entries get exactly zero gradient.
+
+Kernels: the torch loop here takes every case; the C++ extension (``csrc/clockwork.cpp``)
+takes periods that each divide the next, with a per-row count of active leading units
+(:func:`prefix_schedule`), so it also covers rows on different clocks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType, SimpleNamespace
 
 import torch
 from torch import Tensor
@@ -33,6 +38,8 @@ from torch.autograd.function import Function
 
 from ..cells.base import LayerWeights
 from ..cells.clockwork import active_units, clockwork_step
+from . import _cpp_can_run
+from .extension import cpp_module
 from .fused import _input_projection, _prev_of, _refuse_double_backward, _sum_biases, prev_rows
 from .loops import step_rows
 
@@ -66,8 +73,8 @@ def clock_plan(batch_sizes: list[int], reverse: bool, periods: Sequence[int], k:
     cache: dict[tuple, tuple[slice | Tensor, Tensor | None]] = {}
     plan = []
     for t, (start, n) in zip(range(len(batch_sizes)), _starts(batch_sizes)):
-        sets = tuple(tuple(i for i, T in enumerate(periods) if s % T == 0)
-                     for s in dict.fromkeys(ticks[t]))
+        sets = tuple(dict.fromkeys(tuple(i for i, T in enumerate(periods) if s % T == 0)
+                                   for s in ticks[t]))            # distinct active sets
         key = sets if len(sets) == 1 else tuple(ticks[t])
         if key not in cache:
             cache[key] = _selection(sets, ticks[t], periods, k, device)
@@ -84,7 +91,8 @@ def _selection(sets: tuple[tuple[int, ...], ...], ticks: list[int], periods: Seq
     union = sorted(set().union(*sets))
     if len(sets) == 1 and union == list(range(len(union))):
         return slice(0, len(union) * k), None
-    units = torch.tensor([i * k + u for i in union for u in range(k)], device=device)
+    units = torch.tensor([i * k + u for i in union for u in range(k)], dtype=torch.int64,
+                         device=device)
     if len(sets) == 1:
         return units, None
     rows = active_units(torch.tensor(ticks, device=device), periods, k)    # (n, H)
@@ -115,8 +123,10 @@ def reference_layer(x: Tensor, batch_sizes: list[int], h0: Tensor, w: LayerWeigh
 
 
 # -- fused: the torch loop ----------------------------------------------------------------
-def clockwork_forward(xw: Tensor, w_hh: Tensor, h0: Tensor, plan: list[PlanStep]):
-    """Returns (out, h_n); ``out`` is ``xw`` overwritten with h_t."""
+def clockwork_forward(xw: Tensor, w_hh: Tensor, h0: Tensor, batch_sizes: list[int],
+                      reverse: bool, plan: list[PlanStep]):
+    """Returns (out, h_n); ``out`` is ``xw`` overwritten with h_t. The steps and their rows
+    come from ``plan`` (``batch_sizes`` and ``reverse`` are there for the C++ signature)."""
     h_carry = h0.clone()
     w_t = w_hh.t()
     for start, n, sel, mask in plan:
@@ -136,7 +146,7 @@ def clockwork_forward(xw: Tensor, w_hh: Tensor, h0: Tensor, plan: list[PlanStep]
 
 
 def clockwork_backward(dout: Tensor, dh_n: Tensor, out: Tensor, w_hh: Tensor,
-                       plan: list[PlanStep]):
+                       batch_sizes: list[int], reverse: bool, plan: list[PlanStep]):
     """BPTT (see the module docstring). Returns (dA (N, H), dh_0)."""
     dA = torch.zeros_like(out)
     dh_carry = dh_n.clone()
@@ -162,22 +172,62 @@ def clockwork_backward(dout: Tensor, dh_n: Tensor, out: Tensor, w_hh: Tensor,
     return dA, dh_carry
 
 
+TORCH_LOOPS = SimpleNamespace(clockwork_forward=clockwork_forward,
+                              clockwork_backward=clockwork_backward)
+
+
+# -- the C++ kernels: rows whose active modules are a prefix -------------------------------
+def is_divisor_chain(periods: Sequence[int]) -> bool:
+    """Each period divides the next (1, 2, 4, …): then the modules active at any clock are
+    the first m, so the active units of a row are a prefix."""
+    return all(b % a == 0 for a, b in zip(periods, periods[1:]))
+
+
+def prefix_schedule(batch_sizes: list[int], reverse: bool, periods: Sequence[int], k: int
+                    ) -> Tensor:
+    """(N,) int64: for each flat row, the number of leading units its step updates (for
+    periods forming a divisor chain; see :func:`is_divisor_chain`)."""
+    counts = [k * sum(1 for T in periods if s % T == 0)
+              for row in step_ticks(batch_sizes, reverse) for s in row]
+    return torch.tensor(counts, dtype=torch.int64)
+
+
+def kernels_for(backend: str, x: Tensor, periods: Sequence[int]
+                ) -> ModuleType | SimpleNamespace:
+    """The recurrence kernels for ``backend``: the C++ extension (``csrc/clockwork.cpp``)
+    for "fused_cpp" (required) and, where it can run, "fused"/"auto"; else the torch loop,
+    which takes every period pattern and device."""
+    if backend == "fused_py":
+        return TORCH_LOOPS
+    chain = is_divisor_chain(periods)
+    if backend == "fused_cpp":
+        if not (_cpp_can_run(x) and chain):
+            raise ValueError(
+                "ClockworkRNN: backend='fused_cpp' runs on CPU float32/float64 tensors with "
+                f"periods that each divide the next, got {x.dtype} on {x.device} with periods "
+                f"{tuple(periods)}; use backend='fused' or 'auto'")
+        return cpp_module("clockwork", required=True)
+    module = cpp_module("clockwork", required=False) if chain and _cpp_can_run(x) else None
+    return module or TORCH_LOOPS
+
+
 class ClockworkFunction(Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, plan, batch_sizes, reverse):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, schedule, batch_sizes, reverse, kernels):
         xw = _input_projection(x, w_ih, _sum_biases(b_ih, b_hh))
-        out, h_n = clockwork_forward(xw, w_hh, h0, plan)
+        out, h_n = kernels.clockwork_forward(xw, w_hh, h0, batch_sizes, reverse, schedule)
         ctx.save_for_backward(x, h0, w_ih, w_hh, out)
-        ctx.config = (plan, batch_sizes, reverse, b_ih is not None)
+        ctx.config = (schedule, batch_sizes, reverse, b_ih is not None, kernels)
         return out, h_n
 
     @staticmethod
     def backward(ctx, dout, dh_n):
         _refuse_double_backward()
         x, h0, w_ih, w_hh, out = ctx.saved_tensors
-        plan, batch_sizes, reverse, has_bias = ctx.config
+        schedule, batch_sizes, reverse, has_bias, kernels = ctx.config
         need = ctx.needs_input_grad
-        dA, dh0 = clockwork_backward(dout.contiguous(), dh_n.contiguous(), out, w_hh, plan)
+        dA, dh0 = kernels.clockwork_backward(dout.contiguous(), dh_n.contiguous(), out, w_hh,
+                                             batch_sizes, reverse, schedule)
         dx = dA @ w_ih if need[0] else None
         dw_ih = dA.t() @ x if need[2] else None
         dw_hh = None
@@ -185,16 +235,22 @@ class ClockworkFunction(Function):
             h_prev = _prev_of(out, h0, prev_rows(batch_sizes, reverse, x.device), 0, x.shape[0])
             dw_hh = dA.t() @ h_prev
         db = dA.sum(0) if has_bias else None
-        return dx, dh0, dw_ih, dw_hh, db, db, None, None, None
+        return dx, dh0, dw_ih, dw_hh, db, db, None, None, None, None
 
 
 def fused_layer(x: Tensor, batch_sizes: list[int], h0: Tensor, w: LayerWeights,
-                periods: Sequence[int], *, reverse: bool = False, record: bool = False):
-    """:func:`reference_layer` with hand-derived BPTT, computing only the active units."""
+                periods: Sequence[int], *, reverse: bool = False, record: bool = False,
+                backend: str = "fused"):
+    """:func:`reference_layer` with hand-derived BPTT, computing only the active units;
+    ``backend`` picks the recurrence kernels (see :func:`kernels_for`)."""
     x = x.contiguous()
     k = h0.shape[1] // len(periods)
-    plan = clock_plan(batch_sizes, reverse, periods, k, x.device)
+    kernels = kernels_for(backend, x, periods)
+    if kernels is TORCH_LOOPS:
+        schedule = clock_plan(batch_sizes, reverse, periods, k, x.device)
+    else:
+        schedule = prefix_schedule(batch_sizes, reverse, periods, k)
     out, h_n = ClockworkFunction.apply(x, h0.contiguous(), w.w_ih, w.w_hh, w.b_ih, w.b_hh,
-                                       plan, batch_sizes, reverse)
+                                       schedule, batch_sizes, reverse, kernels)
     trace = [{"h": o} for o in out.detach().split(batch_sizes)] if record else None
     return out, h_n, trace
