@@ -189,6 +189,9 @@ def test_parameters_and_state_dict():
     assert names[:len(lstm_names)] == lstm_names
     assert names[len(lstm_names):] == [f"{n}_l1{s}" for s in ("", "_reverse") for n in DEPTH]
     assert m.weight_xd_l1.shape == (4, 8) and m.weight_ld_l1_reverse.shape == (4,)
+    assert lstmkit.count_parameters(m) == sum(p.numel() for p in m.parameters())
+    with pytest.raises(ValueError, match="no torch.nn equivalent"):
+        m.to_torch()
 
 
 @pytest.mark.parametrize("kwargs, error, words", [

@@ -134,8 +134,10 @@ class DepthGatedLSTM(RecurrentBase):
                 x = F.dropout(x, self.dropout, training=True)
         return self._format(seq, x, (torch.stack(h_n), torch.stack(c_n)))
 
-    def _variant_options(self) -> dict[str, object]:
-        return {"depth_gated": True}
+    def to_torch(self):
+        raise ValueError("DepthGatedLSTM has no torch.nn equivalent (torch.nn.LSTM has no "
+                         "depth gates); its LSTM parameters load into torch.nn.LSTM with "
+                         "load_state_dict(..., strict=False)")
 
     @classmethod
     def from_torch(cls, module, *, backend: str = "auto"):
