@@ -187,6 +187,7 @@ def test_float32_agrees_with_reference(backend):
     (dict(periods=(2, 3), backend="fused_cpp"), ValueError, "divide the next"),
     (dict(num_modules=2, nonlinearity="relu"), ValueError, "nonlinearity"),
     (dict(num_modules=2, proj_size=2), ValueError, "proj_size"),
+    (dict(num_modules=2, dropout_p=0.1), TypeError, "dropout_p"),
 ])
 def test_bad_options_raise(kwargs, error, words):
     kwargs = {"hidden_size": 6, **kwargs}
@@ -206,3 +207,18 @@ def test_bad_input_names_shapes():
         m(torch.randn(5, 2, 4))
     with pytest.raises(ValueError, match=r"\(1, 2, 4\)"):
         m(torch.randn(5, 2, 3), torch.zeros(1, 3, 4))
+
+
+def test_batch_first_and_unbatched_match_the_default_layout():
+    m = _module("auto", layers=2)
+    first = lstmkit.ClockworkRNN(3, 6, 2, bidirectional=True, batch_first=True, num_modules=3,
+                                 dtype=F64)
+    first.load_state_dict(m.state_dict())
+    x = torch.randn(5, 2, 3, dtype=F64)
+    out, h_n = m(x)
+    out_bf, h_bf = first(x.transpose(0, 1))
+    assert_close(out_bf.transpose(0, 1), out, "batch_first output", TOL[F64])
+    assert_close(h_bf, h_n, "batch_first h_n", TOL[F64])
+    out_1, h_1 = m(x[:, 1])
+    assert_close(out_1, out[:, 1], "unbatched output", TOL[F64])
+    assert_close(h_1, h_n[:, 1], "unbatched h_n", TOL[F64])

@@ -223,3 +223,17 @@ def test_bad_states_name_shapes():
     m = lstmkit.DepthGatedLSTM(3, 4)
     with pytest.raises(ValueError, match=r"\(2, 2, 4\)"):
         m(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4), torch.zeros(2, 2, 4)))
+
+
+def test_batch_first_and_unbatched_match_the_default_layout():
+    m = _module("auto", layers=2)
+    first = lstmkit.DepthGatedLSTM(3, 4, 2, bidirectional=True, batch_first=True, dtype=F64)
+    first.load_state_dict(m.state_dict())
+    x = torch.randn(5, 2, 3, dtype=F64)
+    out, (h_n, c_n) = m(x)
+    out_bf, (h_bf, c_bf) = first(x.transpose(0, 1))
+    assert_close(out_bf.transpose(0, 1), out, "batch_first output", TOL[F64])
+    assert_close(c_bf, c_n, "batch_first c_n", TOL[F64])
+    out_1, (h_1, c_1) = m(x[:, 1])
+    assert_close(out_1, out[:, 1], "unbatched output", TOL[F64])
+    assert_close(c_1, c_n[:, 1], "unbatched c_n", TOL[F64])

@@ -70,7 +70,7 @@ class ClockworkRNN(RecurrentBase):
         backend: str = "auto",
         **unsupported: object,
     ) -> None:
-        checks.check_variant_kwargs("ClockworkRNN", unsupported)
+        _check_unsupported(unsupported)
         self.periods = _resolve_periods(periods, num_modules, hidden_size)
         if backend == "fused_cpp" and not fused_clockwork.is_divisor_chain(self.periods):
             raise ValueError("ClockworkRNN: backend='fused_cpp' needs periods that each "
@@ -143,6 +143,28 @@ class ClockworkRNN(RecurrentBase):
         raise ValueError("ClockworkRNN.from_torch is not supported: a torch.nn.RNN has no "
                          "clock periods; build ClockworkRNN(..., periods=...) and load the "
                          "RNN's state_dict")
+
+
+_UNSUPPORTED = {
+    "nonlinearity": "the Clockwork RNN's modules use tanh (the paper's f_H); only "
+                    "nonlinearity='tanh' is accepted",
+    "proj_size": "projections (h_t = W_hr h_t) are only defined for LSTM, as in torch.nn",
+    "peephole": "peepholes connect a cell state to gates; the Clockwork RNN has neither",
+    "coupled": "coupling f_t = 1 - i_t needs an input and a forget gate, which the Clockwork "
+               "RNN does not have",
+    "reset_after": "reset_after chooses where the GRU's reset gate applies; the Clockwork "
+                   "RNN has no reset gate",
+}
+_NEUTRAL = {"nonlinearity": "tanh", "proj_size": 0, "peephole": False, "coupled": False}
+
+
+def _check_unsupported(kwargs: dict) -> None:
+    for key, value in kwargs.items():
+        if key not in _UNSUPPORTED:
+            raise TypeError(f"ClockworkRNN() got an unexpected keyword argument {key!r}")
+        if key not in _NEUTRAL or value != _NEUTRAL[key]:
+            raise ValueError(f"ClockworkRNN does not support {key}={value!r}: "
+                             f"{_UNSUPPORTED[key]}")
 
 
 def _resolve_periods(periods: object, num_modules: object, hidden_size: object
