@@ -72,7 +72,7 @@ def clock_plan(batch_sizes: list[int], reverse: bool, periods: Sequence[int], k:
     ticks = step_ticks(batch_sizes, reverse)
     cache: dict[tuple, tuple[slice | Tensor, Tensor | None]] = {}
     plan = []
-    for t, (start, n) in zip(range(len(batch_sizes)), _starts(batch_sizes)):
+    for t, (start, n) in enumerate(step_rows(batch_sizes, False)):
         sets = tuple(dict.fromkeys(tuple(i for i, T in enumerate(periods) if s % T == 0)
                                    for s in ticks[t]))            # distinct active sets
         key = sets if len(sets) == 1 else tuple(ticks[t])
@@ -80,10 +80,6 @@ def clock_plan(batch_sizes: list[int], reverse: bool, periods: Sequence[int], k:
             cache[key] = _selection(sets, ticks[t], periods, k, device)
         plan.append((start, n, *cache[key]))
     return plan[::-1] if reverse else plan
-
-
-def _starts(batch_sizes: list[int]) -> list[tuple[int, int]]:
-    return step_rows(batch_sizes, False)
 
 
 def _selection(sets: tuple[tuple[int, ...], ...], ticks: list[int], periods: Sequence[int],
