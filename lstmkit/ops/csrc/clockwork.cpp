@@ -97,9 +97,9 @@ void forward_impl(T* a, const T* W, T* h, const int64_t* act, const Rows& rows, 
     for (int64_t b = 0; b < n; ++b) {
       const int64_t active = act[start + b];
       T* ab = a_t + b * H;
-      const T* hb = h + b * H;
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) ab[j] = j < active ? tanh_(ab[j]) : hb[j];
+      for (int64_t j = 0; j < active; ++j) ab[j] = tanh_(ab[j]);        // updated units
+      std::memcpy(ab + active, h + b * H + active, sizeof(T) * (H - active));   // held
     }
     std::memcpy(h, a_t, sizeof(T) * n * H);
   }
