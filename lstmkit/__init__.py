@@ -9,7 +9,7 @@ See ``lstmkit.LSTM``, ``lstmkit.GRU``, ``lstmkit.RNN``, ``lstmkit.record`` and
 """
 
 from .inspect import LayerRecord, Recording, record
-from .nn import GRU, LSTM, RNN
+from .nn import GRU, LSTM, RNN, ClockworkRNN, DepthGatedLSTM
 from .summary import count_parameters, summary
 
 __version__ = "0.1.0"
@@ -22,5 +22,5 @@ def from_keras(layer_or_file):
     return convert(layer_or_file)
 
 
-__all__ = ["LSTM", "GRU", "RNN", "record", "Recording", "LayerRecord",
-           "count_parameters", "summary", "from_keras", "__version__"]
+__all__ = ["LSTM", "GRU", "RNN", "ClockworkRNN", "DepthGatedLSTM", "record", "Recording",
+           "LayerRecord", "count_parameters", "summary", "from_keras", "__version__"]
