@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ..cells import lstm_spec
+from ..cells import ln_lstm_spec, lstm_spec
 from .base import RecurrentBase
 
 
@@ -35,6 +35,12 @@ class LSTM(RecurrentBase):
         coupled: CIFG, ``f_t = 1 − i_t`` (Greff et al. 2015; ONNX ``input_forget``). The
             forget-gate rows are absent: weights are (3H, ·) in the order i, g, o, and a
             peephole is (2H,), order i, o.
+        layer_norm: the LN-LSTM of Ba, Kiros & Hinton 2016: layer normalisation of
+            ``W_ih x_t`` and of ``W_hh h_{t-1}`` (each over all 4H rows) and of ``c_t`` before
+            the output tanh; parameters ``ln_ih_weight/bias_l{k}``, ``ln_hh_weight/bias_l{k}``
+            (4H,) and ``ln_c_weight/bias_l{k}`` (H,), gains 1 and biases 0 at init (see
+            :mod:`lstmkit.cells.layernorm`). Not combinable with peephole, coupled or
+            proj_size; ``to_torch`` refuses it (torch.nn has no such module).
         backend: ``"auto"`` (fastest available that computes the same function) or
             ``"reference"`` (the autograd loop over the equations).
 
@@ -61,11 +67,20 @@ class LSTM(RecurrentBase):
         *,
         peephole: bool = False,
         coupled: bool = False,
+        layer_norm: bool = False,
         backend: str = "auto",
     ) -> None:
         self.peephole = bool(peephole)
         self.coupled = bool(coupled)
-        super().__init__(lstm_spec(peephole=self.peephole, coupled=self.coupled), input_size,
+        self.layer_norm = bool(layer_norm)
+        if self.layer_norm and (self.peephole or self.coupled or proj_size):
+            raise ValueError(
+                "LSTM(layer_norm=True) is the LN-LSTM of Ba et al. 2016 without variants; "
+                f"got peephole={peephole!r}, coupled={coupled!r}, proj_size={proj_size!r} "
+                "(expected False, False, 0)")
+        cell = (ln_lstm_spec() if self.layer_norm
+                else lstm_spec(peephole=self.peephole, coupled=self.coupled))
+        super().__init__(cell, input_size,
                          hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size, device, dtype, backend=backend)
 
@@ -75,7 +90,7 @@ class LSTM(RecurrentBase):
         return self._forward(input, hx)
 
     def _variant_options(self) -> dict[str, object]:
-        return {k: True for k in ("peephole", "coupled") if getattr(self, k)}
+        return {k: True for k in ("peephole", "coupled", "layer_norm") if getattr(self, k)}
 
     def _torch_config(self) -> dict:
         return {**self._config(), "proj_size": self.proj_size}
