@@ -82,12 +82,11 @@ def _ln_all(v: Tensor, gain: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tens
 
 
 def _ln_all_backward(dy: Tensor, v: Tensor, mean: Tensor, rstd: Tensor, gain: Tensor,
-                     bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(∂L/∂v, ∂L/∂α, ∂L/∂β) of :func:`_ln_all` for the rows of ``v``."""
+                     bias: Tensor, *, with_bias: bool = True) -> tuple:
+    """(∂L/∂v, ∂L/∂α, ∂L/∂β or None) of :func:`_ln_all` for the rows of ``v``."""
     return torch.ops.aten.native_layer_norm_backward(
         dy.contiguous(), v.contiguous(), [v.shape[1]], mean.contiguous(), rstd.contiguous(),
-        gain.contiguous(), bias.contiguous(),
-        [True, True, True])
+        gain.contiguous(), bias.contiguous(), [True, True, with_bias])
 
 
 # -- the torch-loop recurrences (the C++ kernels in csrc/layernorm.cpp match them) -----------
@@ -120,8 +119,8 @@ def ln_lstm_backward(dout: Tensor, dh_n: Tensor, dc_n: Tensor, gates: Tensor,
                      c_prev_all: Tensor, h_hat: Tensor, rstd_h: Tensor, c_hat: Tensor,
                      rstd_c: Tensor, w_hh: Tensor, g_hh: Tensor, g_c: Tensor, b_c: Tensor,
                      batch_sizes: list[int], reverse: bool):
-    """BPTT of :func:`ln_lstm_forward` (see the module docstring). Returns
-    (dA (N, 4H), dHW (N, 4H), dy (N, H), dh_0, dc_0)."""
+    """BPTT of :func:`ln_lstm_forward` (see the module docstring). Returns (dA (N, 4H),
+    dHW (N, 4H), dh_0, dc_0, dα_hh, Σ dA, dα_c, dβ_c), the last four summed over the rows."""
     H = c_hat.shape[1]
     dA, dHW, dY = torch.empty_like(gates), torch.empty_like(gates), torch.empty_like(c_hat)
     dh_carry, dc_carry = dh_n.clone(), dc_n.clone()
@@ -142,7 +141,8 @@ def ln_lstm_backward(dout: Tensor, dh_n: Tensor, dc_n: Tensor, gates: Tensor,
         dHW[rows] = dhw
         dh_carry[:n] = dhw @ w_hh
         dc_carry[:n] = dc * f_t
-    return dA, dHW, dY, dh_carry, dc_carry
+    return (dA, dHW, dh_carry, dc_carry, (dA * h_hat).sum(0), dA.sum(0), (dY * c_hat).sum(0),
+            dY.sum(0))
 
 
 def ln_gru_forward(ax: Tensor, w_hh: Tensor, g_hh: Tensor, c_hn: Tensor, h0: Tensor,
@@ -172,7 +172,8 @@ def ln_gru_forward(ax: Tensor, w_hh: Tensor, g_hh: Tensor, c_hn: Tensor, h0: Ten
 def ln_gru_backward(dout: Tensor, dh_n: Tensor, gates: Tensor, h_hat: Tensor, rstd_h: Tensor,
                     hn_all: Tensor, h_prev_all: Tensor, w_hh: Tensor, g_hh: Tensor,
                     batch_sizes: list[int], reverse: bool):
-    """BPTT of :func:`ln_gru_forward`. Returns (dA_x, dY_h, dHW, dh_0), each (N, 3H) but dh_0."""
+    """BPTT of :func:`ln_gru_forward`. Returns (dA_x (N, 3H), dHW (N, 3H), dh_0, dα_hh, Σ dY_h),
+    the last two summed over the rows."""
     H = dh_n.shape[1]
     dA_x, dY_h, dHW = torch.empty_like(gates), torch.empty_like(gates), torch.empty_like(gates)
     dh_carry = dh_n.clone()
@@ -193,7 +194,7 @@ def ln_gru_backward(dout: Tensor, dh_n: Tensor, gates: Tensor, h_hat: Tensor, rs
         dhw[:, :2 * H] = _normalise_backward(dyg[:, :2 * H], hh[:, :2 * H], rs[:, :1])
         dhw[:, 2 * H:] = _normalise_backward(dyg[:, 2 * H:], hh[:, 2 * H:], rs[:, 1:])
         dh_carry[:n] = torch.addmm(dh * z_t, dhw, w_hh)
-    return dA_x, dY_h, dHW, dh_carry
+    return dA_x, dHW, dh_carry, (dY_h * h_hat).sum(0), dY_h.sum(0)
 
 
 TORCH_LOOPS = SimpleNamespace(ln_lstm_forward=ln_lstm_forward, ln_lstm_backward=ln_lstm_backward,
@@ -210,8 +211,8 @@ class LNLSTMFunction(Function):
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, g_ih, beta_ih, g_hh, beta_hh, g_c, b_c,
                 batch_sizes, reverse, kernels):
         xw = torch.mm(x, w_ih.t())                                        # (N, 4H)
-        ax, mean_x, rstd_x = _ln_all(xw, g_ih, beta_ih)
-        ax += beta_hh if b_ih is None else beta_hh + b_ih + b_hh
+        shift = beta_ih + beta_hh if b_ih is None else beta_ih + beta_hh + b_ih + b_hh
+        ax, mean_x, rstd_x = _ln_all(xw, g_ih, shift)                     # folded input side
         out, c, h_hat, rstd_h, c_hat, rstd_c, h_n, c_n = kernels.ln_lstm_forward(
             ax, w_hh, g_hh, g_c, b_c, h0, c0, batch_sizes, reverse)
         gates = ax                                                        # activations now
@@ -232,25 +233,22 @@ class LNLSTMFunction(Function):
         dout = dout.contiguous()
         grads = _Accumulators(x, w_ih, need, bias=False)
         dw_hh = torch.zeros_like(w_hh) if need[4] else None
-        sums = {k: None for k in ("b", "g_ih", "beta_ih", "g_hh", "beta_hh", "g_c", "b_c")}
+        sums: dict[str, Tensor | None] = dict.fromkeys(("g_ih", "g_hh", "b", "g_c", "b_c"))
         prev = prev_rows(batch_sizes, reverse, x.device)
         for t0, t1, r0, r1 in backward_chunks(batch_sizes, reverse):
-            dA, dHW, dY, dh, dc = kernels.ln_lstm_backward(
+            dA, dHW, dh, dc, d_ghh, d_b, d_gc, d_bc = kernels.ln_lstm_backward(
                 dout[r0:r1], dh, dc, gates[r0:r1], _prev_of(c, c0, prev, r0, r1),
                 h_hat[r0:r1], rstd_h[r0:r1], c_hat[r0:r1], rstd_c[r0:r1], w_hh, g_hh, g_c,
                 b_c, batch_sizes[t0:t1], reverse)
-            dxw, d_gih, d_bih = _ln_all_backward(dA, xw[r0:r1], mean_x[r0:r1],
-                                                 rstd_x[r0:r1], g_ih, beta_ih)
+            dxw, d_gih, _ = _ln_all_backward(dA, xw[r0:r1], mean_x[r0:r1], rstd_x[r0:r1],
+                                             g_ih, beta_ih, with_bias=False)
             grads.add(dxw, r0, r1)
             if dw_hh is not None:
                 dw_hh.addmm_(dHW.t(), _prev_of(out, h0, prev, r0, r1))
-            d_beta = dA.sum(0)
-            _accumulate(sums, b=d_beta, g_ih=d_gih, beta_ih=d_bih,
-                        g_hh=(dA * h_hat[r0:r1]).sum(0), beta_hh=d_beta,
-                        g_c=(dY * c_hat[r0:r1]).sum(0), b_c=dY.sum(0))
-        db = sums["b"] if has_bias else None
-        return (grads.dx, dh, dc, grads.dw_ih, dw_hh, db, db, sums["g_ih"], sums["beta_ih"],
-                sums["g_hh"], sums["beta_hh"], sums["g_c"], sums["b_c"], None, None, None)
+            _accumulate(sums, g_ih=d_gih, g_hh=d_ghh, b=d_b, g_c=d_gc, b_c=d_bc)
+        db = sums["b"]                     # Σ dA: the gradient of b_ih, b_hh, β_ih and β_hh
+        return (grads.dx, dh, dc, grads.dw_ih, dw_hh, *((db, db) if has_bias else (None, None)),
+                sums["g_ih"], db, sums["g_hh"], db, sums["g_c"], sums["b_c"], None, None, None)
 
 
 def _accumulate(sums: dict[str, Tensor | None], **parts: Tensor) -> None:
@@ -264,14 +262,14 @@ class LNGRUFunction(Function):
                 reverse, kernels):
         H = h0.shape[1]
         xw = torch.mm(x, w_ih.t())                                        # (N, 3H)
-        ln_rz, mean_rz, rstd_rz = _ln_all(xw[:, :2 * H], g_ih[:2 * H], beta_ih[:2 * H])
-        ln_n, mean_n, rstd_n = _ln_all(xw[:, 2 * H:], g_ih[2 * H:], beta_ih[2 * H:])
-        ax = torch.cat([ln_rz + beta_hh[:2 * H], ln_n], dim=1)
-        c_hn = beta_hh[2 * H:]
+        shift_rz = beta_ih[:2 * H] + beta_hh[:2 * H]
+        shift_n, c_hn = beta_ih[2 * H:], beta_hh[2 * H:]
         if b_ih is not None:
-            ax[:, :2 * H] += b_ih[:2 * H] + b_hh[:2 * H]
-            ax[:, 2 * H:] += b_ih[2 * H:]
-            c_hn = c_hn + b_hh[2 * H:]
+            shift_rz = shift_rz + b_ih[:2 * H] + b_hh[:2 * H]
+            shift_n, c_hn = shift_n + b_ih[2 * H:], c_hn + b_hh[2 * H:]
+        ln_rz, mean_rz, rstd_rz = _ln_all(xw[:, :2 * H], g_ih[:2 * H], shift_rz)
+        ln_n, mean_n, rstd_n = _ln_all(xw[:, 2 * H:], g_ih[2 * H:], shift_n)
+        ax = torch.cat([ln_rz, ln_n], dim=1)                              # folded input side
         out, h_hat, rstd_h, hn, h_n = kernels.ln_gru_forward(ax, w_hh, g_hh, c_hn.contiguous(),
                                                              h0, batch_sizes, reverse)
         gates = ax
@@ -293,12 +291,12 @@ class LNGRUFunction(Function):
         dout, dh = dout.contiguous(), dh_n.contiguous()
         grads = _Accumulators(x, w_ih, need, bias=False, i_w=2)
         dw_hh = torch.zeros_like(w_hh) if need[3] else None
-        sums = {k: None for k in ("b_ih", "b_hh", "g_ih", "beta_ih", "g_hh")}
+        sums: dict[str, Tensor | None] = dict.fromkeys(("b_ih", "g_ih", "g_hh", "b_hh"))
         prev = prev_rows(batch_sizes, reverse, x.device)
         groups = ((slice(0, 2 * H), slice(0, 1)), (slice(2 * H, 3 * H), slice(1, 2)))
         for t0, t1, r0, r1 in backward_chunks(batch_sizes, reverse):
             h_prev = _prev_of(out, h0, prev, r0, r1)
-            dA_x, dY_h, dHW, dh = kernels.ln_gru_backward(
+            dA_x, dHW, dh, d_ghh, d_bhh = kernels.ln_gru_backward(
                 dout[r0:r1], dh, gates[r0:r1], h_hat[r0:r1], rstd_h[r0:r1], hn[r0:r1], h_prev,
                 w_hh, g_hh, batch_sizes[t0:t1], reverse)
             parts = [_ln_all_backward(dA_x[:, cols], xw[r0:r1, cols], mean_x[r0:r1, k],
@@ -307,12 +305,11 @@ class LNGRUFunction(Function):
             grads.add(torch.cat([p[0] for p in parts], 1), r0, r1)
             if dw_hh is not None:
                 dw_hh.addmm_(dHW.t(), h_prev)
-            _accumulate(sums, b_ih=dA_x.sum(0), b_hh=dY_h.sum(0),
-                        g_ih=torch.cat([p[1] for p in parts]),
-                        beta_ih=torch.cat([p[2] for p in parts]),
-                        g_hh=(dY_h * h_hat[r0:r1]).sum(0))
+            _accumulate(sums, b_ih=torch.cat([p[2] for p in parts]),
+                        g_ih=torch.cat([p[1] for p in parts]), g_hh=d_ghh, b_hh=d_bhh)
+        # Σ dA_x is the gradient of b_ih and β_ih; Σ dY_h that of b_hh and β_hh
         b_ih, b_hh = (sums["b_ih"], sums["b_hh"]) if has_bias else (None, None)
-        return (grads.dx, dh, grads.dw_ih, dw_hh, b_ih, b_hh, sums["g_ih"], sums["beta_ih"],
+        return (grads.dx, dh, grads.dw_ih, dw_hh, b_ih, b_hh, sums["g_ih"], sums["b_ih"],
                 sums["g_hh"], sums["b_hh"], None, None, None)
 
 

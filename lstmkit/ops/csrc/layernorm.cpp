@@ -90,9 +90,9 @@ Rows step_rows(const std::vector<int64_t>& batch_sizes, bool reverse) {
   return rows;
 }
 
-// Normalises v[0..D) in place: v ← (v − μ)/σ; returns 1/σ.
+// (μ, 1/σ) of v[0..D): mean, then the biased variance of the deviations.
 template <typename T>
-T normalise(T* v, int64_t D) {
+std::pair<T, T> stats(const T* v, int64_t D) {
   T sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < D; ++j) sum += v[j];
@@ -100,21 +100,23 @@ T normalise(T* v, int64_t D) {
   T sq = 0;
 #pragma omp simd reduction(+ : sq)
   for (int64_t j = 0; j < D; ++j) sq += (v[j] - mu) * (v[j] - mu);
-  const T rstd = T(1) / std::sqrt(sq / T(D) + T(kEps));
-#pragma omp simd
-  for (int64_t j = 0; j < D; ++j) v[j] = (v[j] - mu) * rstd;
-  return rstd;
+  return {mu, T(1) / std::sqrt(sq / T(D) + T(kEps))};
 }
 
-// dv[j] = rstd · (dv̂[j] − mean(dv̂) − v̂[j] · mean(dv̂ ⊙ v̂)), dv̂ = g ⊙ dy; D entries.
+// LN backward over D entries, dy = ∂L/∂LN(v), dv̂ = g ⊙ dy:
+// dv[j] = rstd · (dv̂[j] − mean(dv̂) − v̂[j] · mean(dv̂ ⊙ v̂)); and the parameter gradients
+// dg += dy ⊙ v̂, db += dy (summed over rows by the caller's repeated calls).
 template <typename T>
-void normalise_backward(const T* dy, const T* g, const T* v_hat, T rstd, int64_t D, T* dv) {
+void normalise_backward(const T* dy, const T* g, const T* v_hat, T rstd, int64_t D, T* dv,
+                        T* dg, T* db) {
   T s1 = 0, s2 = 0;
 #pragma omp simd reduction(+ : s1, s2)
   for (int64_t j = 0; j < D; ++j) {
     const T d = dy[j] * g[j];
     s1 += d;
     s2 += d * v_hat[j];
+    dg[j] += dy[j] * v_hat[j];
+    db[j] += dy[j];
   }
   const T m1 = s1 / T(D), m2 = s2 / T(D);
 #pragma omp simd
@@ -133,17 +135,24 @@ void ln_lstm_forward_impl(T* a, const T* W, const T* g_hh, const T* g_c, const T
     for (int64_t b = 0; b < n; ++b) {
       const int64_t row = start + b;
       T* hh = hh_t + b * G;
-      rstd_h[row] = normalise(hh, G);                                // ĥ over all 4H
+      const auto [mu, rstd] = stats(hh, G);                          // over all 4H
+      rstd_h[row] = rstd;
       T* ab = a + row * G;
       T* cb = cc + b * H;
       T* c_t = c + row * H;
-      T* ch = c_hat + row * H;
-#pragma omp simd
+      T c_sum = 0;
+#pragma omp simd reduction(+ : c_sum)
       for (int64_t j = 0; j < H; ++j) {
-        const T i_t = sigmoid(ab[j] + g_hh[j] * hh[j]);
-        const T f_t = sigmoid(ab[H + j] + g_hh[H + j] * hh[H + j]);
-        const T g_t = tanh_(ab[2 * H + j] + g_hh[2 * H + j] * hh[2 * H + j]);
-        const T o_t = sigmoid(ab[3 * H + j] + g_hh[3 * H + j] * hh[3 * H + j]);
+        const T hi = (hh[j] - mu) * rstd, hf = (hh[H + j] - mu) * rstd;
+        const T hg = (hh[2 * H + j] - mu) * rstd, ho = (hh[3 * H + j] - mu) * rstd;
+        hh[j] = hi;
+        hh[H + j] = hf;
+        hh[2 * H + j] = hg;
+        hh[3 * H + j] = ho;
+        const T i_t = sigmoid(ab[j] + g_hh[j] * hi);
+        const T f_t = sigmoid(ab[H + j] + g_hh[H + j] * hf);
+        const T g_t = tanh_(ab[2 * H + j] + g_hh[2 * H + j] * hg);
+        const T o_t = sigmoid(ab[3 * H + j] + g_hh[3 * H + j] * ho);
         const T c_new = f_t * cb[j] + i_t * g_t;
         ab[j] = i_t;
         ab[H + j] = f_t;
@@ -151,14 +160,22 @@ void ln_lstm_forward_impl(T* a, const T* W, const T* g_hh, const T* g_c, const T
         ab[3 * H + j] = o_t;
         cb[j] = c_new;
         c_t[j] = c_new;
-        ch[j] = c_new;
+        c_sum += c_new;
       }
-      rstd_c[row] = normalise(ch, H);                                // ĉ over H
+      const T mu_c = c_sum / T(H);
+      T sq = 0;
+#pragma omp simd reduction(+ : sq)
+      for (int64_t j = 0; j < H; ++j) sq += (c_t[j] - mu_c) * (c_t[j] - mu_c);
+      const T rc = T(1) / std::sqrt(sq / T(H) + T(kEps));
+      rstd_c[row] = rc;
+      T* ch = c_hat + row * H;
       T* hb = h + b * H;
       T* ob = out + row * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const T h_t = ab[3 * H + j] * tanh_(g_c[j] * ch[j] + b_c[j]);   // o ⊙ tanh(LN(c))
+        const T c_n = (c_t[j] - mu_c) * rc;                            // ĉ
+        ch[j] = c_n;
+        const T h_t = ab[3 * H + j] * tanh_(g_c[j] * c_n + b_c[j]);   // o ⊙ tanh(LN(c))
         ob[j] = h_t;
         hb[j] = h_t;
       }
@@ -190,10 +207,11 @@ std::vector<Tensor> ln_lstm_forward(Tensor ax, Tensor w_hh, Tensor g_hh, Tensor 
 template <typename T>
 void ln_lstm_backward_impl(const T* dout, const T* gates, const T* c_prev, const T* h_hat,
                            const T* rstd_h, const T* c_hat, const T* rstd_c, const T* W,
-                           const T* g_hh, const T* g_c, const T* b_c, T* dA, T* dHW, T* dY,
-                           T* dh, T* dcc, const Rows& rows, int64_t H) {
+                           const T* g_hh, const T* g_c, const T* b_c, T* dA, T* dHW, T* dh,
+                           T* dcc, T* dg_hh, T* db_hh, T* dg_c, T* db_c, const Rows& rows,
+                           int64_t H) {
   const int64_t G = 4 * H;
-  std::vector<T> dc_ln(H);
+  std::vector<T> dy(H), dc_ln(H);
   for (auto it = rows.rbegin(); it != rows.rend(); ++it) {
     const auto [start, n] = *it;
     for (int64_t b = 0; b < n; ++b) {
@@ -204,8 +222,8 @@ void ln_lstm_backward_impl(const T* dout, const T* gates, const T* c_prev, const
       const T* dob = dout + row * H;
       const T* dhb = dh + b * H;
       T* db = dA + row * G;
-      T* dyb = dY + row * H;
       T* dcb = dcc + b * H;
+      T* dyb = dy.data();
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         const T o_t = gb[3 * H + j];
@@ -214,7 +232,7 @@ void ln_lstm_backward_impl(const T* dout, const T* gates, const T* c_prev, const
         db[3 * H + j] = d_h * ty * o_t * (T(1) - o_t);                // da_o
         dyb[j] = d_h * o_t * (T(1) - ty * ty);                        // ∂L/∂LN(c_t)
       }
-      normalise_backward(dyb, g_c, ch, rstd_c[row], H, dc_ln.data());
+      normalise_backward(dyb, g_c, ch, rstd_c[row], H, dc_ln.data(), dg_c, db_c);
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         const T i_t = gb[j], f_t = gb[H + j], g_t = gb[2 * H + j];
@@ -224,7 +242,8 @@ void ln_lstm_backward_impl(const T* dout, const T* gates, const T* c_prev, const
         db[2 * H + j] = dc * i_t * (T(1) - g_t * g_t);                // da_g
         dcb[j] = dc * f_t;                                            // dc_{t-1}
       }
-      normalise_backward(db, g_hh, h_hat + row * G, rstd_h[row], G, dHW + row * G);
+      normalise_backward(db, g_hh, h_hat + row * G, rstd_h[row], G, dHW + row * G, dg_hh,
+                         db_hh);
     }
     gemm_ab<T>(n, H, G, dHW + start * G, W, T(0), dh);                // dh_{t-1} = dHW W_hh
   }
@@ -237,7 +256,9 @@ std::vector<Tensor> ln_lstm_backward(Tensor dout, Tensor dh_n, Tensor dc_n, Tens
                                      bool reverse) {
   const int64_t H = c_hat.size(1);
   auto w = w_hh.contiguous();
-  Tensor dA = at::empty_like(gates), dHW = at::empty_like(gates), dY = at::empty_like(c_hat);
+  Tensor dA = at::empty_like(gates), dHW = at::empty_like(gates);
+  Tensor dg_hh = at::zeros({4 * H}, gates.options()), db_hh = at::zeros({4 * H}, gates.options());
+  Tensor dg_c = at::zeros({H}, gates.options()), db_c = at::zeros({H}, gates.options());
   Tensor dh_carry = dh_n.clone(), dc_carry = dc_n.clone();
   const Rows rows = step_rows(batch_sizes, reverse);
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "ln_lstm_backward", [&] {
@@ -246,10 +267,11 @@ std::vector<Tensor> ln_lstm_backward(Tensor dout, Tensor dh_n, Tensor dc_n, Tens
         h_hat.data_ptr<scalar_t>(), rstd_h.data_ptr<scalar_t>(), c_hat.data_ptr<scalar_t>(),
         rstd_c.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(),
         g_c.data_ptr<scalar_t>(), b_c.data_ptr<scalar_t>(), dA.data_ptr<scalar_t>(),
-        dHW.data_ptr<scalar_t>(), dY.data_ptr<scalar_t>(), dh_carry.data_ptr<scalar_t>(),
-        dc_carry.data_ptr<scalar_t>(), rows, H);
+        dHW.data_ptr<scalar_t>(), dh_carry.data_ptr<scalar_t>(), dc_carry.data_ptr<scalar_t>(),
+        dg_hh.data_ptr<scalar_t>(), db_hh.data_ptr<scalar_t>(), dg_c.data_ptr<scalar_t>(),
+        db_c.data_ptr<scalar_t>(), rows, H);
   });
-  return {dA, dHW, dY, dh_carry, dc_carry};
+  return {dA, dHW, dh_carry, dc_carry, dg_hh, db_hh, dg_c, db_c};
 }
 
 // ---- LN-GRU (reset_after) --------------------------------------------------------------
@@ -263,17 +285,24 @@ void ln_gru_forward_impl(T* a, const T* W, const T* g_hh, const T* c_hn, T* out,
     for (int64_t b = 0; b < n; ++b) {
       const int64_t row = start + b;
       T* hh = hh_t + b * G;
-      rstd_h[2 * row] = normalise(hh, 2 * H);                        // r|z rows together
-      rstd_h[2 * row + 1] = normalise(hh + 2 * H, H);                // n rows apart
+      const auto [mu, rs] = stats(hh, 2 * H);                        // r|z rows together
+      const auto [mu_n, rs_n] = stats(hh + 2 * H, H);                // n rows apart
+      rstd_h[2 * row] = rs;
+      rstd_h[2 * row + 1] = rs_n;
       T* ab = a + row * G;
       T* hb = h + b * H;
       T* hnb = hn_all + row * H;
       T* ob = out + row * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const T r_t = sigmoid(ab[j] + g_hh[j] * hh[j]);
-        const T z_t = sigmoid(ab[H + j] + g_hh[H + j] * hh[H + j]);
-        const T hn = g_hh[2 * H + j] * hh[2 * H + j] + c_hn[j];
+        const T hr = (hh[j] - mu) * rs, hz = (hh[H + j] - mu) * rs;
+        const T h_n = (hh[2 * H + j] - mu_n) * rs_n;
+        hh[j] = hr;
+        hh[H + j] = hz;
+        hh[2 * H + j] = h_n;
+        const T r_t = sigmoid(ab[j] + g_hh[j] * hr);
+        const T z_t = sigmoid(ab[H + j] + g_hh[H + j] * hz);
+        const T hn = g_hh[2 * H + j] * h_n + c_hn[j];
         const T n_t = tanh_(ab[2 * H + j] + r_t * hn);
         const T h_t = n_t + z_t * (hb[j] - n_t);                      // (1 − z) n + z h
         ab[j] = r_t;
@@ -308,8 +337,9 @@ std::vector<Tensor> ln_gru_forward(Tensor ax, Tensor w_hh, Tensor g_hh, Tensor c
 template <typename T>
 void ln_gru_backward_impl(const T* dout, const T* gates, const T* h_hat, const T* rstd_h,
                           const T* hn_all, const T* h_prev, const T* W, const T* g_hh, T* dA_x,
-                          T* dY_h, T* dHW, T* dh, const Rows& rows, int64_t H) {
+                          T* dHW, T* dh, T* dg_hh, T* db_hh, const Rows& rows, int64_t H) {
   const int64_t G = 3 * H;
+  std::vector<T> dy(G);                       // [da_r, da_z, da_n ⊙ r]: the recurrent side
   for (auto it = rows.rbegin(); it != rows.rend(); ++it) {
     const auto [start, n] = *it;
     for (int64_t b = 0; b < n; ++b) {
@@ -320,7 +350,7 @@ void ln_gru_backward_impl(const T* dout, const T* gates, const T* h_hat, const T
       const T* dob = dout + row * H;
       T* dhb = dh + b * H;
       T* dxb = dA_x + row * G;
-      T* dyb = dY_h + row * G;
+      T* dyb = dy.data();
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         const T r_t = gb[j], z_t = gb[H + j], n_t = gb[2 * H + j];
@@ -338,9 +368,9 @@ void ln_gru_backward_impl(const T* dout, const T* gates, const T* h_hat, const T
       }
       const T* hh = h_hat + row * G;
       T* dhw = dHW + row * G;
-      normalise_backward(dyb, g_hh, hh, rstd_h[2 * row], 2 * H, dhw);
+      normalise_backward(dyb, g_hh, hh, rstd_h[2 * row], 2 * H, dhw, dg_hh, db_hh);
       normalise_backward(dyb + 2 * H, g_hh + 2 * H, hh + 2 * H, rstd_h[2 * row + 1], H,
-                         dhw + 2 * H);
+                         dhw + 2 * H, dg_hh + 2 * H, db_hh + 2 * H);
     }
     gemm_ab<T>(n, H, G, dHW + start * G, W, T(1), dh);                // dh += dHW W_hh
   }
@@ -351,7 +381,8 @@ std::vector<Tensor> ln_gru_backward(Tensor dout, Tensor dh_n, Tensor gates, Tens
                                     Tensor g_hh, std::vector<int64_t> batch_sizes, bool reverse) {
   const int64_t H = dh_n.size(1);
   auto w = w_hh.contiguous();
-  Tensor dA_x = at::empty_like(gates), dY_h = at::empty_like(gates), dHW = at::empty_like(gates);
+  Tensor dA_x = at::empty_like(gates), dHW = at::empty_like(gates);
+  Tensor dg_hh = at::zeros({3 * H}, gates.options()), db_hh = at::zeros({3 * H}, gates.options());
   Tensor dh_carry = dh_n.clone();
   const Rows rows = step_rows(batch_sizes, reverse);
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "ln_gru_backward", [&] {
@@ -359,10 +390,10 @@ std::vector<Tensor> ln_gru_backward(Tensor dout, Tensor dh_n, Tensor gates, Tens
         dout.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), h_hat.data_ptr<scalar_t>(),
         rstd_h.data_ptr<scalar_t>(), hn.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
         w.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(), dA_x.data_ptr<scalar_t>(),
-        dY_h.data_ptr<scalar_t>(), dHW.data_ptr<scalar_t>(), dh_carry.data_ptr<scalar_t>(),
-        rows, H);
+        dHW.data_ptr<scalar_t>(), dh_carry.data_ptr<scalar_t>(), dg_hh.data_ptr<scalar_t>(),
+        db_hh.data_ptr<scalar_t>(), rows, H);
   });
-  return {dA_x, dY_h, dHW, dh_carry};
+  return {dA_x, dHW, dh_carry, dg_hh, db_hh};
 }
 
 }  // namespace
