@@ -172,8 +172,8 @@ def ln_gru_forward(ax: Tensor, w_hh: Tensor, g_hh: Tensor, c_hn: Tensor, h0: Ten
 def ln_gru_backward(dout: Tensor, dh_n: Tensor, gates: Tensor, h_hat: Tensor, rstd_h: Tensor,
                     hn_all: Tensor, h_prev_all: Tensor, w_hh: Tensor, g_hh: Tensor,
                     batch_sizes: list[int], reverse: bool):
-    """BPTT of :func:`ln_gru_forward`. Returns (dA_x (N, 3H), dHW (N, 3H), dh_0, dα_hh, Σ dY_h),
-    the last two summed over the rows."""
+    """BPTT of :func:`ln_gru_forward`. Returns (dA_x's r|z part (N, 2H) and n part (N, H),
+    dHW (N, 3H), dh_0, dα_hh, Σ dY_h), the last two summed over the rows."""
     H = dh_n.shape[1]
     dA_x, dY_h, dHW = torch.empty_like(gates), torch.empty_like(gates), torch.empty_like(gates)
     dh_carry = dh_n.clone()
@@ -194,7 +194,8 @@ def ln_gru_backward(dout: Tensor, dh_n: Tensor, gates: Tensor, h_hat: Tensor, rs
         dhw[:, :2 * H] = _normalise_backward(dyg[:, :2 * H], hh[:, :2 * H], rs[:, :1])
         dhw[:, 2 * H:] = _normalise_backward(dyg[:, 2 * H:], hh[:, 2 * H:], rs[:, 1:])
         dh_carry[:n] = torch.addmm(dh * z_t, dhw, w_hh)
-    return dA_x, dHW, dh_carry, (dY_h * h_hat).sum(0), dY_h.sum(0)
+    return (dA_x[:, :2 * H].contiguous(), dA_x[:, 2 * H:].contiguous(), dHW, dh_carry,
+            (dY_h * h_hat).sum(0), dY_h.sum(0))
 
 
 TORCH_LOOPS = SimpleNamespace(ln_lstm_forward=ln_lstm_forward, ln_lstm_backward=ln_lstm_backward,
@@ -257,25 +258,27 @@ def _accumulate(sums: dict[str, Tensor | None], **parts: Tensor) -> None:
 
 
 class LNGRUFunction(Function):
+    """The r|z rows and the n rows of the input side are normalised apart, so they are kept
+    as two contiguous blocks (two input GEMMs) and the LN runs on each without copies."""
+
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, beta_ih, g_hh, beta_hh, batch_sizes,
                 reverse, kernels):
         H = h0.shape[1]
-        xw = torch.mm(x, w_ih.t())                                        # (N, 3H)
-        shift_rz = beta_ih[:2 * H] + beta_hh[:2 * H]
-        shift_n, c_hn = beta_ih[2 * H:], beta_hh[2 * H:]
+        rz, n_ = slice(0, 2 * H), slice(2 * H, 3 * H)
+        xw_rz, xw_n = torch.mm(x, w_ih[rz].t()), torch.mm(x, w_ih[n_].t())   # (N, 2H), (N, H)
+        shift_rz, shift_n, c_hn = beta_ih[rz] + beta_hh[rz], beta_ih[n_], beta_hh[n_]
         if b_ih is not None:
-            shift_rz = shift_rz + b_ih[:2 * H] + b_hh[:2 * H]
-            shift_n, c_hn = shift_n + b_ih[2 * H:], c_hn + b_hh[2 * H:]
-        ln_rz, mean_rz, rstd_rz = _ln_all(xw[:, :2 * H], g_ih[:2 * H], shift_rz)
-        ln_n, mean_n, rstd_n = _ln_all(xw[:, 2 * H:], g_ih[2 * H:], shift_n)
+            shift_rz = shift_rz + b_ih[rz] + b_hh[rz]
+            shift_n, c_hn = shift_n + b_ih[n_], c_hn + b_hh[n_]
+        ln_rz, mean_rz, rstd_rz = _ln_all(xw_rz, g_ih[rz], shift_rz)
+        ln_n, mean_n, rstd_n = _ln_all(xw_n, g_ih[n_], shift_n)
         ax = torch.cat([ln_rz, ln_n], dim=1)                              # folded input side
         out, h_hat, rstd_h, hn, h_n = kernels.ln_gru_forward(ax, w_hh, g_hh, c_hn.contiguous(),
                                                              h0, batch_sizes, reverse)
         gates = ax
-        ctx.save_for_backward(x, h0, w_ih, w_hh, g_ih, beta_ih, g_hh, xw,
-                              torch.cat([mean_rz, mean_n], 1), torch.cat([rstd_rz, rstd_n], 1),
-                              out, gates, h_hat, rstd_h, hn)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, g_ih, beta_ih, g_hh, xw_rz, xw_n, mean_rz,
+                              rstd_rz, mean_n, rstd_n, out, gates, h_hat, rstd_h, hn)
         ctx.config = (batch_sizes, reverse, kernels, b_ih is not None)
         ctx.mark_non_differentiable(gates)
         return out, h_n, gates
@@ -283,34 +286,44 @@ class LNGRUFunction(Function):
     @staticmethod
     def backward(ctx, dout, dh_n, _dgates):
         _refuse_double_backward()
-        (x, h0, w_ih, w_hh, g_ih, beta_ih, g_hh, xw, mean_x, rstd_x, out, gates, h_hat, rstd_h,
-         hn) = ctx.saved_tensors
+        (x, h0, w_ih, w_hh, g_ih, beta_ih, g_hh, xw_rz, xw_n, mean_rz, rstd_rz, mean_n, rstd_n,
+         out, gates, h_hat, rstd_h, hn) = ctx.saved_tensors
         batch_sizes, reverse, kernels, has_bias = ctx.config
         need = ctx.needs_input_grad
         H = h0.shape[1]
+        rz, n_ = slice(0, 2 * H), slice(2 * H, 3 * H)
         dout, dh = dout.contiguous(), dh_n.contiguous()
-        grads = _Accumulators(x, w_ih, need, bias=False, i_w=2)
+        dx = torch.empty_like(x) if need[0] else None
+        dw_ih = torch.zeros_like(w_ih) if need[2] else None
         dw_hh = torch.zeros_like(w_hh) if need[3] else None
-        sums: dict[str, Tensor | None] = dict.fromkeys(("b_ih", "g_ih", "g_hh", "b_hh"))
+        sums: dict[str, Tensor | None] = dict.fromkeys(("g_rz", "b_rz", "g_n", "b_n", "g_hh",
+                                                        "b_hh"))
         prev = prev_rows(batch_sizes, reverse, x.device)
-        groups = ((slice(0, 2 * H), slice(0, 1)), (slice(2 * H, 3 * H), slice(1, 2)))
         for t0, t1, r0, r1 in backward_chunks(batch_sizes, reverse):
             h_prev = _prev_of(out, h0, prev, r0, r1)
-            dA_x, dHW, dh, d_ghh, d_bhh = kernels.ln_gru_backward(
+            dA_rz, dA_n, dHW, dh, d_ghh, d_bhh = kernels.ln_gru_backward(
                 dout[r0:r1], dh, gates[r0:r1], h_hat[r0:r1], rstd_h[r0:r1], hn[r0:r1], h_prev,
                 w_hh, g_hh, batch_sizes[t0:t1], reverse)
-            parts = [_ln_all_backward(dA_x[:, cols], xw[r0:r1, cols], mean_x[r0:r1, k],
-                                      rstd_x[r0:r1, k], g_ih[cols], beta_ih[cols])
-                     for cols, k in groups]
-            grads.add(torch.cat([p[0] for p in parts], 1), r0, r1)
+            dxw_rz, d_grz, d_brz = _ln_all_backward(dA_rz, xw_rz[r0:r1], mean_rz[r0:r1],
+                                                    rstd_rz[r0:r1], g_ih[rz], beta_ih[rz])
+            dxw_n, d_gn, d_bn = _ln_all_backward(dA_n, xw_n[r0:r1], mean_n[r0:r1],
+                                                 rstd_n[r0:r1], g_ih[n_], beta_ih[n_])
+            if dx is not None:                        # dx = dxw_rz W_i{rz} + dxw_n W_in
+                torch.mm(dxw_rz, w_ih[rz], out=dx[r0:r1])
+                dx[r0:r1].addmm_(dxw_n, w_ih[n_])
+            if dw_ih is not None:
+                dw_ih[rz].addmm_(dxw_rz.t(), x[r0:r1])
+                dw_ih[n_].addmm_(dxw_n.t(), x[r0:r1])
             if dw_hh is not None:
                 dw_hh.addmm_(dHW.t(), h_prev)
-            _accumulate(sums, b_ih=torch.cat([p[2] for p in parts]),
-                        g_ih=torch.cat([p[1] for p in parts]), g_hh=d_ghh, b_hh=d_bhh)
+            _accumulate(sums, g_rz=d_grz, b_rz=d_brz, g_n=d_gn, b_n=d_bn, g_hh=d_ghh,
+                        b_hh=d_bhh)
         # Σ dA_x is the gradient of b_ih and β_ih; Σ dY_h that of b_hh and β_hh
-        b_ih, b_hh = (sums["b_ih"], sums["b_hh"]) if has_bias else (None, None)
-        return (grads.dx, dh, grads.dw_ih, dw_hh, b_ih, b_hh, sums["g_ih"], sums["b_ih"],
-                sums["g_hh"], sums["b_hh"], None, None, None)
+        db_ih = torch.cat([sums["b_rz"], sums["b_n"]])
+        d_gih = torch.cat([sums["g_rz"], sums["g_n"]])
+        b_ih, b_hh = (db_ih, sums["b_hh"]) if has_bias else (None, None)
+        return (dx, dh, dw_ih, dw_hh, b_ih, b_hh, d_gih, db_ih, sums["g_hh"], sums["b_hh"],
+                None, None, None)
 
 
 # -- the layer loop --------------------------------------------------------------------------

@@ -336,8 +336,9 @@ std::vector<Tensor> ln_gru_forward(Tensor ax, Tensor w_hh, Tensor g_hh, Tensor c
 
 template <typename T>
 void ln_gru_backward_impl(const T* dout, const T* gates, const T* h_hat, const T* rstd_h,
-                          const T* hn_all, const T* h_prev, const T* W, const T* g_hh, T* dA_x,
-                          T* dHW, T* dh, T* dg_hh, T* db_hh, const Rows& rows, int64_t H) {
+                          const T* hn_all, const T* h_prev, const T* W, const T* g_hh, T* dA_rz,
+                          T* dA_n, T* dHW, T* dh, T* dg_hh, T* db_hh, const Rows& rows,
+                          int64_t H) {
   const int64_t G = 3 * H;
   std::vector<T> dy(G);                       // [da_r, da_z, da_n ⊙ r]: the recurrent side
   for (auto it = rows.rbegin(); it != rows.rend(); ++it) {
@@ -349,7 +350,8 @@ void ln_gru_backward_impl(const T* dout, const T* gates, const T* h_hat, const T
       const T* hnb = hn_all + row * H;
       const T* dob = dout + row * H;
       T* dhb = dh + b * H;
-      T* dxb = dA_x + row * G;
+      T* drz = dA_rz + row * 2 * H;
+      T* dnb = dA_n + row * H;
       T* dyb = dy.data();
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
@@ -358,9 +360,9 @@ void ln_gru_backward_impl(const T* dout, const T* gates, const T* h_hat, const T
         const T d_n = d_h * (T(1) - z_t) * (T(1) - n_t * n_t);
         const T d_z = d_h * (hpb[j] - n_t) * z_t * (T(1) - z_t);
         const T d_r = d_n * hnb[j] * r_t * (T(1) - r_t);
-        dxb[j] = d_r;
-        dxb[H + j] = d_z;
-        dxb[2 * H + j] = d_n;
+        drz[j] = d_r;
+        drz[H + j] = d_z;
+        dnb[j] = d_n;
         dyb[j] = d_r;
         dyb[H + j] = d_z;
         dyb[2 * H + j] = d_n * r_t;
@@ -381,7 +383,9 @@ std::vector<Tensor> ln_gru_backward(Tensor dout, Tensor dh_n, Tensor gates, Tens
                                     Tensor g_hh, std::vector<int64_t> batch_sizes, bool reverse) {
   const int64_t H = dh_n.size(1);
   auto w = w_hh.contiguous();
-  Tensor dA_x = at::empty_like(gates), dHW = at::empty_like(gates);
+  const int64_t N = gates.size(0);
+  Tensor dA_rz = at::empty({N, 2 * H}, gates.options()), dA_n = at::empty({N, H}, gates.options());
+  Tensor dHW = at::empty_like(gates);
   Tensor dg_hh = at::zeros({3 * H}, gates.options()), db_hh = at::zeros({3 * H}, gates.options());
   Tensor dh_carry = dh_n.clone();
   const Rows rows = step_rows(batch_sizes, reverse);
@@ -389,11 +393,11 @@ std::vector<Tensor> ln_gru_backward(Tensor dout, Tensor dh_n, Tensor gates, Tens
     ln_gru_backward_impl<scalar_t>(
         dout.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), h_hat.data_ptr<scalar_t>(),
         rstd_h.data_ptr<scalar_t>(), hn.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
-        w.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(), dA_x.data_ptr<scalar_t>(),
-        dHW.data_ptr<scalar_t>(), dh_carry.data_ptr<scalar_t>(), dg_hh.data_ptr<scalar_t>(),
-        db_hh.data_ptr<scalar_t>(), rows, H);
+        w.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(), dA_rz.data_ptr<scalar_t>(),
+        dA_n.data_ptr<scalar_t>(), dHW.data_ptr<scalar_t>(), dh_carry.data_ptr<scalar_t>(),
+        dg_hh.data_ptr<scalar_t>(), db_hh.data_ptr<scalar_t>(), rows, H);
   });
-  return {dA_x, dHW, dh_carry, dg_hh, db_hh};
+  return {dA_rz, dA_n, dHW, dh_carry, dg_hh, db_hh};
 }
 
 }  // namespace
