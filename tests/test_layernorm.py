@@ -270,3 +270,60 @@ def test_unsupported_combinations_raise():
             lstmkit.LSTM(I, H, layer_norm=True, **kw)
     with pytest.raises(ValueError, match="reset_after=True, got reset_after=False"):
         lstmkit.GRU(I, H, layer_norm=True, reset_after=False)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_torch_compile_runs_the_layer_eagerly(family):
+    """No custom op for the LN cells: under torch.compile the layer is a graph break and runs
+    its fused eager path; outputs and gradients equal the uncompiled module's."""
+    torch.manual_seed(0)
+    m = _model(family, dtype=torch.float32, backend="auto", bidirectional=True)
+    x = torch.randn(5, 2, I)
+    want = m(x)[0]
+    (want.sum()).backward()
+    want_grads = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    got = torch.compile(m, backend="eager")(x)[0]
+    got.sum().backward()
+    assert_close(got, want, "compiled output", 1e-6)
+    for p, g in zip(m.parameters(), want_grads, strict=True):
+        assert_close(p.grad, g, "compiled grad", 1e-6)
+
+
+def test_fused_cpp_requires_the_layernorm_extension(monkeypatch):
+    from lstmkit.ops import extension
+    monkeypatch.setattr(extension, "_states", {"layernorm": {"error": "no compiler here"}})
+    m = lstmkit.LSTM(I, H, layer_norm=True, backend="fused_cpp")
+    with pytest.raises(extension.ExtensionUnavailable, match="layernorm.cpp.*no compiler here"):
+        m(torch.randn(3, 2, I))
+    fused = lstmkit.LSTM(I, H, layer_norm=True, backend="fused")      # falls back to torch loops
+    fused.load_state_dict(m.state_dict())
+    ref = lstmkit.LSTM(I, H, layer_norm=True, backend="reference")
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(3, 2, I)
+    assert_close(fused(x)[0], ref(x)[0], "fallback output", 1e-5)
+
+
+def test_onnx_export_module_refuses(tmp_path):
+    pytest.importorskip("onnx")
+    from lstmkit.interop.onnx import export_module
+    with pytest.raises(ValueError, match="no layer normalisation.*layer_norm=True"):
+        export_module(lstmkit.GRU(I, H, layer_norm=True), tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_whole_model_onnx_export_runs_in_onnxruntime(family, tmp_path):
+    """torch.onnx.export traces the reference equations (unrolled; ONNX has no LN-LSTM
+    operator); onnxruntime, an outside implementation, computes the same outputs."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from lstmkit.interop.onnx import export
+    torch.manual_seed(0)
+    m = _model(family, dtype=torch.float32, backend="auto", bidirectional=True).eval()
+    x = torch.randn(4, 2, I)
+    path = export(m, (x,), tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = m(x)[0]
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=1e-5)

@@ -100,6 +100,9 @@ def _check(module) -> None:
     if getattr(module, "proj_size", 0):
         raise ValueError("ONNX's LSTM operator has no projection (proj_size); export a model "
                          "without proj_size")
+    if module.cell.option("layer_norm"):
+        raise ValueError("ONNX's LSTM and GRU operators have no layer normalisation; a model "
+                         "with layer_norm=True cannot be exported")
 
 
 def export_module(module, path: str | Path, *, sequence_lens: bool = False,

@@ -90,6 +90,8 @@ def _compiled(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[int],
     if backend == "fused_cpp" and not _cpp_can_run(x):
         raise ValueError(f"backend='fused_cpp' runs on CPU float32/float64 tensors, got "
                          f"{x.dtype} on {x.device}; use backend='fused' or 'auto'")
+    if cell.option("layer_norm") and torch.compiler.is_exporting():
+        return reference.run_layer      # no custom op for it: export the equations, unrolled
     if cell.option("layer_norm"):       # no custom op for it: a graph break, run eagerly
         use_cpp = backend != "fused_py" and _cpp_can_run(x)
         kernels = (cpp_kernels(required=backend == "fused_cpp") if use_cpp else None) or loops
