@@ -203,10 +203,6 @@ TORCH_LOOPS = SimpleNamespace(ln_lstm_forward=ln_lstm_forward, ln_lstm_backward=
 
 
 # -- autograd Functions ----------------------------------------------------------------------
-def _sum_rows(t: Tensor, need: bool) -> Tensor | None:
-    return t.sum(0) if need else None
-
-
 class LNLSTMFunction(Function):
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, g_ih, beta_ih, g_hh, beta_hh, g_c, b_c,
