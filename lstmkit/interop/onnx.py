@@ -101,6 +101,9 @@ def _check(module) -> None:
         raise ValueError("ONNX's LSTM operator has no projection (proj_size); export a model "
                          "without proj_size")
     _refuse_greff(module)
+    if module.cell.option("layer_norm"):
+        raise ValueError("ONNX's LSTM and GRU operators have no layer normalisation; a model "
+                         "with layer_norm=True cannot be exported")
     reg = getattr(module, "regularization", None)
     if reg is not None and (reg.zoneout_c or reg.zoneout_h):
         raise ValueError("zoneout changes the test-time recurrence (h_t = z h_{t-1} + (1 - z) "

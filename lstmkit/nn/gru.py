@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ..cells import gru_spec
+from ..cells import gru_spec, ln_gru_spec
 from . import checks, regularize
 from .base import RecurrentBase
 
@@ -25,6 +25,12 @@ class GRU(RecurrentBase):
     ``n_t = tanh(W_in x_t + b_in + W_hn (r_t ⊙ h_{t-1}) + b_hn)``, with the same parameters.
     ``z_t`` here keeps the old state, as in PyTorch; texts that write
     ``h_t = (1 − z_t) h_{t-1} + z_t h̃_t`` (colah's blog among them) swap its role.
+
+    ``layer_norm=True``: the LN-GRU of Ba, Kiros & Hinton 2016 (reset_after form): layer
+    normalisation of the input and of the recurrent projections, r|z rows together and n
+    rows apart; parameters ``ln_ih_weight/bias_l{k}`` and ``ln_hh_weight/bias_l{k}`` (3H,),
+    gains 1 and biases 0 at init (see :mod:`lstmkit.cells.layernorm`). Needs
+    ``reset_after=True``; ``to_torch`` refuses it.
 
     Arguments, shapes, parameter names (``weight_ih_l{k}`` (3H, I) = (W_ir|W_iz|W_in), ...)
     and initialisation are those of ``torch.nn.GRU``; returns ``output, h_n``.
@@ -50,6 +56,7 @@ class GRU(RecurrentBase):
         dtype: torch.dtype | None = None,
         *,
         reset_after: bool = True,
+        layer_norm: bool = False,
         backend: str = "auto",
         zoneout: float = 0.0,
         input_dropout: float = 0.0,
@@ -62,7 +69,15 @@ class GRU(RecurrentBase):
                                  recurrent_dropout=recurrent_dropout,
                                  weight_dropout=weight_dropout)
         self.reset_after = bool(reset_after)
-        super().__init__(gru_spec(reset_after=self.reset_after), input_size, hidden_size,
+        self.layer_norm = bool(layer_norm)
+        if self.layer_norm and not self.reset_after:
+            raise ValueError("GRU(layer_norm=True) is the LN-GRU of Ba et al. 2016, whose reset "
+                             "gate multiplies the normalised W_hn h_{t-1}: expected "
+                             "reset_after=True, got reset_after=False")
+        if self.layer_norm:
+            regularize.refuse_kernel_masks("GRU", reg, "layer_norm=True")
+        cell = ln_gru_spec() if self.layer_norm else gru_spec(reset_after=self.reset_after)
+        super().__init__(cell, input_size, hidden_size,
                          num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype,
                          backend=backend, regularization=reg)
 
@@ -73,4 +88,5 @@ class GRU(RecurrentBase):
         return output, h_n
 
     def _variant_options(self) -> dict[str, object]:
-        return {} if self.reset_after else {"reset_after": False}
+        options: dict[str, object] = {} if self.reset_after else {"reset_after": False}
+        return {**options, "layer_norm": True} if self.layer_norm else options

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ..cells import lstm_spec
+from ..cells import ln_lstm_spec, lstm_spec
 from ..cells.lstm import Greff
 from . import regularize
 from .base import RecurrentBase
@@ -66,6 +66,12 @@ class LSTM(RecurrentBase):
             or ``forget_gate=False``; ``gate_recurrence`` with ``coupled`` or an absent
             gate; ``peephole`` with no gate i, f, o left. Such modules have no torch.nn,
             ONNX or Keras equivalent.
+        layer_norm: the LN-LSTM of Ba, Kiros & Hinton 2016: layer normalisation of
+            ``W_ih x_t`` and of ``W_hh h_{t-1}`` (each over all 4H rows) and of ``c_t`` before
+            the output tanh; parameters ``ln_ih_weight/bias_l{k}``, ``ln_hh_weight/bias_l{k}``
+            (4H,) and ``ln_c_weight/bias_l{k}`` (H,), gains 1 and biases 0 at init (see
+            :mod:`lstmkit.cells.layernorm`). Not combinable with peephole, coupled or
+            proj_size; ``to_torch`` refuses it (torch.nn has no such module).
         backend: ``"auto"`` (fastest available that computes the same function) or
             ``"reference"`` (the autograd loop over the equations).
         zoneout, input_dropout, recurrent_dropout, weight_dropout: regularisers, off by
@@ -100,6 +106,7 @@ class LSTM(RecurrentBase):
         input_activation: str | None = "tanh",
         cell_activation: str | None = "tanh",
         gate_recurrence: bool = False,
+        layer_norm: bool = False,
         backend: str = "auto",
         zoneout: float | tuple[float, float] = 0.0,
         input_dropout: float = 0.0,
@@ -121,13 +128,19 @@ class LSTM(RecurrentBase):
         reg = regularize.resolve("LSTM", "lstm", zoneout=zoneout, input_dropout=input_dropout,
                                  recurrent_dropout=recurrent_dropout,
                                  weight_dropout=weight_dropout)
-        if greff != Greff() and (reg.zoneout_c or reg.zoneout_h or reg.recurrent_dropout):
-            raise ValueError("LSTM: zoneout and recurrent_dropout are not supported with the "
-                             "Greff et al. ablations (input_gate/forget_gate/output_gate/"
-                             "input_activation/cell_activation/gate_recurrence); "
-                             "input_dropout and weight_dropout are")
-        super().__init__(lstm_spec(peephole=self.peephole, coupled=self.coupled, greff=greff),
-                         input_size, hidden_size, num_layers, bias, batch_first, dropout,
+        self.layer_norm = bool(layer_norm)
+        if self.layer_norm and (self.peephole or self.coupled or proj_size or greff != Greff()):
+            raise ValueError(
+                "LSTM(layer_norm=True) is the LN-LSTM of Ba et al. 2016 without variants; "
+                f"got peephole={peephole!r}, coupled={coupled!r}, proj_size={proj_size!r}, "
+                f"Greff options {greff != Greff()} (expected False, False, 0, False)")
+        if greff != Greff():
+            regularize.refuse_kernel_masks("LSTM", reg, "the Greff et al. ablations")
+        if self.layer_norm:
+            regularize.refuse_kernel_masks("LSTM", reg, "layer_norm=True")
+        cell = (ln_lstm_spec() if self.layer_norm
+                else lstm_spec(peephole=self.peephole, coupled=self.coupled, greff=greff))
+        super().__init__(cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device, dtype, backend=backend,
                          regularization=reg)
 
@@ -137,7 +150,7 @@ class LSTM(RecurrentBase):
         return self._forward(input, hx)
 
     def _variant_options(self) -> dict[str, object]:
-        options = {k: True for k in ("peephole", "coupled", "gate_recurrence")
+        options = {k: True for k in ("peephole", "coupled", "gate_recurrence", "layer_norm")
                    if getattr(self, k)}
         options.update({k: False for k in ("input_gate", "forget_gate", "output_gate")
                         if not getattr(self, k)})

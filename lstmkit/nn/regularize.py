@@ -138,3 +138,11 @@ def apply(reg: Regularization, training: bool, x: Tensor, batch_sizes: list[int]
     zone_c = zone_mask((N, H), reg.zoneout_c, x, training)
     zone_h = zone_mask((N, R), reg.zoneout_h, x, training)
     return x, w, StepMasks(h_drop, zone_h, zone_c)
+
+
+def refuse_kernel_masks(name: str, reg: Regularization, what: str) -> None:
+    """Zoneout and recurrent dropout act inside the recurrence, which the kernels of
+    ``what`` do not take: refuse them there (input and weight dropout act outside)."""
+    if reg.zoneout_c or reg.zoneout_h or reg.recurrent_dropout:
+        raise ValueError(f"{name}: zoneout and recurrent_dropout are not supported with "
+                         f"{what}; input_dropout and weight_dropout are")

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..cells.base import CellSpec
 from . import fused, loops, native, reference
-from .extension import cpp_kernels  # noqa: F401  (re-exported)
+from .extension import cpp_kernels, cpp_module  # noqa: F401  (cpp_kernels re-exported)
 
 BACKENDS = ("auto", "reference", "fused", "fused_py", "fused_cpp")
 
@@ -45,6 +45,11 @@ _CPP_DTYPES = (torch.float32, torch.float64)
 
 def _cpp_can_run(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in _CPP_DTYPES
+
+
+def _native_can_run(cell: CellSpec, x: Tensor, batch_sizes: list[int], projected: bool) -> bool:
+    """torch's LSTM kernel computes none of lstmkit's variants, layer_norm included."""
+    return not cell.option("layer_norm") and native.can_run(cell, x, batch_sizes, projected)
 
 
 def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[int], *,
@@ -78,9 +83,11 @@ def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[in
         if not _cpp_can_run(x):
             raise ValueError(f"backend='fused_cpp' runs on CPU float32/float64 tensors, got "
                              f"{x.dtype} on {x.device}; use backend='fused' or 'auto'")
+        if cell.option("layer_norm"):
+            cpp_module("layernorm", required=True)        # raises if it cannot be built
         return partial(fused.run_layer, kernels=cpp_kernels(required=True))
     if (backend == "auto" and not recording and not masked
-            and native.can_run(cell, x, batch_sizes, projected)):
+            and _native_can_run(cell, x, batch_sizes, projected)):
         return native.run_layer
     kernels = cpp_kernels(required=False) if _cpp_can_run(x) else None
     return partial(fused.run_layer, kernels=kernels or loops)
@@ -94,6 +101,12 @@ def _compiled(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[int],
     if backend == "fused_cpp" and not _cpp_can_run(x):
         raise ValueError(f"backend='fused_cpp' runs on CPU float32/float64 tensors, got "
                          f"{x.dtype} on {x.device}; use backend='fused' or 'auto'")
-    if backend == "auto" and not recording and native.can_run(cell, x, batch_sizes, projected):
+    if cell.option("layer_norm") and torch.compiler.is_exporting():
+        return reference.run_layer      # no custom op for it: export the equations, unrolled
+    if cell.option("layer_norm"):       # no custom op for it: a graph break, run eagerly
+        use_cpp = backend != "fused_py" and _cpp_can_run(x)
+        kernels = (cpp_kernels(required=backend == "fused_cpp") if use_cpp else None) or loops
+        return torch.compiler.disable(partial(fused.run_layer, kernels=kernels))
+    if backend == "auto" and not recording and _native_can_run(cell, x, batch_sizes, projected):
         return native.run_layer
     return partial(library.run_layer, kernels="fused" if backend == "auto" else backend)

@@ -379,6 +379,10 @@ def run_layer(cell: CellSpec, x: Tensor, batch_sizes: list[int], state0: State,
               ) -> tuple[Tensor, State, Trace | None]:
     """:func:`lstmkit.ops.reference.run_layer` with hand-derived BPTT, using ``kernels``
     (the C++ extension or :mod:`lstmkit.ops.loops`) for the recurrence."""
+    if cell.option("layer_norm"):                  # LN-LSTM / LN-GRU: their own Functions
+        from . import fused_ln
+        return fused_ln.run_layer(cell, x, batch_sizes, state0, w, reverse=reverse,
+                                  record=record, kernels=fused_ln.kernels_for(kernels))
     gates = c = None
     h_drop, zone_h, zone_c = (None if m is None else m.contiguous()
                               for m in (masks or StepMasks()))
