@@ -471,10 +471,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"time the reference loop: auto = only if T·B·H <= "
                              f"{REFERENCE_LIMIT}")
     parser.add_argument("--json", metavar="PATH", type=Path, help="write all numbers here")
+    parser.add_argument("--variants", action="store_true",
+                        help="instead: every variant's fused path (Greff ablations, layer "
+                             "norm, regularisers, Clockwork, Depth-Gated) against the plain "
+                             "fused LSTM of the same size")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the benchmark the parsed options describe, print the table, write the JSON."""
+    if args.variants:
+        return _run_variants(args)
     configs = select_configs(args.quick, args.only)
     if not configs:
         names = ", ".join(c.name for c in (QUICK if args.quick else MATRIX))
@@ -492,5 +498,23 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _run_variants(args: argparse.Namespace) -> int:
+    from . import bench_variants as bv
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"fused forward+backward, training mode, backend={args.backend}, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats}, interleaved with "
+          "the plain lstmkit.LSTM of the same size")
+    print(bv.HEADER, flush=True)
+    rows = bv.bench_variants(backend=args.backend, repeats=args.repeats, only=args.only,
+                             on_row=lambda r: print(bv.format_row(r), flush=True))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"meta": environment(args.backend, args.repeats),
+                                         "variants": rows}, indent=1) + "\n")
         print(f"wrote {args.json}")
     return 0

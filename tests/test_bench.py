@@ -102,3 +102,14 @@ def test_cli_bench(capsys, monkeypatch, tmp_path):
     data = json.loads(path.read_text())
     assert data["meta"]["threads"] >= 1 and data["meta"]["torch"]
     assert data["results"][0]["impls"]["lstmkit"]["max_err"] < 1e-5
+
+
+def test_variant_rows_time_each_variant_against_the_plain_lstm():
+    from lstmkit import bench_variants as bv
+    rows = bv.bench_variants(sizes=((6, 2, 8),), backend="fused_py", repeats=1,
+                             only="depth-gated")
+    assert [r["variant"] for r in rows] == ["Depth-Gated LSTM (2 layers)"]
+    r = rows[0]
+    assert r["layers"] == 2 and r["fb_ms"] > 0 and r["plain_fb_ms"] > 0
+    assert r["ratio"] == pytest.approx(r["fb_ms"] / r["plain_fb_ms"])
+    assert "Depth-Gated" in bv.format_row(r)
