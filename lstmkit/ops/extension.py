@@ -42,6 +42,8 @@ def disabled() -> bool:
 def _build_name(name: str) -> str:
     digest = hashlib.sha256()
     digest.update((CSRC / f"{name}.cpp").read_bytes())
+    for header in sorted(CSRC.glob("*.h")):          # shared by every extension
+        digest.update(header.read_bytes())
     digest.update(" ".join(CFLAGS).encode())
     digest.update(platform.machine().encode())
     digest.update(_cpu_flags().encode())            # -march=native differs by CPU

@@ -8,91 +8,11 @@
 // Buffers are row-major and contiguous. N = Σ batch_sizes rows, B = batch_sizes[0],
 // H hidden size, G = 5 gate blocks i|f|g|o|d (4 for the lowest layer: no depth gate).
 
-#include <torch/extension.h>
-
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <vector>
+#include "common.h"
 
 namespace {
 
-using at::Tensor;
-using Rows = std::vector<std::pair<int64_t, int64_t>>;      // (first row, active rows)
 
-// float exp: x = k·ln2 + r, degree-6 polynomial in r (Cephes expf coefficients); written
-// without branches so that the pointwise loops vectorise.
-inline float exp_fast(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float k = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-inline float sigmoid(float x) { return 1.0f / (1.0f + exp_fast(-x)); }
-inline float tanh_(float x) { return 2.0f / (1.0f + exp_fast(-2.0f * x)) - 1.0f; }
-inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-inline double tanh_(double x) { return std::tanh(x); }
-
-extern "C" {
-void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*,
-            const float*, const int*, const float*, const int*, const float*, float*,
-            const int*) __attribute__((weak));
-void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*,
-            const double*, const int*, const double*, const int*, const double*, double*,
-            const int*) __attribute__((weak));
-}
-
-// Column-major BLAS: C (m×n) = op(A)·op(B) + beta·C.
-inline void gemm(char ta, char tb, int m, int n, int k, const float* A, int lda, const float* B,
-                 int ldb, float beta, float* C, int ldc) {
-  const float one = 1.0f;
-  sgemm_(&ta, &tb, &m, &n, &k, &one, A, &lda, B, &ldb, &beta, C, &ldc);
-}
-inline void gemm(char ta, char tb, int m, int n, int k, const double* A, int lda,
-                 const double* B, int ldb, double beta, double* C, int ldc) {
-  const double one = 1.0;
-  dgemm_(&ta, &tb, &m, &n, &k, &one, A, &lda, B, &ldb, &beta, C, &ldc);
-}
-
-// Row-major C (m×n) = beta·C + A (m×k) · Wᵀ, W stored (n×k).
-template <typename T>
-void gemm_awt(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* W, T beta,
-              T* C, int64_t ldc) {
-  if (m > 0) gemm('T', 'N', n, m, k, W, k, A, lda, beta, C, ldc);
-}
-// Row-major C (m×n) = beta·C + A (m×k) · W, W stored (k×n).
-template <typename T>
-void gemm_aw(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* W, T beta,
-             T* C, int64_t ldc) {
-  if (m > 0) gemm('N', 'N', n, m, k, W, n, A, lda, beta, C, ldc);
-}
-
-Rows step_rows(const std::vector<int64_t>& batch_sizes, bool reverse) {
-  Rows rows;
-  int64_t offset = 0;
-  for (int64_t n : batch_sizes) {
-    rows.emplace_back(offset, n);
-    offset += n;
-  }
-  if (reverse) std::reverse(rows.begin(), rows.end());
-  return rows;
-}
-
-template <typename T>
-const T* ptr_or_null(const c10::optional<Tensor>& t) {
-  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
-}
 
 // ---- forward --------------------------------------------------------------------------
 // One step's pointwise update of n rows: a (n, G·H) pre-activations in, activations out.

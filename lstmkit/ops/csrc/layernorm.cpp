@@ -9,85 +9,21 @@
 // Row statistics: mean, then the biased variance of the deviations (two passes), and
 // rstd = 1/sqrt(var + ε) with ε = 1e-5 (cells/layernorm.py EPS).
 
-#include <torch/extension.h>
-
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <vector>
+#include "common.h"
 
 namespace {
 
-using at::Tensor;
-using Rows = std::vector<std::pair<int64_t, int64_t>>;      // (first row, active rows)
-
 constexpr double kEps = 1e-5;
 
-// ---- activations: float via a branch-free exp (range reduction + degree-6 polynomial,
-// ≈1 ulp) so that loops over it vectorise; double via libm -------------------------------
-inline float exp_fast(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  const float k = std::floor(x * 1.44269504088896341f + 0.5f);
-  float r = x - k * 0.693359375f;
-  r = r + k * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-inline float sigmoid(float x) { return 1.0f / (1.0f + exp_fast(-x)); }
-inline float tanh_(float x) { return 2.0f / (1.0f + exp_fast(-2.0f * x)) - 1.0f; }
-inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-inline double tanh_(double x) { return std::tanh(x); }
-
-// ---- row-major GEMMs into the BLAS that torch links (weak: absent → module refuses) -----
-extern "C" {
-void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*,
-            const float*, const int*, const float*, const int*, const float*, float*,
-            const int*) __attribute__((weak));
-void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*,
-            const double*, const int*, const double*, const int*, const double*, double*,
-            const int*) __attribute__((weak));
-}
-inline void blas(char ta, char tb, int m, int n, int k, float beta, const float* A, int lda,
-                 const float* B, int ldb, float* C, int ldc) {
-  const float one = 1.0f;
-  sgemm_(&ta, &tb, &m, &n, &k, &one, A, &lda, B, &ldb, &beta, C, &ldc);
-}
-inline void blas(char ta, char tb, int m, int n, int k, double beta, const double* A, int lda,
-                 const double* B, int ldb, double* C, int ldc) {
-  const double one = 1.0;
-  dgemm_(&ta, &tb, &m, &n, &k, &one, A, &lda, B, &ldb, &beta, C, &ldc);
-}
-// C (m×n) = beta·C + A (m×k) · Wᵀ, W stored (n×k).
+// C (m×n) = beta·C + A (m×k) · Wᵀ, W stored (n×k); all dense.
 template <typename T>
 void gemm_abt(int64_t m, int64_t n, int64_t k, const T* A, const T* W, T beta, T* C) {
-  if (m > 0) blas('T', 'N', n, m, k, beta, W, k, A, k, C, n);
+  gemm_abt<T>(m, n, k, A, k, W, k, beta, C, n);
 }
-// C (m×n) = beta·C + A (m×k) · W, W stored (k×n).
+// C (m×n) = beta·C + A (m×k) · W, W stored (k×n); all dense.
 template <typename T>
 void gemm_ab(int64_t m, int64_t n, int64_t k, const T* A, const T* W, T beta, T* C) {
-  if (m > 0) blas('N', 'N', n, m, k, beta, W, n, A, k, C, n);
-}
-
-Rows step_rows(const std::vector<int64_t>& batch_sizes, bool reverse) {
-  Rows rows;
-  int64_t offset = 0;
-  for (int64_t n : batch_sizes) {
-    rows.emplace_back(offset, n);
-    offset += n;
-  }
-  if (reverse) std::reverse(rows.begin(), rows.end());
-  return rows;
+  gemm_ab<T>(m, n, k, A, k, W, n, beta, C, n);
 }
 
 // (μ, 1/σ) of v[0..D): mean, then the biased variance of the deviations.
