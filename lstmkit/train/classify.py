@@ -40,7 +40,7 @@ from ..data.ucr import (
     stratified_split,
 )
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import RunConfig
+from .config import SequenceTaskConfig
 from .loop import TrainerBase, load_run, resume_run_config
 from .model import build_recurrent
 from .progress import Progress
@@ -50,7 +50,7 @@ RESUMABLE = ("steps", "eval_every", "log_every", "quiet")
 
 
 @dataclass
-class ClassifyConfig(RunConfig):
+class ClassifyConfig(SequenceTaskConfig):
     """Everything that decides a classification run (saved as ``config.json``)."""
 
     # data
@@ -58,30 +58,8 @@ class ClassifyConfig(RunConfig):
     test: str | None = None                # test file
     dataset: str = "GunPoint"              # built-in set when no files are given
     val_fraction: float = 0.2              # of the training cases, stratified, for checkpoints
-    # model
-    cell: str = "lstm"
-    peephole: bool = False
-    coupled: bool = False
-    layers: int = 1
-    hidden: int = 64
-    dropout: float = 0.0
     bidirectional: bool = False
-    pool: str = "last"
-    backend: str = "auto"
-    # optimisation
-    steps: int = 500
-    batch: int = 32
-    lr: float = 3e-3
-    lr_schedule: str = "cosine"
-    warmup: int = 20
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    clip: float = 1.0
-    seed: int = 0
-    # reporting
-    eval_every: int | None = None          # default: 20 validations per run
-    log_every: int = 20
-    quiet: bool = False
+    pool: str = "last"                     # class scores from the last state or the mean
 
     def __post_init__(self) -> None:
         self.validate()

@@ -50,6 +50,35 @@ class RunConfig:
 
 
 @dataclass
+class SequenceTaskConfig(RunConfig):
+    """The model and optimisation fields that ``forecast`` and ``classify`` share (their
+    own data fields follow in the subclasses)."""
+
+    # model
+    cell: str = "lstm"
+    peephole: bool = False
+    coupled: bool = False
+    layers: int = 1
+    hidden: int = 64
+    dropout: float = 0.0
+    backend: str = "auto"
+    # optimisation
+    steps: int = 500
+    batch: int = 32                        # windows or sequences per step, all processes
+    lr: float = 3e-3
+    lr_schedule: str = "cosine"
+    warmup: int = 20
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    seed: int = 0
+    # reporting
+    eval_every: int | None = None          # default: 20 validations per run
+    log_every: int = 20
+    quiet: bool = False
+
+
+@dataclass
 class TrainConfig(RunConfig):
     """Everything that decides a run. Defaults: the README's main job, a one-layer
     character LSTM on the built-in corpus that trains in a few minutes on 2 cores."""

@@ -51,7 +51,7 @@ from ..data.series import (
     windows,
 )
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import RunConfig
+from .config import SequenceTaskConfig
 from .loop import TrainerBase, load_run, resume_run_config
 from .model import build_recurrent
 from .progress import Progress
@@ -60,7 +60,7 @@ RESUMABLE = ("steps", "eval_every", "log_every", "quiet", "classical")
 
 
 @dataclass
-class ForecastConfig(RunConfig):
+class ForecastConfig(SequenceTaskConfig):
     """Everything that decides a forecasting run (saved as ``config.json``). ``None``
     fields are resolved from the series by :meth:`resolved`."""
 
@@ -78,29 +78,8 @@ class ForecastConfig(RunConfig):
     val_windows: int | None = None         # validation origins before the backtest (H)
     relative: bool = True                  # predict the change from the last value
     log: bool = False                      # model log y (positive series only)
-    # model
-    cell: str = "lstm"
-    peephole: bool = False
-    coupled: bool = False
-    layers: int = 1
-    hidden: int = 64
-    dropout: float = 0.0
-    backend: str = "auto"
-    # optimisation
-    steps: int = 600
-    batch: int = 32                        # windows per step, over all processes
-    lr: float = 3e-3
-    lr_schedule: str = "cosine"
-    warmup: int = 20
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    clip: float = 1.0
-    seed: int = 0
-    # reporting
-    eval_every: int | None = None          # default: 20 validations per run
-    log_every: int = 20
-    quiet: bool = False
     classical: bool = False                # also ARIMA and ETS (statsmodels) in the report
+    steps: int = 600                       # (the model and optimisation fields: see the base)
 
     def __post_init__(self) -> None:
         self.features = [str(f) for f in self.features]
