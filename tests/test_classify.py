@@ -191,3 +191,29 @@ def test_cli_classify(tmp_path, capsys):
     assert "test accuracy" in out and "confusion matrix" in out
     assert main(["classify", "--dataset", "Nope", "--out", str(tmp_path / "x")]) == 2
     assert "dataset must be one of" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_match_one(tmp_path):
+    """The shared trainer's data parallelism: 2 processes, each half the batch, end with
+    the weights of 1 process taking the whole batch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from lstmkit.train import load_checkpoint
+    root = Path(__file__).resolve().parents[1]
+    train, test = toy_sets(tmp_path)
+    args = ["-m", "lstmkit.cli", "classify", "--train", str(train), "--test", str(test),
+            "--hidden", "8", "--steps", "6", "--batch", "8", "--quiet"]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, cwd=root, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, cwd=root, timeout=300)
+    assert two.returncode == 0, two.stderr
+    a = load_checkpoint(tmp_path / "one/checkpoints/last.pt")
+    b = load_checkpoint(tmp_path / "two/checkpoints/last.pt")
+    assert b["world_size"] == 2 and a["step"] == b["step"] == 6
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-4, atol=1e-5)
