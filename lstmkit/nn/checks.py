@@ -137,22 +137,29 @@ def prepare_hx(
     return tuple(out)
 
 
-def check_variant_kwargs(name: str, kwargs: dict) -> None:
-    """GRU and RNN get no LSTM-only keyword; say why rather than a bare TypeError."""
-    why = {
-        "proj_size": "projections (h_t = W_hr h_t) are only defined for LSTM, as in torch.nn",
-        "coupled": "coupling f_t = 1 - i_t needs an input and a forget gate, which only LSTM has",
-        "peephole": "peepholes connect the cell state c_t to the gates, and only LSTM has a "
-                    "cell state",
-        "reset_after": "reset_after chooses where the GRU's reset gate applies; other cells "
-                       "have no reset gate",
-        "nonlinearity": "nonlinearity is the activation of the plain RNN; gated cells use "
-                        "sigmoid and tanh",
-    }
+_WHY_NOT = {
+    "proj_size": "projections (h_t = W_hr h_t) are only defined for LSTM, as in torch.nn",
+    "coupled": "coupling f_t = 1 - i_t needs an input and a forget gate, which only LSTM has",
+    "peephole": "peepholes connect the cell state c_t to the gates, and only LSTM has a "
+                "cell state",
+    "reset_after": "reset_after chooses where the GRU's reset gate applies; other cells "
+                   "have no reset gate",
+    "nonlinearity": "nonlinearity is the activation of the plain RNN; gated cells use "
+                    "sigmoid and tanh",
+}
+_NEUTRAL = {"proj_size": 0, "coupled": False, "peephole": False}
+
+
+def check_variant_kwargs(name: str, kwargs: dict, why: dict[str, str] | None = None,
+                         neutral: dict[str, object] | None = None) -> None:
+    """Keywords of other cells that a module does not take: say why (``why``: keyword →
+    reason) rather than a bare TypeError; a keyword at its ``neutral`` value is harmless."""
+    why = _WHY_NOT if why is None else why
+    neutral = _NEUTRAL if neutral is None else neutral
     for key, value in kwargs.items():
-        if key in why:
-            if key in ("proj_size", "coupled", "peephole") and not value:
-                continue                         # the neutral value is harmless
-            raise ValueError(f"{name} does not support {key}={value!r}: {why[key]}")
-        raise TypeError(f"{name}() got an unexpected keyword argument {key!r}")
+        if key not in why:
+            raise TypeError(f"{name}() got an unexpected keyword argument {key!r}")
+        if key in neutral and value == neutral[key]:
+            continue                             # the neutral value is harmless
+        raise ValueError(f"{name} does not support {key}={value!r}: {why[key]}")
 

@@ -70,7 +70,7 @@ class ClockworkRNN(RecurrentBase):
         backend: str = "auto",
         **unsupported: object,
     ) -> None:
-        _check_unsupported(unsupported)
+        checks.check_variant_kwargs("ClockworkRNN", unsupported, _UNSUPPORTED, _NEUTRAL)
         self.periods = _resolve_periods(periods, num_modules, hidden_size)
         if backend == "fused_cpp" and not fused_clockwork.is_divisor_chain(self.periods):
             raise ValueError("ClockworkRNN: backend='fused_cpp' needs periods that each "
@@ -156,15 +156,6 @@ _UNSUPPORTED = {
                    "RNN has no reset gate",
 }
 _NEUTRAL = {"nonlinearity": "tanh", "proj_size": 0, "peephole": False, "coupled": False}
-
-
-def _check_unsupported(kwargs: dict) -> None:
-    for key, value in kwargs.items():
-        if key not in _UNSUPPORTED:
-            raise TypeError(f"ClockworkRNN() got an unexpected keyword argument {key!r}")
-        if key not in _NEUTRAL or value != _NEUTRAL[key]:
-            raise ValueError(f"ClockworkRNN does not support {key}={value!r}: "
-                             f"{_UNSUPPORTED[key]}")
 
 
 def _resolve_periods(periods: object, num_modules: object, hidden_size: object

@@ -65,12 +65,7 @@ class DepthGatedLSTM(RecurrentBase):
         backend: str = "auto",
         **unsupported: object,
     ) -> None:
-        for key, value in unsupported.items():
-            if key not in _UNSUPPORTED:
-                raise TypeError(f"DepthGatedLSTM() got an unexpected keyword argument {key!r}")
-            if value:
-                raise ValueError(f"DepthGatedLSTM does not support {key}={value!r}: "
-                                 f"{_UNSUPPORTED[key]}")
+        checks.check_variant_kwargs("DepthGatedLSTM", unsupported, _UNSUPPORTED)
         super().__init__(depth_gated_spec(), input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, 0, device, dtype,
                          backend=backend)
