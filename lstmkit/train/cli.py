@@ -16,6 +16,18 @@ EXIT_ERROR, EXIT_DIVERGED = 2, 1
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
 
+def add_schedule_options(opt: argparse._ArgumentGroup, *, lr: float, warmup: int) -> None:
+    """The learning-rate schedule, clipping and seed options every trainer takes
+    (``lr`` and ``warmup``: the defaults shown in the help)."""
+    S = argparse.SUPPRESS
+    opt.add_argument("--lr", type=positive_float, default=S, help=f"peak learning rate ({lr})")
+    opt.add_argument("--lr-schedule", choices=["cosine", "constant"], default=S)
+    opt.add_argument("--warmup", type=int, default=S, help=f"linear warm-up steps ({warmup})")
+    opt.add_argument("--clip", type=float, default=S, help="gradient-norm clip, 0 = off (1.0)")
+    opt.add_argument("--weight-decay", type=float, default=S)
+    opt.add_argument("--seed", type=int, default=S)
+
+
 def add_parsers(sub) -> None:
     from ..nn.lstm import GREFF_VARIANTS
     S = argparse.SUPPRESS                      # only options given appear in the namespace
@@ -58,12 +70,7 @@ def add_parsers(sub) -> None:
     length.add_argument("--steps", type=positive_int, default=S, help="optimizer steps (1500)")
     length.add_argument("--epochs", type=positive_float, default=S,
                         help="passes over the training data, instead of --steps")
-    opt.add_argument("--lr", type=positive_float, default=S, help="peak learning rate")
-    opt.add_argument("--lr-schedule", choices=["cosine", "constant"], default=S)
-    opt.add_argument("--warmup", type=int, default=S, help="linear warm-up steps (50)")
-    opt.add_argument("--clip", type=float, default=S, help="gradient-norm clip, 0 = off (1.0)")
-    opt.add_argument("--weight-decay", type=float, default=S)
-    opt.add_argument("--seed", type=int, default=S)
+    add_schedule_options(opt, lr=3e-3, warmup=50)
     run = train.add_argument_group("run")
     run.add_argument("--out", metavar="RUN_DIR", type=Path,
                      help="run directory (default runs/<cell>-<date>-<time>)")

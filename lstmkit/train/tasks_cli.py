@@ -8,11 +8,11 @@ import csv
 import sys
 from pathlib import Path
 
-from .._args import fraction, positive_float, positive_int
+from .._args import fraction, positive_int
 from ..data.series import BUILTIN_SERIES
 from ..data.ucr import BUILTIN_SETS
 from .checkpoint import CheckpointError
-from .cli import _error, run_job
+from .cli import _error, add_schedule_options, run_job
 
 S = argparse.SUPPRESS                          # only options given appear in the namespace
 
@@ -40,12 +40,7 @@ def _run_options(parser: argparse.ArgumentParser, steps: int, unit: str) -> None
     opt.add_argument("--steps", type=positive_int, default=S, help=f"optimizer steps ({steps})")
     opt.add_argument("--batch", type=positive_int, default=S,
                      help=f"{unit} per step, over all processes (32)")
-    opt.add_argument("--lr", type=positive_float, default=S, help="peak learning rate (3e-3)")
-    opt.add_argument("--lr-schedule", choices=["cosine", "constant"], default=S)
-    opt.add_argument("--warmup", type=int, default=S, help="linear warm-up steps (20)")
-    opt.add_argument("--clip", type=float, default=S, help="gradient-norm clip, 0 = off (1.0)")
-    opt.add_argument("--weight-decay", type=float, default=S)
-    opt.add_argument("--seed", type=int, default=S)
+    add_schedule_options(opt, lr=3e-3, warmup=20)
     run = parser.add_argument_group("run")
     run.add_argument("--out", metavar="RUN_DIR", type=Path,
                      help="run directory (default runs/<name>-<date>-<time>)")
