@@ -457,17 +457,27 @@ struct Scratch {
   int64_t H;
 };
 
+// A variant's flags as 0/1 weights: x = k·a + (1 − k)·b is exactly a or b, and plain
+// arithmetic keeps the pointwise loops vectorised (GCC does not vectorise them with runtime
+// ternaries); and the peephole block of each gate (zeros where it has none).
+template <typename T>
+struct VariantWeights {
+  T k_i, k_f, k_o, k_g, k_c, k_cpl;
+  const T *p_i, *p_f, *p_o;
+};
+
+template <typename T>
+VariantWeights<T> variant_weights(const Variant& v, const T* peep, int64_t H, const T* zeros) {
+  auto peep_of = [&](int64_t k) { return peep ? block(peep, k, H, zeros) : zeros; };
+  return {T(v.has_i), T(v.has_f), T(v.has_o), T(v.act_g), T(v.act_c), T(v.coupled),
+          peep_of(v.peep_i), peep_of(v.peep_f), peep_of(v.peep_o)};
+}
+
 template <typename T>
 void lstm_variant_pointwise(int64_t n, int64_t H, const Variant& v, T* a, T* c_carry, T* c_out,
                             T* m_out, int64_t ldm, const T* peep, T* q, Scratch<T>& s) {
-  // the flags as 0/1 weights: x = k·a + (1 − k)·b is exactly a or b, and plain arithmetic
-  // keeps the loop vectorised (GCC does not vectorise it with runtime ternaries)
-  const T k_i = v.has_i, k_f = v.has_f, k_o = v.has_o, k_g = v.act_g, k_c = v.act_c;
-  const T k_cpl = v.coupled;
-  const T* z = s.zeros.data();
-  const T* p_i = peep ? block(peep, v.peep_i, H, z) : z;
-  const T* p_f = peep ? block(peep, v.peep_f, H, z) : z;
-  const T* p_o = peep ? block(peep, v.peep_o, H, z) : z;
+  const auto [k_i, k_f, k_o, k_g, k_c, k_cpl, p_i, p_f, p_o] =
+      variant_weights<T>(v, peep, H, s.zeros.data());
   for (int64_t b = 0; b < n; ++b) {
     T* ab = a + b * v.G * H;
     T* a_i = block(ab, v.col_i, H, s.sink_at(0));
@@ -514,14 +524,9 @@ void lstm_variant_pointwise_backward(int64_t n, int64_t H, const Variant& v, con
                                      const T* c, const T* c_prev, const T* dm, int64_t lddm,
                                      T* dc_carry, const T* dq, T* dA, const T* peep,
                                      Scratch<T>& s) {
-  // the flags as 0/1 weights: x = k·a + (1 − k)·b is exactly a or b, and plain arithmetic
-  // keeps the loop vectorised (GCC does not vectorise it with runtime ternaries)
-  const T k_i = v.has_i, k_f = v.has_f, k_o = v.has_o, k_g = v.act_g, k_c = v.act_c;
-  const T k_cpl = v.coupled;
+  const auto [k_i, k_f, k_o, k_g, k_c, k_cpl, p_i, p_f, p_o] =
+      variant_weights<T>(v, peep, H, s.zeros.data());
   const T* z = s.zeros.data();
-  const T* p_i = peep ? block(peep, v.peep_i, H, z) : z;
-  const T* p_f = peep ? block(peep, v.peep_f, H, z) : z;
-  const T* p_o = peep ? block(peep, v.peep_o, H, z) : z;
   for (int64_t b = 0; b < n; ++b) {
     const T* gb = gates + b * v.G * H;
     const T* i_ = block(gb, v.col_i, H, z);
