@@ -1,18 +1,31 @@
-"""What every cell shares: the weights of one layer and direction, and the cell spec.
+"""What every cell family declares once, and the registry of families.
 
 A *cell* is one time step of a recurrent network written as its equations:
-``step(x_t, state, w) -> (new_state, gates)``. ``state`` is a tuple whose first
+``step(x_t, state, w, *side) -> (new_state, gates)``. ``state`` is a tuple whose first
 entry is the output ``h_t`` of the step (``(h, c)`` for LSTM, ``(h,)`` otherwise);
-``gates`` maps gate names to their activations at this step, for recording.
-The time loops in ``lstmkit.ops`` run any cell over a sequence.
+``gates`` maps gate names to their activations at this step, for recording. This is the
+reference: ``lstmkit.ops.reference`` differentiates it by autograd.
+
+A family also declares, in the same file as its equations, its *fused* step: the pointwise
+forward and the hand-derived backward of one time step (:class:`FusedCell`, torch
+operations), which the one time loop of :mod:`lstmkit.ops.loops` runs, and the same pair in
+C++ (``lstmkit/ops/csrc/cells/<family>.h``) for the one C++ loop. Everything else — packed
+rows, both directions, recurrent dropout and zoneout, projections, recording, the chunked
+backward, the autograd Function, the ``torch.library`` custom op and the dispatch — is
+shared by every family (``lstmkit.ops``); adding a family adds nothing there.
+
+Flat layout (as a ``PackedSequence``): N = Σ batch_sizes rows, step t's rows after step
+t−1's; B = batch_sizes[0] sequences; H the hidden size; R the width of h (H, or P with a
+projection); G the number of H-wide gate blocks in the rows of W_ih.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 
@@ -22,8 +35,9 @@ class LayerWeights(NamedTuple):
     ``w_ih`` (G·H, I), ``w_hh`` (G·H, H or P), ``b_ih``/``b_hh`` (G·H,) or None,
     ``w_hr`` (P, H) with projections, ``peephole`` (3H,) or (2H,) for coupled LSTM.
     G is the number of gate blocks stacked in the rows (4 for LSTM i|f|g|o, 3 for
-    coupled LSTM i|g|o, 3 for GRU r|z|n, 1 for RNN). ``extra`` holds a variant's further
-    parameters, in the order of :attr:`CellSpec.extra_params`.
+    coupled LSTM i|g|o, 3 for GRU r|z|n, 1 for RNN). ``extra`` holds a family's further
+    parameters, in the order of :attr:`CellSpec.extra_params` (None where a parameter does
+    not exist in this layer, e.g. the depth gate of the lowest Depth-Gated layer).
     """
 
     w_ih: Tensor
@@ -32,43 +46,276 @@ class LayerWeights(NamedTuple):
     b_hh: Tensor | None = None
     w_hr: Tensor | None = None
     peephole: Tensor | None = None
-    extra: tuple[Tensor, ...] = ()
+    extra: tuple[Tensor | None, ...] = ()
+
+
+WEIGHT_FIELDS = ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "peephole")
 
 
 class ExtraParam(NamedTuple):
-    """A variant's parameter beyond torch.nn's layout; see :attr:`CellSpec.extra_params`."""
+    """A family's parameter beyond torch.nn's layout; see :attr:`CellSpec.extra_params`.
+
+    ``shape(H, I, R)`` gives its shape from the hidden size, the layer's input size and
+    the width of h; ``init`` its initial value ("uniform" as the other weights, "ones" or
+    "zeros"); ``present(layer, bias)`` whether layer ``layer`` has it (e.g. only layers
+    above the first, or only with ``bias=True``).
+    """
 
     name: str
     shape: Callable[[int, int, int], tuple[int, ...]]
-    init: str = "uniform"                  # "uniform" | "ones" | "zeros"
+    init: str = "uniform"
+    present: Callable[[int, bool], bool] = lambda layer, bias: True
 
+
+class StateSpec(NamedTuple):
+    """One carried state: its name and width as a function of (H, R)."""
+
+    name: str
+    width: Callable[[int, int], int]
+
+
+H_STATE = StateSpec("h", lambda H, R: R)
+C_STATE = StateSpec("c", lambda H, R: H)
 
 State = tuple[Tensor, ...]
 Gates = dict[str, Tensor]
-Step = Callable[[Tensor, State, LayerWeights], tuple[State, Gates]]
+Step = Callable[..., tuple[State, Gates]]
 
 
 @dataclass(frozen=True)
 class CellSpec:
-    """A configured cell: its step function and what the loops need to know about it.
+    """A configured cell: its equations, its fused step, and what the loops need to know.
 
     ``gate_rows`` names the row blocks of ``w_ih``/``w_hh`` in order; ``gates`` the
     activations a step reports (for coupled LSTM ``f`` is reported though it has no rows).
-    ``n_states`` is 2 for (h, c) and 1 for (h,). ``extra_params`` declares a variant's
-    further parameters per layer and direction, registered by the modules as
-    ``{name}_l{k}[_reverse]`` after the standard ones and passed to the step as
-    ``LayerWeights.extra``: each :class:`ExtraParam` gives its name, its shape as a
-    function of (hidden size H, layer input size I, recurrent input size R) and its
-    initial value ("uniform" as the other weights, "ones" or "zeros").
+    ``n_states`` is the number of states the module exposes (2 for (h, c), 1 for (h,));
+    ``states`` lists every carried state, the exposed ones first, then internal ones that
+    start at zero and are not returned (e.g. the previous gate activations of FGR).
+    ``extra_params`` declares a family's further parameters per layer and direction,
+    registered by the modules as ``{name}_l{k}[_reverse]`` after the standard ones.
+    ``options`` are the keywords that rebuild the spec with :func:`build`.
+
+    Capabilities: ``fused`` (None: the family has only the reference loop), ``native``
+    (torch's own LSTM kernel computes it), ``masks`` (recurrent dropout and zoneout take
+    effect inside its recurrence), ``projection`` (``proj_size`` allowed),
+    ``layer_link`` (the index of a state whose whole sequence a layer passes to the next
+    layer as a side input, e.g. the cell of a Depth-Gated LSTM), ``onnx`` (the name of the
+    ONNX operator that computes it, or None). ``layout_inputs(batch_sizes, reverse,
+    device)`` computes per-row side inputs from the layout (see :meth:`schedule`).
     """
 
-    family: str                  # "lstm" | "gru" | "rnn"
+    family: str
     step: Step
     gate_rows: tuple[str, ...]
     gates: tuple[str, ...]
     n_states: int
     options: tuple[tuple[str, object], ...] = ()
     extra_params: tuple[ExtraParam, ...] = ()
+    states: tuple[StateSpec, ...] = (H_STATE,)
+    fused: FusedCell | None = field(default=None, compare=False, hash=False)
+    native: bool = False
+    projection: bool = False
+    layer_link: int | None = None
+    onnx: str | None = None
+    layout_inputs: Callable[[list[int], bool, torch.device], list[Tensor]] | None = field(
+        default=None, compare=False, hash=False)
 
     def option(self, name: str, default: object = None) -> object:
         return dict(self.options).get(name, default)
+
+    @property
+    def key(self) -> str:
+        """The family and options as text (for the custom op and caches)."""
+        return f"{self.family}:{self.options!r}"
+
+    def schedule(self, batch_sizes: list[int], reverse: bool, device: torch.device
+                 ) -> list[Tensor]:
+        """Per-row side inputs the family computes from the layout alone (e.g. which
+        Clockwork modules tick at each row); they come before any other side input."""
+        return [] if self.layout_inputs is None else self.layout_inputs(batch_sizes, reverse,
+                                                                          device)
+
+
+# -- the fused step, in torch ------------------------------------------------------------------
+class ForwardStep:
+    """One time step of the fused forward, as :meth:`FusedCell.forward_step` sees it.
+
+    ``a`` (n, G·H): the input projection of this step's rows (biases folded as
+    :meth:`FusedCell.project` did); the step overwrites it with what its backward needs
+    (usually the gate activations). ``h_in`` (n, R): ĥ_{t-1}, the input of the recurrent
+    GEMMs (m ⊙ h_{t-1} with recurrent dropout). ``prev[k]`` (n, width_k): the states
+    before the step (never written). ``next[k]`` (n, width_k): where the step writes its
+    new states; ``next[0]`` is H wide (the cell output before the projection) when the
+    layer projects. ``saved``, ``side``: this step's rows of the family's saved buffers and
+    side inputs. ``w``: the family's loop weights (:meth:`FusedCell.loop_weights`).
+    """
+
+    __slots__ = ("a", "h_in", "prev", "next", "saved", "side", "w")
+
+    def __init__(self, a, h_in, prev, next, saved, side, w):
+        self.a, self.h_in, self.prev, self.next = a, h_in, prev, next
+        self.saved, self.side, self.w = saved, side, w
+
+
+class BackwardStep:
+    """One time step of the fused backward, as :meth:`FusedCell.backward_step` sees it.
+
+    ``gates`` (n, G·H): what the forward step left in ``a``; ``dA`` (n, G·H): where the
+    step writes ∂L/∂a (the gradient of the input projection's rows). ``dnext[k]``: ∂L/∂ of
+    the new state k as the step produced it (zoneout and the projection already undone:
+    ``dnext[0]`` is ∂L/∂m with a projection). ``next[k]``: the states after the step as
+    stored — after zoneout where ``zoned[k]`` (recompute a candidate from the gates if the
+    backward needs it). ``prev``, ``h_in``, ``saved``, ``side``, ``w`` as in
+    :class:`ForwardStep`; ``grads``: this step's rows of the family's gradient buffers.
+
+    :meth:`FusedCell.backward_step` returns ``(dprev, dh_in)``: ∂L/∂ of each previous
+    state through the step's direct paths (None: no direct path), and ∂L/∂ĥ_{t-1}, the
+    gradient through the recurrent GEMMs (the loop applies the dropout mask to it).
+    """
+
+    __slots__ = ("gates", "dA", "dnext", "next", "zoned", "prev", "h_in", "saved", "side",
+                 "w", "grads")
+
+    def __init__(self, gates, dA, dnext, next, zoned, prev, h_in, saved, side, w, grads):
+        self.gates, self.dA, self.dnext, self.next, self.zoned = gates, dA, dnext, next, zoned
+        self.prev, self.h_in, self.saved, self.side = prev, h_in, saved, side
+        self.w, self.grads = w, grads
+
+
+@dataclass
+class Chunk:
+    """The rows [r0, r1) of one backward chunk, for :meth:`FusedCell.chunk_grads`:
+    ``dA`` and the family's gradient buffers of these rows, and the forward's tensors
+    sliced to them (``prev[k]`` the states each row started from, ``h_in`` ĥ_{t-1})."""
+
+    r0: int
+    r1: int
+    x: Tensor
+    dA: Tensor
+    grads: list[Tensor]
+    gates: Tensor
+    seqs: list[Tensor]
+    prev: list[Tensor]
+    h_in: Tensor
+    saved: list[Tensor]
+    side: list[Tensor]
+    zoned: tuple[bool, ...]
+
+
+class Grads:
+    """Gradient accumulators of one layer call: ``dx`` (written by rows), ``w`` the
+    parameter gradients by :data:`WEIGHT_FIELDS` name and ``extra`` by index, ``side``
+    the side inputs'. An entry is None where no gradient is wanted; :meth:`add` sums."""
+
+    def __init__(self, dx: Tensor | None, w: dict[str, Tensor | None],
+                 extra: list[Tensor | None], side: list[Tensor | None]):
+        self.dx, self.w, self.extra, self.side = dx, w, extra, side
+
+    def add(self, name: str, value: Tensor) -> None:
+        if self.w.get(name) is not None:
+            self.w[name] += value
+
+    def add_extra(self, k: int, value: Tensor) -> None:
+        if self.extra[k] is not None:
+            self.extra[k] += value
+
+
+class FusedCell:
+    """A family's fused step in torch, and the chunk-level parts of its BPTT.
+
+    The defaults fit a cell whose pre-activations are ``a_t = x_t W_ihᵀ + b_ih + b_hh +
+    ĥ_{t-1} W_hhᵀ`` (LSTM, RNN): the input projection is one GEMM for all steps, and the
+    weight gradients are ``dW_ih = dAᵀ x``, ``dW_hh = dAᵀ Ĥ_prev``, ``db = Σ dA``,
+    ``dx = dA W_ih``. A family overrides what differs. The C++ functor of the family
+    (``csrc/cells/<family>.h``) implements the same two steps with the same buffers.
+    """
+
+    #: the C++ name of the family (``csrc/cells/<name>.h``); None: no C++ kernel
+    cpp: str | None = None
+    #: the forward writes h_t into ``a`` as well, so the output may share its buffer
+    output_in_gates: bool = False
+
+    # -- per call ---------------------------------------------------------------------------
+    def project(self, spec: CellSpec, x: Tensor, w: LayerWeights, side: list[Tensor]
+                ) -> tuple[Tensor, tuple]:
+        """The input side of every step at once: returns ``a`` (N, G·H) and what
+        :meth:`chunk_grads` needs of this computation."""
+        b = None if w.b_ih is None else w.b_ih + w.b_hh
+        xw = torch.mm(x, w.w_ih.t()) if b is None else torch.addmm(b, x, w.w_ih.t())
+        return xw, ()
+
+    def loop_weights(self, spec: CellSpec, w: LayerWeights) -> list[Tensor | None]:
+        """The tensors the step uses at every step, contiguous, in the order the C++
+        functor reads them."""
+        return [w.w_hh.contiguous()]
+
+    def saved_buffers(self, spec: CellSpec, a: Tensor, H: int) -> list[Tensor]:
+        """Per-row buffers the forward step fills for the backward (beside ``a``)."""
+        return []
+
+    def grad_buffers(self, spec: CellSpec, rows: int, like: Tensor, H: int,
+                     side: list[Tensor]) -> list[Tensor]:
+        """Per-row buffers the backward step fills for :meth:`chunk_grads`."""
+        return []
+
+    def cpp_options(self, spec: CellSpec) -> list[float]:
+        """The options as numbers, in the order the C++ functor reads them."""
+        return []
+
+    # -- per step ---------------------------------------------------------------------------
+    def forward_step(self, spec: CellSpec, s: ForwardStep) -> None:
+        raise NotImplementedError
+
+    def backward_step(self, spec: CellSpec, s: BackwardStep
+                      ) -> tuple[list[Tensor | None], Tensor | None]:
+        raise NotImplementedError
+
+    # -- per backward chunk -------------------------------------------------------------------
+    def chunk_grads(self, spec: CellSpec, c: Chunk, w: LayerWeights, aux: tuple,
+                    g: Grads) -> None:
+        """Add this chunk's part of every gradient that sums over rows (and write ``dx``
+        of its rows)."""
+        self.input_grads(c, w, c.dA, g)
+        if g.w["w_hh"] is not None:
+            g.w["w_hh"].addmm_(c.dA.t(), c.h_in)
+
+    @staticmethod
+    def input_grads(c: Chunk, w: LayerWeights, dA: Tensor, g: Grads,
+                    b_hh: bool = True) -> None:
+        """dx = dA W_ih, dW_ih += dAᵀ x, db_ih += Σ dA (and db_hh: both biases folded)."""
+        if g.dx is not None:
+            torch.mm(dA, w.w_ih, out=g.dx[c.r0:c.r1])
+        if g.w["w_ih"] is not None:
+            g.w["w_ih"].addmm_(dA.t(), c.x)
+        if g.w["b_ih"] is not None or (b_hh and g.w["b_hh"] is not None):
+            db = dA.sum(0)
+            g.add("b_ih", db)
+            if b_hh:
+                g.add("b_hh", db)
+
+    def trace_gates(self, spec: CellSpec, gates: Tensor, H: int) -> dict[str, Tensor]:
+        """The recorded gate activations of one step's rows of the saved ``gates``."""
+        if not spec.gates:
+            return {}
+        return dict(zip(spec.gate_rows, gates.split(H, dim=1)))
+
+
+# -- the registry ------------------------------------------------------------------------------
+_FAMILIES: dict[str, Callable[..., CellSpec]] = {}
+
+
+def register(family: str, build_spec: Callable[..., CellSpec]) -> Callable[..., CellSpec]:
+    """Declare a family: ``build_spec(**options)`` returns its :class:`CellSpec`."""
+    _FAMILIES[family] = build_spec
+    return build_spec
+
+
+def families() -> tuple[str, ...]:
+    return tuple(_FAMILIES)
+
+
+def build(family: str, options: tuple[tuple[str, object], ...] | dict) -> CellSpec:
+    """The spec of ``family`` with ``options`` (as in :attr:`CellSpec.options`)."""
+    if family not in _FAMILIES:
+        raise ValueError(f"unknown cell family {family!r}; registered: {', '.join(_FAMILIES)}")
+    return _FAMILIES[family](**dict(options))

@@ -17,34 +17,64 @@ ones. ``W_ih`` is full. :func:`clockwork_mask` is that block structure as a 0/1 
 Time index: the paper writes the rule as ``t mod T_i = 0`` without fixing where t starts.
 Here the clock counts each sequence's own steps from **t = 0**, so the first step updates
 every module (each module sees an input before it is first held), and module i is next
-updated at steps T_i, 2·T_i, ….
+updated at steps T_i, 2·T_i, …. Going backward (the reverse direction of a bidirectional
+layer) the clock counts the steps of the reversed sequence, so a sequence of length L has
+clock L − 1 − t at flat step t; rows of one step may then be on different clocks.
+
+The family computes, from the layout alone, which modules tick at each row (a side input
+(N, g), :func:`module_clocks`). BPTT of one step (:class:`ClockworkFused`), with dh =
+∂L/∂h_t and ``act`` the active units::
+
+    da[act] = dh[act] ⊙ (1 − h_t[act]²)     (da = 0 on held units)
+    ∂L/∂h_{t-1} (direct) = dh ⊙ [unit held],    ∂L/∂ĥ_{t-1} = da W_hh
+
+The C++ step computes only the rows of W_hh up to the last active module of the step (all
+of them when the periods divide each other, as the exponential ones: then the active
+modules are always the first m).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import CellSpec, Gates, LayerWeights, State
+from .base import BackwardStep, CellSpec, ForwardStep, FusedCell, Gates, LayerWeights, State, \
+    register
 
 
-def clockwork_step(x_t: Tensor, state: State, w: LayerWeights, *, active: Tensor
-                   ) -> tuple[State, Gates]:
-    """One step; ``active`` (B, H) bool marks the units whose module's clock has come.
-    ``w.w_hh`` must already be masked block-upper-triangular (see :func:`clockwork_mask`)."""
+def clockwork_step(x_t: Tensor, state: State, w: LayerWeights, ticking: Tensor, *,
+                   h_in: Tensor | None = None) -> tuple[State, Gates]:
+    """One step; ``ticking`` (B, g) bool marks the modules whose clock has come. ``w.w_hh``
+    must already be masked block-upper-triangular (see :func:`clockwork_mask`)."""
     (h_prev,) = state                                                      # (B, H)
-    a = F.linear(x_t, w.w_ih, w.b_ih) + F.linear(h_prev, w.w_hh, w.b_hh)   # (B, H)
+    h_in = h_prev if h_in is None else h_in
+    a = F.linear(x_t, w.w_ih, w.b_ih) + F.linear(h_in, w.w_hh, w.b_hh)     # (B, H)
+    active = unit_mask(ticking, h_prev.shape[1])
     h_t = torch.where(active, torch.tanh(a), h_prev)
     return (h_t,), {}
 
 
-def active_units(ticks: Tensor, periods: Sequence[int], module_size: int) -> Tensor:
-    """(B, H) bool: unit u of row b is updated when ``ticks[b] mod T_{module(u)} == 0``."""
-    T = torch.tensor(periods, device=ticks.device)
-    return (ticks[:, None] % T[None, :] == 0).repeat_interleave(module_size, dim=1)
+def unit_mask(ticking: Tensor, H: int) -> Tensor:
+    """(B, H) bool from the per-module (B, g) one: each module's k = H/g units alike."""
+    return ticking.repeat_interleave(H // ticking.shape[1], dim=1)
+
+
+def module_clocks(batch_sizes: list[int], reverse: bool, periods: Sequence[int],
+                  device: torch.device) -> Tensor:
+    """(N, g) bool: at each flat row, which modules tick (``clock mod T_i == 0``)."""
+    bs = torch.tensor(batch_sizes)
+    T, N = len(batch_sizes), int(bs.sum())
+    t = torch.repeat_interleave(torch.arange(T), bs)                # step of each row
+    b = torch.arange(N) - (torch.cumsum(bs, 0) - bs)[t]             # sequence of each row
+    if reverse:
+        lengths = (bs[None, :] > torch.arange(bs[0])[:, None]).sum(1)
+        t = lengths[b] - 1 - t
+    ticks = t[:, None] % torch.tensor(periods)[None, :] == 0
+    return ticks.to(device)
 
 
 def clockwork_mask(periods: Sequence[int], module_size: int, *, device=None, dtype=None
@@ -61,12 +91,47 @@ def exponential_periods(num_modules: int) -> tuple[int, ...]:
     return tuple(2 ** i for i in range(num_modules))
 
 
+class ClockworkFused(FusedCell):
+    """The step leaves h̃_t (tanh of the active units, the held values elsewhere) in ``a``."""
+
+    cpp = "clockwork"
+    output_in_gates = True
+
+    def cpp_options(self, spec):
+        return [float(len(spec.option("periods")))]
+
+    def forward_step(self, spec, s: ForwardStep) -> None:
+        a = s.a.addmm_(s.h_in, s.w[0].t()).tanh_()
+        h_prev = s.prev[0]
+        active = unit_mask(s.side[0], h_prev.shape[1])
+        torch.where(active, a, h_prev, out=a)
+        if s.next[0].data_ptr() != a.data_ptr():
+            s.next[0].copy_(a)
+
+    def backward_step(self, spec, s: BackwardStep):
+        dh, h_t = s.dnext[0], s.gates
+        active = unit_mask(s.side[0], h_t.shape[1])
+        torch.mul(dh * (1 - h_t * h_t), active, out=s.dA)
+        return [dh * ~active], s.dA @ s.w[0]
+
+
 def clockwork_spec(periods: Sequence[int]) -> CellSpec:
+    periods = tuple(periods)
     return CellSpec(
         family="clockwork",
         step=clockwork_step,
         gate_rows=("h",),
         gates=(),
         n_states=1,
-        options=(("periods", tuple(periods)),),
+        options=(("periods", periods),),
+        fused=ClockworkFused(),
+        layout_inputs=partial(_clocks, periods=periods),
     )
+
+
+def _clocks(batch_sizes: list[int], reverse: bool, device: torch.device, *,
+            periods: tuple[int, ...]) -> list[Tensor]:
+    return [module_clocks(batch_sizes, reverse, periods, device)]
+
+
+register("clockwork", clockwork_spec)

@@ -49,7 +49,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import CellSpec, ExtraParam, Gates, LayerWeights, State
+from .base import (
+    C_STATE,
+    H_STATE,
+    BackwardStep,
+    CellSpec,
+    Chunk,
+    ExtraParam,
+    ForwardStep,
+    FusedCell,
+    Gates,
+    Grads,
+    LayerWeights,
+    State,
+)
 
 EPS = 1e-5          # ε of every LN here, as torch.nn.LayerNorm's default
 
@@ -75,11 +88,13 @@ def _bias(b: Tensor | None) -> Tensor | float:
     return 0.0 if b is None else b
 
 
-def ln_lstm_step(x_t: Tensor, state: State, w: LayerWeights) -> tuple[State, Gates]:
+def ln_lstm_step(x_t: Tensor, state: State, w: LayerWeights, *, h_in: Tensor | None = None
+                 ) -> tuple[State, Gates]:
     h_prev, c_prev = state                                   # (B, H), (B, H)
+    h_in = h_prev if h_in is None else h_in                  # ĥ_{t-1} (recurrent dropout)
     a_ih, g_ih, a_hh, g_hh, a_c, g_c = w.extra
     a = (layer_norm(F.linear(x_t, w.w_ih), a_ih, g_ih)        # (B, 4H)
-         + layer_norm(F.linear(h_prev, w.w_hh), a_hh, g_hh)
+         + layer_norm(F.linear(h_in, w.w_hh), a_hh, g_hh)
          + _bias(w.b_ih) + _bias(w.b_hh))
     a_i, a_f, a_g, a_o = a.chunk(4, dim=1)
     i_t, f_t, o_t = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.sigmoid(a_o)
@@ -99,28 +114,262 @@ def _split_rz_n(b: Tensor | None, H: int) -> tuple[Tensor | float, Tensor | floa
     return (0.0, 0.0) if b is None else (b[:2 * H], b[2 * H:])
 
 
-def ln_gru_step(x_t: Tensor, state: State, w: LayerWeights) -> tuple[State, Gates]:
+def ln_gru_step(x_t: Tensor, state: State, w: LayerWeights, *, h_in: Tensor | None = None
+                ) -> tuple[State, Gates]:
     (h_prev,) = state                                        # (B, H)
+    h_in = h_prev if h_in is None else h_in                  # ĥ_{t-1} (recurrent dropout)
     H = h_prev.shape[1]
     a_ih, g_ih, a_hh, g_hh = w.extra
     (b_irz, b_in), (b_hrz, b_hn) = _split_rz_n(w.b_ih, H), _split_rz_n(w.b_hh, H)
     x_rz, x_n = _ln_groups(F.linear(x_t, w.w_ih), a_ih, g_ih, H)      # (B, 2H), (B, H)
-    h_rz, h_n = _ln_groups(F.linear(h_prev, w.w_hh), a_hh, g_hh, H)
+    h_rz, h_n = _ln_groups(F.linear(h_in, w.w_hh), a_hh, g_hh, H)
     r_t, z_t = torch.sigmoid(x_rz + h_rz + b_irz + b_hrz).chunk(2, dim=1)
     n_t = torch.tanh(x_n + b_in + r_t * (h_n + b_hn))
     h_t = (1 - z_t) * n_t + z_t * h_prev
     return (h_t,), {"r": r_t, "z": z_t, "n": n_t}
 
 
+
+# -- the fused steps (hand-derived BPTT), torch ---------------------------------------------------
+# The input side is normalised for all steps at once, before the loop, with the constant
+# parts folded in: the LSTM step adds ax = LN(W_ih x; α_ih, β_ih) + β_hh + b_ih + b_hh to
+# α_hh ⊙ ĥ_hh (ĥ_hh the normalised W_hh ĥ_{t-1}); the GRU's n rows get
+# hn = α_hh,n ⊙ ĥ_hh,n + (β_hh,n + b_hn). LN backward (per row, over the D entries of one
+# normalised group, v̂ = (v − μ)/σ and dv̂ = α ⊙ ∂L/∂LN)::
+#
+#     ∂L/∂v = (dv̂ − mean(dv̂) − v̂ ⊙ mean(dv̂ ⊙ v̂)) / σ
+#     ∂L/∂α = Σ_rows ∂L/∂LN ⊙ v̂,    ∂L/∂β = Σ_rows ∂L/∂LN
+#
+# LN-LSTM BPTT, per step, with dh = ∂L/∂h_t, y = α_c ⊙ ĉ_t + β_c::
+#
+#     da_o = dh ⊙ tanh(y) ⊙ o(1 − o);   dy = dh ⊙ o ⊙ (1 − tanh² y)       → dα_c, dβ_c
+#     dc   = dc_next + LN-backward(α_c ⊙ dy)
+#     da_g = dc ⊙ i ⊙ (1 − g²),  da_i = dc ⊙ g ⊙ i(1 − i),  da_f = dc ⊙ c_{t-1} ⊙ f(1 − f)
+#     dA   = [da_i, da_f, da_g, da_o]    = ∂L/∂(both LN outputs and all four biases)
+#     dHW  = LN-backward(α_hh ⊙ dA)      = ∂L/∂(W_hh ĥ_{t-1})     → dW_hh = Σ dHWᵀ ĥ_{t-1}
+#     ∂L/∂ĥ_{t-1} = dHW W_hh,   dc_{t-1} = dc ⊙ f
+#
+# LN-GRU BPTT, per step::
+#
+#     da_n = dh ⊙ (1 − z) ⊙ (1 − n²);   da_z = dh ⊙ (h_{t-1} − n) ⊙ z(1 − z)
+#     da_r = da_n ⊙ hn ⊙ r(1 − r)
+#     dA   = [da_r, da_z, da_n]              input side: LN_ih backward, b_ih
+#     dY_h = [da_r, da_z, da_n ⊙ r]          recurrent side: α_hh, β_hh, b_hh
+#     dHW  = LN-backward per group (α_hh ⊙ dY_h);  ∂L/∂h_{t-1} = dh ⊙ z,  ∂L/∂ĥ = dHW W_hh
+def normalise(v: Tensor) -> tuple[Tensor, Tensor]:
+    """(v̂, 1/σ) of each row of ``v`` (n, D): v̂ = (v − μ)/σ, σ = sqrt(var + ε); 1/σ is (n, 1)."""
+    d = v - v.mean(1, keepdim=True)
+    rstd = ((d * d).mean(1, keepdim=True) + EPS).rsqrt()
+    return d * rstd, rstd
+
+
+def normalise_backward(dv_hat: Tensor, v_hat: Tensor, rstd: Tensor) -> Tensor:
+    """∂L/∂v from ∂L/∂v̂, row by row."""
+    mean_d = dv_hat.mean(1, keepdim=True)
+    mean_dv = (dv_hat * v_hat).mean(1, keepdim=True)
+    return (dv_hat - mean_d - v_hat * mean_dv) * rstd
+
+
+def _ln_all(v: Tensor, gain: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """LN of every row of ``v`` (N, D) at once: (output, μ (N, 1), 1/σ (N, 1))."""
+    return torch.native_layer_norm(v.contiguous(), [v.shape[1]], gain, bias, EPS)
+
+
+def _ln_all_backward(dy: Tensor, v: Tensor, mean: Tensor, rstd: Tensor, gain: Tensor
+                     ) -> tuple[Tensor, Tensor]:
+    """(∂L/∂v, ∂L/∂α) of :func:`_ln_all` for the rows of ``v``."""
+    dv, dgain, _ = torch.ops.aten.native_layer_norm_backward(
+        dy.contiguous(), v.contiguous(), [v.shape[1]], mean.contiguous(), rstd.contiguous(),
+        gain.contiguous(), None, [True, True, False])
+    return dv, dgain
+
+
+def _add_input_grads(c: Chunk, w: LayerWeights, dxw: Tensor, rows: slice, g: Grads) -> None:
+    """dx += dxw W_ih[rows], dW_ih[rows] += dxwᵀ x for one normalised group of rows."""
+    if g.dx is not None:
+        g.dx[c.r0:c.r1].addmm_(dxw, w.w_ih[rows])
+    if g.w["w_ih"] is not None:
+        g.w["w_ih"][rows].addmm_(dxw.t(), c.x)
+
+
+class LNLSTMFused(FusedCell):
+    """Loop weights: W_hh, α_hh, α_c, β_c. Saved: ĥ_hh (N, 4H), its 1/σ (N, 1), ĉ (N, H),
+    its 1/σ (N, 1). Gradient buffers: dHW (rows, 4H), dy (rows, H)."""
+
+    cpp = "ln_lstm"
+
+    def project(self, spec, x, w, side):
+        a_ih, b_ih_ln, _, b_hh_ln, _, _ = w.extra
+        xw = torch.mm(x, w.w_ih.t())                                      # (N, 4H)
+        shift = b_ih_ln + b_hh_ln if w.b_ih is None else b_ih_ln + b_hh_ln + w.b_ih + w.b_hh
+        ax, mean, rstd = _ln_all(xw, a_ih, shift)
+        return ax, (xw, mean, rstd)
+
+    def loop_weights(self, spec, w):
+        _, _, a_hh, _, a_c, b_c = w.extra
+        return [w.w_hh.contiguous(), a_hh.contiguous(), a_c.contiguous(), b_c.contiguous()]
+
+    def saved_buffers(self, spec, a, H):
+        N = a.shape[0]
+        return [torch.empty_like(a), a.new_empty(N, 1), a.new_empty(N, H), a.new_empty(N, 1)]
+
+    def grad_buffers(self, spec, rows, like, H, side):
+        return [like.new_empty(rows, 4 * H), like.new_empty(rows, H)]
+
+    def forward_step(self, spec, s: ForwardStep) -> None:
+        w_hh, a_hh, a_c, b_c = s.w
+        h_hat, rstd_h, c_hat, rstd_c = s.saved
+        H = s.prev[1].shape[1]
+        hh, rstd_h[:] = normalise(s.h_in @ w_hh.t())                      # (n, 4H)
+        h_hat.copy_(hh)
+        a_i, a_f, a_g, a_o = s.a.addcmul_(hh, a_hh).split(H, dim=1)
+        i_t, f_t, g_t, o_t = a_i.sigmoid_(), a_f.sigmoid_(), a_g.tanh_(), a_o.sigmoid_()
+        c_t = torch.addcmul(f_t * s.prev[1], i_t, g_t, out=s.next[1])
+        ch, rstd_c[:] = normalise(c_t)
+        c_hat.copy_(ch)
+        torch.mul(o_t, torch.addcmul(b_c, ch, a_c).tanh_(), out=s.next[0])
+
+    def backward_step(self, spec, s: BackwardStep):
+        w_hh, a_hh, a_c, b_c = s.w
+        h_hat, rstd_h, c_hat, rstd_c = s.saved
+        dHW, dY = s.grads
+        H = c_hat.shape[1]
+        dh = s.dnext[0]
+        i_t, f_t, g_t, o_t = s.gates.split(H, dim=1)
+        da_i, da_f, da_g, da_o = s.dA.split(H, dim=1)
+        tanh_y = torch.addcmul(b_c, c_hat, a_c).tanh_()
+        torch.mul(dh * tanh_y, o_t * (1 - o_t), out=da_o)
+        dy = torch.mul(dh * o_t, 1 - tanh_y * tanh_y, out=dY)
+        dc = s.dnext[1] + normalise_backward(dy * a_c, c_hat, rstd_c)
+        torch.mul(dc * i_t, 1 - g_t * g_t, out=da_g)
+        torch.mul(dc * g_t, i_t * (1 - i_t), out=da_i)
+        torch.mul(dc * s.prev[1], f_t * (1 - f_t), out=da_f)
+        dhw = normalise_backward(s.dA * a_hh, h_hat, rstd_h)
+        dHW.copy_(dhw)
+        return [None, dc * f_t], dhw @ w_hh
+
+    def chunk_grads(self, spec, c: Chunk, w, aux, g: Grads) -> None:
+        xw, mean, rstd = aux
+        rows = slice(c.r0, c.r1)
+        dHW, dY = c.grads
+        h_hat, _, c_hat, _ = c.saved
+        dxw, d_aih = _ln_all_backward(c.dA, xw[rows], mean[rows], rstd[rows], w.extra[0])
+        if g.dx is not None:
+            torch.mm(dxw, w.w_ih, out=g.dx[rows])
+        if g.w["w_ih"] is not None:
+            g.w["w_ih"].addmm_(dxw.t(), c.x)
+        if g.w["w_hh"] is not None:
+            g.w["w_hh"].addmm_(dHW.t(), c.h_in)
+        db = c.dA.sum(0)                      # ∂L/∂ of b_ih, b_hh, β_ih and β_hh alike
+        for name in ("b_ih", "b_hh"):
+            g.add(name, db)
+        for k, value in ((0, d_aih), (1, db), (2, (c.dA * h_hat).sum(0)), (3, db),
+                         (4, (dY * c_hat).sum(0)), (5, dY.sum(0))):
+            g.add_extra(k, value)
+
+
+class LNGRUFused(FusedCell):
+    """The r|z rows and the n rows are normalised apart, on both sides. Loop weights: W_hh,
+    α_hh, β_hh,n + b_hn. Saved: ĥ_hh (N, 3H), its two 1/σ (N, 2), hn (N, H). Gradient
+    buffers: dY_h and dHW (rows, 3H)."""
+
+    cpp = "ln_gru"
+
+    def project(self, spec, x, w, side):
+        a_ih, b_ih_ln, _, b_hh_ln = w.extra
+        H = w.w_hh.shape[1]
+        rz, n_ = slice(0, 2 * H), slice(2 * H, 3 * H)
+        xw_rz, xw_n = torch.mm(x, w.w_ih[rz].t()), torch.mm(x, w.w_ih[n_].t())
+        shift_rz, shift_n = b_ih_ln[rz] + b_hh_ln[rz], b_ih_ln[n_]
+        if w.b_ih is not None:
+            shift_rz, shift_n = shift_rz + w.b_ih[rz] + w.b_hh[rz], shift_n + w.b_ih[n_]
+        ln_rz, mean_rz, rstd_rz = _ln_all(xw_rz, a_ih[rz], shift_rz)
+        ln_n, mean_n, rstd_n = _ln_all(xw_n, a_ih[n_], shift_n)
+        return torch.cat([ln_rz, ln_n], dim=1), (xw_rz, mean_rz, rstd_rz, xw_n, mean_n, rstd_n)
+
+    def loop_weights(self, spec, w):
+        _, _, a_hh, b_hh_ln = w.extra
+        H = w.w_hh.shape[1]
+        c_hn = b_hh_ln[2 * H:] if w.b_hh is None else b_hh_ln[2 * H:] + w.b_hh[2 * H:]
+        return [w.w_hh.contiguous(), a_hh.contiguous(), c_hn.contiguous()]
+
+    def saved_buffers(self, spec, a, H):
+        N = a.shape[0]
+        return [torch.empty_like(a), a.new_empty(N, 2), a.new_empty(N, H)]
+
+    def grad_buffers(self, spec, rows, like, H, side):
+        return [like.new_empty(rows, 3 * H), like.new_empty(rows, 3 * H)]
+
+    def forward_step(self, spec, s: ForwardStep) -> None:
+        w_hh, a_hh, c_hn = s.w
+        h_hat, rstd_h, hn = s.saved
+        H = w_hh.shape[1]
+        hw = s.h_in @ w_hh.t()                                            # (n, 3H)
+        rz_hat, rstd_h[:, :1] = normalise(hw[:, :2 * H])
+        n_hat, rstd_h[:, 1:] = normalise(hw[:, 2 * H:])
+        h_hat[:, :2 * H], h_hat[:, 2 * H:] = rz_hat, n_hat
+        a = s.a
+        r_t, z_t = a[:, :2 * H].addcmul_(rz_hat, a_hh[:2 * H]).sigmoid_().split(H, dim=1)
+        torch.addcmul(c_hn, n_hat, a_hh[2 * H:], out=hn)
+        n_t = a[:, 2 * H:].addcmul_(r_t, hn).tanh_()
+        h_prev = s.prev[0]
+        torch.addcmul(n_t, z_t, h_prev - n_t, out=s.next[0])
+
+    def backward_step(self, spec, s: BackwardStep):
+        w_hh, a_hh, _ = s.w
+        h_hat, rstd_h, hn = s.saved
+        dY, dHW = s.grads
+        H = w_hh.shape[1]
+        dh, h_prev = s.dnext[0], s.prev[0]
+        r_t, z_t, n_t = s.gates.split(H, dim=1)
+        da_r, da_z, da_n = s.dA.split(H, dim=1)
+        torch.mul(dh * (1 - z_t), 1 - n_t * n_t, out=da_n)
+        torch.mul(dh * (h_prev - n_t), z_t * (1 - z_t), out=da_z)
+        torch.mul(da_n * hn, r_t * (1 - r_t), out=da_r)
+        dY[:, :2 * H] = s.dA[:, :2 * H]
+        torch.mul(da_n, r_t, out=dY[:, 2 * H:])
+        dyg = dY * a_hh
+        dHW[:, :2 * H] = normalise_backward(dyg[:, :2 * H], h_hat[:, :2 * H], rstd_h[:, :1])
+        dHW[:, 2 * H:] = normalise_backward(dyg[:, 2 * H:], h_hat[:, 2 * H:], rstd_h[:, 1:])
+        return [dh * z_t], dHW @ w_hh
+
+    def chunk_grads(self, spec, c: Chunk, w, aux, g: Grads) -> None:
+        xw_rz, mean_rz, rstd_rz, xw_n, mean_n, rstd_n = aux
+        rows = slice(c.r0, c.r1)
+        dY, dHW = c.grads
+        H = dY.shape[1] // 3
+        rz, n_ = slice(0, 2 * H), slice(2 * H, 3 * H)
+        a_ih = w.extra[0]
+        dxw_rz, d_grz = _ln_all_backward(c.dA[:, rz], xw_rz[rows], mean_rz[rows],
+                                         rstd_rz[rows], a_ih[rz])
+        dxw_n, d_gn = _ln_all_backward(c.dA[:, n_], xw_n[rows], mean_n[rows], rstd_n[rows],
+                                       a_ih[n_])
+        if g.dx is not None:
+            g.dx[rows] = 0
+        _add_input_grads(c, w, dxw_rz, rz, g)
+        _add_input_grads(c, w, dxw_n, n_, g)
+        if g.w["w_hh"] is not None:
+            g.w["w_hh"].addmm_(dHW.t(), c.h_in)
+        db_ih, db_hh = c.dA.sum(0), dY.sum(0)   # b_ih, β_ih: Σ dA;  b_hh, β_hh: Σ dY_h
+        g.add("b_ih", db_ih)
+        g.add("b_hh", db_hh)
+        for k, value in ((0, torch.cat([d_grz, d_gn])), (1, db_ih),
+                         (2, (dY * c.saved[0]).sum(0)), (3, db_hh)):
+            g.add_extra(k, value)
+
+
+# -- the families -----------------------------------------------------------------------------------
 def ln_lstm_spec() -> CellSpec:
     return CellSpec(family="lstm", step=ln_lstm_step, gate_rows=("i", "f", "g", "o"),
                     gates=("i", "f", "g", "o"), n_states=2,
                     options=(("peephole", False), ("coupled", False), ("layer_norm", True)),
-                    extra_params=_ln_params(4, cell=True))
+                    extra_params=_ln_params(4, cell=True), states=(H_STATE, C_STATE),
+                    fused=LNLSTMFused())
 
 
 def ln_gru_spec() -> CellSpec:
     return CellSpec(family="gru", step=ln_gru_step, gate_rows=("r", "z", "n"),
                     gates=("r", "z", "n"), n_states=1,
                     options=(("reset_after", True), ("layer_norm", True)),
-                    extra_params=_ln_params(3, cell=False))
+                    extra_params=_ln_params(3, cell=False), fused=LNGRUFused())
+

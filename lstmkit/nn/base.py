@@ -1,6 +1,8 @@
-"""The module front end shared by LSTM, GRU and RNN: parameters in torch.nn's layout,
-stacking, both directions, dropout between layers, PackedSequence, initial states,
-and backend dispatch. The math lives in ``lstmkit.cells``, the loops in ``lstmkit.ops``."""
+"""The module front end shared by every recurrent module (LSTM, GRU, RNN, ClockworkRNN,
+DepthGatedLSTM): parameters in torch.nn's layout, stacking, both directions, dropout
+between layers, PackedSequence, initial states, regularisers and backend dispatch. The math
+lives in ``lstmkit.cells``, the loops in ``lstmkit.ops``; a cell family's declared
+capabilities (e.g. ``layer_link``) are all this module reads of it."""
 
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from . import checks, regularize
 
 
 class RecurrentBase(nn.Module):
-    """Common base of :class:`lstmkit.LSTM`, :class:`lstmkit.GRU` and :class:`lstmkit.RNN`."""
+    """Common base of the recurrent modules: :class:`lstmkit.LSTM`, :class:`lstmkit.GRU`,
+    :class:`lstmkit.RNN`, :class:`lstmkit.ClockworkRNN` and :class:`lstmkit.DepthGatedLSTM`."""
 
     _recorder = None          # set by ``lstmkit.record`` while recording; None costs nothing
 
@@ -88,7 +91,8 @@ class RecurrentBase(nn.Module):
                 if peephole:                  # i, f, o (coupled: i, o)
                     shapes["peephole"] = ((len(self.cell.gate_rows) - 1) * H,)
                 for extra in self.cell.extra_params:
-                    shapes[extra.name] = extra.shape(H, size_in, self.output_size)
+                    if extra.present(layer, self.bias):
+                        shapes[extra.name] = extra.shape(H, size_in, self.output_size)
                 for key, shape in shapes.items():
                     self.register_parameter(key + sfx, nn.Parameter(torch.empty(shape, **factory)))
                 self._all_weights.append([key + sfx for key in shapes])
@@ -96,7 +100,7 @@ class RecurrentBase(nn.Module):
     def reset_parameters(self) -> None:
         """U(−1/√H, 1/√H) for every parameter, as torch.nn.
 
-        Same order as torch.nn, so the same seed gives the same weights. A variant's extra
+        Same order as torch.nn, so the same seed gives the same weights. A family's extra
         parameters declared "ones" or "zeros" (e.g. layer-norm gains and biases) start there.
         """
         bound = 1.0 / math.sqrt(self.hidden_size)
@@ -116,7 +120,8 @@ class RecurrentBase(nn.Module):
         return [[getattr(self, n) for n in names] for names in self._all_weights]
 
     def layer_weights(self, layer: int, direction: int) -> LayerWeights:
-        """The parameters of one layer and direction as the cells take them."""
+        """The parameters of one layer and direction as the cells take them (None for a
+        family's extra parameter this layer does not have)."""
         sfx = f"_l{layer}" + ("_reverse" if direction else "")
         get = self._parameters.get
         extra = tuple(get(e.name + sfx) for e in self.cell.extra_params)
@@ -149,27 +154,36 @@ class RecurrentBase(nn.Module):
                                        projected=bool(self.proj_size),
                                        recording=recorder is not None,
                                        masked=reg.in_recurrence(self.training))
-
+        link = self.cell.layer_link        # a state sequence that feeds the layer above
         D, x = self.num_directions, seq.x
+        below: list[Tensor | None] = [None] * D
         finals: list[list[Tensor]] = [[] for _ in state0]
         for layer in range(self.num_layers):
-            outputs = []
+            outputs, linked = [], []
             for direction in range(D):
                 k = layer * D + direction
                 x_in, w, masks = x, self.layer_weights(layer, direction), None
                 if reg.active:
                     x_in, w, masks = regularize.apply(reg, self.training, x, seq.batch_sizes, w,
                                                       self.hidden_size)
-                out, state_n, trace = run_layer(
+                options: dict[str, object] = {} if masks is None else {"masks": masks}
+                if link is not None:
+                    options["sequences"] = True
+                    if below[direction] is not None:
+                        options["side"] = (below[direction],)
+                result = run_layer(
                     self.cell, x_in, seq.batch_sizes, tuple(s[k] for s in state0), w,
-                    reverse=direction == 1, record=recorder is not None,
-                    **({} if masks is None else {"masks": masks}))
+                    reverse=direction == 1, record=recorder is not None, **options)
+                out, state_n, trace = result[:3]
+                if link is not None:
+                    linked.append(result[3][link])
                 outputs.append(out)
                 for f, s in zip(finals, state_n):
                     f.append(s)
                 if recorder is not None:
                     recorder.add(self, layer, direction, trace, seq)
             x = outputs[0] if D == 1 else torch.cat(outputs, dim=1)     # (N, D·H_out)
+            below = linked or below
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
         return self._format(seq, x, tuple(torch.stack(f) for f in finals))

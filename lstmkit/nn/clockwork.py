@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
+from ..cells.base import LayerWeights
 from ..cells.clockwork import clockwork_mask, clockwork_spec, exponential_periods
-from ..ops import fused_clockwork
-from . import checks
+from . import checks, regularize
 from .base import RecurrentBase
 
 
@@ -45,12 +43,15 @@ class ClockworkRNN(RecurrentBase):
     direction is the same Clockwork RNN run on the reversed sequence. Packed input: every
     sequence has its own clock (step 0 is its own first step, in either direction).
 
-    backend: the fused path has hand-derived BPTT and computes only the active modules'
-    units at each step. ``"fused_cpp"`` runs its recurrence in C++ (``csrc/clockwork.cpp``;
-    CPU float32/float64 and periods that each divide the next, as the exponential ones,
-    else it raises), ``"fused_py"`` as a torch loop (any periods, any device),
-    ``"auto"``/``"fused"`` in C++ where it can run, else the torch loop; ``"reference"``
-    is the autograd loop over the cell. Returns ``output, h_n`` as ``torch.nn.RNN``.
+    backend: the fused path has hand-derived BPTT; in C++ (``"fused_cpp"``, CPU
+    float32/float64) a step computes the recurrent rows of its ticking modules only;
+    ``"fused_py"`` runs it as a torch loop (any device), ``"auto"``/``"fused"`` in C++ where
+    it can run, else the torch loop; ``"reference"`` is the autograd loop over the cell.
+    Returns ``output, h_n`` as ``torch.nn.RNN``.
+
+    Regularisers (off by default; :mod:`lstmkit.nn.regularize`): ``zoneout`` (one rate),
+    ``input_dropout``, ``recurrent_dropout``, ``weight_dropout`` (DropConnect on the masked
+    ``weight_hh``), as for :class:`lstmkit.RNN`.
     """
 
     def __init__(
@@ -68,17 +69,21 @@ class ClockworkRNN(RecurrentBase):
         periods: Sequence[int] | None = None,
         num_modules: int | None = None,
         backend: str = "auto",
+        zoneout: float = 0.0,
+        input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        weight_dropout: float = 0.0,
         **unsupported: object,
     ) -> None:
         checks.check_variant_kwargs("ClockworkRNN", unsupported, _UNSUPPORTED, _NEUTRAL)
         self.periods = _resolve_periods(periods, num_modules, hidden_size)
-        if backend == "fused_cpp" and not fused_clockwork.is_divisor_chain(self.periods):
-            raise ValueError("ClockworkRNN: backend='fused_cpp' needs periods that each "
-                             f"divide the next (e.g. 1, 2, 4), got {self.periods}; use "
-                             "'auto', 'fused' or 'fused_py' (the fused torch loop)")
+        reg = regularize.resolve("ClockworkRNN", "rnn", zoneout=zoneout,
+                                 input_dropout=input_dropout,
+                                 recurrent_dropout=recurrent_dropout,
+                                 weight_dropout=weight_dropout)
         super().__init__(clockwork_spec(self.periods), input_size, hidden_size, num_layers,
                          bias, batch_first, dropout, bidirectional, 0, device, dtype,
-                         backend=backend)
+                         backend=backend, regularization=reg)
         p = self.weight_hh_l0
         self.register_buffer("hh_mask", self._mask(p.device, p.dtype), persistent=False)
 
@@ -96,39 +101,19 @@ class ClockworkRNN(RecurrentBase):
         with torch.no_grad():
             for layer in range(self.num_layers):
                 for direction in range(self.num_directions):
-                    w = self.layer_weights(layer, direction).w_hh
+                    w = super().layer_weights(layer, direction).w_hh
                     w.mul_(self._mask(w.device, w.dtype))
+
+    def layer_weights(self, layer: int, direction: int) -> LayerWeights:
+        """The parameters as the cell takes them: ``weight_hh ⊙ M`` (masked entries have no
+        effect and get zero gradient)."""
+        w = super().layer_weights(layer, direction)
+        return w._replace(w_hh=w.w_hh * self.hh_mask)
 
     def forward(self, input: Tensor | PackedSequence, hx: Tensor | None = None
                 ) -> tuple[Tensor | PackedSequence, Tensor]:
         output, (h_n,) = self._forward(input, hx)
         return output, h_n
-
-    def _forward(self, input: Tensor | PackedSequence, hx: object):
-        name = type(self).__name__
-        param = self.weight_ih_l0
-        seq = checks.prepare_input(name, input, self.input_size, self.batch_first, param)
-        (h0,) = checks.prepare_hx(name, hx, seq, self._state_shapes(), ("h_0",), param)
-        recorder = self._recorder
-        run = (fused_clockwork.reference_layer if self.backend == "reference"
-               else partial(fused_clockwork.fused_layer, backend=self.backend))
-        D, x, finals = self.num_directions, seq.x, []
-        for layer in range(self.num_layers):
-            outputs = []
-            for direction in range(D):
-                w = self.layer_weights(layer, direction)
-                w = w._replace(w_hh=w.w_hh * self.hh_mask)        # masked: no effect, no grad
-                out, h_n, trace = run(x, seq.batch_sizes, h0[layer * D + direction], w,
-                                      self.periods, reverse=direction == 1,
-                                      record=recorder is not None)
-                outputs.append(out)
-                finals.append(h_n)
-                if recorder is not None:
-                    recorder.add(self, layer, direction, trace, seq)
-            x = outputs[0] if D == 1 else torch.cat(outputs, dim=1)     # (N, D·H)
-            if self.dropout and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, training=True)
-        return self._format(seq, x, (torch.stack(finals),))
 
     def _variant_options(self) -> dict[str, object]:
         return {"periods": self.periods}

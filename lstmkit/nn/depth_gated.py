@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 from ..cells.depth_gated import depth_gated_spec
-from ..ops import fused_depth_gated
-from . import checks
+from . import checks, regularize
 from .base import RecurrentBase
 
 _UNSUPPORTED = {
@@ -42,12 +38,15 @@ class DepthGatedLSTM(RecurrentBase):
     step, same reading direction). Dropout applies to h between layers, not to c^L.
     ``proj_size``, ``peephole`` and ``coupled`` raise ValueError.
 
+    Regularisers (off by default; :mod:`lstmkit.nn.regularize`): ``zoneout`` (a rate or a
+    pair (z_c, z_h); the zoned-out c_t is what the layer above receives as c^L_t),
+    ``input_dropout``, ``recurrent_dropout``, ``weight_dropout``, as for :class:`lstmkit.LSTM`.
+
     backend: the fused path has hand-derived BPTT with the depth gate as a fifth gate
-    block; ``"fused_cpp"`` runs its recurrence in C++ (``csrc/depth_gated.cpp``, CPU
-    float32/float64; raises if it cannot), ``"fused_py"`` as a torch loop (any device),
-    ``"auto"``/``"fused"`` in C++ where it can run, else the torch loop; ``"reference"``
-    is the autograd loop over the cell.
-    Returns ``output, (h_n, c_n)`` as ``torch.nn.LSTM``.
+    block; ``"fused_cpp"`` runs its recurrence in C++ (CPU float32/float64; raises if it
+    cannot), ``"fused_py"`` as a torch loop (any device), ``"auto"``/``"fused"`` in C++
+    where it can run, else the torch loop; ``"reference"`` is the autograd loop over the
+    cell. Returns ``output, (h_n, c_n)`` as ``torch.nn.LSTM``.
     """
 
     def __init__(
@@ -63,71 +62,28 @@ class DepthGatedLSTM(RecurrentBase):
         dtype: torch.dtype | None = None,
         *,
         backend: str = "auto",
+        zoneout: float | tuple[float, float] = 0.0,
+        input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        weight_dropout: float = 0.0,
         **unsupported: object,
     ) -> None:
         checks.check_variant_kwargs("DepthGatedLSTM", unsupported, _UNSUPPORTED)
+        reg = regularize.resolve("DepthGatedLSTM", "lstm", zoneout=zoneout,
+                                 input_dropout=input_dropout,
+                                 recurrent_dropout=recurrent_dropout,
+                                 weight_dropout=weight_dropout)
         super().__init__(depth_gated_spec(), input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, 0, device, dtype,
-                         backend=backend)
-
-    def _build_parameters(self, factory: dict) -> None:
-        super()._build_parameters(factory)
-        H = self.hidden_size
-        for layer in range(1, self.num_layers):
-            for direction in range(self.num_directions):
-                sfx = f"_l{layer}" + ("_reverse" if direction else "")
-                shapes = {"weight_xd": (H, H * self.num_directions)}
-                if self.bias:
-                    shapes["bias_d"] = (H,)
-                shapes.update(weight_cd=(H,), weight_ld=(H,))
-                for key, shape in shapes.items():
-                    self.register_parameter(key + sfx, nn.Parameter(torch.empty(shape, **factory)))
-                self._all_weights[layer * self.num_directions + direction] += [
-                    key + sfx for key in shapes]
+                         backend=backend, regularization=reg)
 
     def depth_weights(self, layer: int, direction: int) -> tuple[Tensor | None, ...]:
         """(W_xd, b_d or None, w_cd, w_ld) of a layer above the first."""
-        sfx = f"_l{layer}" + ("_reverse" if direction else "")
-        get = self._parameters.get
-        return (get("weight_xd" + sfx), get("bias_d" + sfx), get("weight_cd" + sfx),
-                get("weight_ld" + sfx))
+        return self.layer_weights(layer, direction).extra
 
     def forward(self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
                 ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
         return self._forward(input, hx)
-
-    def _forward(self, input: Tensor | PackedSequence, hx: object):
-        name = type(self).__name__
-        param = self.weight_ih_l0
-        seq = checks.prepare_input(name, input, self.input_size, self.batch_first, param)
-        h0, c0 = checks.prepare_hx(name, hx, seq, self._state_shapes(), ("h_0", "c_0"), param)
-        recorder = self._recorder
-        run = (fused_depth_gated.reference_layer if self.backend == "reference"
-               else partial(fused_depth_gated.fused_layer, backend=self.backend))
-        D, x = self.num_directions, seq.x
-        c_low: list[Tensor | None] = [None] * D
-        h_n, c_n = [], []
-        for layer in range(self.num_layers):
-            outputs, cells = [], []
-            for direction in range(D):
-                k = layer * D + direction
-                w = self.layer_weights(layer, direction)
-                if layer:
-                    w = w._replace(extra=self.depth_weights(layer, direction))
-                out, c, (h, c_last), trace = run(
-                    x, c_low[direction], seq.batch_sizes, h0[k], c0[k], w,
-                    reverse=direction == 1, record=recorder is not None)
-                outputs.append(out)
-                cells.append(c)
-                h_n.append(h)
-                c_n.append(c_last)
-                if recorder is not None:
-                    recorder.add(self, layer, direction, trace, seq)
-            x = outputs[0] if D == 1 else torch.cat(outputs, dim=1)     # (N, D·H)
-            c_low = cells
-            if self.dropout and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, training=True)
-        return self._format(seq, x, (torch.stack(h_n), torch.stack(c_n)))
 
     def to_torch(self):
         raise ValueError("DepthGatedLSTM has no torch.nn equivalent (torch.nn.LSTM has no "

@@ -1,15 +1,21 @@
 """Building and loading the C++ kernels (``csrc/``) on first use.
 
-Each ``csrc/<name>.cpp`` is its own extension module (``kernels`` holds LSTM, GRU and
-RNN; other cell families add their own file), loaded with :func:`cpp_module`. Each is
-compiled by ``torch.utils.cpp_extension.load`` into torch's extension cache
-(``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) the first time a fused
-CPU layer needs it — about a minute with ninja — and loaded from the cache afterwards.
-It is compiled for the machine it runs on (``-march=native``); the cache name includes a
-hash of the source and flags, so edited sources or another CPU build anew.
+All of ``csrc/`` is one extension module: ``engine.cpp`` (the one time loop and its Python
+binding) includes ``common.h`` and every ``cells/<family>.h``, each of which registers its
+family with the loop. It is compiled by ``torch.utils.cpp_extension.load`` the first time a
+fused CPU layer needs it — about a minute with ninja — and loaded from the build folder
+afterwards. It is compiled for the machine it runs on (``-march=native``).
 
-Set ``LSTMKIT_NO_EXTENSION=1`` to never build or load any: the fused backend then runs
-its recurrences as torch loops (:mod:`lstmkit.ops.loops`).
+The build folder is ``<root>/lstmkit/engine-<key>``, where root is
+``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) and the key hashes the
+sources, the flags, the CPU, the Python version and the torch build (its version and
+where it is installed). The sources are copied into the folder and built from there, so
+two checkouts of the same sources share one build, and two environments (or two versions
+of the sources) get two folders: nothing ever rebuilds over another's build. The first
+build prints one line saying what it builds and why.
+
+Set ``LSTMKIT_NO_EXTENSION=1`` to never build or load it: the fused backend then runs its
+recurrences as torch loops (:mod:`lstmkit.ops.loops`).
 """
 
 from __future__ import annotations
@@ -17,18 +23,22 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shutil
+import sys
+import tempfile
 import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
 
 CSRC = Path(__file__).parent / "csrc"
+ENGINE = "engine"
 CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math",
           "-fopenmp-simd", "-std=c++17"]
 ENV_DISABLE = "LSTMKIT_NO_EXTENSION"
 
 _lock = threading.Lock()
-_states: dict[str, dict[str, object]] = {}   # per source: "module" or "error", once tried
+_states: dict[str, dict[str, object]] = {}   # per extension: "module" or "error", once tried
 
 
 class ExtensionUnavailable(RuntimeError):
@@ -39,20 +49,27 @@ def disabled() -> bool:
     return os.environ.get(ENV_DISABLE, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def _build_name(name: str) -> str:
+def _sources() -> list[Path]:
+    """Every file of csrc/, in a fixed order: what the build depends on."""
+    return sorted(p for p in CSRC.rglob("*") if p.suffix in (".cpp", ".h"))
+
+
+def cell_headers() -> list[str]:
+    """The family headers ``cells/<family>.h`` the engine includes."""
+    return [p.relative_to(CSRC).as_posix() for p in _sources() if p.parent.name == "cells"]
+
+
+def build_key() -> str:
+    """Hash of the sources, flags, CPU, Python and torch build (see the module docstring)."""
+    import torch
     digest = hashlib.sha256()
-    digest.update((CSRC / f"{name}.cpp").read_bytes())
-    for header in sorted(CSRC.glob("*.h")):          # shared by every extension
-        digest.update(header.read_bytes())
-    digest.update(" ".join(CFLAGS).encode())
-    digest.update(platform.machine().encode())
-    digest.update(_cpu_flags().encode())            # -march=native differs by CPU
-    try:
-        import torch
-        digest.update(torch.__version__.encode())
-    except ImportError:                                   # pragma: no cover
-        pass
-    return f"lstmkit_{name}_" + digest.hexdigest()[:12]
+    for path in _sources():
+        digest.update(path.relative_to(CSRC).as_posix().encode())
+        digest.update(path.read_bytes())
+    for part in (" ".join(CFLAGS), platform.machine(), _cpu_flags(), sys.version,
+                 torch.__version__, str(Path(torch.__file__).resolve().parent)):
+        digest.update(part.encode())
+    return digest.hexdigest()[:16]
 
 
 def _cpu_flags() -> str:
@@ -63,44 +80,124 @@ def _cpu_flags() -> str:
         return platform.processor()
 
 
+def build_root() -> Path:
+    from torch.utils.cpp_extension import get_default_build_root
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / "lstmkit"
+
+
+def _stage_sources(folder: Path) -> Path:
+    """Copy csrc/ into ``folder/src`` (once, atomically) with the generated list of family
+    headers, ``cells.inc``; return the engine's source path there."""
+    src = folder / "src"
+    if not (src / f"{ENGINE}.cpp").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder, prefix="src-"))
+        for path in _sources():
+            target = tmp / path.relative_to(CSRC)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+        (tmp / "cells.inc").write_text("".join(f'#include "{h}"\n' for h in cell_headers()))
+        try:
+            tmp.rename(src)
+        except OSError:                      # another process staged them first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return src / f"{ENGINE}.cpp"
+
+
 def _build(name: str) -> ModuleType:
     from torch.utils.cpp_extension import load
-    return load(name=_build_name(name), sources=[str(CSRC / f"{name}.cpp")],
-                extra_cflags=CFLAGS, verbose=os.environ.get("LSTMKIT_VERBOSE_BUILD") == "1")
+    key = build_key()
+    module = f"lstmkit_{name}_{key}"
+    folder = build_root() / f"{name}-{key}"
+    source = _stage_sources(folder)
+    if not (folder / f"{module}.so").exists():
+        print(f"lstmkit: compiling the C++ kernels ({len(cell_headers())} cell families) into "
+              f"{folder} — first use of these sources with torch {_torch_version()}; "
+              "about a minute, once", file=sys.stderr, flush=True)
+    return load(name=module, sources=[str(source)], extra_cflags=CFLAGS,
+                extra_include_paths=[str(source.parent)], build_directory=str(folder),
+                verbose=os.environ.get("LSTMKIT_VERBOSE_BUILD") == "1")
 
 
-def cpp_kernels(required: bool) -> ModuleType | None:
-    """The compiled LSTM/GRU/RNN kernels (``csrc/kernels.cpp``); see :func:`cpp_module`."""
-    return cpp_module("kernels", required)
+def _torch_version() -> str:
+    import torch
+    return torch.__version__
 
 
 def cpp_module(name: str, required: bool) -> ModuleType | None:
-    """The extension compiled from ``csrc/<name>.cpp``, building it on first call.
+    """The extension ``name`` (``"engine"``), building it on first call.
 
     With ``required=False`` a missing compiler or failed build gives one warning and
     ``None`` (callers fall back to the torch loops); with ``required=True`` it raises
     :class:`ExtensionUnavailable`.
     """
-    _state = _states.setdefault(name, {})
-    if "module" not in _state and "error" not in _state:
+    state = _states.setdefault(name, {})
+    if "module" not in state and "error" not in state:
         with _lock:
-            if "module" not in _state and "error" not in _state:
+            if "module" not in state and "error" not in state:
                 if disabled():
-                    _state["error"] = f"disabled by the environment variable {ENV_DISABLE}"
+                    state["error"] = f"disabled by the environment variable {ENV_DISABLE}"
                 else:
                     try:
-                        _state["module"] = _build(name)
+                        state["module"] = _build(name)
                     except Exception as e:   # compiler missing, build or import failure
-                        _state["error"] = f"{type(e).__name__}: {e}"
+                        state["error"] = f"{type(e).__name__}: {e}"
                         warnings.warn(
-                            f"lstmkit: the C++ kernels {name}.cpp could not be built, so "
+                            f"lstmkit: the C++ kernels ({name}.cpp) could not be built, so "
                             "the fused backend runs its recurrences as torch loops (slower at "
                             "small sizes). "
-                            f"Reason: {str(_state['error'])[:2000]}", RuntimeWarning,
+                            f"Reason: {str(state['error'])[:2000]}", RuntimeWarning,
                             stacklevel=3)
-    if "module" in _state:
-        return _state["module"]          # type: ignore[return-value]
+    if "module" in state:
+        return state["module"]          # type: ignore[return-value]
     if required:
-        raise ExtensionUnavailable(f"backend='fused_cpp' needs the C++ kernels {name}.cpp, "
-                                   f"which are unavailable: {_state['error']}")
+        raise ExtensionUnavailable(f"backend='fused_cpp' needs the C++ kernels ({name}.cpp), "
+                                   f"which are unavailable: {state['error']}")
     return None
+
+
+class CppKernels:
+    """The C++ loop with the signature of :mod:`lstmkit.ops.loops` (``forward`` and
+    ``backward``): absent tensors travel as empty ones, the cell as its C++ name and
+    options."""
+
+    def __init__(self, module: ModuleType):
+        import torch
+        self.module = module
+        self._none = torch.empty(0)
+
+    def _t(self, t):
+        return self._none if t is None else t
+
+    def forward(self, cell, a, seqs, carry, m, w_hr, w, saved, side, h_drop, zones,
+                batch_sizes, reverse) -> None:
+        f = cell.fused
+        self.module.forward(f.cpp, _hidden(cell, w), f.cpp_options(cell), a, seqs, carry, self._t(m),
+                            self._t(w_hr), [self._t(t) for t in w], saved, side,
+                            self._t(h_drop), [self._t(z) for z in zones], batch_sizes, reverse)
+
+    def backward(self, cell, dA, gates, seqs, prev, dseqs, dcarry, w_hr, dH, w, grads, saved,
+                 side, h_drop, zones, batch_sizes, reverse) -> None:
+        f = cell.fused
+        self.module.backward(f.cpp, _hidden(cell, w), f.cpp_options(cell), dA, gates, seqs, prev,
+                             [self._t(d) for d in dseqs], dcarry, self._t(w_hr), self._t(dH),
+                             [self._t(t) for t in w], grads, saved, side, self._t(h_drop),
+                             [self._t(z) for z in zones], batch_sizes, reverse)
+
+
+def _hidden(cell, w) -> int:
+    return w[0].shape[0] // len(cell.gate_rows)          # w[0] is W_hh (G·H, R)
+
+
+_adapters: dict[int, CppKernels] = {}
+
+
+def cpp_kernels(required: bool) -> CppKernels | None:
+    """The compiled time loop (``csrc/engine.cpp``) as a kernel set; see :func:`cpp_module`."""
+    module = cpp_module(ENGINE, required)
+    if module is None:
+        return None
+    adapter = _adapters.get(id(module))
+    if adapter is None:
+        adapter = _adapters[id(module)] = CppKernels(module)
+    return adapter

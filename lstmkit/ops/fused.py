@@ -1,42 +1,45 @@
-r"""The fused backend: one ``torch.autograd.Function`` per cell family with hand-derived BPTT.
+r"""The fused backend: one ``torch.autograd.Function`` for every cell family, with
+hand-derived BPTT.
 
 For one layer and direction, forward is
 
-1. one large GEMM for the input projection of all steps, ``xw = x W_ihᵀ + b`` (N, G·H);
-2. the recurrence: per step one GEMM with the recurrent weights and one pointwise update,
-   run by a *kernel* (the C++ extension, or the torch loop of :mod:`lstmkit.ops.loops`);
-   it saves only the gate activations and states that BPTT needs.
+1. the input side of every step at once, ``a = x W_ihᵀ + b`` (N, G·H): one large GEMM
+   (the family's :meth:`~lstmkit.cells.base.FusedCell.project`, e.g. with layer norm);
+2. the recurrence: the one time loop (C++, or the torch loop of :mod:`lstmkit.ops.loops`),
+   per step the recurrent GEMMs and the family's pointwise step. It saves only what BPTT
+   needs: ``a`` overwritten with the gate activations, the state sequences, and the
+   family's own per-row buffers.
 
-Backward walks t = T…1 in the kernel, carrying dh (and dc), writing the gradients of the
-gate pre-activations of every step into a buffer dA (rows, G·H); then a few large GEMMs
-give everything else::
+Backward walks t = T…1 in the same loop, carrying the state gradients, writing the
+gradients of the gate pre-activations of every step into a buffer dA (rows, G·H); then a few
+large GEMMs give everything else (the family's
+:meth:`~lstmkit.cells.base.FusedCell.chunk_grads`; by default)::
 
-    dx = dA W_ih      dW_ih = dAᵀ x      dW_hh = dAᵀ H_prev      db_ih = db_hh = Σ_rows dA
+    dx = dA W_ih      dW_ih = dAᵀ x      dW_hh = dAᵀ Ĥ_prev      db_ih = db_hh = Σ_rows dA
 
-where H_prev holds, for each row, the state the step started from (see
+where Ĥ_prev holds, for each row, the (dropped) state the step started from (see
 :func:`prev_rows`). To bound memory the walk is cut into up to 8 time chunks
-(:func:`backward_chunks`): the kernel runs on one chunk, the GEMMs above consume its dA,
-and the carried dh (dc) go on to the next, so only one chunk's gate gradients exist at a
-time. The per-cell derivations are in the docstrings of the
-backward loops in :mod:`lstmkit.ops.loops`. Backward is not itself differentiable
-(double backward raises a RuntimeError that says so; ``backend="reference"`` has
-higher derivatives).
+(:func:`backward_chunks`): the loop runs on one chunk, the GEMMs above consume its dA, and
+the carried state gradients go on to the next, so only one chunk's gate gradients exist at a
+time. Backward is not itself differentiable (double backward raises a RuntimeError that says
+so; ``backend="reference"`` has higher derivatives).
 
-Recurrent dropout and zoneout masks (:mod:`lstmkit.ops.masks`) are extra, optional inputs
-of the Functions, passed to the kernels; they are constants (no gradient). With recurrent
-dropout the GEMM ``dW_hh = dAᵀ H_prev`` takes the dropped states ``m ⊙ h_{t-1}``.
+Recurrent dropout and zoneout masks (:mod:`lstmkit.ops.masks`) are extra inputs, constants
+without gradient, passed to the loop. The same two functions :func:`layer_forward` and
+:func:`layer_backward` serve :class:`RecurrentFunction` (eager) and the custom ops of
+:mod:`lstmkit.ops.library` (``torch.compile``/``torch.export``).
 """
 
 from __future__ import annotations
 
-from types import ModuleType
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.autograd.function import Function
 
-from ..cells.base import CellSpec, LayerWeights, State
-from . import loops
+from ..cells.base import WEIGHT_FIELDS, CellSpec, Chunk, Grads, LayerWeights, State
 from .masks import StepMasks, row_sequences
 from .reference import Trace
 
@@ -48,7 +51,7 @@ def prev_rows(batch_sizes: list[int], reverse: bool, device: torch.device) -> Te
     (t+1, b) if that sequence was active at t+1, else it starts from initial state b.
     """
     bs = torch.tensor(batch_sizes, device=device)
-    T, N = len(batch_sizes), int(bs.sum())
+    T, N = len(batch_sizes), int(sum(batch_sizes))
     offsets = torch.cumsum(bs, 0) - bs
     t = torch.repeat_interleave(torch.arange(T, device=device), bs)
     b = torch.arange(N, device=device) - offsets[t]
@@ -67,8 +70,8 @@ def backward_chunks(batch_sizes: list[int], reverse: bool) -> list[tuple[int, in
     """(t0, t1, r0, r1): consecutive time chunks of steps [t0, t1), rows [r0, r1), in the
     order backward visits them (the reverse of the forward loop's order).
 
-    Backward runs the kernel chunk by chunk, carrying dh (and dc) from one chunk to the
-    next, and does the weight-gradient GEMMs of each chunk before the next, so the gate
+    Backward runs the loop chunk by chunk, carrying the state gradients from one chunk to
+    the next, and does the weight-gradient GEMMs of each chunk before the next, so the gate
     gradients of only one chunk are alive at a time: memory O(N/chunks) instead of O(N)."""
     N = sum(batch_sizes)
     target = max(MIN_CHUNK_ROWS, -(-N // MAX_CHUNKS))
@@ -93,29 +96,6 @@ def _prev_of(flat: Tensor, initial: Tensor, prev: Tensor, r0: int, r1: int) -> T
     return rows
 
 
-def _mask_rows(mask: Tensor | None, r0: int, r1: int) -> Tensor | None:
-    return None if mask is None else mask[r0:r1]
-
-
-def _dropped(h_prev: Tensor, h_drop: Tensor | None, seq: Tensor | None, r0: int,
-             r1: int) -> Tensor:
-    """m ⊙ h_{t-1} for rows [r0, r1) (m has one row per sequence; ``seq`` maps rows)."""
-    return h_prev if h_drop is None else h_prev * h_drop.index_select(0, seq[r0:r1])
-
-
-def _masks(ctx, n: int) -> tuple:
-    """The masks a Function's forward kept (the custom ops of ``library`` keep none)."""
-    return getattr(ctx, "masks", (None,) * n)
-
-
-def _input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
-    return torch.mm(x, w_ih.t()) if bias is None else torch.addmm(bias, x, w_ih.t())
-
-
-def _sum_biases(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
-    return None if b_ih is None else b_ih + b_hh
-
-
 def _refuse_double_backward() -> None:
     # autograd enables grad mode inside backward only for create_graph=True
     if torch.is_grad_enabled():
@@ -125,292 +105,216 @@ def _refuse_double_backward() -> None:
             "backend='reference' for higher-order gradients")
 
 
-class LSTMFunction(Function):
-    @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, batch_sizes, reverse,
-                coupled, kernels, h_drop=None, zone_h=None, zone_c=None):
-        xw = _input_projection(x, w_ih, _sum_biases(b_ih, b_hh))
-        ctx.masks = (h_drop, zone_h, zone_c)
-        out, c, m, h_n, c_n = kernels.lstm_forward(xw, w_hh, w_hr, peep, h0, c0, batch_sizes,
-                                                   reverse, coupled, *ctx.masks)
-        gates = xw                                           # activations, written in place
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, peep, out, gates, c, m)
-        ctx.config = (batch_sizes, reverse, coupled, kernels)
-        ctx.mark_non_differentiable(gates, c)
-        return out, h_n, c_n, gates, c
+# -- one layer call ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Call:
+    """The non-tensor arguments of one layer and direction."""
+
+    cell: CellSpec
+    batch_sizes: tuple[int, ...]
+    reverse: bool
+    kernels: Any                 # lstmkit.ops.loops or the C++ extension's adapter
+    n_extra: int
+    n_side: int
+
+
+class Inputs(NamedTuple):
+    """The tensor arguments of one layer call (None where absent)."""
+
+    x: Tensor
+    states0: tuple[Tensor, ...]          # the module's states (h_0[, c_0])
+    w: LayerWeights
+    side: tuple[Tensor, ...]
+    masks: StepMasks
+
+    def flat(self) -> list[Tensor | None]:
+        return [self.x, *self.states0, *self.w[:6], *self.w.extra, *self.side, *self.masks]
+
+    @classmethod
+    def unflat(cls, call: Call, t: list[Tensor | None] | tuple) -> Inputs:
+        n = call.cell.n_states
+        i = 1 + n
+        w = LayerWeights(*t[i:i + 6], extra=tuple(t[i + 6:i + 6 + call.n_extra]))
+        i += 6 + call.n_extra
+        side = tuple(t[i:i + call.n_side])
+        return cls(t[0], tuple(t[1:1 + n]), w, side, StepMasks(*t[i + call.n_side:]))
+
+
+class Kept(NamedTuple):
+    """What forward keeps for backward, beyond the inputs."""
+
+    gates: Tensor                    # (N, G·H) the activations the steps left in ``a``
+    seqs: tuple[Tensor, ...]         # every state's sequence, (N, width_k)
+    m: Tensor | None                 # (N, H) cell output before the projection
+    saved: tuple[Tensor, ...]        # the family's per-row buffers
+    aux: tuple                       # what the family's ``project`` returned for backward
+
+
+def _hidden_size(cell: CellSpec, w: LayerWeights) -> int:
+    return w.w_hh.shape[0] // len(cell.gate_rows)
+
+
+def _initial_states(cell: CellSpec, states0: tuple[Tensor, ...], widths: list[int],
+                    like: Tensor) -> list[Tensor]:
+    """The module's states, then zeros for the family's internal states."""
+    B = states0[0].shape[0]
+    return [*states0, *(like.new_zeros(B, widths[k]) for k in range(len(states0), len(widths)))]
+
+
+def _widths(cell: CellSpec, H: int, R: int) -> list[int]:
+    return [s.width(H, R) for s in cell.states]
+
+
+def _zones(cell: CellSpec, masks: StepMasks) -> list[Tensor | None]:
+    zones = [masks.zone_h, masks.zone_c][: cell.n_states]
+    return zones + [None] * (len(cell.states) - len(zones))
+
+
+def layer_forward(call: Call, inp: Inputs) -> tuple[list[Tensor], list[Tensor], Kept]:
+    """Forward of one layer and direction: returns the visible state sequences (the first
+    is the output), the final states of the module's states, and what backward keeps."""
+    cell, fused, w = call.cell, call.cell.fused, inp.w
+    H, R = _hidden_size(cell, w), inp.states0[0].shape[1]
+    widths = _widths(cell, H, R)
+    a, aux = fused.project(cell, inp.x, w, list(inp.side))
+    N = a.shape[0]
+    zones = _zones(cell, inp.masks)
+    share = fused.output_in_gates and zones[0] is None and w.w_hr is None
+    seqs = [a if k == 0 and share else a.new_empty(N, width) for k, width in enumerate(widths)]
+    m = a.new_empty(N, H) if w.w_hr is not None else None
+    carry = [s.clone(memory_format=torch.contiguous_format)
+             for s in _initial_states(cell, inp.states0, widths, a)]
+    saved = fused.saved_buffers(cell, a, H)
+    call.kernels.forward(cell, a, seqs, carry, m, w.w_hr, fused.loop_weights(cell, w), saved,
+                         list(inp.side), inp.masks.h_drop, zones, list(call.batch_sizes),
+                         call.reverse)
+    n = cell.n_states
+    return seqs[:n], carry[:n], Kept(a, tuple(seqs), m, tuple(saved), aux)
+
+
+def layer_backward(call: Call, inp: Inputs, kept: Kept, dseqs: list[Tensor | None],
+                   dfinals: list[Tensor | None], needs: Inputs) -> Inputs:
+    """BPTT of :func:`layer_forward`: the gradients of ``inp`` (None where ``needs`` says
+    no gradient is wanted), given those of the visible sequences and final states."""
+    cell, fused, w = call.cell, call.cell.fused, inp.w
+    batch_sizes = list(call.batch_sizes)
+    H, R = _hidden_size(cell, w), inp.states0[0].shape[1]
+    widths = _widths(cell, H, R)
+    x, gates = inp.x, kept.gates
+    initial = _initial_states(cell, inp.states0, widths, gates)
+    dcarry = [torch.zeros_like(s) if d is None else d.contiguous().clone()
+              for s, d in zip(initial, [*dfinals, *[None] * (len(initial) - len(dfinals))])]
+    dseqs = [None if d is None else d.contiguous() for d in dseqs]
+    dseqs += [None] * (len(widths) - len(dseqs))
+    g = _accumulators(inp, needs)
+    zones = _zones(cell, inp.masks)
+    zoned = tuple(z is not None for z in zones)
+    h_drop = inp.masks.h_drop
+    prev_idx = prev_rows(batch_sizes, call.reverse, x.device)
+    seq_of_row = row_sequences(batch_sizes, x.device) if h_drop is not None else None
+    loop_w = fused.loop_weights(cell, w)
+    dw_hr = g.w["w_hr"]
+    for t0, t1, r0, r1 in backward_chunks(batch_sizes, call.reverse):
+        prev = [_prev_of(s, s0, prev_idx, r0, r1) for s, s0 in zip(kept.seqs, initial)]
+        dA = gates.new_empty(r1 - r0, gates.shape[1])
+        grads = fused.grad_buffers(cell, r1 - r0, gates, H, list(inp.side))
+        dH = gates.new_empty(r1 - r0, R) if w.w_hr is not None else None
+        rows = slice(r0, r1)
+        call.kernels.backward(
+            cell, dA, gates[rows], [s[rows] for s in kept.seqs], prev,
+            [None if d is None else d[rows] for d in dseqs], dcarry, w.w_hr, dH, loop_w,
+            grads, [b[rows] for b in kept.saved], [s[rows] for s in inp.side], h_drop,
+            [None if z is None else z[rows] for z in zones], batch_sizes[t0:t1], call.reverse)
+        h_in = prev[0] if h_drop is None else prev[0] * h_drop.index_select(0, seq_of_row[rows])
+        chunk = Chunk(r0, r1, x[rows], dA, grads, gates[rows], [s[rows] for s in kept.seqs],
+                      prev, h_in, [b[rows] for b in kept.saved], [s[rows] for s in inp.side],
+                      zoned)
+        fused.chunk_grads(cell, chunk, w, kept.aux, g)
+        if dw_hr is not None:
+            dw_hr.addmm_(dH.t(), kept.m[rows])
+    n = cell.n_states
+    dstates = tuple(d if need else None for d, need in zip(dcarry[:n], needs.states0))
+    dw = LayerWeights(*(g.w[k] for k in WEIGHT_FIELDS), extra=tuple(g.extra))
+    return Inputs(g.dx, dstates, dw, tuple(g.side), StepMasks())
+
+
+def _accumulators(inp: Inputs, needs: Inputs) -> Grads:
+    def zeros(t: Tensor | None, need: bool) -> Tensor | None:
+        return torch.zeros_like(t) if t is not None and need else None
+    w, nw = inp.w, needs.w
+    return Grads(torch.empty_like(inp.x) if needs.x else None,
+                 {k: zeros(getattr(w, k), getattr(nw, k)) for k in WEIGHT_FIELDS},
+                 [zeros(e, n) for e, n in zip(w.extra, nw.extra)],
+                 [zeros(s, n) for s, n in zip(inp.side, needs.side)])
+
+
+# -- eager: the autograd Function ----------------------------------------------------------------
+class RecurrentFunction(Function):
+    """One layer and direction of any cell family (see the module docstring)."""
 
     @staticmethod
-    def backward(ctx, dout, dh_n, dc_n, _dgates, _dc):
+    def forward(ctx, call: Call, *tensors):
+        inp = Inputs.unflat(call, tensors)
+        seqs, finals, kept = layer_forward(call, inp)
+        ctx.call = call
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*tensors, kept.gates, *kept.seqs, kept.m, *kept.saved)
+        ctx.layout = (len(tensors), len(kept.seqs), len(kept.saved))
+        ctx.aux = kept.aux
+        gates = kept.gates if kept.gates is not seqs[0] else None
+        if gates is not None:
+            ctx.mark_non_differentiable(gates)
+        return (*seqs, *finals, gates)
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
         _refuse_double_backward()
-        x, h0, c0, w_ih, w_hh, w_hr, peep, out, gates, c, m = ctx.saved_tensors
-        batch_sizes, reverse, coupled, kernels = ctx.config
-        h_drop, zone_h, zone_c = _masks(ctx, 3)
-        need = ctx.needs_input_grad
-        H = c.shape[1]
-        dout, dh, dc = dout.contiguous(), dh_n.contiguous(), dc_n.contiguous()
-        grads = _Accumulators(x, w_ih, need, bias=need[5] or need[6])
-        dw_hh = torch.zeros_like(w_hh) if need[4] else None
-        dw_hr = torch.zeros_like(w_hr) if w_hr is not None and need[7] else None
-        dpeep = torch.zeros_like(peep) if peep is not None and need[8] else None
-        prev = prev_rows(batch_sizes, reverse, x.device)
-        seq = row_sequences(batch_sizes, x.device) if h_drop is not None else None
-        for t0, t1, r0, r1 in backward_chunks(batch_sizes, reverse):
-            c_prev = _prev_of(c, c0, prev, r0, r1)
-            dA, dh, dc, dH = kernels.lstm_backward(
-                dout[r0:r1], dh, dc, gates[r0:r1], c[r0:r1], c_prev, w_hh, w_hr, peep,
-                batch_sizes[t0:t1], reverse, coupled, h_drop, _mask_rows(zone_h, r0, r1),
-                _mask_rows(zone_c, r0, r1))
-            grads.add(dA, r0, r1)
-            if dw_hh is not None:
-                h_prev = _prev_of(out, h0, prev, r0, r1)
-                dw_hh.addmm_(dA.t(), _dropped(h_prev, h_drop, seq, r0, r1))
-            if dw_hr is not None:
-                dw_hr.addmm_(dH.t(), m[r0:r1])
-            if dpeep is not None:
-                parts = [(dA[:, :H] * c_prev).sum(0)]
-                if not coupled:
-                    parts.append((dA[:, H:2 * H] * c_prev).sum(0))
-                c_t = c[r0:r1] if zone_c is None else _candidate(gates[r0:r1], c_prev, coupled)
-                parts.append((dA[:, -H:] * c_t).sum(0))
-                dpeep += torch.cat(parts)
-        return (grads.dx, dh, dc, grads.dw_ih, dw_hh, grads.db, grads.db, dw_hr, dpeep,
-                None, None, None, None, None, None, None)
-
-
-def _candidate(gates: Tensor, c_prev: Tensor, coupled: bool) -> Tensor:
-    """c̃_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t from the saved activations (zoneout saves c_t)."""
-    if coupled:
-        i_t, g_t, _ = gates.chunk(3, dim=1)
-        return (1 - i_t) * c_prev + i_t * g_t
-    i_t, f_t, g_t, _ = gates.chunk(4, dim=1)
-    return f_t * c_prev + i_t * g_t
-
-
-class LSTMVariantFunction(Function):
-    """:class:`LSTMFunction` for the ablations of Greff et al. (2015) (``cells.lstm.Greff``:
-    absent gates, no input/cell activation, full gate recurrence with ``w_gg``), through the
-    kernels' ``lstm_variant_forward``/``lstm_variant_backward`` (derivation in
-    :func:`lstmkit.ops.loops.lstm_variant_backward`). With FGR, besides the GEMMs of the
-    module docstring, ``dW_gg = Σ_rows [da_i, da_f, da_o]ᵀ q_{t-1}``, q the gate
-    activations i, f, o of the row's previous step (zeros before the first)."""
-
-    @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, w_gg, batch_sizes, reverse,
-                coupled, greff, kernels):
-        xw = _input_projection(x, w_ih, _sum_biases(b_ih, b_hh))
-        out, c, m, h_n, c_n = kernels.lstm_variant_forward(
-            xw, w_hh, w_hr, peep, w_gg, h0, c0, batch_sizes, reverse, coupled, greff)
-        gates = xw                                           # activations, written in place
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, peep, w_gg, out, gates, c, m)
-        ctx.config = (batch_sizes, reverse, coupled, greff, kernels)
-        ctx.mark_non_differentiable(gates, c)
-        return out, h_n, c_n, gates, c
-
-    @staticmethod
-    def backward(ctx, dout, dh_n, dc_n, _dgates, _dc):
-        _refuse_double_backward()
-        x, h0, c0, w_ih, w_hh, w_hr, peep, w_gg, out, gates, c, m = ctx.saved_tensors
-        batch_sizes, reverse, coupled, greff, kernels = ctx.config
-        need = ctx.needs_input_grad
-        H = c.shape[1]
-        dout, dh, dc = dout.contiguous(), dh_n.contiguous(), dc_n.contiguous()
-        dq = c.new_zeros(h0.shape[0], 3 * H) if w_gg is not None else None
-        grads = _Accumulators(x, w_ih, need, bias=need[5] or need[6])
-        dw_hh = torch.zeros_like(w_hh) if need[4] else None
-        dw_hr = torch.zeros_like(w_hr) if w_hr is not None and need[7] else None
-        dpeep = torch.zeros_like(peep) if peep is not None and need[8] else None
-        dw_gg = torch.zeros_like(w_gg) if w_gg is not None and need[9] else None
-        cols = loops.gate_columns(coupled, greff, H)
-        prev = prev_rows(batch_sizes, reverse, x.device)
-        for t0, t1, r0, r1 in backward_chunks(batch_sizes, reverse):
-            c_prev = _prev_of(c, c0, prev, r0, r1)
-            dA, dh, dc, dq, dH = kernels.lstm_variant_backward(
-                dout[r0:r1], dh, dc, dq, gates[r0:r1], c[r0:r1], c_prev, w_hh, w_hr, peep,
-                w_gg, batch_sizes[t0:t1], reverse, coupled, greff)
-            grads.add(dA, r0, r1)
-            if dw_hh is not None:
-                dw_hh.addmm_(dA.t(), _prev_of(out, h0, prev, r0, r1))
-            if dw_hr is not None:
-                dw_hr.addmm_(dH.t(), m[r0:r1])
-            if dpeep is not None:                  # i, f see c_{t-1}; o sees c_t
-                dpeep += torch.cat([(dA[:, cols[k]] * (c[r0:r1] if k == "o" else c_prev)).sum(0)
-                                    for k in cols if k != "g"])
-            if dw_gg is not None:                  # all four gates present: i, f, g, o
-                q_prev = _prev_of(gates, gates.new_zeros(h0.shape[0], 4 * H), prev, r0, r1)
-                dw_gg.addmm_(torch.cat([dA[:, : 2 * H], dA[:, 3 * H:]], dim=1).t(),
-                             torch.cat([q_prev[:, : 2 * H], q_prev[:, 3 * H:]], dim=1))
-        return (grads.dx, dh, dc, grads.dw_ih, dw_hh, grads.db, grads.db, dw_hr, dpeep, dw_gg,
-                None, None, None, None, None)
-
-
-class _Accumulators:
-    """dx (rows written chunk by chunk), dW_ih and db (summed over chunks) of one layer."""
-
-    def __init__(self, x: Tensor, w_ih: Tensor, need: tuple, *, bias: bool, i_x: int = 0,
-                 i_w: int = 3):
-        self.x, self.w_ih = x, w_ih
-        self.dx = torch.empty_like(x) if need[i_x] else None
-        self.dw_ih = torch.zeros_like(w_ih) if need[i_w] else None
-        self.db = w_ih.new_zeros(w_ih.shape[0]) if bias else None
-
-    def add(self, dA: Tensor, r0: int, r1: int) -> None:
-        """dx = dA W_ih, dW_ih += dAᵀ x, db += Σ dA for rows [r0, r1)."""
-        if self.dx is not None:
-            torch.mm(dA, self.w_ih, out=self.dx[r0:r1])
-        if self.dw_ih is not None:
-            self.dw_ih.addmm_(dA.t(), self.x[r0:r1])
-        if self.db is not None:
-            self.db += dA.sum(0)
-
-
-class GRUFunction(Function):
-    @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, reset_after, kernels,
-                h_drop=None, zone_h=None):
-        xw = _input_projection(x, w_ih, b_ih)
-        ctx.masks = (h_drop, zone_h)
-        out, hw_n, h_n = kernels.gru_forward(xw, w_hh, b_hh, h0, batch_sizes, reverse,
-                                             reset_after, h_drop, zone_h)
-        gates = xw
-        ctx.save_for_backward(x, h0, w_ih, w_hh, out, gates, hw_n)
-        ctx.config = (batch_sizes, reverse, reset_after, kernels, b_hh is not None)
-        ctx.mark_non_differentiable(gates)
-        return out, h_n, gates
-
-    @staticmethod
-    def backward(ctx, dout, dh_n, _dgates):
-        _refuse_double_backward()
-        x, h0, w_ih, w_hh, out, gates, hw_n = ctx.saved_tensors
-        batch_sizes, reverse, reset_after, kernels, has_bias = ctx.config
-        h_drop, zone_h = _masks(ctx, 2)
-        need = ctx.needs_input_grad
-        H = h0.shape[1]
-        dout, dh = dout.contiguous(), dh_n.contiguous()
-        grads = _Accumulators(x, w_ih, need, bias=has_bias and need[4], i_w=2)
-        db_hh = w_hh.new_zeros(w_hh.shape[0]) if has_bias and need[5] else None
-        dw_hh = torch.zeros_like(w_hh) if need[3] else None
-        prev = prev_rows(batch_sizes, reverse, x.device)
-        seq = row_sequences(batch_sizes, x.device) if h_drop is not None else None
-        for t0, t1, r0, r1 in backward_chunks(batch_sizes, reverse):
-            h_prev = _prev_of(out, h0, prev, r0, r1)
-            dA_x, dA_h, dh = kernels.gru_backward(
-                dout[r0:r1], dh, gates[r0:r1], hw_n[r0:r1] if hw_n is not None else None,
-                h_prev, w_hh, batch_sizes[t0:t1], reverse, reset_after, h_drop,
-                _mask_rows(zone_h, r0, r1))
-            grads.add(dA_x, r0, r1)
-            if db_hh is not None:
-                db_hh += dA_h.sum(0)
-            if dw_hh is None:
-                continue
-            h_prev = _dropped(h_prev, h_drop, seq, r0, r1)          # what W_hh multiplied
-            if reset_after:
-                dw_hh.addmm_(dA_h.t(), h_prev)
-            else:                              # the n rows multiply r ⊙ h_{t-1}
-                q = gates[r0:r1, :H] * h_prev
-                dw_hh[: 2 * H].addmm_(dA_h[:, : 2 * H].t(), h_prev)
-                dw_hh[2 * H:].addmm_(dA_h[:, 2 * H:].t(), q)
-        return (grads.dx, dh, grads.dw_ih, dw_hh, grads.db, db_hh, None, None, None, None,
-                None, None)
-
-
-class RNNFunction(Function):
-    @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, relu, kernels,
-                h_drop=None, zone_h=None):
-        xw = _input_projection(x, w_ih, _sum_biases(b_ih, b_hh))
-        ctx.masks = (h_drop, zone_h)
-        out, h_n = kernels.rnn_forward(xw, w_hh, h0, batch_sizes, reverse, relu, h_drop, zone_h)
-        # xw now holds h̃_t = act(a_t); it is ``out`` itself unless zoneout mixed h_{t-1} in
-        ctx.save_for_backward(x, h0, w_ih, w_hh, out, *([xw] if zone_h is not None else []))
-        ctx.config = (batch_sizes, reverse, relu, kernels)
-        return out, h_n
-
-    @staticmethod
-    def backward(ctx, dout, dh_n):
-        _refuse_double_backward()
-        x, h0, w_ih, w_hh, out, *act = ctx.saved_tensors
-        act = act[0] if act else out                                   # h̃_t
-        batch_sizes, reverse, relu, kernels = ctx.config
-        h_drop, zone_h = _masks(ctx, 2)
-        need = ctx.needs_input_grad
-        dout, dh = dout.contiguous(), dh_n.contiguous()
-        grads = _Accumulators(x, w_ih, need, bias=need[4] or need[5], i_w=2)
-        dw_hh = torch.zeros_like(w_hh) if need[3] else None
-        prev = prev_rows(batch_sizes, reverse, x.device)
-        seq = row_sequences(batch_sizes, x.device) if h_drop is not None else None
-        for t0, t1, r0, r1 in backward_chunks(batch_sizes, reverse):
-            dA, dh = kernels.rnn_backward(dout[r0:r1], dh, act[r0:r1], w_hh,
-                                          batch_sizes[t0:t1], reverse, relu, h_drop,
-                                          _mask_rows(zone_h, r0, r1))
-            grads.add(dA, r0, r1)
-            if dw_hh is not None:
-                h_prev = _prev_of(out, h0, prev, r0, r1)
-                dw_hh.addmm_(dA.t(), _dropped(h_prev, h_drop, seq, r0, r1))
-        return (grads.dx, dh, grads.dw_ih, dw_hh, grads.db, grads.db, None, None, None, None,
-                None, None)
-
-
-def _trace(cell: CellSpec, batch_sizes: list[int], out: Tensor, gates: Tensor | None,
-           c: Tensor | None) -> Trace:
-    """The per-step record of ``reference.run_layer``, as views into the saved buffers."""
-    steps = []
-    outs = out.detach().split(batch_sizes)
-    g_steps = gates.detach().split(batch_sizes) if gates is not None else [None] * len(outs)
-    c_steps = c.detach().split(batch_sizes) if c is not None else [None] * len(outs)
-    for h_t, g_t, c_t in zip(outs, g_steps, c_steps):
-        record: dict[str, Tensor] = {}
-        if g_t is not None:
-            acts = dict(zip(cell.gate_rows, g_t.chunk(len(cell.gate_rows), dim=1)))
-            for k in cell.gates:                 # absent LSTM gates: f = 1 − i (coupled), or 1
-                record[k] = acts.get(k)
-                if record[k] is None:
-                    record[k] = (1 - acts["i"] if k == "f" and cell.option("coupled")
-                                 else torch.ones_like(acts["g"]))
-        if c_t is not None:
-            record["c"] = c_t
-        record["h"] = h_t
-        steps.append(record)
-    return steps
+        call = ctx.call
+        n_in, n_seq, n_saved = ctx.layout
+        saved = ctx.saved_tensors
+        inp = Inputs.unflat(call, saved[:n_in])
+        i = n_in
+        kept = Kept(saved[i], tuple(saved[i + 1:i + 1 + n_seq]), saved[i + 1 + n_seq],
+                    tuple(saved[i + 2 + n_seq:i + 2 + n_seq + n_saved]), ctx.aux)
+        n = call.cell.n_states
+        dseqs, dfinals = list(grad_outputs[:n]), list(grad_outputs[n:2 * n])
+        if dseqs[0] is None:
+            dseqs[0] = torch.zeros_like(kept.seqs[0])
+        needs = Inputs.unflat(call, ctx.needs_input_grad[1:])
+        grads = layer_backward(call, inp, kept, dseqs, dfinals, needs)
+        return (None, *grads.flat())
 
 
 def run_layer(cell: CellSpec, x: Tensor, batch_sizes: list[int], state0: State,
               w: LayerWeights, *, reverse: bool = False, record: bool = False,
-              kernels: ModuleType, masks: StepMasks | None = None
-              ) -> tuple[Tensor, State, Trace | None]:
-    """:func:`lstmkit.ops.reference.run_layer` with hand-derived BPTT, using ``kernels``
-    (the C++ extension or :mod:`lstmkit.ops.loops`) for the recurrence."""
-    if cell.option("layer_norm"):                  # LN-LSTM / LN-GRU: their own Functions
-        from . import fused_ln
-        return fused_ln.run_layer(cell, x, batch_sizes, state0, w, reverse=reverse,
-                                  record=record, kernels=fused_ln.kernels_for(kernels))
-    gates = c = None
-    h_drop, zone_h, zone_c = (None if m is None else m.contiguous()
-                              for m in (masks or StepMasks()))
-    x = x.contiguous()
-    if cell.family == "lstm" and cell.option("greff") is not None:
-        h0, c0 = (s.contiguous() for s in state0)
-        out, h_n, c_n, gates, c = LSTMVariantFunction.apply(
-            x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, w.peephole,
-            w.extra[0] if w.extra else None, batch_sizes, reverse, bool(cell.option("coupled")),
-            cell.option("greff"), kernels)
-        final: State = (h_n, c_n)
-    elif cell.family == "lstm":
-        h0, c0 = (s.contiguous() for s in state0)
-        out, h_n, c_n, gates, c = LSTMFunction.apply(
-            x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, w.peephole, batch_sizes,
-            reverse, bool(cell.option("coupled")), kernels, h_drop, zone_h, zone_c)
-        final = (h_n, c_n)
-    elif cell.family == "gru":
-        out, h_n, gates = GRUFunction.apply(
-            x, state0[0].contiguous(), w.w_ih, w.w_hh, w.b_ih, w.b_hh, batch_sizes, reverse,
-            bool(cell.option("reset_after", True)), kernels, h_drop, zone_h)
-        final = (h_n,)
-    elif cell.family == "rnn":
-        out, h_n = RNNFunction.apply(
-            x, state0[0].contiguous(), w.w_ih, w.w_hh, w.b_ih, w.b_hh, batch_sizes, reverse,
-            cell.option("nonlinearity") == "relu", kernels, h_drop, zone_h)
-        final = (h_n,)
-    else:
-        raise ValueError(f"the fused backend has no kernel for cell family {cell.family!r}")
-    trace = _trace(cell, batch_sizes, out, gates, c) if record else None
-    return out, final, trace
+              kernels: Any, masks: StepMasks | None = None, side: tuple[Tensor, ...] = (),
+              sequences: bool = False) -> tuple:
+    """:func:`lstmkit.ops.reference.run_layer` with hand-derived BPTT, the recurrence run by
+    ``kernels`` (the C++ extension or :mod:`lstmkit.ops.loops`)."""
+    if cell.fused is None:
+        raise ValueError(f"the {cell.family} cell has no fused kernel; use backend='reference'")
+    side = (*cell.schedule(batch_sizes, reverse, x.device), *side)
+    call = Call(cell, tuple(batch_sizes), reverse, kernels, len(w.extra), len(side))
+    masks = StepMasks(*(None if m is None else m.contiguous() for m in (masks or StepMasks())))
+    inp = Inputs(x.contiguous(), tuple(state0), w, side, masks)
+    outs = RecurrentFunction.apply(call, *inp.flat())
+    n = cell.n_states
+    seqs, final, gates = outs[:n], tuple(outs[n:2 * n]), outs[2 * n]
+    trace = make_trace(cell, batch_sizes, seqs, seqs[0] if gates is None else gates,
+                       _hidden_size(cell, w)) if record else None
+    if sequences:
+        return seqs[0], final, trace, seqs
+    return seqs[0], final, trace
+
+
+def make_trace(cell: CellSpec, batch_sizes: list[int], seqs, gates: Tensor, H: int) -> Trace:
+    """The per-step record of ``reference.run_layer``, as views into the saved buffers."""
+    steps = []
+    split = [s.detach().split(batch_sizes) for s in seqs]
+    for t, g_t in enumerate(gates.detach().split(batch_sizes)):
+        record = dict(cell.fused.trace_gates(cell, g_t, H))
+        if cell.n_states == 2:
+            record["c"] = split[1][t]
+        record["h"] = split[0][t]
+        steps.append(record)
+    return steps

@@ -1,359 +1,260 @@
 """The fused layers as ``torch.library`` custom ops, for ``torch.compile`` and ``torch.export``.
 
-``lstmkit::lstm_layer``, ``lstmkit::gru_layer`` and ``lstmkit::rnn_layer`` each run one
-layer and direction (the forward of :mod:`lstmkit.ops.fused`), with a fake (meta)
-implementation giving the output shapes and an autograd formula that calls the matching
-``*_backward`` op (the hand-derived BPTT of the same module). To dynamo each layer is then a
-single op: no graph break. The kernels — C++ or torch loops — are chosen when the op runs,
-by the ``kernels`` argument ("fused_cpp", "fused_py" or "fused" = C++ where it can run).
+One factory, :func:`make_layer_op`, makes for every registered cell family the op
+``lstmkit::<family>_layer`` (one layer and direction: :func:`lstmkit.ops.fused.layer_forward`),
+with a fake implementation for the output shapes (the same function, its loop replaced by
+nothing) and an autograd formula that calls ``lstmkit::<family>_layer_backward``
+(:func:`lstmkit.ops.fused.layer_backward`). To dynamo each layer is then a single op: no
+graph break, masks (recurrent dropout, zoneout) included. The kernels — C++ or torch loops —
+are chosen when the op runs, by the ``kernels`` argument ("fused_cpp", "fused_py" or
+"fused" = C++ where it can run).
 
-The modules use these ops while ``torch.compiler.is_compiling()``; eager code calls the
-autograd Functions of :mod:`lstmkit.ops.fused` directly (the same computation, without the
+The op's arguments: ``x``; the module's initial states; the weights present, in the order of
+:class:`lstmkit.cells.LayerWeights` (``config`` says which are present); the side inputs;
+the masks present (h_drop, zone_h, zone_c); ``batch_sizes``; ``reverse``; ``config`` (the
+family's options and what is present, as JSON); ``kernels``. Its outputs: every state's
+sequence, the module's final states, the saved activations (empty when they are the output
+itself), the cell output before the projection (empty without one), the family's saved
+buffers and what its input projection keeps.
+
+The modules use these ops while ``torch.compiler.is_compiling()``; eager code calls
+:class:`lstmkit.ops.fused.RecurrentFunction` directly (the same computation, without the
 dispatcher's per-call cost).
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
 
 import torch
 from torch import Tensor
 from torch.library import custom_op
 
-from ..cells.base import CellSpec, LayerWeights, State
-from ..cells.lstm import Greff
-from . import _cpp_can_run, fused, loops
+from ..cells.base import CellSpec, LayerWeights, State, build, families
+from . import fused, loops
 from .extension import cpp_kernels
+from .fused import Call, Inputs, Kept
+from .masks import StepMasks
+
+# -- ONNX export: which cells run as their op --------------------------------------------------
+_onnx_export = [False]
 
 
-def _kernels(choice: str, x: Tensor):
+def onnx_exporting() -> bool:
+    """True while :func:`lstmkit.interop.onnx.export` runs: a cell without an ONNX operator
+    then runs its reference equations (see :func:`lstmkit.ops.select_backend`)."""
+    return _onnx_export[0]
+
+
+@contextmanager
+def exporting_onnx() -> Iterator[None]:
+    previous, _onnx_export[0] = _onnx_export[0], True
+    try:
+        yield
+    finally:
+        _onnx_export[0] = previous
+
+
+# -- packing the arguments -------------------------------------------------------------------------
+def config_of(cell: CellSpec, w: LayerWeights, n_side: int, masks: StepMasks) -> str:
+    return json.dumps({"options": [list(o) for o in cell.options],
+                       "weights": [t is not None for t in (*w[:6], *w.extra)],
+                       "side": n_side, "masks": [m is not None for m in masks]})
+
+
+@lru_cache(maxsize=256)
+def _spec(family: str, options: str) -> CellSpec:
+    return build(family, {k: tuple(v) if isinstance(v, list) else v
+                          for k, v in json.loads(options)})
+
+
+def _kernels(choice: str, cell: CellSpec, x: Tensor):
+    from . import _cpp_can_run
     if choice == "fused_py":
         return loops
     if choice == "fused_cpp":
         return cpp_kernels(required=True)
-    return (cpp_kernels(required=False) if _cpp_can_run(x) else None) or loops
+    return (cpp_kernels(required=False) if _cpp_can_run(cell, x) else None) or loops
 
 
-class _Ctx(SimpleNamespace):
-    """Stands in for an autograd context when the Functions' bodies run inside an op."""
+class _NoLoop:
+    """Kernels that leave the buffers as allocated: the fake (shape) implementations."""
 
-    def save_for_backward(self, *tensors) -> None:
-        self.saved_tensors = tensors
+    @staticmethod
+    def forward(*args) -> None:
+        pass
 
-    def mark_non_differentiable(self, *tensors) -> None:
+    @staticmethod
+    def backward(*args) -> None:
         pass
 
 
-def _empty_if_none(t: Tensor | None, like: Tensor) -> Tensor:
-    return like.new_empty(0) if t is None else t
+def _unpack(family, x, states0, weights, side, masks, batch_sizes, reverse, config, kernels):
+    c = json.loads(config)
+    cell = _spec(family, json.dumps(c["options"]))
+    present = iter(weights)
+    ws = [next(present) if here else None for here in c["weights"]]
+    w = LayerWeights(*ws[:6], extra=tuple(ws[6:]))
+    given = iter(masks)
+    m = StepMasks(*(next(given) if here else None for here in c["masks"]))
+    kern = kernels if isinstance(kernels, _NoLoop) else _kernels(kernels, cell, x)
+    call = Call(cell, tuple(batch_sizes), reverse, kern, len(w.extra), c["side"])
+    return call, Inputs(x, tuple(states0), w, tuple(side), m)
 
 
-def _none_if_empty(t: Tensor) -> Tensor | None:
-    return None if t.numel() == 0 and t.dim() == 1 else t
+def _empty(like: Tensor) -> Tensor:
+    return like.new_empty(0)
 
 
-def _zeros_if_none(g: Tensor | None, like: Tensor) -> Tensor:
-    return torch.zeros_like(like) if g is None else g
+def _outputs(call: Call, inp: Inputs) -> list[Tensor]:
+    seqs, finals, kept = fused.layer_forward(call, inp)
+    gates = _empty(inp.x) if kept.gates is kept.seqs[0] else kept.gates
+    m = _empty(inp.x) if kept.m is None else kept.m
+    return [*kept.seqs, *finals, gates, m, *kept.saved, *kept.aux]
 
 
-# -- LSTM ---------------------------------------------------------------------------------
-@custom_op("lstmkit::lstm_layer", mutates_args=())
-def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
-               b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None,
-               peep: Tensor | None, batch_sizes: list[int], reverse: bool, coupled: bool,
-               kernels: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    ctx = _Ctx()
-    out, h_n, c_n, gates, c = fused.LSTMFunction.forward(
-        ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, batch_sizes, reverse, coupled,
-        _kernels(kernels, x))
-    m = ctx.saved_tensors[-1]
-    return out, h_n, c_n, gates, c, _empty_if_none(m, x)
+def _kept(call: Call, inp: Inputs, outs: list[Tensor]) -> tuple[Kept, int]:
+    """Split the op's outputs back into the sequences, final states and :class:`Kept`."""
+    n_all, n = len(call.cell.states), call.cell.n_states
+    seqs = tuple(outs[:n_all])
+    gates, m = outs[n_all + n], outs[n_all + n + 1]
+    n_saved = len(call.cell.fused.saved_buffers(call.cell, gates.new_empty(0, 0), 0))
+    i = n_all + n + 2
+    saved, aux = tuple(outs[i:i + n_saved]), tuple(outs[i + n_saved:])
+    return Kept(seqs[0] if gates.numel() == 0 else gates, seqs,
+                None if m.numel() == 0 else m, saved, aux), n_all
 
 
-@lstm_layer.register_fake
-def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, batch_sizes, reverse, coupled, kernels):
-    N, H = x.shape[0], c0.shape[1]
-    m = x.new_empty(N, H) if w_hr is not None else x.new_empty(0)
-    return (x.new_empty(N, h0.shape[1]), torch.empty_like(h0), torch.empty_like(c0),
-            x.new_empty(N, w_ih.shape[0]), x.new_empty(N, H), m)
+# -- the factory -------------------------------------------------------------------------------------
+_OPS: dict[str, object] = {}
 
 
-@custom_op("lstmkit::lstm_layer_backward", mutates_args=())
-def lstm_layer_backward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
-                        w_hr: Tensor | None, peep: Tensor | None, out: Tensor, gates: Tensor,
-                        c: Tensor, m: Tensor | None, dout: Tensor, dh_n: Tensor, dc_n: Tensor,
-                        batch_sizes: list[int], reverse: bool, coupled: bool, kernels: str,
-                        needs: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor,
-                                                    Tensor, Tensor, Tensor]:
-    ctx = _Ctx(saved_tensors=(x, h0, c0, w_ih, w_hh, w_hr, peep, out, gates, c, m),
-               config=(batch_sizes, reverse, coupled, _kernels(kernels, x)),
-               needs_input_grad=tuple(needs))
-    g = fused.LSTMFunction.backward(ctx, dout, dh_n, dc_n, None, None)
-    return tuple(_empty_if_none(t, x) for t in (g[0], g[1], g[2], g[3], g[4], g[5], g[7],
-                                                g[8]))
+def make_layer_op(family: str):
+    """Register ``lstmkit::<family>_layer`` and its backward; return the forward op."""
+    if family in _OPS:
+        return _OPS[family]
+    name = f"lstmkit::{family}_layer"
+
+    def forward(x: Tensor, states0: list[Tensor], weights: list[Tensor], side: list[Tensor],
+                masks: list[Tensor], batch_sizes: list[int], reverse: bool, config: str,
+                kernels: str) -> list[Tensor]:
+        call, inp = _unpack(family, x, states0, weights, side, masks, batch_sizes, reverse,
+                            config, kernels)
+        return _outputs(call, inp)
+
+    def fake(x, states0, weights, side, masks, batch_sizes, reverse, config, kernels):
+        call, inp = _unpack(family, x, states0, weights, side, masks, batch_sizes, reverse,
+                            config, _NoLoop())
+        return _outputs(call, inp)
+
+    def backward_op(x: Tensor, states0: list[Tensor], weights: list[Tensor],
+                    side: list[Tensor], masks: list[Tensor], kept: list[Tensor],
+                    dseqs: list[Tensor], dfinals: list[Tensor], batch_sizes: list[int],
+                    reverse: bool, config: str, kernels: str, needs: list[bool]
+                    ) -> list[Tensor]:
+        call, inp = _unpack(family, x, states0, weights, side, masks, batch_sizes, reverse,
+                            config, kernels)
+        return _backward(call, inp, kept, dseqs, dfinals, needs)
+
+    def backward_fake(x, states0, weights, side, masks, kept, dseqs, dfinals, batch_sizes,
+                      reverse, config, kernels, needs):
+        tensors = [x, *states0, *weights, *side]
+        return [torch.empty_like(t) if need else _empty(x) for t, need in zip(tensors, needs)]
+
+    op = custom_op(name, forward, mutates_args=())
+    op.register_fake(fake)
+    back = custom_op(f"{name}_backward", backward_op, mutates_args=())
+    back.register_fake(backward_fake)
+
+    def setup_context(ctx, inputs, output) -> None:
+        x, states0, weights, side, masks, batch_sizes, reverse, config, kernels = inputs
+        ctx.args = (batch_sizes, reverse, config, kernels)
+        ctx.n = (len(states0), len(weights), len(side), len(masks), len(output))
+        ctx.save_for_backward(x, *states0, *weights, *side, *masks, *output)
+
+    def autograd(ctx, grads):
+        fused._refuse_double_backward()
+        batch_sizes, reverse, config, kernels = ctx.args
+        n_s, n_w, n_side, n_m, n_out = ctx.n
+        t = ctx.saved_tensors
+        x, states0 = t[0], list(t[1:1 + n_s])
+        i = 1 + n_s
+        weights, side = list(t[i:i + n_w]), list(t[i + n_w:i + n_w + n_side])
+        i += n_w + n_side
+        masks, outs = list(t[i:i + n_m]), list(t[i + n_m:])
+        n_all = len(_spec_of(config, family).states)
+        n = n_s
+        dseqs = [_empty(x) if g is None else g for g in grads[:n]]
+        dfinals = [_empty(x) if g is None else g for g in grads[n_all:n_all + n]]
+        needs = [bool(v) for v in (ctx.needs_input_grad[0], *ctx.needs_input_grad[1],
+                                   *ctx.needs_input_grad[2], *ctx.needs_input_grad[3])]
+        g = back(x, states0, weights, side, masks, outs, dseqs, dfinals, batch_sizes, reverse,
+                 config, kernels, needs)
+        g = [None if (not need or v.numel() == 0 and v.dim() == 1) else v
+             for v, need in zip(g, needs)]
+        return (g[0], g[1:1 + n_s], g[1 + n_s:1 + n_s + n_w], g[1 + n_s + n_w:],
+                [None] * n_m, None, None, None, None)
+
+    op.register_autograd(autograd, setup_context=setup_context)
+    _OPS[family] = op
+    return op
 
 
-@lstm_layer_backward.register_fake
-def _(x, h0, c0, w_ih, w_hh, w_hr, peep, out, gates, c, m, dout, dh_n, dc_n, batch_sizes,
-      reverse, coupled, kernels, needs):
-    def like(t, need):
-        return torch.empty_like(t) if need and t is not None else x.new_empty(0)
-    db = x.new_empty(w_ih.shape[0]) if needs[5] or needs[6] else x.new_empty(0)
-    return (like(x, needs[0]), torch.empty_like(h0), torch.empty_like(c0),
-            like(w_ih, needs[3]), like(w_hh, needs[4]), db, like(w_hr, needs[7]),
-            like(peep, needs[8]))
+def _spec_of(config: str, family: str) -> CellSpec:
+    return _spec(family, json.dumps(json.loads(config)["options"]))
 
 
-def _lstm_setup(ctx, inputs, output) -> None:
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, batch_sizes, reverse, coupled, kernels = inputs
-    out, h_n, c_n, gates, c, m = output
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, peep, out, gates, c,
-                          m if w_hr is not None else None)
-    ctx.config = (batch_sizes, reverse, coupled, kernels)
+def _backward(call: Call, inp: Inputs, outs: list[Tensor], dseqs: list[Tensor],
+              dfinals: list[Tensor], needs: list[bool]) -> list[Tensor]:
+    kept, n_all = _kept(call, inp, outs)
+    n = call.cell.n_states
+    ds = [None if d.numel() == 0 and d.dim() == 1 else d for d in dseqs]
+    if ds[0] is None:
+        ds[0] = torch.zeros_like(kept.seqs[0])
+    df = [None if d.numel() == 0 and d.dim() == 1 else d for d in dfinals]
+    flags = iter(needs)
+    need_x = next(flags)
+    need_states = tuple(next(flags) for _ in range(n))
+    w_present = [t is not None for t in (*inp.w[:6], *inp.w.extra)]
+    need_w = [next(flags) if here else False for here in w_present]
+    need_side = tuple(next(flags) for _ in inp.side)
+    want = Inputs(need_x, need_states, LayerWeights(*need_w[:6], extra=tuple(need_w[6:])),
+                  need_side, StepMasks())
+    grads = fused.layer_backward(call, inp, kept, ds, df, want)
+    x = inp.x
+    out = [grads.dx, *grads.states0,
+           *(g for g, here in zip((*grads.w[:6], *grads.w.extra), w_present) if here),
+           *grads.side]
+    return [_empty(x) if g is None else g for g in out]
 
 
-def _lstm_backward(ctx, dout, dh_n, dc_n, _dgates, _dc, _dm):
-    x, h0, c0, w_ih, w_hh, w_hr, peep, out, gates, c, m = ctx.saved_tensors
-    batch_sizes, reverse, coupled, kernels = ctx.config
-    needs = list(ctx.needs_input_grad[:9])
-    dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, dpeep = lstm_layer_backward(
-        x, h0, c0, w_ih, w_hh, w_hr, peep, out, gates, c, m, _zeros_if_none(dout, out),
-        _zeros_if_none(dh_n, h0), _zeros_if_none(dc_n, c0), batch_sizes, reverse, coupled,
-        kernels, needs)
-    db = _none_if_empty(db)
-    return (_none_if_empty(dx), dh0, dc0, _none_if_empty(dw_ih), _none_if_empty(dw_hh), db,
-            db, _none_if_empty(dw_hr), _none_if_empty(dpeep), None, None, None, None)
+for _family in families():
+    make_layer_op(_family)
 
 
-lstm_layer.register_autograd(_lstm_backward, setup_context=_lstm_setup)
-
-
-# -- LSTM ablations of Greff et al. (2015) --------------------------------------------------
-@custom_op("lstmkit::lstm_variant_layer", mutates_args=())
-def lstm_variant_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
-                       b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None,
-                       peep: Tensor | None, w_gg: Tensor | None, batch_sizes: list[int],
-                       reverse: bool, coupled: bool, greff: list[bool], kernels: str
-                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    ctx = _Ctx()
-    out, h_n, c_n, gates, c = fused.LSTMVariantFunction.forward(
-        ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, w_gg, batch_sizes, reverse, coupled,
-        Greff(*greff), _kernels(kernels, x))
-    m = ctx.saved_tensors[-1]
-    return out, h_n, c_n, gates, c, _empty_if_none(m, x)
-
-
-@lstm_variant_layer.register_fake
-def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, w_gg, batch_sizes, reverse, coupled, greff,
-      kernels):
-    N, H = x.shape[0], c0.shape[1]
-    m = x.new_empty(N, H) if w_hr is not None else x.new_empty(0)
-    return (x.new_empty(N, h0.shape[1]), torch.empty_like(h0), torch.empty_like(c0),
-            x.new_empty(N, w_ih.shape[0]), x.new_empty(N, H), m)
-
-
-@custom_op("lstmkit::lstm_variant_layer_backward", mutates_args=())
-def lstm_variant_layer_backward(
-        x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Tensor | None,
-        peep: Tensor | None, w_gg: Tensor | None, out: Tensor, gates: Tensor, c: Tensor,
-        m: Tensor | None, dout: Tensor, dh_n: Tensor, dc_n: Tensor, batch_sizes: list[int],
-        reverse: bool, coupled: bool, greff: list[bool], kernels: str, needs: list[bool]
-        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    ctx = _Ctx(saved_tensors=(x, h0, c0, w_ih, w_hh, w_hr, peep, w_gg, out, gates, c, m),
-               config=(batch_sizes, reverse, coupled, Greff(*greff), _kernels(kernels, x)),
-               needs_input_grad=tuple(needs))
-    g = fused.LSTMVariantFunction.backward(ctx, dout, dh_n, dc_n, None, None)
-    return tuple(_empty_if_none(t, x) for t in (*g[:6], *g[7:10]))
-
-
-@lstm_variant_layer_backward.register_fake
-def _(x, h0, c0, w_ih, w_hh, w_hr, peep, w_gg, out, gates, c, m, dout, dh_n, dc_n, batch_sizes,
-      reverse, coupled, greff, kernels, needs):
-    def like(t, need):
-        return torch.empty_like(t) if need and t is not None else x.new_empty(0)
-    db = x.new_empty(w_ih.shape[0]) if needs[5] or needs[6] else x.new_empty(0)
-    return (like(x, needs[0]), torch.empty_like(h0), torch.empty_like(c0),
-            like(w_ih, needs[3]), like(w_hh, needs[4]), db, like(w_hr, needs[7]),
-            like(peep, needs[8]), like(w_gg, needs[9]))
-
-
-def _lstm_variant_setup(ctx, inputs, output) -> None:
-    (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, w_gg, batch_sizes, reverse, coupled, greff,
-     kernels) = inputs
-    out, h_n, c_n, gates, c, m = output
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, peep, w_gg, out, gates, c,
-                          m if w_hr is not None else None)
-    ctx.config = (batch_sizes, reverse, coupled, greff, kernels)
-
-
-def _lstm_variant_backward(ctx, dout, dh_n, dc_n, _dgates, _dc, _dm):
-    x, h0, c0, w_ih, w_hh, w_hr, peep, w_gg, out, gates, c, m = ctx.saved_tensors
-    batch_sizes, reverse, coupled, greff, kernels = ctx.config
-    g = lstm_variant_layer_backward(
-        x, h0, c0, w_ih, w_hh, w_hr, peep, w_gg, out, gates, c, m, _zeros_if_none(dout, out),
-        _zeros_if_none(dh_n, h0), _zeros_if_none(dc_n, c0), batch_sizes, reverse, coupled,
-        greff, kernels, list(ctx.needs_input_grad[:10]))
-    dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, dpeep, dw_gg = g
-    db = _none_if_empty(db)
-    return (_none_if_empty(dx), dh0, dc0, _none_if_empty(dw_ih), _none_if_empty(dw_hh), db,
-            db, _none_if_empty(dw_hr), _none_if_empty(dpeep), _none_if_empty(dw_gg),
-            None, None, None, None, None)
-
-
-lstm_variant_layer.register_autograd(_lstm_variant_backward, setup_context=_lstm_variant_setup)
-
-
-# -- GRU ----------------------------------------------------------------------------------
-@custom_op("lstmkit::gru_layer", mutates_args=())
-def gru_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
-              b_hh: Tensor | None, batch_sizes: list[int], reverse: bool, reset_after: bool,
-              kernels: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    ctx = _Ctx()
-    out, h_n, gates = fused.GRUFunction.forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh,
-                                                batch_sizes, reverse, reset_after,
-                                                _kernels(kernels, x))
-    return out, h_n, gates, _empty_if_none(ctx.saved_tensors[-1], x)
-
-
-@gru_layer.register_fake
-def _(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, reset_after, kernels):
-    N, H = x.shape[0], h0.shape[1]
-    return (x.new_empty(N, H), torch.empty_like(h0), x.new_empty(N, w_ih.shape[0]),
-            x.new_empty(N, H) if reset_after else x.new_empty(0))
-
-
-@custom_op("lstmkit::gru_layer_backward", mutates_args=())
-def gru_layer_backward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, out: Tensor,
-                       gates: Tensor, hw_n: Tensor | None, dout: Tensor, dh_n: Tensor,
-                       batch_sizes: list[int], reverse: bool, reset_after: bool, kernels: str,
-                       has_bias: bool, needs: list[bool]
-                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    ctx = _Ctx(saved_tensors=(x, h0, w_ih, w_hh, out, gates, hw_n),
-               config=(batch_sizes, reverse, reset_after, _kernels(kernels, x), has_bias),
-               needs_input_grad=tuple(needs))
-    g = fused.GRUFunction.backward(ctx, dout, dh_n, None)
-    return tuple(_empty_if_none(t, x) for t in g[:6])
-
-
-@gru_layer_backward.register_fake
-def _(x, h0, w_ih, w_hh, out, gates, hw_n, dout, dh_n, batch_sizes, reverse, reset_after,
-      kernels, has_bias, needs):
-    def like(t, need):
-        return torch.empty_like(t) if need else x.new_empty(0)
-    bias = x.new_empty(w_ih.shape[0])
-    return (like(x, needs[0]), torch.empty_like(h0), like(w_ih, needs[2]),
-            like(w_hh, needs[3]), bias if has_bias and needs[4] else x.new_empty(0),
-            torch.empty_like(bias) if has_bias and needs[5] else x.new_empty(0))
-
-
-def _gru_setup(ctx, inputs, output) -> None:
-    x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, reset_after, kernels = inputs
-    out, h_n, gates, hw_n = output
-    ctx.save_for_backward(x, h0, w_ih, w_hh, out, gates, hw_n if reset_after else None)
-    ctx.config = (batch_sizes, reverse, reset_after, kernels, b_hh is not None)
-
-
-def _gru_backward(ctx, dout, dh_n, _dgates, _dhw):
-    x, h0, w_ih, w_hh, out, gates, hw_n = ctx.saved_tensors
-    batch_sizes, reverse, reset_after, kernels, has_bias = ctx.config
-    g = gru_layer_backward(x, h0, w_ih, w_hh, out, gates, hw_n, _zeros_if_none(dout, out),
-                           _zeros_if_none(dh_n, h0), batch_sizes, reverse, reset_after,
-                           kernels, has_bias, list(ctx.needs_input_grad[:6]))
-    dx, dh0, dw_ih, dw_hh, db_ih, db_hh = g
-    return (_none_if_empty(dx), dh0, _none_if_empty(dw_ih), _none_if_empty(dw_hh),
-            _none_if_empty(db_ih), _none_if_empty(db_hh), None, None, None, None)
-
-
-gru_layer.register_autograd(_gru_backward, setup_context=_gru_setup)
-
-
-# -- RNN ----------------------------------------------------------------------------------
-@custom_op("lstmkit::rnn_layer", mutates_args=())
-def rnn_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
-              b_hh: Tensor | None, batch_sizes: list[int], reverse: bool, relu: bool,
-              kernels: str) -> tuple[Tensor, Tensor]:
-    out, h_n = fused.RNNFunction.forward(_Ctx(), x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes,
-                                         reverse, relu, _kernels(kernels, x))
-    return out, h_n
-
-
-@rnn_layer.register_fake
-def _(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, relu, kernels):
-    return x.new_empty(x.shape[0], h0.shape[1]), torch.empty_like(h0)
-
-
-@custom_op("lstmkit::rnn_layer_backward", mutates_args=())
-def rnn_layer_backward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, out: Tensor,
-                       dout: Tensor, dh_n: Tensor, batch_sizes: list[int], reverse: bool,
-                       relu: bool, kernels: str, needs: list[bool]
-                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    ctx = _Ctx(saved_tensors=(x, h0, w_ih, w_hh, out),
-               config=(batch_sizes, reverse, relu, _kernels(kernels, x)),
-               needs_input_grad=tuple(needs))
-    g = fused.RNNFunction.backward(ctx, dout, dh_n)
-    return tuple(_empty_if_none(t, x) for t in g[:5])
-
-
-@rnn_layer_backward.register_fake
-def _(x, h0, w_ih, w_hh, out, dout, dh_n, batch_sizes, reverse, relu, kernels, needs):
-    def like(t, need):
-        return torch.empty_like(t) if need else x.new_empty(0)
-    return (like(x, needs[0]), torch.empty_like(h0), like(w_ih, needs[2]),
-            like(w_hh, needs[3]),
-            x.new_empty(w_ih.shape[0]) if needs[4] or needs[5] else x.new_empty(0))
-
-
-def _rnn_setup(ctx, inputs, output) -> None:
-    x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, relu, kernels = inputs
-    ctx.save_for_backward(x, h0, w_ih, w_hh, output[0])
-    ctx.config = (batch_sizes, reverse, relu, kernels)
-
-
-def _rnn_backward(ctx, dout, dh_n):
-    x, h0, w_ih, w_hh, out = ctx.saved_tensors
-    batch_sizes, reverse, relu, kernels = ctx.config
-    dx, dh0, dw_ih, dw_hh, db = rnn_layer_backward(
-        x, h0, w_ih, w_hh, out, _zeros_if_none(dout, out), _zeros_if_none(dh_n, h0),
-        batch_sizes, reverse, relu, kernels, list(ctx.needs_input_grad[:6]))
-    db = _none_if_empty(db)
-    return (_none_if_empty(dx), dh0, _none_if_empty(dw_ih), _none_if_empty(dw_hh), db, db,
-            None, None, None, None)
-
-
-rnn_layer.register_autograd(_rnn_backward, setup_context=_rnn_setup)
-
-
-# -- the layer loop ---------------------------------------------------------------------------
 def run_layer(cell: CellSpec, x: Tensor, batch_sizes: list[int], state0: State,
-              w: LayerWeights, *, reverse: bool = False, record: bool = False,
-              kernels: str = "fused") -> tuple[Tensor, State, object]:
-    """:func:`lstmkit.ops.fused.run_layer` through the custom ops."""
-    gates = c = None
-    x = x.contiguous()
-    if cell.family == "lstm" and cell.option("greff") is not None:
-        h0, c0 = (s.contiguous() for s in state0)
-        out, h_n, c_n, gates, c, _ = lstm_variant_layer(
-            x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, w.peephole,
-            w.extra[0] if w.extra else None, list(batch_sizes), reverse,
-            bool(cell.option("coupled")), list(cell.option("greff")), kernels)
-        final: State = (h_n, c_n)
-    elif cell.family == "lstm":
-        h0, c0 = (s.contiguous() for s in state0)
-        out, h_n, c_n, gates, c, _ = lstm_layer(
-            x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, w.peephole, list(batch_sizes),
-            reverse, bool(cell.option("coupled")), kernels)
-        final = (h_n, c_n)
-    elif cell.family == "gru":
-        out, h_n, gates, _ = gru_layer(
-            x, state0[0].contiguous(), w.w_ih, w.w_hh, w.b_ih, w.b_hh, list(batch_sizes),
-            reverse, bool(cell.option("reset_after", True)), kernels)
-        final = (h_n,)
-    elif cell.family == "rnn":
-        out, h_n = rnn_layer(x, state0[0].contiguous(), w.w_ih, w.w_hh, w.b_ih, w.b_hh,
-                             list(batch_sizes), reverse,
-                             cell.option("nonlinearity") == "relu", kernels)
-        final = (h_n,)
-    else:
-        raise ValueError(f"the fused backend has no kernel for cell family {cell.family!r}")
-    trace = fused._trace(cell, batch_sizes, out, gates, c) if record else None
-    return out, final, trace
+              w: LayerWeights, *, reverse: bool = False, record: bool = False, kernels: str,
+              masks: StepMasks | None = None, side: tuple[Tensor, ...] = (),
+              sequences: bool = False) -> tuple:
+    """:func:`lstmkit.ops.fused.run_layer` through the custom op of the cell's family."""
+    side = (*cell.schedule(batch_sizes, reverse, x.device), *side)
+    masks = masks or StepMasks()
+    op = make_layer_op(cell.family)
+    config = config_of(cell, w, len(side), masks)
+    outs = op(x.contiguous(), list(state0), [t for t in (*w[:6], *w.extra) if t is not None],
+              list(side), [m for m in masks if m is not None], list(batch_sizes), reverse,
+              config, kernels)
+    n_all, n = len(cell.states), cell.n_states
+    seqs, final = outs[:n], tuple(outs[n_all:n_all + n])
+    gates = outs[n_all + n]
+    trace = None
+    if record:
+        H = w.w_hh.shape[0] // len(cell.gate_rows)
+        trace = fused.make_trace(cell, batch_sizes, seqs, seqs[0] if gates.numel() == 0
+                                 else gates, H)
+    if sequences:
+        return seqs[0], final, trace, seqs
+    return seqs[0], final, trace

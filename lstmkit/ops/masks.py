@@ -5,8 +5,9 @@ whichever backend runs, so every backend computes the same numbers for the same 
 One step of a cell with masks, around the cell's own equations (``cells/``)::
 
     ĥ_{t-1} = m ⊙ h_{t-1}                      recurrent dropout: only where h_{t-1} feeds W_hh
-    (h̃_t, c̃_t) = cell(x_t, ĥ_{t-1}, c_{t-1})   the plain step (GRU: its direct path
-                                                z_t ⊙ h_{t-1} keeps the undropped h_{t-1})
+    (h̃_t, c̃_t) = cell(x_t, h_{t-1}, c_{t-1})   the plain step, its recurrent weights fed
+                                                ĥ_{t-1} (the GRU's direct path z_t ⊙ h_{t-1}
+                                                and Clockwork's held units keep h_{t-1})
     c_t = d^c_t ⊙ c_{t-1} + (1 − d^c_t) ⊙ c̃_t    zoneout (LSTM cell state)
     h_t = d^h_t ⊙ h_{t-1} + (1 − d^h_t) ⊙ h̃_t    zoneout (hidden state)
 
@@ -66,19 +67,16 @@ def zoneout(d: Tensor | None, old: Tensor, new: Tensor) -> Tensor:
 
 
 def masked_step(cell: CellSpec, x_t: Tensor, state: State, w: LayerWeights,
-                masks: StepMasks, rows: slice) -> tuple[State, Gates]:
+                masks: StepMasks, rows: slice, side: list[Tensor] | tuple = ()
+                ) -> tuple[State, Gates]:
     """One step of ``cell`` with the masks of the module docstring, by autograd (the
-    reference); ``rows`` are this step's flat rows (for the per-step zoneout masks)."""
+    reference); ``rows`` are this step's flat rows (for the per-step zoneout masks). The
+    dropped state ĥ_{t-1} goes to the cell as ``h_in``: it multiplies the recurrent weights,
+    while the cell's other uses of h_{t-1} (the GRU's z_t ⊙ h_{t-1}) keep the state itself."""
     h_prev, n = state[0], state[0].shape[0]
-    if masks.h_drop is None:
-        new, gates = cell.step(x_t, state, w)
-    else:
-        h_hat = h_prev * masks.h_drop[:n]
-        new, gates = cell.step(x_t, (h_hat, *state[1:]), w)
-        if cell.family == "gru":       # h̃ = (1 − z) n + z ⊙ h_{t-1}: undo the mask there
-            new = (new[0] + gates["z"] * (h_prev - h_hat),)
-    zoned = [zoneout(None if masks.zone_h is None else masks.zone_h[rows], h_prev, new[0])]
-    if len(new) == 2:
-        zoned.append(zoneout(None if masks.zone_c is None else masks.zone_c[rows], state[1],
-                             new[1]))
-    return tuple(zoned), gates
+    h_in = None if masks.h_drop is None else h_prev * masks.h_drop[:n]
+    new, gates = cell.step(x_t, state, w, *side, h_in=h_in)
+    zones = (masks.zone_h, masks.zone_c)
+    zoned = tuple(fresh if k >= cell.n_states or zones[k] is None
+                  else zoneout(zones[k][rows], state[k], fresh) for k, fresh in enumerate(new))
+    return zoned, gates

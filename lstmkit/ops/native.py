@@ -16,10 +16,10 @@ from ..cells.base import CellSpec, LayerWeights, State
 
 
 def can_run(cell: CellSpec, x: Tensor, batch_sizes: list[int], projected: bool) -> bool:
-    plain = (cell.family == "lstm" and not cell.option("peephole") and not cell.option("coupled")
-             and not cell.option("greff"))
+    """``cell.native`` (the cell declares that torch's LSTM computes it), on padded float32
+    CPU input without a projection."""
     padded = batch_sizes[0] == batch_sizes[-1]
-    return (plain and padded and not projected and x.device.type == "cpu"
+    return (cell.native and padded and not projected and x.device.type == "cpu"
             and x.dtype == torch.float32)
 
 

@@ -1,0 +1,138 @@
+// lstmkit's C++ kernels: the one time loop (engine.h) and every cell family
+// (cells/<family>.h, listed in the generated cells.inc, each registering itself), bound to
+// Python as `forward` and `backward` with the signature of lstmkit/ops/loops.py (through
+// lstmkit/ops/extension.py's CppKernels: the family by name and options, absent tensors as
+// empty ones).
+
+#include "engine.h"
+
+#include "cells.inc"
+
+namespace {
+
+template <typename T>
+const T* ptr(const Tensor& t) {
+  return t.numel() ? t.data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+T* mut(const Tensor& t) {
+  return t.numel() ? t.data_ptr<T>() : nullptr;
+}
+
+// The family's loop for this dtype.
+void run(const CellEntry& c, Layer<float>& L, const Rows& rows, bool forward) {
+  (forward ? c.forward_f : c.backward_f)(L, rows);
+}
+void run(const CellEntry& c, Layer<double>& L, const Rows& rows, bool forward) {
+  (forward ? c.forward_d : c.backward_d)(L, rows);
+}
+
+const CellEntry& entry(const std::string& family) {
+  auto it = cell_registry().find(family);
+  TORCH_CHECK(it != cell_registry().end(), "lstmkit engine: no C++ cell family '", family,
+              "' (is csrc/cells/", family, ".h registered?)");
+  return it->second;
+}
+
+void check(const Tensor& t, const Tensor& like, const char* what) {
+  TORCH_CHECK(!t.numel() || (t.is_contiguous() && t.scalar_type() == like.scalar_type()),
+              "lstmkit engine: ", what, " must be contiguous and of the input's dtype");
+}
+
+// The parts of Layer that forward and backward fill alike.
+template <typename T>
+void common(Layer<T>& L, int64_t H, const std::vector<double>& opts, const Tensor& w_hr,
+            const std::vector<Tensor>& w, const std::vector<Tensor>& saved,
+            const std::vector<Tensor>& side, const Tensor& h_drop,
+            const std::vector<Tensor>& zones, const std::vector<Tensor>& carry) {
+  L.B = carry[0].size(0);
+  L.H = H;
+  L.R = carry[0].size(1);
+  L.n_states = static_cast<int>(carry.size());
+  TORCH_CHECK(L.n_states <= kMaxStates, "lstmkit engine: at most ", kMaxStates, " states");
+  for (int k = 0; k < L.n_states; ++k) {
+    L.width[k] = carry[k].size(1);
+    L.zone[k] = k < static_cast<int>(zones.size()) ? ptr<T>(zones[k]) : nullptr;
+  }
+  L.opts = opts;
+  for (const auto& t : w) {
+    check(t, carry[0], "a loop weight");
+    L.w.push_back(ptr<T>(t));
+  }
+  for (const auto& t : saved) L.saved.push_back(mut<T>(t));
+  for (const auto& t : side) {
+    TORCH_CHECK(t.is_contiguous(), "lstmkit engine: side inputs must be contiguous");
+    L.side.push_back(t.data_ptr());
+  }
+  L.w_hr = ptr<T>(w_hr);
+  L.h_drop = ptr<T>(h_drop);
+}
+
+void forward(const std::string& family, int64_t H, std::vector<double> opts, Tensor a,
+             std::vector<Tensor> seqs, std::vector<Tensor> carry, Tensor m, Tensor w_hr,
+             std::vector<Tensor> w, std::vector<Tensor> saved, std::vector<Tensor> side,
+             Tensor h_drop, std::vector<Tensor> zones, std::vector<int64_t> batch_sizes,
+             bool reverse) {
+  const CellEntry& cell = entry(family);
+  check(a, a, "a");
+  const Rows rows = step_rows(batch_sizes, reverse);
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "lstmkit_forward", [&] {
+    Layer<scalar_t> L;
+    common(L, H, opts, w_hr, w, saved, side, h_drop, zones, carry);
+    L.N = a.size(0);
+    L.A = a.size(1);
+    L.a = a.data_ptr<scalar_t>();
+    for (int k = 0; k < L.n_states; ++k) {
+      check(seqs[k], a, "a state sequence");
+      L.seq[k] = seqs[k].data_ptr<scalar_t>();
+      L.carry[k] = carry[k].data_ptr<scalar_t>();
+    }
+    L.m = mut<scalar_t>(m);
+    run(cell, L, rows, true);
+  });
+}
+
+void backward(const std::string& family, int64_t H, std::vector<double> opts, Tensor dA,
+              Tensor gates, std::vector<Tensor> seqs, std::vector<Tensor> prev,
+              std::vector<Tensor> dseqs, std::vector<Tensor> dcarry, Tensor w_hr, Tensor dH,
+              std::vector<Tensor> w, std::vector<Tensor> grads, std::vector<Tensor> saved,
+              std::vector<Tensor> side, Tensor h_drop, std::vector<Tensor> zones,
+              std::vector<int64_t> batch_sizes, bool reverse) {
+  const CellEntry& cell = entry(family);
+  const Rows rows = step_rows(batch_sizes, reverse);
+  AT_DISPATCH_FLOATING_TYPES(dA.scalar_type(), "lstmkit_backward", [&] {
+    Layer<scalar_t> L;
+    common(L, H, opts, w_hr, w, saved, side, h_drop, zones, dcarry);
+    L.N = dA.size(0);
+    L.A = dA.size(1);
+    L.dA = dA.data_ptr<scalar_t>();
+    L.gates = gates.data_ptr<scalar_t>();
+    for (int k = 0; k < L.n_states; ++k) {
+      L.seq[k] = seqs[k].data_ptr<scalar_t>();
+      L.prev[k] = prev[k].data_ptr<scalar_t>();
+      L.dseq[k] = ptr<scalar_t>(dseqs[k]);
+      L.dcarry[k] = dcarry[k].data_ptr<scalar_t>();
+    }
+    for (const auto& t : grads) L.grads.push_back(mut<scalar_t>(t));
+    L.dH = mut<scalar_t>(dH);
+    run(cell, L, rows, false);
+  });
+}
+
+std::vector<std::string> families() {
+  std::vector<std::string> names;
+  for (const auto& [name, _] : cell_registry()) names.push_back(name);
+  return names;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "lstmkit's time loop for every cell family (see lstmkit/ops/loops.py)";
+  if (sgemm_ == nullptr || dgemm_ == nullptr)
+    throw std::runtime_error("lstmkit kernels: this torch exports no BLAS sgemm_/dgemm_");
+  m.def("forward", &forward);
+  m.def("backward", &backward);
+  m.def("families", &families);
+}
