@@ -66,6 +66,8 @@ def _module_summary(title: str, m: RecurrentBase) -> str:
                 rows.append((str(layer), "rev" if d else "fwd", "W_hr (projection)",
                              "-", f"{P}x{H}", "-", "-", f"{P * H:,}"))
             for e, t in zip(cell.extra_params, w.extra):      # e.g. weight_gg (FGR)
+                if t is None:                                 # not in this layer
+                    continue
                 rows.append((str(layer), "rev" if d else "fwd", e.name, "-",
                              "x".join(map(str, t.shape)), "-", "-", f"{t.numel():,}"))
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
@@ -94,7 +96,7 @@ def _formulas(m: RecurrentBase) -> str:
         book_n = G * (base + (H if m.bias else 0))
         extra_n = (m.proj_size * H if m.proj_size else 0) + \
                   ((G - 1) * H if m.cell.option("peephole") else 0)
-        shapes = [e.shape(H, I, R) for e in m.cell.extra_params]
+        shapes = [e.shape(H, I, R) for e in m.cell.extra_params if e.present(layer, m.bias)]
         extras_l = extras + "".join(" + " + "·".join(map(str, sh)) for sh in shapes)
         extra_n += sum(math.prod(sh) for sh in shapes)
         if m.bias:

@@ -184,7 +184,6 @@ def test_float32_agrees_with_reference(backend):
     (dict(), ValueError, "exactly one"),
     (dict(periods=(1, 2), num_modules=2), ValueError, "exactly one"),
     (dict(periods="12"), TypeError, "sequence of ints"),
-    (dict(periods=(2, 3), backend="fused_cpp"), ValueError, "divide the next"),
     (dict(num_modules=2, nonlinearity="relu"), ValueError, "nonlinearity"),
     (dict(num_modules=2, proj_size=2), ValueError, "proj_size"),
     (dict(num_modules=2, dropout_p=0.1), TypeError, "dropout_p"),

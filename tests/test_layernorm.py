@@ -292,9 +292,9 @@ def test_torch_compile_runs_the_layer_eagerly(family):
 
 def test_fused_cpp_requires_the_layernorm_extension(monkeypatch):
     from lstmkit.ops import extension
-    monkeypatch.setattr(extension, "_states", {"layernorm": {"error": "no compiler here"}})
+    monkeypatch.setattr(extension, "_states", {"engine": {"error": "no compiler here"}})
     m = lstmkit.LSTM(I, H, layer_norm=True, backend="fused_cpp")
-    with pytest.raises(extension.ExtensionUnavailable, match="layernorm.cpp.*no compiler here"):
+    with pytest.raises(extension.ExtensionUnavailable, match="engine.cpp.*no compiler here"):
         m(torch.randn(3, 2, I))
     fused = lstmkit.LSTM(I, H, layer_norm=True, backend="fused")      # falls back to torch loops
     fused.load_state_dict(m.state_dict())

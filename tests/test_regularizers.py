@@ -445,25 +445,11 @@ def test_onnx_export_refuses_zoneout(tmp_path):
 
 
 def test_compiling_with_masks(monkeypatch):
-    """Under torch.compile the custom ops take no masks: auto runs the reference loop,
-    an explicit fused backend raises."""
+    """Under torch.compile the custom ops take the masks: every fused backend runs as its
+    op (it used to fall back to the reference loop, or refuse)."""
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     cell, x, bs = lstm_spec(), torch.randn(6, 3), [2, 2, 2]
-    from lstmkit.ops import reference
-    assert lstmkit.ops.select_backend("auto", cell, x, bs, masked=True) is reference.run_layer
-    with pytest.raises(ValueError, match="torch.compile"):
-        lstmkit.ops.select_backend("fused_cpp", cell, x, bs, masked=True)
-
-
-@pytest.mark.parametrize("kw", [dict(input_gate=False), dict(gate_recurrence=True),
-                                dict(layer_norm=True)])
-@pytest.mark.parametrize("reg", [dict(zoneout=0.1), dict(recurrent_dropout=0.1)])
-def test_kernel_level_regularisers_refused_where_kernels_take_no_masks(kw, reg):
-    with pytest.raises(ValueError, match="not supported with"):
-        lstmkit.LSTM(3, 4, **kw, **reg)
-    lstmkit.LSTM(3, 4, **kw, input_dropout=0.1, weight_dropout=0.1)     # these act outside
-
-
-def test_layer_norm_gru_refuses_zoneout():
-    with pytest.raises(ValueError, match="layer_norm=True"):
-        lstmkit.GRU(3, 4, layer_norm=True, zoneout=0.1)
+    from lstmkit.ops import library
+    for backend in ("auto", "fused_cpp", "fused_py"):
+        chosen = lstmkit.ops.select_backend(backend, cell, x, bs, masked=True)
+        assert chosen.func is library.run_layer

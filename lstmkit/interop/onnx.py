@@ -104,6 +104,10 @@ def _check(module) -> None:
     if module.cell.option("layer_norm"):
         raise ValueError("ONNX's LSTM and GRU operators have no layer normalisation; a model "
                          "with layer_norm=True cannot be exported")
+    if module.cell.onnx is None:
+        raise ValueError(f"{type(module).__name__} has no standard ONNX operator; export the "
+                         "whole model with lstmkit.interop.onnx.export (its equations then "
+                         "become plain ONNX operators)")
     reg = getattr(module, "regularization", None)
     if reg is not None and (reg.zoneout_c or reg.zoneout_h):
         raise ValueError("zoneout changes the test-time recurrence (h_t = z h_{t-1} + (1 - z) "
@@ -132,7 +136,7 @@ def export_module(module, path: str | Path, *, sequence_lens: bool = False,
     family, H, L = module.cell.family, module.hidden_size, module.num_layers
     D = 2 if module.bidirectional else 1
     I = module.input_size
-    op = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[family]
+    op = module.cell.onnx
     nodes, inits = [], []
     inputs = [helper.make_tensor_value_info(
         "input", TensorProto.FLOAT, ["N", "T", I] if module.batch_first else ["T", "N", I])]
@@ -255,53 +259,68 @@ def _translations() -> dict:
         return op.Unsqueeze(op.Concat(reorder(b_ih, names, order, zl),
                                       reorder(b_hh, names, order, zl), axis=0), const([0]))
 
-    def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, batch_sizes, reverse, coupled,
-             kernels):
-        if w_hr is not None:
+    def unpack(family, weights, config):
+        from ..ops import library
+        cell, w = library.parse_config(family, config, weights)
+        if w.w_hr is not None:
             raise ValueError("ONNX's LSTM operator has no projection (proj_size)")
+        return cell, w
+
+    def placeholders(cell, n: int):
+        """The op's outputs beyond the sequence and the final states, which nothing
+        after an exported op reads (saved activations, buffers)."""
+        return [zeros([0])] * n
+
+    def lstm(x, states0, weights, side, masks, batch_sizes, reverse, config, kernels):
+        cell, w = unpack("lstm", weights, config)
+        coupled = bool(cell.option("coupled"))
+        h0, c0 = states0
         T, B = frame(batch_sizes, "LSTM")
-        H = int(w_hh.shape[1])
+        H = int(w.w_hh.shape[1])
         names, order = (LSTM_COUPLED_ROWS if coupled else LSTM_ROWS), ONNX_LSTM
-        W = op.Unsqueeze(reorder(w_ih, names, order, "i"), const([0]))
-        R = op.Unsqueeze(reorder(w_hh, names, order, "i"), const([0]))
-        Bias = biases(b_ih, b_hh, names, order, 4 * H)
+        W = op.Unsqueeze(reorder(w.w_ih, names, order, "i"), const([0]))
+        R = op.Unsqueeze(reorder(w.w_hh, names, order, "i"), const([0]))
+        Bias = biases(w.b_ih, w.b_hh, names, order, 4 * H)
         P = None
-        if peep is not None:
-            P = op.Unsqueeze(reorder(peep, PEEP_COUPLED if coupled else PEEP, ONNX_PEEP, "i"),
-                             const([0]))
+        if w.peephole is not None:
+            P = op.Unsqueeze(reorder(w.peephole, PEEP_COUPLED if coupled else PEEP, ONNX_PEEP,
+                                     "i"), const([0]))
         X = op.Reshape(x, const([T, B, -1]))
         Y, Y_h, Y_c = op.LSTM(X, W, R, Bias, None, op.Unsqueeze(h0, const([0])),
                               op.Unsqueeze(c0, const([0])), P, hidden_size=H,
                               direction="reverse" if reverse else "forward",
                               input_forget=int(coupled))
-        N, G = T * B, (3 if coupled else 4) * H
-        return (op.Reshape(Y, const([N, H])), op.Squeeze(Y_h, const([0])),
-                op.Squeeze(Y_c, const([0])), zeros([N, G]), zeros([N, H]), zeros([0]))
+        return [op.Reshape(Y, const([T * B, H])), zeros([0]), op.Squeeze(Y_h, const([0])),
+                op.Squeeze(Y_c, const([0])), *placeholders(cell, 2)]
 
-    def gru(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, reset_after, kernels):
+    def gru(x, states0, weights, side, masks, batch_sizes, reverse, config, kernels):
+        cell, w = unpack("gru", weights, config)
+        reset_after = bool(cell.option("reset_after", True))
         T, B = frame(batch_sizes, "GRU")
-        H = int(w_hh.shape[1])
-        W = op.Unsqueeze(reorder(w_ih, GRU_ROWS, ONNX_GRU), const([0]))
-        R = op.Unsqueeze(reorder(w_hh, GRU_ROWS, ONNX_GRU), const([0]))
-        Bias = biases(b_ih, b_hh, GRU_ROWS, ONNX_GRU, 3 * H)
+        H = int(w.w_hh.shape[1])
+        W = op.Unsqueeze(reorder(w.w_ih, GRU_ROWS, ONNX_GRU), const([0]))
+        R = op.Unsqueeze(reorder(w.w_hh, GRU_ROWS, ONNX_GRU), const([0]))
+        Bias = biases(w.b_ih, w.b_hh, GRU_ROWS, ONNX_GRU, 3 * H)
         X = op.Reshape(x, const([T, B, -1]))
-        Y, Y_h = op.GRU(X, W, R, Bias, None, op.Unsqueeze(h0, const([0])), hidden_size=H,
-                        direction="reverse" if reverse else "forward",
+        Y, Y_h = op.GRU(X, W, R, Bias, None, op.Unsqueeze(states0[0], const([0])),
+                        hidden_size=H, direction="reverse" if reverse else "forward",
                         linear_before_reset=int(reset_after))
-        N = T * B
-        return (op.Reshape(Y, const([N, H])), op.Squeeze(Y_h, const([0])),
-                zeros([N, 3 * H]), zeros([N, H]) if reset_after else zeros([0]))
+        return [op.Reshape(Y, const([T * B, H])), op.Squeeze(Y_h, const([0])),
+                *placeholders(cell, 3 if reset_after else 2)]
 
-    def rnn(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, relu, kernels):
+    def rnn(x, states0, weights, side, masks, batch_sizes, reverse, config, kernels):
+        cell, w = unpack("rnn", weights, config)
         T, B = frame(batch_sizes, "RNN")
-        H = int(w_hh.shape[1])
+        H = int(w.w_hh.shape[1])
         X = op.Reshape(x, const([T, B, -1]))
-        Bias = biases(b_ih, b_hh, "h", "h", H)
-        Y, Y_h = op.RNN(X, op.Unsqueeze(w_ih, const([0])), op.Unsqueeze(w_hh, const([0])),
-                        Bias, None, op.Unsqueeze(h0, const([0])), hidden_size=H,
+        Bias = biases(w.b_ih, w.b_hh, "h", "h", H)
+        Y, Y_h = op.RNN(X, op.Unsqueeze(w.w_ih, const([0])), op.Unsqueeze(w.w_hh, const([0])),
+                        Bias, None, op.Unsqueeze(states0[0], const([0])), hidden_size=H,
                         direction="reverse" if reverse else "forward",
-                        activations=["Relu" if relu else "Tanh"])
-        return op.Reshape(Y, const([T * B, H])), op.Squeeze(Y_h, const([0]))
+                        activations=["Relu" if cell.option("nonlinearity") == "relu"
+                                     else "Tanh"])
+        return [op.Reshape(Y, const([T * B, H])), op.Squeeze(Y_h, const([0])),
+                *placeholders(cell, 2)]
 
     from ..ops import library  # noqa: F401  (registers the ops)
     return {torch.ops.lstmkit.lstm_layer.default: lstm,
@@ -314,12 +333,14 @@ def export(model: torch.nn.Module, args: tuple, path: str | Path, **kwargs) -> P
     layer and direction becomes ONNX ``LSTM`` / ``GRU`` / ``RNN``. Needs ``onnx`` and
     ``onnxscript``; ``kwargs`` go to ``torch.onnx.export``."""
     _refuse_greff(model)
+    from ..ops.library import exporting_onnx
     path = Path(path)
     was = model.training
     model.eval()
     try:
-        program = torch.onnx.export(model, args, dynamo=True, verbose=False,
-                                    custom_translation_table=_translations(), **kwargs)
+        with exporting_onnx():
+            program = torch.onnx.export(model, args, dynamo=True, verbose=False,
+                                        custom_translation_table=_translations(), **kwargs)
     finally:
         model.train(was)
     program.save(str(path))

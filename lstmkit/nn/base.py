@@ -76,9 +76,12 @@ class RecurrentBase(nn.Module):
         return self.proj_size or self.hidden_size
 
     def _build_parameters(self, factory: dict) -> None:
+        """torch.nn's parameters of every layer and direction first, in torch.nn's order (so
+        the same seed gives the same weights as torch.nn), then a variant's own (peepholes,
+        the family's extra parameters), layer by layer."""
         H, G = self.hidden_size, len(self.cell.gate_rows)
         peephole = self.cell.option("peephole", False)
-        self._all_weights: list[list[str]] = []
+        standard, variant = [], []
         for layer in range(self.num_layers):
             for direction in range(self.num_directions):
                 size_in = self.input_size if layer == 0 else self.output_size * self.num_directions
@@ -88,14 +91,18 @@ class RecurrentBase(nn.Module):
                     shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
                 if self.proj_size:
                     shapes["weight_hr"] = (self.proj_size, H)
+                extras = {}
                 if peephole:                  # i, f, o (coupled: i, o)
-                    shapes["peephole"] = ((len(self.cell.gate_rows) - 1) * H,)
+                    extras["peephole"] = ((len(self.cell.gate_rows) - 1) * H,)
                 for extra in self.cell.extra_params:
                     if extra.present(layer, self.bias):
-                        shapes[extra.name] = extra.shape(H, size_in, self.output_size)
-                for key, shape in shapes.items():
-                    self.register_parameter(key + sfx, nn.Parameter(torch.empty(shape, **factory)))
-                self._all_weights.append([key + sfx for key in shapes])
+                        extras[extra.name] = extra.shape(H, size_in, self.output_size)
+                standard.append({key + sfx: shape for key, shape in shapes.items()})
+                variant.append({key + sfx: shape for key, shape in extras.items()})
+        for group in (*standard, *variant):
+            for name, shape in group.items():
+                self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+        self._all_weights = [[*a, *b] for a, b in zip(standard, variant)]
 
     def reset_parameters(self) -> None:
         """U(−1/√H, 1/√H) for every parameter, as torch.nn.

@@ -74,8 +74,6 @@ class GRU(RecurrentBase):
             raise ValueError("GRU(layer_norm=True) is the LN-GRU of Ba et al. 2016, whose reset "
                              "gate multiplies the normalised W_hn h_{t-1}: expected "
                              "reset_after=True, got reset_after=False")
-        if self.layer_norm:
-            regularize.refuse_kernel_masks("GRU", reg, "layer_norm=True")
         cell = ln_gru_spec() if self.layer_norm else gru_spec(reset_after=self.reset_after)
         super().__init__(cell, input_size, hidden_size,
                          num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype,

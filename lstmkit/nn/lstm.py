@@ -70,10 +70,14 @@ class LSTM(RecurrentBase):
             ``W_ih x_t`` and of ``W_hh h_{t-1}`` (each over all 4H rows) and of ``c_t`` before
             the output tanh; parameters ``ln_ih_weight/bias_l{k}``, ``ln_hh_weight/bias_l{k}``
             (4H,) and ``ln_c_weight/bias_l{k}`` (H,), gains 1 and biases 0 at init (see
-            :mod:`lstmkit.cells.layernorm`). Not combinable with peephole, coupled or
-            proj_size; ``to_torch`` refuses it (torch.nn has no such module).
-        backend: ``"auto"`` (fastest available that computes the same function) or
-            ``"reference"`` (the autograd loop over the equations).
+            :mod:`lstmkit.cells.layernorm`). Not combinable with peephole, coupled,
+            proj_size or the ablations (the paper's LN-LSTM has none of them); takes every
+            regulariser. ``to_torch`` refuses it (torch.nn has no such module).
+        backend: ``"auto"`` (the fastest that computes the same function: torch's own
+            kernel for a plain float32 LSTM, else the C++ kernels, else the torch loop),
+            ``"fused"`` (C++ where it can run, else the torch loop), ``"fused_cpp"``,
+            ``"fused_py"`` (hand-derived BPTT, the recurrence in C++ or as a torch loop) or
+            ``"reference"`` (the autograd loop over the equations); see :mod:`lstmkit.ops`.
         zoneout, input_dropout, recurrent_dropout, weight_dropout: regularisers, off by
             default (``zoneout`` a rate or a pair (z_c, z_h)); see :mod:`lstmkit.nn.regularize`.
 
@@ -134,10 +138,6 @@ class LSTM(RecurrentBase):
                 "LSTM(layer_norm=True) is the LN-LSTM of Ba et al. 2016 without variants; "
                 f"got peephole={peephole!r}, coupled={coupled!r}, proj_size={proj_size!r}, "
                 f"Greff options {greff != Greff()} (expected False, False, 0, False)")
-        if greff != Greff():
-            regularize.refuse_kernel_masks("LSTM", reg, "the Greff et al. ablations")
-        if self.layer_norm:
-            regularize.refuse_kernel_masks("LSTM", reg, "layer_norm=True")
         cell = (ln_lstm_spec() if self.layer_norm
                 else lstm_spec(peephole=self.peephole, coupled=self.coupled, greff=greff))
         super().__init__(cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,

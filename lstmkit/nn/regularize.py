@@ -34,10 +34,11 @@ tensors (:class:`lstmkit.ops.masks.StepMasks`), so every backend gives the same 
 With packed input the per-sequence masks have one row per sequence.
 
 How they combine: ``dropout`` (torch.nn's: fresh mask per element and step, on the outputs of
-all but the last layer) still applies; an upper layer's input then passes both. Recurrent
-dropout and zoneout need the recurrence, so ``backend="auto"`` does not pick torch's own
-LSTM kernel while they are active (input and weight dropout happen outside the kernel and
-go with any backend).
+all but the last layer) still applies; an upper layer's input then passes both. Every cell
+variant takes every regulariser, on every backend: the shared time loop applies the masks
+around each family's step. Recurrent dropout and zoneout need the recurrence, so
+``backend="auto"`` does not pick torch's own LSTM kernel while they are active (input and
+weight dropout happen outside the kernel and go with any backend).
 """
 
 from __future__ import annotations
@@ -138,11 +139,3 @@ def apply(reg: Regularization, training: bool, x: Tensor, batch_sizes: list[int]
     zone_c = zone_mask((N, H), reg.zoneout_c, x, training)
     zone_h = zone_mask((N, R), reg.zoneout_h, x, training)
     return x, w, StepMasks(h_drop, zone_h, zone_c)
-
-
-def refuse_kernel_masks(name: str, reg: Regularization, what: str) -> None:
-    """Zoneout and recurrent dropout act inside the recurrence, which the kernels of
-    ``what`` do not take: refuse them there (input and weight dropout act outside)."""
-    if reg.zoneout_c or reg.zoneout_h or reg.recurrent_dropout:
-        raise ValueError(f"{name}: zoneout and recurrent_dropout are not supported with "
-                         f"{what}; input_dropout and weight_dropout are")

@@ -111,7 +111,7 @@ def _compiled(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[int],
     from . import library
     if backend == "fused_cpp":
         _require_cpp(cell, x)
-    if library.onnx_exporting() and (cell.onnx is None or masked or projected):
+    if library.onnx_exporting() and (cell.onnx is None or masked):
         return reference.run_layer      # the equations, unrolled into plain ONNX operators
     if backend == "auto" and _native_can_run(cell, x, batch_sizes, projected, recording,
                                              masked):

@@ -60,9 +60,15 @@ def exporting_onnx() -> Iterator[None]:
 
 # -- packing the arguments -------------------------------------------------------------------------
 def config_of(cell: CellSpec, w: LayerWeights, n_side: int, masks: StepMasks) -> str:
-    return json.dumps({"options": [list(o) for o in cell.options],
-                       "weights": [t is not None for t in (*w[:6], *w.extra)],
-                       "side": n_side, "masks": [m is not None for m in masks]})
+    """The op's ``config``: the cell's options and which arguments are present."""
+    return _config(cell.options, tuple(t is not None for t in (*w[:6], *w.extra)), n_side,
+                   tuple(m is not None for m in masks))
+
+
+@torch.compiler.assume_constant_result
+def _config(options: tuple, weights: tuple, n_side: int, masks: tuple) -> str:
+    return json.dumps({"options": [list(o) for o in options], "weights": list(weights),
+                       "side": n_side, "masks": list(masks)})
 
 
 @lru_cache(maxsize=256)
@@ -92,12 +98,17 @@ class _NoLoop:
         pass
 
 
-def _unpack(family, x, states0, weights, side, masks, batch_sizes, reverse, config, kernels):
+def parse_config(family: str, config: str, weights: list) -> tuple[CellSpec, LayerWeights]:
+    """The cell and the weights (None where absent) of an op call."""
     c = json.loads(config)
-    cell = _spec(family, json.dumps(c["options"]))
     present = iter(weights)
     ws = [next(present) if here else None for here in c["weights"]]
-    w = LayerWeights(*ws[:6], extra=tuple(ws[6:]))
+    return _spec(family, json.dumps(c["options"])), LayerWeights(*ws[:6], extra=tuple(ws[6:]))
+
+
+def _unpack(family, x, states0, weights, side, masks, batch_sizes, reverse, config, kernels):
+    c = json.loads(config)
+    cell, w = parse_config(family, config, weights)
     given = iter(masks)
     m = StepMasks(*(next(given) if here else None for here in c["masks"]))
     kern = kernels if isinstance(kernels, _NoLoop) else _kernels(kernels, cell, x)
@@ -225,7 +236,7 @@ def _backward(call: Call, inp: Inputs, outs: list[Tensor], dseqs: list[Tensor],
                   need_side, StepMasks())
     grads = fused.layer_backward(call, inp, kept, ds, df, want)
     x = inp.x
-    out = [grads.dx, *grads.states0,
+    out = [grads.x, *grads.states0,
            *(g for g, here in zip((*grads.w[:6], *grads.w.extra), w_present) if here),
            *grads.side]
     return [_empty(x) if g is None else g for g in out]

@@ -1,0 +1,291 @@
+"""The one recurrence engine (lstmkit.ops): every cell family through one time loop per
+language, one autograd Function, one custom-op factory and one dispatcher.
+
+Outside references: the reference backend (autograd through each family's equations) and
+torch.autograd.gradcheck; torch.compile/torch.export against eager. Checks:
+
+* every variant × every regulariser: fused_cpp == fused_py == reference in float64 for
+  outputs, final states and every gradient, with the same masks on each backend;
+* gradcheck of the fused path with fixed masks for the families the older kernels could not
+  combine with masks (ablations, layer norm, Clockwork, Depth-Gated);
+* torch._dynamo.explain: zero graph breaks for a model of each family (masks included),
+  torch.compile equal to eager, torch.export;
+* the chunked backward bounds the peak memory of every family (Clockwork and Depth-Gated
+  included);
+* summary() lists every parameter of every module;
+* the registry: every family's C++ functor and custom op exist.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo as dynamo
+from helpers import TOL, as_tuple, assert_close, backward_with_random_grads, make_input, \
+    output_tensor
+from torch import nn
+
+import lstmkit
+from lstmkit import ops
+from lstmkit.cells import families
+from lstmkit.cells.base import LayerWeights
+from lstmkit.ops import fused, loops
+from lstmkit.ops.masks import StepMasks
+
+F64 = torch.float64
+I, H = 3, 4
+
+# Every variant a module has, as (module, keywords); H = 4 (Clockwork: 2 or 4 modules).
+VARIANTS = {
+    "lstm": (lstmkit.LSTM, {}),
+    "lstm-peephole": (lstmkit.LSTM, {"peephole": True}),
+    "lstm-cifg-peephole": (lstmkit.LSTM, {"coupled": True, "peephole": True}),
+    "lstm-proj-peephole": (lstmkit.LSTM, {"proj_size": 3, "peephole": True}),
+    "lstm-nig": (lstmkit.LSTM, {"input_gate": False, "peephole": True}),
+    "lstm-nfg": (lstmkit.LSTM, {"forget_gate": False}),
+    "lstm-nog-cifg": (lstmkit.LSTM, {"output_gate": False, "coupled": True}),
+    "lstm-niaf": (lstmkit.LSTM, {"input_activation": None}),
+    "lstm-noaf-proj": (lstmkit.LSTM, {"cell_activation": None, "proj_size": 2}),
+    "lstm-fgr-peephole": (lstmkit.LSTM, {"gate_recurrence": True, "peephole": True}),
+    "lstm-layer-norm": (lstmkit.LSTM, {"layer_norm": True}),
+    "gru": (lstmkit.GRU, {}),
+    "gru-reset-before": (lstmkit.GRU, {"reset_after": False}),
+    "gru-layer-norm": (lstmkit.GRU, {"layer_norm": True}),
+    "rnn-tanh": (lstmkit.RNN, {}),
+    "rnn-relu": (lstmkit.RNN, {"nonlinearity": "relu"}),
+    "clockwork": (lstmkit.ClockworkRNN, {"num_modules": 2}),
+    "clockwork-1-3": (lstmkit.ClockworkRNN, {"periods": (1, 3)}),
+    "depth-gated": (lstmkit.DepthGatedLSTM, {}),
+}
+REGULARISERS = {
+    "zoneout": {"zoneout": 0.3},
+    "recurrent-dropout": {"recurrent_dropout": 0.4},
+    "input-dropout": {"input_dropout": 0.3},
+    "weight-dropout": {"weight_dropout": 0.3},
+    "all": {"zoneout": 0.3, "recurrent_dropout": 0.4, "input_dropout": 0.3,
+            "weight_dropout": 0.3},
+}
+BACKENDS = ("reference", "fused_py", "fused_cpp")
+
+
+def _build(variant: str, backend: str, dtype=F64, **kw) -> nn.Module:
+    cls, options = VARIANTS[variant]
+    torch.manual_seed(0)
+    m = cls(I, H, dtype=dtype, backend=backend, **options, **kw)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.uniform_(-0.7, 0.7)                  # peepholes, gains, depth gates away from 0
+    return m
+
+
+def _run(m: nn.Module, packed: bool, seed: int = 11):
+    g = torch.Generator().manual_seed(1)
+    x, feed = make_input(6, 3, I, F64, batch_first=False, packed=packed, generator=g)
+    n = m.num_layers * m.num_directions
+    hx = tuple(torch.randn(n, 3, size, dtype=F64, generator=g).requires_grad_()
+               for _, size in m._state_shapes())
+    torch.manual_seed(seed)                        # the same masks on every backend
+    out, state = m(feed, hx if len(hx) == 2 else hx[0])
+    state = as_tuple(state)
+    backward_with_random_grads(out, state, seed=2)
+    return (output_tensor(out), state, x.grad, [h.grad for h in hx],
+            {n: p.grad for n, p in m.named_parameters()})
+
+
+def _compare(got, want, what: str, tol: float = TOL[F64]) -> None:
+    (o1, s1, dx1, dh1, g1), (o2, s2, dx2, dh2, g2) = got, want
+    assert_close(o1, o2, f"{what}: output", tol)
+    for a, b in zip(s1, s2, strict=True):
+        assert_close(a, b, f"{what}: final state", tol)
+    assert_close(dx1, dx2, f"{what}: grad input", tol)
+    for a, b in zip(dh1, dh2, strict=True):
+        assert_close(a, b, f"{what}: grad initial state", tol)
+    assert g1.keys() == g2.keys()
+    for name in g2:
+        assert g2[name] is not None, f"{what}: no gradient for {name}"
+        assert_close(g1[name], g2[name], f"{what}: grad {name}", tol)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("regulariser", list(REGULARISERS))
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_with_every_regulariser(variant, regulariser, training):
+    """Two layers, both directions, packed unsorted input, given initial states: the three
+    backends agree to 1e-10 in float64 with the same masks."""
+    reg = dict(REGULARISERS[regulariser])
+    if "zoneout" in reg and VARIANTS[variant][0] in (lstmkit.GRU, lstmkit.RNN,
+                                                     lstmkit.ClockworkRNN):
+        reg["zoneout"] = 0.3                        # one rate: these have only h
+    kw = {"bidirectional": True, **reg}
+    if VARIANTS[variant][0] is not lstmkit.DepthGatedLSTM:
+        kw["num_layers"] = 2
+    results = {}
+    for backend in BACKENDS:
+        m = _build(variant, backend, **kw).train(training)
+        results[backend] = _run(m, packed=True)
+    for backend in ("fused_py", "fused_cpp"):
+        _compare(results[backend], results["reference"], f"{variant}+{regulariser} {backend}")
+
+
+@pytest.mark.parametrize("variant", ["lstm-nig", "lstm-fgr-peephole", "lstm-layer-norm",
+                                     "gru-layer-norm", "clockwork-1-3", "depth-gated"])
+@pytest.mark.parametrize("kernels", ["py", "cpp"])
+def test_gradcheck_with_fixed_masks(variant, kernels):
+    """gradcheck of one fused layer (both directions' loops: reverse=True) with recurrent
+    dropout and zoneout masks fixed; for the Depth-Gated LSTM a layer with a cell below
+    (the lower cell's gradient is checked too)."""
+    m = _build(variant, "reference", num_layers=2)
+    g = torch.Generator().manual_seed(0)
+    bs = [3, 3, 2, 1]
+    N, B = sum(bs), bs[0]
+    layer = 1 if variant == "depth-gated" else 0
+    w = m.layer_weights(layer, 0)
+    R, n_states = m.output_size, m.cell.n_states
+    masks = StepMasks(torch.bernoulli(torch.full((B, R), 0.6, dtype=F64), generator=g) / 0.6,
+                      torch.bernoulli(torch.full((N, R), 0.4, dtype=F64), generator=g),
+                      torch.bernoulli(torch.full((N, H), 0.4, dtype=F64), generator=g)
+                      if n_states == 2 else None)
+    kern = loops if kernels == "py" else ops.cpp_kernels(required=True)
+    size_in = w.w_ih.shape[1]
+
+    def leaf(*shape):
+        return torch.randn(*shape, dtype=F64, generator=g).requires_grad_()
+    x = leaf(N, size_in)
+    states = tuple(leaf(B, w) for w in (R, H)[:n_states])
+    side = (leaf(N, H),) if variant == "depth-gated" else ()
+    params = [t.detach().clone().requires_grad_() if t is not None else None for t in
+              (*w[:6], *w.extra)]
+    present = [p for p in params if p is not None]
+
+    def f(x, *rest):
+        k = len(states)
+        st, ws, sd = rest[:k], list(rest[k:k + len(present)]), rest[k + len(present):]
+        full = [ws.pop(0) if p is not None else None for p in params]
+        lw = LayerWeights(*full[:6], extra=tuple(full[6:]))
+        out, final, _ = fused.run_layer(m.cell, x, bs, st, lw, reverse=True, kernels=kern,
+                                        masks=masks, side=tuple(sd))
+        return (out, *final)
+    assert torch.autograd.gradcheck(f, (x, *states, *present, *side))
+
+
+# -- torch.compile and torch.export, every family ---------------------------------------------------
+FAMILY_MODELS = {
+    "lstm-peephole": lambda: lstmkit.LSTM(4, 6, peephole=True),
+    "lstm-fgr": lambda: lstmkit.LSTM(4, 6, gate_recurrence=True),
+    "lstm-layer-norm": lambda: lstmkit.LSTM(4, 6, layer_norm=True, bidirectional=True),
+    "gru-layer-norm": lambda: lstmkit.GRU(4, 6, layer_norm=True, num_layers=2),
+    "gru": lambda: lstmkit.GRU(4, 6, reset_after=False),
+    "rnn": lambda: lstmkit.RNN(4, 6, nonlinearity="relu"),
+    "clockwork": lambda: lstmkit.ClockworkRNN(4, 6, num_modules=3, num_layers=2),
+    "depth-gated": lambda: lstmkit.DepthGatedLSTM(4, 6, 3, bidirectional=True),
+    "lstm-zoneout-recurrent-dropout": lambda: lstmkit.LSTM(4, 6, zoneout=0.2,
+                                                           recurrent_dropout=0.3),
+}
+
+
+class Model(nn.Module):
+    def __init__(self, rnn: nn.Module):
+        super().__init__()
+        self.rnn = rnn
+        self.head = nn.Linear(rnn.output_size * rnn.num_directions, 2)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(torch.tanh(out))
+
+
+def _grads(model, x, g, seed):
+    x = x.clone().requires_grad_()
+    model.zero_grad()
+    torch.manual_seed(seed)
+    (model(x) * g).sum().backward()
+    return [x.grad] + [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name", list(FAMILY_MODELS))
+def test_compile_has_no_graph_breaks_and_equals_eager(name):
+    torch.manual_seed(0)
+    model = Model(FAMILY_MODELS[name]()).train()
+    x, g = torch.randn(9, 3, 4), torch.randn(9, 3, 2)
+    dynamo.reset()
+    explained = dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+    ops_used = {str(n.target) for gm in explained.graphs for n in gm.graph.nodes
+                if n.op == "call_function"}
+    assert any("lstmkit" in op for op in ops_used), ops_used
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    torch.manual_seed(5)
+    want = model(x)
+    torch.manual_seed(5)
+    torch.testing.assert_close(compiled(x), want, rtol=1e-6, atol=1e-6)
+    for a, b in zip(_grads(compiled, x, g, 6), _grads(model, x, g, 6), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["lstm-layer-norm", "gru-layer-norm", "clockwork",
+                                  "depth-gated", "lstm-fgr"])
+def test_torch_export_of_every_family(name):
+    torch.manual_seed(2)
+    model = Model(FAMILY_MODELS[name]()).eval()
+    x = torch.randn(5, 2, 4)
+    exported = torch.export.export(model, (x,))
+    targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert any(t.startswith("lstmkit.") for t in targets), targets
+    torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-6, atol=1e-6)
+
+
+# -- memory: the chunked backward for every family ---------------------------------------------------
+@pytest.mark.parametrize("make", [
+    lambda: lstmkit.ClockworkRNN(64, 64, num_modules=4, backend="fused_cpp"),
+    lambda: lstmkit.DepthGatedLSTM(64, 64, 2, backend="fused_cpp"),
+    lambda: lstmkit.LSTM(64, 64, layer_norm=True, backend="fused_cpp"),
+], ids=["clockwork", "depth-gated", "layer-norm"])
+def test_chunked_backward_lowers_peak_memory(make, monkeypatch):
+    """The backward of every family runs in time chunks (up to 8): its peak training
+    memory is below that of the same step with the whole sequence as one chunk."""
+    from lstmkit import bench
+    m = make()
+    inp = bench.make_inputs(bench.Config("lstm", 200, 16, 64))
+    chunked = bench.train_step_peak_mb(m, inp)
+    monkeypatch.setattr(fused, "MAX_CHUNKS", 1)
+    whole = bench.train_step_peak_mb(m, inp)
+    assert chunked < 0.9 * whole, (chunked, whole)
+
+
+# -- summary, registry ----------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_summary_lists_every_parameter(variant):
+    m = _build(variant, "auto", num_layers=2, bidirectional=True, bias=variant != "gru")
+    text = lstmkit.summary(m)
+    rows = [ln.split() for ln in text.splitlines() if ln[:1].isdigit()]
+    listed = sum(int(r[-1].replace(",", "")) for r in rows)
+    assert listed == lstmkit.count_parameters(m), text
+    for name, p in m.named_parameters():
+        base = name.rsplit("_l", 1)[0]
+        if base not in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "peephole"):
+            assert base in text, f"{base} missing from the summary of {variant}"
+    assert f"total parameters: {lstmkit.count_parameters(m):,}" in text
+
+
+def test_every_family_has_its_kernels_and_op():
+    cpp = ops.cpp_kernels(required=True).module
+    torch_families = {lstmkit.cells.build(f, {}).fused.cpp for f in families()}
+    from lstmkit.cells.layernorm import ln_gru_spec, ln_lstm_spec
+    torch_families |= {ln_lstm_spec().fused.cpp, ln_gru_spec().fused.cpp}
+    assert torch_families <= set(cpp.families())
+    from lstmkit.ops import library
+    for family in families():
+        assert hasattr(torch.ops.lstmkit, f"{family}_layer")
+        assert library.make_layer_op(family) is library.make_layer_op(family)
+
+
+def test_one_autograd_function_and_one_dispatch():
+    """Every family's fused layer is the one RecurrentFunction."""
+    for variant in ("lstm-layer-norm", "clockwork", "depth-gated", "gru", "lstm-nig"):
+        m = _build(variant, "fused_py", num_layers=2)
+        out = m(torch.randn(4, 2, I, dtype=F64))[0]
+        node = out.grad_fn
+        while node is not None and "RecurrentFunction" not in type(node).__name__:
+            node = node.next_functions[0][0] if node.next_functions else None
+        assert node is not None, variant
