@@ -42,8 +42,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import BackwardStep, CellSpec, ForwardStep, FusedCell, Gates, LayerWeights, State, \
-    register
+from .base import (
+    BackwardStep,
+    CellSpec,
+    ForwardStep,
+    FusedCell,
+    Gates,
+    LayerWeights,
+    State,
+    register,
+)
 
 
 def clockwork_step(x_t: Tensor, state: State, w: LayerWeights, ticking: Tensor, *,
@@ -66,15 +74,14 @@ def unit_mask(ticking: Tensor, H: int) -> Tensor:
 def module_clocks(batch_sizes: list[int], reverse: bool, periods: Sequence[int],
                   device: torch.device) -> Tensor:
     """(N, g) bool: at each flat row, which modules tick (``clock mod T_i == 0``)."""
-    bs = torch.tensor(batch_sizes)
-    T, N = len(batch_sizes), int(bs.sum())
-    t = torch.repeat_interleave(torch.arange(T), bs)                # step of each row
-    b = torch.arange(N) - (torch.cumsum(bs, 0) - bs)[t]             # sequence of each row
-    if reverse:
-        lengths = (bs[None, :] > torch.arange(bs[0])[:, None]).sum(1)
+    T, N, B = len(batch_sizes), sum(batch_sizes), batch_sizes[0]
+    bs = torch.tensor(batch_sizes, device=device)
+    t = torch.repeat_interleave(torch.arange(T, device=device), bs, output_size=N)
+    b = torch.arange(N, device=device) - (torch.cumsum(bs, 0) - bs)[t]   # sequence of a row
+    if reverse:                                   # clock = steps of the reversed sequence
+        lengths = (bs[None, :] > torch.arange(B, device=device)[:, None]).sum(1)
         t = lengths[b] - 1 - t
-    ticks = t[:, None] % torch.tensor(periods)[None, :] == 0
-    return ticks.to(device)
+    return t[:, None] % torch.tensor(periods, device=device)[None, :] == 0
 
 
 def clockwork_mask(periods: Sequence[int], module_size: int, *, device=None, dtype=None

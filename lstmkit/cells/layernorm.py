@@ -92,15 +92,15 @@ def ln_lstm_step(x_t: Tensor, state: State, w: LayerWeights, *, h_in: Tensor | N
                  ) -> tuple[State, Gates]:
     h_prev, c_prev = state                                   # (B, H), (B, H)
     h_in = h_prev if h_in is None else h_in                  # ĥ_{t-1} (recurrent dropout)
-    a_ih, g_ih, a_hh, g_hh, a_c, g_c = w.extra
-    a = (layer_norm(F.linear(x_t, w.w_ih), a_ih, g_ih)        # (B, 4H)
-         + layer_norm(F.linear(h_in, w.w_hh), a_hh, g_hh)
+    alpha_ih, beta_ih, alpha_hh, beta_hh, alpha_c, beta_c = w.extra
+    a = (layer_norm(F.linear(x_t, w.w_ih), alpha_ih, beta_ih)        # (B, 4H)
+         + layer_norm(F.linear(h_in, w.w_hh), alpha_hh, beta_hh)
          + _bias(w.b_ih) + _bias(w.b_hh))
     a_i, a_f, a_g, a_o = a.chunk(4, dim=1)
     i_t, f_t, o_t = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.sigmoid(a_o)
     g_t = torch.tanh(a_g)
     c_t = f_t * c_prev + i_t * g_t
-    h_t = o_t * torch.tanh(layer_norm(c_t, a_c, g_c))
+    h_t = o_t * torch.tanh(layer_norm(c_t, alpha_c, beta_c))
     return (h_t, c_t), {"i": i_t, "f": f_t, "g": g_t, "o": o_t}
 
 
@@ -119,10 +119,10 @@ def ln_gru_step(x_t: Tensor, state: State, w: LayerWeights, *, h_in: Tensor | No
     (h_prev,) = state                                        # (B, H)
     h_in = h_prev if h_in is None else h_in                  # ĥ_{t-1} (recurrent dropout)
     H = h_prev.shape[1]
-    a_ih, g_ih, a_hh, g_hh = w.extra
+    alpha_ih, beta_ih, alpha_hh, beta_hh = w.extra
     (b_irz, b_in), (b_hrz, b_hn) = _split_rz_n(w.b_ih, H), _split_rz_n(w.b_hh, H)
-    x_rz, x_n = _ln_groups(F.linear(x_t, w.w_ih), a_ih, g_ih, H)      # (B, 2H), (B, H)
-    h_rz, h_n = _ln_groups(F.linear(h_in, w.w_hh), a_hh, g_hh, H)
+    x_rz, x_n = _ln_groups(F.linear(x_t, w.w_ih), alpha_ih, beta_ih, H)      # (B, 2H), (B, H)
+    h_rz, h_n = _ln_groups(F.linear(h_in, w.w_hh), alpha_hh, beta_hh, H)
     r_t, z_t = torch.sigmoid(x_rz + h_rz + b_irz + b_hrz).chunk(2, dim=1)
     n_t = torch.tanh(x_n + b_in + r_t * (h_n + b_hn))
     h_t = (1 - z_t) * n_t + z_t * h_prev
@@ -199,15 +199,15 @@ class LNLSTMFused(FusedCell):
     cpp = "ln_lstm"
 
     def project(self, spec, x, w, side):
-        a_ih, b_ih_ln, _, b_hh_ln, _, _ = w.extra
+        alpha_ih, beta_ih, _, beta_hh, _, _ = w.extra
         xw = torch.mm(x, w.w_ih.t())                                      # (N, 4H)
-        shift = b_ih_ln + b_hh_ln if w.b_ih is None else b_ih_ln + b_hh_ln + w.b_ih + w.b_hh
-        ax, mean, rstd = _ln_all(xw, a_ih, shift)
+        shift = beta_ih + beta_hh if w.b_ih is None else beta_ih + beta_hh + w.b_ih + w.b_hh
+        ax, mean, rstd = _ln_all(xw, alpha_ih, shift)
         return ax, (xw, mean, rstd)
 
     def loop_weights(self, spec, w):
-        _, _, a_hh, _, a_c, b_c = w.extra
-        return [w.w_hh.contiguous(), a_hh.contiguous(), a_c.contiguous(), b_c.contiguous()]
+        _, _, alpha_hh, _, alpha_c, beta_c = w.extra
+        return [t.contiguous() for t in (w.w_hh, alpha_hh, alpha_c, beta_c)]
 
     def saved_buffers(self, spec, a, H):
         N = a.shape[0]
@@ -217,34 +217,34 @@ class LNLSTMFused(FusedCell):
         return [like.new_empty(rows, 4 * H), like.new_empty(rows, H)]
 
     def forward_step(self, spec, s: ForwardStep) -> None:
-        w_hh, a_hh, a_c, b_c = s.w
+        w_hh, alpha_hh, alpha_c, beta_c = s.w
         h_hat, rstd_h, c_hat, rstd_c = s.saved
         H = s.prev[1].shape[1]
         hh, rstd_h[:] = normalise(s.h_in @ w_hh.t())                      # (n, 4H)
         h_hat.copy_(hh)
-        a_i, a_f, a_g, a_o = s.a.addcmul_(hh, a_hh).split(H, dim=1)
+        a_i, a_f, a_g, a_o = s.a.addcmul_(hh, alpha_hh).split(H, dim=1)
         i_t, f_t, g_t, o_t = a_i.sigmoid_(), a_f.sigmoid_(), a_g.tanh_(), a_o.sigmoid_()
         c_t = torch.addcmul(f_t * s.prev[1], i_t, g_t, out=s.next[1])
         ch, rstd_c[:] = normalise(c_t)
         c_hat.copy_(ch)
-        torch.mul(o_t, torch.addcmul(b_c, ch, a_c).tanh_(), out=s.next[0])
+        torch.mul(o_t, torch.addcmul(beta_c, ch, alpha_c).tanh_(), out=s.next[0])
 
     def backward_step(self, spec, s: BackwardStep):
-        w_hh, a_hh, a_c, b_c = s.w
+        w_hh, alpha_hh, alpha_c, beta_c = s.w
         h_hat, rstd_h, c_hat, rstd_c = s.saved
         dHW, dY = s.grads
         H = c_hat.shape[1]
         dh = s.dnext[0]
         i_t, f_t, g_t, o_t = s.gates.split(H, dim=1)
         da_i, da_f, da_g, da_o = s.dA.split(H, dim=1)
-        tanh_y = torch.addcmul(b_c, c_hat, a_c).tanh_()
+        tanh_y = torch.addcmul(beta_c, c_hat, alpha_c).tanh_()
         torch.mul(dh * tanh_y, o_t * (1 - o_t), out=da_o)
         dy = torch.mul(dh * o_t, 1 - tanh_y * tanh_y, out=dY)
-        dc = s.dnext[1] + normalise_backward(dy * a_c, c_hat, rstd_c)
+        dc = s.dnext[1] + normalise_backward(dy * alpha_c, c_hat, rstd_c)
         torch.mul(dc * i_t, 1 - g_t * g_t, out=da_g)
         torch.mul(dc * g_t, i_t * (1 - i_t), out=da_i)
         torch.mul(dc * s.prev[1], f_t * (1 - f_t), out=da_f)
-        dhw = normalise_backward(s.dA * a_hh, h_hat, rstd_h)
+        dhw = normalise_backward(s.dA * alpha_hh, h_hat, rstd_h)
         dHW.copy_(dhw)
         return [None, dc * f_t], dhw @ w_hh
 
@@ -276,22 +276,22 @@ class LNGRUFused(FusedCell):
     cpp = "ln_gru"
 
     def project(self, spec, x, w, side):
-        a_ih, b_ih_ln, _, b_hh_ln = w.extra
+        alpha_ih, beta_ih, _, beta_hh = w.extra
         H = w.w_hh.shape[1]
         rz, n_ = slice(0, 2 * H), slice(2 * H, 3 * H)
         xw_rz, xw_n = torch.mm(x, w.w_ih[rz].t()), torch.mm(x, w.w_ih[n_].t())
-        shift_rz, shift_n = b_ih_ln[rz] + b_hh_ln[rz], b_ih_ln[n_]
+        shift_rz, shift_n = beta_ih[rz] + beta_hh[rz], beta_ih[n_]
         if w.b_ih is not None:
             shift_rz, shift_n = shift_rz + w.b_ih[rz] + w.b_hh[rz], shift_n + w.b_ih[n_]
-        ln_rz, mean_rz, rstd_rz = _ln_all(xw_rz, a_ih[rz], shift_rz)
-        ln_n, mean_n, rstd_n = _ln_all(xw_n, a_ih[n_], shift_n)
+        ln_rz, mean_rz, rstd_rz = _ln_all(xw_rz, alpha_ih[rz], shift_rz)
+        ln_n, mean_n, rstd_n = _ln_all(xw_n, alpha_ih[n_], shift_n)
         return torch.cat([ln_rz, ln_n], dim=1), (xw_rz, mean_rz, rstd_rz, xw_n, mean_n, rstd_n)
 
     def loop_weights(self, spec, w):
-        _, _, a_hh, b_hh_ln = w.extra
+        _, _, alpha_hh, beta_hh = w.extra
         H = w.w_hh.shape[1]
-        c_hn = b_hh_ln[2 * H:] if w.b_hh is None else b_hh_ln[2 * H:] + w.b_hh[2 * H:]
-        return [w.w_hh.contiguous(), a_hh.contiguous(), c_hn.contiguous()]
+        c_hn = beta_hh[2 * H:] if w.b_hh is None else beta_hh[2 * H:] + w.b_hh[2 * H:]
+        return [w.w_hh.contiguous(), alpha_hh.contiguous(), c_hn.contiguous()]
 
     def saved_buffers(self, spec, a, H):
         N = a.shape[0]
@@ -301,7 +301,7 @@ class LNGRUFused(FusedCell):
         return [like.new_empty(rows, 3 * H), like.new_empty(rows, 3 * H)]
 
     def forward_step(self, spec, s: ForwardStep) -> None:
-        w_hh, a_hh, c_hn = s.w
+        w_hh, alpha_hh, c_hn = s.w
         h_hat, rstd_h, hn = s.saved
         H = w_hh.shape[1]
         hw = s.h_in @ w_hh.t()                                            # (n, 3H)
@@ -309,14 +309,14 @@ class LNGRUFused(FusedCell):
         n_hat, rstd_h[:, 1:] = normalise(hw[:, 2 * H:])
         h_hat[:, :2 * H], h_hat[:, 2 * H:] = rz_hat, n_hat
         a = s.a
-        r_t, z_t = a[:, :2 * H].addcmul_(rz_hat, a_hh[:2 * H]).sigmoid_().split(H, dim=1)
-        torch.addcmul(c_hn, n_hat, a_hh[2 * H:], out=hn)
+        r_t, z_t = a[:, :2 * H].addcmul_(rz_hat, alpha_hh[:2 * H]).sigmoid_().split(H, dim=1)
+        torch.addcmul(c_hn, n_hat, alpha_hh[2 * H:], out=hn)
         n_t = a[:, 2 * H:].addcmul_(r_t, hn).tanh_()
         h_prev = s.prev[0]
         torch.addcmul(n_t, z_t, h_prev - n_t, out=s.next[0])
 
     def backward_step(self, spec, s: BackwardStep):
-        w_hh, a_hh, _ = s.w
+        w_hh, alpha_hh, _ = s.w
         h_hat, rstd_h, hn = s.saved
         dY, dHW = s.grads
         H = w_hh.shape[1]
@@ -328,7 +328,7 @@ class LNGRUFused(FusedCell):
         torch.mul(da_n * hn, r_t * (1 - r_t), out=da_r)
         dY[:, :2 * H] = s.dA[:, :2 * H]
         torch.mul(da_n, r_t, out=dY[:, 2 * H:])
-        dyg = dY * a_hh
+        dyg = dY * alpha_hh
         dHW[:, :2 * H] = normalise_backward(dyg[:, :2 * H], h_hat[:, :2 * H], rstd_h[:, :1])
         dHW[:, 2 * H:] = normalise_backward(dyg[:, 2 * H:], h_hat[:, 2 * H:], rstd_h[:, 1:])
         return [dh * z_t], dHW @ w_hh
@@ -339,11 +339,11 @@ class LNGRUFused(FusedCell):
         dY, dHW = c.grads
         H = dY.shape[1] // 3
         rz, n_ = slice(0, 2 * H), slice(2 * H, 3 * H)
-        a_ih = w.extra[0]
+        alpha_ih = w.extra[0]
         dxw_rz, d_grz = _ln_all_backward(c.dA[:, rz], xw_rz[rows], mean_rz[rows],
-                                         rstd_rz[rows], a_ih[rz])
+                                         rstd_rz[rows], alpha_ih[rz])
         dxw_n, d_gn = _ln_all_backward(c.dA[:, n_], xw_n[rows], mean_n[rows], rstd_n[rows],
-                                       a_ih[n_])
+                                       alpha_ih[n_])
         if g.dx is not None:
             g.dx[rows] = 0
         _add_input_grads(c, w, dxw_rz, rz, g)
@@ -358,7 +358,7 @@ class LNGRUFused(FusedCell):
             g.add_extra(k, value)
 
 
-# -- the families -----------------------------------------------------------------------------------
+# -- the families ---------------------------------------------------------------------------------
 def ln_lstm_spec() -> CellSpec:
     return CellSpec(family="lstm", step=ln_lstm_step, gate_rows=("i", "f", "g", "o"),
                     gates=("i", "f", "g", "o"), n_states=2,

@@ -52,7 +52,7 @@ the candidate c̃_t = f ⊙ c_{t-1} + i ⊙ g, which the output gate and tanh sa
 
 from __future__ import annotations
 
-from functools import lru_cache, partial
+from functools import cache, partial
 from typing import NamedTuple
 
 import torch
@@ -152,7 +152,7 @@ class _Layout(NamedTuple):
         return self.greff == STANDARD
 
 
-@lru_cache(maxsize=None)
+@cache
 def _layout(coupled: bool, greff: Greff) -> _Layout:
     rows = gate_rows(coupled, greff)
     return _Layout({k: j for j, k in enumerate(rows)},

@@ -16,8 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import BackwardStep, CellSpec, ForwardStep, FusedCell, Gates, LayerWeights, State, \
-    register
+from .base import (
+    BackwardStep,
+    CellSpec,
+    ForwardStep,
+    FusedCell,
+    Gates,
+    LayerWeights,
+    State,
+    register,
+)
 
 NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
 

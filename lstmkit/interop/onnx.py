@@ -260,7 +260,6 @@ def _translations() -> dict:
                                       reorder(b_hh, names, order, zl), axis=0), const([0]))
 
     def unpack(family, weights, config):
-        from ..ops import library
         cell, w = library.parse_config(family, config, weights)
         if w.w_hr is not None:
             raise ValueError("ONNX's LSTM operator has no projection (proj_size)")

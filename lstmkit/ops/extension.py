@@ -172,8 +172,8 @@ class CppKernels:
     def forward(self, cell, a, seqs, carry, m, w_hr, w, saved, side, h_drop, zones,
                 batch_sizes, reverse) -> None:
         f = cell.fused
-        self.module.forward(f.cpp, _hidden(cell, w), f.cpp_options(cell), a, seqs, carry, self._t(m),
-                            self._t(w_hr), [self._t(t) for t in w], saved, side,
+        self.module.forward(f.cpp, _hidden(cell, w), f.cpp_options(cell), a, seqs, carry,
+                            self._t(m), self._t(w_hr), [self._t(t) for t in w], saved, side,
                             self._t(h_drop), [self._t(z) for z in zones], batch_sizes, reverse)
 
     def backward(self, cell, dA, gates, seqs, prev, dseqs, dcarry, w_hr, dH, w, grads, saved,

@@ -96,6 +96,28 @@ def _prev_of(flat: Tensor, initial: Tensor, prev: Tensor, r0: int, r1: int) -> T
     return rows
 
 
+class PrevRows:
+    """The state each row's step started from, for the rows of one backward chunk.
+
+    Padded input (every step has the same B rows): the rows B before (after, in reverse) —
+    a view, with the initial states only at the sequence's first step. Packed input: a
+    gather by :func:`prev_rows`."""
+
+    def __init__(self, batch_sizes: list[int], reverse: bool, device: torch.device):
+        self.B, self.N = batch_sizes[0], sum(batch_sizes)
+        self.reverse = reverse
+        self.padded = batch_sizes[-1] == self.B
+        self.index = None if self.padded else prev_rows(batch_sizes, reverse, device)
+
+    def __call__(self, flat: Tensor, initial: Tensor, r0: int, r1: int) -> Tensor:
+        if not self.padded:
+            return _prev_of(flat, initial, self.index, r0, r1)
+        B, N = self.B, self.N
+        if not self.reverse:
+            return flat[r0 - B:r1 - B] if r0 >= B else torch.cat([initial, flat[:r1 - B]])
+        return flat[r0 + B:r1 + B] if r1 + B <= N else torch.cat([flat[r0 + B:], initial])
+
+
 def _refuse_double_backward() -> None:
     # autograd enables grad mode inside backward only for create_graph=True
     if torch.is_grad_enabled():
@@ -210,12 +232,12 @@ def layer_backward(call: Call, inp: Inputs, kept: Kept, dseqs: list[Tensor | Non
     zones = _zones(cell, inp.masks)
     zoned = tuple(z is not None for z in zones)
     h_drop = inp.masks.h_drop
-    prev_idx = prev_rows(batch_sizes, call.reverse, x.device)
+    prev_of = PrevRows(batch_sizes, call.reverse, x.device)
     seq_of_row = row_sequences(batch_sizes, x.device) if h_drop is not None else None
     loop_w = fused.loop_weights(cell, w)
     dw_hr = g.w["w_hr"]
     for t0, t1, r0, r1 in backward_chunks(batch_sizes, call.reverse):
-        prev = [_prev_of(s, s0, prev_idx, r0, r1) for s, s0 in zip(kept.seqs, initial)]
+        prev = [prev_of(s, s0, r0, r1) for s, s0 in zip(kept.seqs, initial)]
         dA = gates.new_empty(r1 - r0, gates.shape[1])
         grads = fused.grad_buffers(cell, r1 - r0, gates, H, list(inp.side))
         dH = gates.new_empty(r1 - r0, R) if w.w_hr is not None else None

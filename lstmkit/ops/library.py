@@ -139,7 +139,7 @@ def _kept(call: Call, inp: Inputs, outs: list[Tensor]) -> tuple[Kept, int]:
                 None if m.numel() == 0 else m, saved, aux), n_all
 
 
-# -- the factory -------------------------------------------------------------------------------------
+# -- the factory ----------------------------------------------------------------------------------
 _OPS: dict[str, object] = {}
 
 

@@ -163,7 +163,7 @@ void run_backward(Layer<T>& L, const Rows& rows) {
       s.dprev[k] = L.dcarry[k];
     }
     s.ld0 = R;
-    if (L.w_hr) {                                                       // ∂L/∂m = ∂L/∂h W_hr
+    if (L.w_hr) {                                                      // ∂L/∂m = ∂L/∂h W_hr
       projection(n, s.dnext[0], R, T(0), dm.data(), H);
       s.dnext[0] = dm.data();
       s.ld0 = H;

@@ -43,14 +43,16 @@ void ln_backward(const T* dy, const T* g, const T* v_hat, T rstd, int64_t D, T* 
   for (int64_t j = 0; j < D; ++j) dv[j] = rstd * (dy[j] * g[j] - m1 - v_hat[j] * m2);
 }
 
-// ---- LN-LSTM: loop weights W_hh, α_hh, α_c, β_c; saved ĥ (N, 4H), 1/σ_h (N, 1), ĉ (N, H),
-// 1/σ_c (N, 1); gradient buffers dHW (N, 4H), dy (N, H).
+// ---- LN-LSTM: loop weights W_hh, α_hh, α_c, β_c (gains α, biases β, named as in
+// cells/layernorm.py); saved ĥ (N, 4H), 1/σ_h (N, 1), ĉ (N, H), 1/σ_c (N, 1); gradient
+// buffers dHW (N, 4H), dy (N, H).
 template <typename T>
 struct LNLSTMCell {
   static constexpr bool kDirectH = false;
 
   explicit LNLSTMCell(const Layer<T>& L)
-      : H(L.H), g_hh(L.w[1]), g_c(L.w[2]), b_c(L.w[3]), h_hat(L.saved[0]), rstd_h(L.saved[1]),
+      : H(L.H), alpha_hh(L.w[1]), alpha_c(L.w[2]), beta_c(L.w[3]), h_hat(L.saved[0]),
+        rstd_h(L.saved[1]),
         c_hat(L.saved[2]), rstd_c(L.saved[3]), dHW(L.grads.empty() ? nullptr : L.grads[0]),
         dY(L.grads.empty() ? nullptr : L.grads[1]),
         recurrent(L.w[0], true, L.B, 4 * L.H, L.H), back(L.w[0], false, L.B, L.H, 4 * L.H),
@@ -77,10 +79,10 @@ struct LNLSTMCell {
         hh[H + j] = hf;
         hh[2 * H + j] = hg;
         hh[3 * H + j] = ho;
-        const T i_t = sigmoid(ab[j] + g_hh[j] * hi);
-        const T f_t = sigmoid(ab[H + j] + g_hh[H + j] * hf);
-        const T g_t = tanh_(ab[2 * H + j] + g_hh[2 * H + j] * hg);
-        const T o_t = sigmoid(ab[3 * H + j] + g_hh[3 * H + j] * ho);
+        const T i_t = sigmoid(ab[j] + alpha_hh[j] * hi);
+        const T f_t = sigmoid(ab[H + j] + alpha_hh[H + j] * hf);
+        const T g_t = tanh_(ab[2 * H + j] + alpha_hh[2 * H + j] * hg);
+        const T o_t = sigmoid(ab[3 * H + j] + alpha_hh[3 * H + j] * ho);
         const T c_new = f_t * cpb[j] + i_t * g_t;
         ab[j] = i_t;
         ab[H + j] = f_t;
@@ -101,7 +103,7 @@ struct LNLSTMCell {
       for (int64_t j = 0; j < H; ++j) {
         const T c_n = (c_t[j] - mu_c) * rc;                            // ĉ
         ch[j] = c_n;
-        mb[j] = ab[3 * H + j] * tanh_(g_c[j] * c_n + b_c[j]);          // o ⊙ tanh(LN(c))
+        mb[j] = ab[3 * H + j] * tanh_(alpha_c[j] * c_n + beta_c[j]);          // o ⊙ tanh(LN(c))
       }
     }
   }
@@ -121,11 +123,11 @@ struct LNLSTMCell {
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         const T o_t = gb[3 * H + j];
-        const T ty = tanh_(g_c[j] * ch[j] + b_c[j]);
+        const T ty = tanh_(alpha_c[j] * ch[j] + beta_c[j]);
         db[3 * H + j] = dhb[j] * ty * o_t * (T(1) - o_t);              // da_o
         dyb[j] = dhb[j] * o_t * (T(1) - ty * ty);                      // ∂L/∂LN(c_t)
       }
-      ln_backward(dyb, g_c, ch, rstd_c[row], H, dc_ln.data());
+      ln_backward(dyb, alpha_c, ch, rstd_c[row], H, dc_ln.data());
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         const T i_t = gb[j], f_t = gb[H + j], g_t = gb[2 * H + j];
@@ -135,14 +137,14 @@ struct LNLSTMCell {
         db[2 * H + j] = dc * i_t * (T(1) - g_t * g_t);                // da_g
         dpb[j] = dc * f_t;                                            // dc_{t-1}
       }
-      ln_backward(db, g_hh, h_hat + row * G, rstd_h[row], G, dHW + row * G);
+      ln_backward(db, alpha_hh, h_hat + row * G, rstd_h[row], G, dHW + row * G);
     }
     back(s.n, dHW + s.start * G, G, s.beta0, s.dh_in, H);             // ∂L/∂ĥ = dHW W_hh
   }
 
  private:
   int64_t H;
-  const T *g_hh, *g_c, *b_c;
+  const T *alpha_hh, *alpha_c, *beta_c;
   T *h_hat, *rstd_h, *c_hat, *rstd_c, *dHW, *dY;
   WeightGemm<T> recurrent, back;
   std::vector<T> dc_ln;
@@ -155,7 +157,7 @@ struct LNGRUCell {
   static constexpr bool kDirectH = true;                   // h_t = … + z ⊙ h_{t-1}
 
   explicit LNGRUCell(const Layer<T>& L)
-      : H(L.H), g_hh(L.w[1]), c_hn(L.w[2]), h_hat(L.saved[0]), rstd_h(L.saved[1]),
+      : H(L.H), alpha_hh(L.w[1]), c_hn(L.w[2]), h_hat(L.saved[0]), rstd_h(L.saved[1]),
         hn_all(L.saved[2]), dY(L.grads.empty() ? nullptr : L.grads[0]),
         dHW(L.grads.empty() ? nullptr : L.grads[1]),
         recurrent(L.w[0], true, L.B, 3 * L.H, L.H), back(L.w[0], false, L.B, L.H, 3 * L.H) {}
@@ -182,9 +184,9 @@ struct LNGRUCell {
         hh[j] = hr;
         hh[H + j] = hz;
         hh[2 * H + j] = h_n;
-        const T r_t = sigmoid(ab[j] + g_hh[j] * hr);
-        const T z_t = sigmoid(ab[H + j] + g_hh[H + j] * hz);
-        const T hn = g_hh[2 * H + j] * h_n + c_hn[j];
+        const T r_t = sigmoid(ab[j] + alpha_hh[j] * hr);
+        const T z_t = sigmoid(ab[H + j] + alpha_hh[H + j] * hz);
+        const T hn = alpha_hh[2 * H + j] * h_n + c_hn[j];
         const T n_t = tanh_(ab[2 * H + j] + r_t * hn);
         ab[j] = r_t;
         ab[H + j] = z_t;
@@ -222,15 +224,15 @@ struct LNGRUCell {
       }
       const T* hh = h_hat + row * G;
       T* dhw = dHW + row * G;
-      ln_backward(dyb, g_hh, hh, rstd_h[2 * row], 2 * H, dhw);
-      ln_backward(dyb + 2 * H, g_hh + 2 * H, hh + 2 * H, rstd_h[2 * row + 1], H, dhw + 2 * H);
+      ln_backward(dyb, alpha_hh, hh, rstd_h[2 * row], 2 * H, dhw);
+      ln_backward(dyb + 2 * H, alpha_hh + 2 * H, hh + 2 * H, rstd_h[2 * row + 1], H, dhw + 2 * H);
     }
     back(s.n, dHW + s.start * G, G, s.beta0, s.dh_in, H);             // ∂L/∂ĥ += dHW W_hh
   }
 
  private:
   int64_t H;
-  const T *g_hh, *c_hn;
+  const T *alpha_hh, *c_hn;
   T *h_hat, *rstd_h, *hn_all, *dY, *dHW;
   WeightGemm<T> recurrent, back;
 };
