@@ -9,8 +9,10 @@ See ``lstmkit.LSTM``, ``lstmkit.GRU``, ``lstmkit.RNN``, ``lstmkit.record`` and
 """
 
 from .inspect import LayerRecord, Recording, record
-from .nn import GRU, LSTM, RNN, ClockworkRNN, DepthGatedLSTM
+from .nn import GRU, LSTM, RNN, ClockworkRNN, DepthGatedLSTM, module_for
 from .summary import count_parameters, summary
+
+LSTM1997 = module_for("lstm1997", "LSTM1997")      # Hochreiter & Schmidhuber 1997
 
 __version__ = "0.1.0"
 
@@ -22,5 +24,5 @@ def from_keras(layer_or_file):
     return convert(layer_or_file)
 
 
-__all__ = ["LSTM", "GRU", "RNN", "ClockworkRNN", "DepthGatedLSTM", "record", "Recording",
-           "LayerRecord", "count_parameters", "summary", "from_keras", "__version__"]
+__all__ = ["LSTM", "GRU", "RNN", "ClockworkRNN", "DepthGatedLSTM", "LSTM1997", "record",
+           "Recording", "LayerRecord", "count_parameters", "summary", "from_keras", "__version__"]

@@ -314,8 +314,19 @@ def families() -> tuple[str, ...]:
     return tuple(_FAMILIES)
 
 
-def build(family: str, options: tuple[tuple[str, object], ...] | dict) -> CellSpec:
-    """The spec of ``family`` with ``options`` (as in :attr:`CellSpec.options`)."""
+def builder(family: str) -> Callable[..., CellSpec]:
+    """The spec builder ``family`` was registered with (its keywords are the options)."""
     if family not in _FAMILIES:
         raise ValueError(f"unknown cell family {family!r}; registered: {', '.join(_FAMILIES)}")
-    return _FAMILIES[family](**dict(options))
+    return _FAMILIES[family]
+
+
+def family_module(family: str):
+    """The module that declares ``family`` (its docstring holds the equations)."""
+    import sys
+    return sys.modules[builder(family).__module__]
+
+
+def build(family: str, options: tuple[tuple[str, object], ...] | dict) -> CellSpec:
+    """The spec of ``family`` with ``options`` (as in :attr:`CellSpec.options`)."""
+    return builder(family)(**dict(options))
