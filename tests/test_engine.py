@@ -295,3 +295,26 @@ def test_one_autograd_function_and_one_dispatch():
         while node is not None and "RecurrentFunction" not in type(node).__name__:
             node = node.next_functions[0][0] if node.next_functions else None
         assert node is not None, variant
+
+
+@pytest.mark.parametrize("make", [
+    lambda: lstmkit.ClockworkRNN(3, 4, num_modules=2, bidirectional=True),
+    lambda: lstmkit.DepthGatedLSTM(3, 4, 2),
+    lambda: lstmkit.LSTM1997(3, 4, num_layers=2),
+    lambda: lstmkit.GRU(3, 4, zoneout=0.3),
+], ids=["clockwork", "depth-gated", "lstm1997", "gru-zoneout"])
+def test_onnx_export_unrolls_cells_without_an_onnx_operator(make, tmp_path):
+    """Families without an ONNX operator (and zoneout's test-time mix) export as their
+    reference equations in plain ONNX operators; onnxruntime computes the same outputs."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from lstmkit.interop.onnx import export
+    torch.manual_seed(0)
+    m = make().eval()
+    x = torch.randn(5, 2, 3)
+    path = export(m, (x,), tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = m(x)[0]
+    torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-5, rtol=1e-5)

@@ -75,13 +75,18 @@ def module_clocks(batch_sizes: list[int], reverse: bool, periods: Sequence[int],
                   device: torch.device) -> Tensor:
     """(N, g) bool: at each flat row, which modules tick (``clock mod T_i == 0``)."""
     T, N, B = len(batch_sizes), sum(batch_sizes), batch_sizes[0]
+    period = torch.tensor(periods, device=device)[None, :]
+    if batch_sizes[-1] == B:                     # padded: every row of step t on one clock
+        t = torch.arange(T, device=device)
+        ticks = (T - 1 - t if reverse else t)[:, None] % period == 0           # (T, g)
+        return ticks[:, None, :].expand(T, B, len(periods)).reshape(N, len(periods))
     bs = torch.tensor(batch_sizes, device=device)
     t = torch.repeat_interleave(torch.arange(T, device=device), bs, output_size=N)
     b = torch.arange(N, device=device) - (torch.cumsum(bs, 0) - bs)[t]   # sequence of a row
     if reverse:                                   # clock = steps of the reversed sequence
         lengths = (bs[None, :] > torch.arange(B, device=device)[:, None]).sum(1)
         t = lengths[b] - 1 - t
-    return t[:, None] % torch.tensor(periods, device=device)[None, :] == 0
+    return t[:, None] % period == 0
 
 
 def clockwork_mask(periods: Sequence[int], module_size: int, *, device=None, dtype=None

@@ -92,16 +92,23 @@ def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[in
                          f"backend={backend!r} cannot run it, use 'auto' or 'reference'")
     if torch.compiler.is_compiling():
         return _compiled(backend, cell, x, batch_sizes, projected, recording, masked)
-    if backend == "fused_py":
-        return partial(fused.run_layer, kernels=loops)
-    if backend == "fused_cpp":
-        _require_cpp(cell, x)
-        return partial(fused.run_layer, kernels=cpp_kernels(required=True))
     if backend == "auto" and _native_can_run(cell, x, batch_sizes, projected, recording,
                                              masked):
         return native.run_layer
-    kernels = cpp_kernels(required=False) if _cpp_can_run(cell, x) else None
-    return partial(fused.run_layer, kernels=kernels or loops)
+    return partial(fused.run_layer, kernels=kernels_for(backend, cell, x))
+
+
+def kernels_for(backend: str, cell: CellSpec, x: Tensor):
+    """The time loop a fused backend runs: :mod:`lstmkit.ops.loops` for ``"fused_py"``, the
+    C++ extension for ``"fused_cpp"`` (raising if it cannot run), and for ``"fused"`` and
+    ``"auto"`` the C++ extension where it can run, else the torch loop. The custom ops call
+    it too, when they run."""
+    if backend == "fused_py":
+        return loops
+    if backend == "fused_cpp":
+        _require_cpp(cell, x)
+        return cpp_kernels(required=True)
+    return (cpp_kernels(required=False) if _cpp_can_run(cell, x) else None) or loops
 
 
 def _compiled(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[int],

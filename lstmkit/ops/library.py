@@ -34,8 +34,7 @@ from torch import Tensor
 from torch.library import custom_op
 
 from ..cells.base import CellSpec, LayerWeights, State, build, families
-from . import fused, loops
-from .extension import cpp_kernels
+from . import fused
 from .fused import Call, Inputs, Kept
 from .masks import StepMasks
 
@@ -77,15 +76,6 @@ def _spec(family: str, options: str) -> CellSpec:
                           for k, v in json.loads(options)})
 
 
-def _kernels(choice: str, cell: CellSpec, x: Tensor):
-    from . import _cpp_can_run
-    if choice == "fused_py":
-        return loops
-    if choice == "fused_cpp":
-        return cpp_kernels(required=True)
-    return (cpp_kernels(required=False) if _cpp_can_run(cell, x) else None) or loops
-
-
 class _NoLoop:
     """Kernels that leave the buffers as allocated: the fake (shape) implementations."""
 
@@ -111,7 +101,8 @@ def _unpack(family, x, states0, weights, side, masks, batch_sizes, reverse, conf
     cell, w = parse_config(family, config, weights)
     given = iter(masks)
     m = StepMasks(*(next(given) if here else None for here in c["masks"]))
-    kern = kernels if isinstance(kernels, _NoLoop) else _kernels(kernels, cell, x)
+    from . import kernels_for
+    kern = kernels if isinstance(kernels, _NoLoop) else kernels_for(kernels, cell, x)
     call = Call(cell, tuple(batch_sizes), reverse, kern, len(w.extra), c["side"])
     return call, Inputs(x, tuple(states0), w, tuple(side), m)
 
