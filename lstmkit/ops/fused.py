@@ -280,9 +280,8 @@ class RecurrentFunction(Function):
         seqs, finals, kept = layer_forward(call, inp)
         ctx.call = call
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(*tensors, kept.gates, *kept.seqs, kept.m, *kept.saved)
+        ctx.save_for_backward(*tensors, kept.gates, *kept.seqs, kept.m, *kept.saved, *kept.aux)
         ctx.layout = (len(tensors), len(kept.seqs), len(kept.saved))
-        ctx.aux = kept.aux
         gates = kept.gates if kept.gates is not seqs[0] else None
         if gates is not None:
             ctx.mark_non_differentiable(gates)
@@ -296,8 +295,9 @@ class RecurrentFunction(Function):
         saved = ctx.saved_tensors
         inp = Inputs.unflat(call, saved[:n_in])
         i = n_in
+        j = i + 2 + n_seq + n_saved
         kept = Kept(saved[i], tuple(saved[i + 1:i + 1 + n_seq]), saved[i + 1 + n_seq],
-                    tuple(saved[i + 2 + n_seq:i + 2 + n_seq + n_saved]), ctx.aux)
+                    tuple(saved[i + 2 + n_seq:j]), tuple(saved[j:]))
         n = call.cell.n_states
         dseqs, dfinals = list(grad_outputs[:n]), list(grad_outputs[n:2 * n])
         if dseqs[0] is None:
