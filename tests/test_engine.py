@@ -62,6 +62,8 @@ VARIANTS = {
     "clockwork": (lstmkit.ClockworkRNN, {"num_modules": 2}),
     "clockwork-1-3": (lstmkit.ClockworkRNN, {"periods": (1, 3)}),
     "depth-gated": (lstmkit.DepthGatedLSTM, {}),
+    "lstm1997": (lstmkit.LSTM1997, {}),
+    "lstm1997-truncated": (lstmkit.LSTM1997, {"truncate": True}),
 }
 REGULARISERS = {
     "zoneout": {"zoneout": 0.3},
@@ -105,6 +107,11 @@ def _compare(got, want, what: str, tol: float = TOL[F64]) -> None:
         assert_close(a, b, f"{what}: final state", tol)
     assert_close(dx1, dx2, f"{what}: grad input", tol)
     for a, b in zip(dh1, dh2, strict=True):
+        if a is None and b is None:
+            continue
+        if a is None or b is None:      # no path at all on one backend (LSTM1997's truncated
+            a, b = (torch.zeros_like(b) if a is None else a,  # gradient with recurrent
+                    torch.zeros_like(a) if b is None else b)  # dropout) means a zero gradient
         assert_close(a, b, f"{what}: grad initial state", tol)
     assert g1.keys() == g2.keys()
     for name in g2:

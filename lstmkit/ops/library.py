@@ -118,7 +118,7 @@ def _outputs(call: Call, inp: Inputs) -> list[Tensor]:
     return [*kept.seqs, *finals, gates, m, *kept.saved, *kept.aux]
 
 
-def _kept(call: Call, inp: Inputs, outs: list[Tensor]) -> tuple[Kept, int]:
+def _kept(call: Call, outs: list[Tensor]) -> Kept:
     """Split the op's outputs back into the sequences, final states and :class:`Kept`."""
     n_all, n = len(call.cell.states), call.cell.n_states
     seqs = tuple(outs[:n_all])
@@ -126,8 +126,8 @@ def _kept(call: Call, inp: Inputs, outs: list[Tensor]) -> tuple[Kept, int]:
     n_saved = len(call.cell.fused.saved_buffers(call.cell, gates.new_empty(0, 0), 0))
     i = n_all + n + 2
     saved, aux = tuple(outs[i:i + n_saved]), tuple(outs[i + n_saved:])
-    return Kept(seqs[0] if gates.numel() == 0 else gates, seqs,
-                None if m.numel() == 0 else m, saved, aux), n_all
+    return Kept(seqs[0] if gates.numel() == 0 else gates, seqs,   # empty: shared with seqs[0]
+                None if m.numel() == 0 else m, saved, aux)
 
 
 # -- the factory ----------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def _spec_of(config: str, family: str) -> CellSpec:
 
 def _backward(call: Call, inp: Inputs, outs: list[Tensor], dseqs: list[Tensor],
               dfinals: list[Tensor], needs: list[bool]) -> list[Tensor]:
-    kept, n_all = _kept(call, inp, outs)
+    kept = _kept(call, outs)
     n = call.cell.n_states
     ds = [None if d.numel() == 0 and d.dim() == 1 else d for d in dseqs]
     if ds[0] is None:
