@@ -29,7 +29,7 @@ def add_schedule_options(opt: argparse._ArgumentGroup, *, lr: float, warmup: int
 
 
 def add_parsers(sub) -> None:
-    from ..nn.lstm import GREFF_VARIANTS
+    from .variants import GREFF_VARIANTS
     S = argparse.SUPPRESS                      # only options given appear in the namespace
     train = sub.add_parser(
         "train", help="train a character- or word-level language model",

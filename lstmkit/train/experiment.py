@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import lstmkit
 
 from ..data.synthetic import Batch, Task, make_task
-from ..nn.lstm import GREFF_VARIANTS
+from .variants import GREFF_VARIANTS
 
 CELLS = {"lstm": (lstmkit.LSTM, {}), "peephole": (lstmkit.LSTM, {"peephole": True}),
          "coupled": (lstmkit.LSTM, {"coupled": True}), "gru": (lstmkit.GRU, {}),
