@@ -52,9 +52,11 @@ def _overrides(args: argparse.Namespace, epochs: bool = True) -> dict:
 
 def run_job(args: argparse.Namespace, make_config, resume_config, trainer_class,
             name_of, *, epochs: bool = False) -> int:
-    """Start or resume a run (``--out`` / ``--resume``) of ``trainer_class`` and map its
-    outcome to an exit code: 0 done, 1 diverged, 2 bad input, 130/143 signals."""
+    """Start or resume a run (``--out`` / ``--resume``) of ``trainer_class``, with its
+    PNGs (:func:`lstmkit.viz.runs.with_plots`), and map its outcome to an exit code: 0 done,
+    1 diverged, 2 bad input, 130/143 signals."""
     from ..train.loop import TrainingDiverged, TrainingInterrupted, shutdown_distributed
+    from ..viz.runs import with_plots
 
     try:
         if args.resume is not None:
@@ -69,7 +71,7 @@ def run_job(args: argparse.Namespace, make_config, resume_config, trainer_class,
             if (run_dir / "checkpoints").exists():
                 return error(f"{run_dir} already holds a run; continue it with --resume "
                              f"{run_dir} or choose another --out")
-        trainer_class(cfg, run_dir, resume=args.resume is not None).fit()
+        with_plots(trainer_class(cfg, run_dir, resume=args.resume is not None)).fit()
     except TrainingInterrupted as e:
         print(f"lstmkit: interrupted by {e}", file=sys.stderr)
         return EXIT_SIGNAL.get(e.signame, 130)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from ..data.synthetic import TASKS
 from ..train.experiment import CELLS, flow_table, gradient_flow_study, run_table
+from ..viz.curves import plot_gradient_flow
+from ..viz.runs import plot_experiment
 from ._args import positive_float, positive_int
 from ._common import error
 
@@ -58,6 +60,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                   stop_when_solved=not args.no_stop)
     except ValueError as e:
         return error(str(e))
+    plot_experiment(out)
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.md, results.json, curves.png")
     return 0
@@ -69,6 +72,7 @@ def cmd_gradient_flow(args: argparse.Namespace) -> int:
                                     hidden=args.hidden, seed=args.seed, out=args.out)
     except ValueError as e:
         return error(str(e))
+    plot_gradient_flow(study, args.out / "gradient_flow.png")
     print(flow_table(study))
     print(f"wrote {args.out}/gradient_flow.png and gradient_flow.json")
     return 0
