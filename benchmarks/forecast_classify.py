@@ -25,6 +25,7 @@ import torch
 
 from lstmkit.train.classify import ClassifyConfig, ClassifyTrainer
 from lstmkit.train.forecast import ForecastConfig, ForecastTrainer
+from lstmkit.viz.runs import with_plots
 
 FORECASTS = {
     "airline": dict(series="airline", log=True),
@@ -57,7 +58,7 @@ def run_forecasts(out: Path, seeds: int) -> dict:
         for seed in range(seeds):
             cfg = ForecastConfig(**settings, seed=seed, quiet=True, classical=seed == 0)
             t0 = time.perf_counter()
-            r = ForecastTrainer(cfg, out / f"forecast-{name}-seed{seed}").fit()
+            r = with_plots(ForecastTrainer(cfg, out / f"forecast-{name}-seed{seed}")).fit()
             runs.append({"seed": seed, "scores": r.scores, "best_step": r.best_step,
                          "seconds": time.perf_counter() - t0})
             print(f"{name} seed {seed}: MASE {r.scores['LSTM']['mase']:.3f}", flush=True)
@@ -79,7 +80,7 @@ def run_classify(out: Path, seeds: int) -> dict:
         for seed in range(seeds):
             cfg = ClassifyConfig(dataset=name, seed=seed, quiet=True, **CLASSIFY_SETTINGS)
             t0 = time.perf_counter()
-            r = ClassifyTrainer(cfg, out / f"classify-{name}-seed{seed}").fit()
+            r = with_plots(ClassifyTrainer(cfg, out / f"classify-{name}-seed{seed}")).fit()
             runs.append({"seed": seed, "test_accuracy": r.test_accuracy,
                          "val_accuracy": r.val_accuracy, "best_step": r.best_step,
                          "seconds": time.perf_counter() - t0})

@@ -21,6 +21,7 @@ import torch
 
 from lstmkit.train import TrainConfig, Trainer
 from lstmkit.train.experiment import ExperimentConfig, run_experiment
+from lstmkit.viz.runs import with_plots
 
 VARIANTS = ("vanilla", "nig", "nfg", "nog", "niaf", "noaf", "np", "cifg", "fgr")
 
@@ -48,7 +49,7 @@ def text(seeds: int, steps: int, runs_dir: Path) -> dict:
             cfg = TrainConfig(variant=v, hidden=128, steps=steps, max_chars=1_000_000,
                               seed=seed, quiet=True, eval_every=steps)
             t0 = time.perf_counter()
-            r = Trainer(cfg, runs_dir / f"text-{v}-seed{seed}").fit()
+            r = with_plots(Trainer(cfg, runs_dir / f"text-{v}-seed{seed}")).fit()
             runs.append({"seed": seed, "val_bpc": r.best_val_metric, "test_bpc": r.test_metric,
                          "seconds": time.perf_counter() - t0})
             print(f"text {v} seed {seed}: val BPC {r.best_val_metric:.4f}", flush=True)

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from lstmkit.train.experiment import flow_table, gradient_flow_study, run_table
+from lstmkit.viz.curves import plot_gradient_flow
+from lstmkit.viz.runs import plot_experiment
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = Path("runs/experiments")
@@ -48,6 +50,7 @@ def run_part(specs, out_md: Path) -> None:
         start = time.perf_counter()
         folder = RUNS / f"{task}-T{T}"
         run_table(task, T, cells, seeds, folder, **kw)
+        plot_experiment(folder)
         minutes = (time.perf_counter() - start) / 60
         with out_md.open("a") as f:
             f.write((folder / "results.md").read_text()
@@ -71,6 +74,7 @@ def main() -> None:
     else:
         study = gradient_flow_study("adding2016", 100, budget=60_000, hidden=128,
                                     out=RUNS / "gradient-flow")
+        plot_gradient_flow(study, RUNS / "gradient-flow" / "gradient_flow.png")
         out_md.write_text(flow_table(study))
         (RESULTS / "gradient-flow.json").write_text(json.dumps(study) + "\n")
     print(out_md.read_text())

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from lstmkit import bench
+from lstmkit.cli import bench
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -23,13 +23,14 @@ from pathlib import Path
 import torch
 
 from lstmkit.train import TrainConfig, Trainer
+from lstmkit.viz.runs import with_plots
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run(name: str, cfg: TrainConfig, runs: Path) -> dict:
     start = time.perf_counter()
-    result = Trainer(cfg, runs / name).fit()
+    result = with_plots(Trainer(cfg, runs / name)).fit()
     seconds = time.perf_counter() - start
     row = {"name": name, "config": asdict(cfg), "seconds": seconds, "steps": result.step,
            "val_bpc": result.best_val_metric, "test_bpc": result.test_metric,

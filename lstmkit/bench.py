@@ -25,11 +25,9 @@ T·B·H <= 100·16·128).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import gc
-import json
 import os
 import platform
 import statistics
@@ -38,7 +36,6 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +43,6 @@ from torch._C._profiler import _EventType  # the profiler event tree: every allo
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import lstmkit
-from lstmkit._args import positive_int
 
 REFERENCE_LIMIT = 100 * 16 * 128        # T·B·H up to which the reference loop runs by default
 BACKENDS = ("fused_cpp", "fused_py")
@@ -457,64 +453,3 @@ FOOTNOTE = ("fwd: forward under no_grad; f+b: forward+backward of (out*g).sum(),
             "* torch.nn.LSTM of the same size (torch.nn has no such variant);\n"
             "torch.nn runs oneDNN for plain padded LSTM only: GRU, RNN, proj and packed "
             "take its per-step autograd path")
-
-
-# -- command line -----------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="only a few small configurations")
-    parser.add_argument("--only", metavar="S", help="only configurations whose name contains S")
-    parser.add_argument("--repeats", type=positive_int, default=5, help="timed runs (median)")
-    parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads(N) "
-                                                           "(default: leave as is)")
-    parser.add_argument("--backend", choices=BACKENDS, default="fused_cpp")
-    parser.add_argument("--reference", choices=("auto", "all", "none"), default="auto",
-                        help=f"time the reference loop: auto = only if T·B·H <= "
-                             f"{REFERENCE_LIMIT}")
-    parser.add_argument("--json", metavar="PATH", type=Path, help="write all numbers here")
-    parser.add_argument("--variants", action="store_true",
-                        help="instead: every variant's fused path (Greff ablations, layer "
-                             "norm, regularisers, Clockwork, Depth-Gated) against the plain "
-                             "fused LSTM of the same size")
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Run the benchmark the parsed options describe, print the table, write the JSON."""
-    if args.variants:
-        return _run_variants(args)
-    configs = select_configs(args.quick, args.only)
-    if not configs:
-        names = ", ".join(c.name for c in (QUICK if args.quick else MATRIX))
-        print(f"no configuration matches --only {args.only!r}; the names are: {names}")
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    reference = {"auto": None, "all": True, "none": False}[args.reference]
-    print(format_meta(environment(args.backend, args.repeats)))
-    print(format_header(), flush=True)
-    data = run_benchmark(configs, backend=args.backend, repeats=args.repeats,
-                         reference=reference, on_result=lambda r: print(format_row(r),
-                                                                         flush=True))
-    print(FOOTNOTE)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(data, indent=1) + "\n")
-        print(f"wrote {args.json}")
-    return 0
-
-
-def _run_variants(args: argparse.Namespace) -> int:
-    from . import bench_variants as bv
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"fused forward+backward, training mode, backend={args.backend}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}, interleaved with "
-          "the plain lstmkit.LSTM of the same size")
-    print(bv.HEADER, flush=True)
-    rows = bv.bench_variants(backend=args.backend, repeats=args.repeats, only=args.only,
-                             on_row=lambda r: print(bv.format_row(r), flush=True))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": environment(args.backend, args.repeats),
-                                         "variants": rows}, indent=1) + "\n")
-        print(f"wrote {args.json}")
-    return 0

@@ -23,6 +23,7 @@ from lstmkit.train.classify import (
     load_classifier,
     predict_logits,
 )
+from lstmkit.viz.runs import with_plots
 
 TS_HEADER = ("@problemName Toy\n@timeStamps false\n@univariate false\n@dimensions 2\n"
              "@equalLength false\n@classLabel true up down\n@data\n")
@@ -148,7 +149,7 @@ def test_confusion_matrix_by_hand():
 # -- runs ----------------------------------------------------------------------------------
 def test_learns_a_separable_problem_and_reports(tmp_path):
     train, test = toy_sets(tmp_path)
-    result = ClassifyTrainer(small(train, test), tmp_path / "run").fit()
+    result = with_plots(ClassifyTrainer(small(train, test), tmp_path / "run")).fit()
     assert result.test_accuracy >= 0.9
     assert result.confusion.sum() == 30
     assert result.test_accuracy == pytest.approx(np.trace(result.confusion) / 30)
@@ -189,6 +190,7 @@ def test_cli_classify(tmp_path, capsys):
                  str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and "confusion matrix" in out
+    assert {"loss.png", "confusion.png"} <= {p.name for p in (tmp_path / "run").iterdir()}
     assert main(["classify", "--dataset", "Nope", "--out", str(tmp_path / "x")]) == 2
     assert "dataset must be one of" in capsys.readouterr().err
 

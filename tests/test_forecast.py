@@ -33,6 +33,7 @@ from lstmkit.train.forecast import (
     predict,
     prepare,
 )
+from lstmkit.viz.runs import with_plots
 
 
 def series_values(n: int = 120, seed: int = 0) -> np.ndarray:
@@ -211,7 +212,7 @@ def test_log_needs_a_positive_target(tmp_path):
 
 # -- runs ----------------------------------------------------------------------------------
 def test_saved_run_reloads_and_predicts_the_same_numbers(sales_csv, tmp_path):
-    result = ForecastTrainer(small(sales_csv), tmp_path / "run").fit()
+    result = with_plots(ForecastTrainer(small(sales_csv), tmp_path / "run")).fit()
     again, labels = predict(tmp_path / "run")
     np.testing.assert_array_equal(again, result.forecast)
     from_file, _ = predict(tmp_path / "run", sales_csv)
@@ -263,6 +264,7 @@ def test_cli_forecast_and_predict(sales_csv, tmp_path, capsys):
                  "--hidden", "8", "--steps", "8", "--quiet", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "MASE" in text and "seasonal_naive" in text
+    assert (out / "loss.png").is_file() and (out / "forecast.png").is_file()
     assert main(["predict", str(out), "--out", str(tmp_path / "p.csv")]) == 0
     rows = (tmp_path / "p.csv").read_text().splitlines()
     assert rows[0] == "step_ahead,time,forecast" and len(rows) == 7

@@ -230,8 +230,11 @@ def test_forget_bias_moves_only_the_forget_rows():
 
 def test_gradient_flow_study_writes_plot_and_table(tmp_path):
     from lstmkit.train.experiment import flow_table, gradient_flow_study
+    from lstmkit.viz.curves import plot_gradient_flow
     study = gradient_flow_study("adding2016", 12, ("rnn", "lstm"), budget=64, hidden=4,
                                 out=tmp_path, log=None)
+    assert (tmp_path / "gradient_flow.json").is_file()
+    plot_gradient_flow(study, tmp_path / "gradient_flow.png")
     assert set(study["cells"]) == {"rnn", "lstm"}
     lstm = study["cells"]["lstm"]
     assert len(lstm["init"]["dh"]) == 12 and len(lstm["trained"]["dc"]) == 12

@@ -35,6 +35,7 @@ from lstmkit.train import (
     load_run,
 )
 from lstmkit.train.sample import evaluate_text
+from lstmkit.viz.runs import with_plots
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,7 +172,7 @@ def test_resume_equals_uninterrupted_training_bit_for_bit(text_file, tmp_path):
 
 
 def test_run_directory_contents(text_file, tmp_path):
-    result = Trainer(small(text_file), tmp_path / "run").fit()
+    result = with_plots(Trainer(small(text_file), tmp_path / "run")).fit()
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} >= {"config.json", "vocab.json", "metrics.jsonl",
                                                "loss.png", "checkpoints"}
@@ -183,6 +184,28 @@ def test_run_directory_contents(text_file, tmp_path):
     # the model learned something: better than a uniform guess over the vocabulary
     vocab = Vocabulary.from_json((run / "vocab.json").read_text())
     assert result.best_val_loss < math.log(len(vocab))
+
+
+def test_trainer_draws_nothing_itself_and_calls_its_hooks(text_file, tmp_path):
+    trainer = Trainer(small(text_file, steps=8), tmp_path / "run")
+    seen = []
+    trainer.on_checkpoint.append(lambda t: seen.append(("checkpoint", t.step)))
+    trainer.after_run.append(lambda t, result: seen.append(("done", result.step)))
+    trainer.fit()
+    assert seen == [("checkpoint", 4), ("checkpoint", 8), ("done", 8)]
+    assert not list((tmp_path / "run").glob("*.png"))     # PNGs only through with_plots
+
+
+def test_without_matplotlib_the_run_goes_on_and_says_so_once(text_file, tmp_path,
+                                                             monkeypatch, capsys):
+    from lstmkit.viz import runs
+
+    def no_matplotlib(*args, **kw):
+        raise ImportError("plots need matplotlib: pip install matplotlib")
+    monkeypatch.setattr(runs, "plot_loss_curve", no_matplotlib)
+    with_plots(Trainer(small(text_file, steps=8), tmp_path / "run")).fit()
+    assert capsys.readouterr().out.count("note: no loss.png (plots need matplotlib") == 1
+    assert not (tmp_path / "run" / "loss.png").exists()
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(text_file, tmp_path):
@@ -216,6 +239,7 @@ def test_killed_run_leaves_a_loadable_checkpoint_and_sigterm_saves(text_file, tm
             if line.startswith("step 3: validation"):
                 break
         assert last.exists(), proc.communicate()
+        assert (out / "loss.png").exists()       # the command line draws it at checkpoints
         proc.send_signal(how)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == expected, err

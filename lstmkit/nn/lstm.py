@@ -11,20 +11,6 @@ from ..cells.lstm import Greff
 from . import regularize
 from .base import RecurrentBase
 
-# Greff et al. (2015), §III: the eight variants, each one change to their "vanilla" LSTM
-# (which has peepholes), as keywords of :class:`LSTM`; for the experiment and train CLIs.
-GREFF_VARIANTS: dict[str, dict[str, object]] = {
-    "vanilla": {"peephole": True},
-    "nig": {"peephole": True, "input_gate": False},
-    "nfg": {"peephole": True, "forget_gate": False},
-    "nog": {"peephole": True, "output_gate": False},
-    "niaf": {"peephole": True, "input_activation": None},
-    "noaf": {"peephole": True, "cell_activation": None},
-    "np": {},
-    "cifg": {"peephole": True, "coupled": True},
-    "fgr": {"peephole": True, "gate_recurrence": True},
-}
-
 
 class LSTM(RecurrentBase):
     r"""A multi-layer LSTM, a drop-in for :class:`torch.nn.LSTM`.

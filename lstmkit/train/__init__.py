@@ -1,6 +1,6 @@
 """Language models on text: :class:`Trainer` and :class:`TrainConfig`, checkpoints,
-sampling and evaluation. The ``lstmkit train | sample | evaluate`` commands are a thin
-layer over this package."""
+sampling and evaluation. The ``lstmkit train | sample | evaluate`` commands
+(:mod:`lstmkit.cli.train`) are a thin layer over this package."""
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig

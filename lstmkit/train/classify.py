@@ -237,7 +237,7 @@ class ClassifyTrainer(TrainerBase):
                 f"{len(self.x_val)} validation cases, {len(self.x_test)} test cases scored "
                 f"at the end; {self.total_steps} steps of {cfg.batch}; run {self.run_dir}")
 
-    def _plot_title(self) -> str:
+    def plot_title(self) -> str:
         return f"{self.cfg.name}: {self.cfg.cell} {self.cfg.layers}×{self.cfg.hidden}"
 
     def _result(self, progress: Progress) -> ClassifyResult:
@@ -275,7 +275,8 @@ def format_confusion(matrix: np.ndarray, classes: list[str]) -> str:
 
 def write_classify_report(run_dir: Path, result: ClassifyResult, cfg: ClassifyConfig,
                           true: list[str], pred: list[str]) -> None:
-    """report.json, report.md, predictions.csv and confusion.png."""
+    """report.json, report.md and predictions.csv (``confusion.png``:
+    :func:`lstmkit.viz.runs.confusion_png`)."""
     run_dir = Path(run_dir)
     summary = {"dataset": cfg.name, "config": asdict(cfg), "classes": result.classes,
                "checkpoint_step": result.best_step, "val_accuracy": result.val_accuracy,
@@ -294,12 +295,6 @@ def write_classify_report(run_dir: Path, result: ClassifyResult, cfg: ClassifyCo
         w = csv.writer(f)
         w.writerow(["case", "true", "predicted"])
         w.writerows((i, t, p) for i, (t, p) in enumerate(zip(true, pred)))
-    try:
-        from ..viz.forecast import plot_confusion
-        plot_confusion(run_dir / "confusion.png", result.confusion, result.classes,
-                       f"{cfg.name}: test accuracy {result.test_accuracy:.3f}")
-    except ImportError as e:
-        print(f"note: no confusion.png ({e})")
 
 
 def load_classifier(run_dir: str | Path, which: str = "best") -> tuple[SequenceClassifier,

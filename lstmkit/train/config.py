@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-from ..nn.lstm import GREFF_VARIANTS
+from .variants import GREFF_VARIANTS
 
 CELLS = ("lstm", "gru", "rnn")
 IMPLS = ("lstmkit", "torch")
@@ -94,7 +94,7 @@ class TrainConfig(RunConfig):
     cell: str = "lstm"
     peephole: bool = False
     coupled: bool = False
-    variant: str | None = None                      # Greff et al. 2015: nn.lstm.GREFF_VARIANTS
+    variant: str | None = None                      # Greff et al. 2015: variants.GREFF_VARIANTS
     layers: int = 1
     hidden: int = 256
     embed: int = 64

@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import lstmkit
 
 from ..data.synthetic import Batch, Task, make_task
-from ..nn.lstm import GREFF_VARIANTS
+from .variants import GREFF_VARIANTS
 
 CELLS = {"lstm": (lstmkit.LSTM, {}), "peephole": (lstmkit.LSTM, {"peephole": True}),
          "coupled": (lstmkit.LSTM, {"coupled": True}), "gru": (lstmkit.GRU, {}),
@@ -205,7 +205,8 @@ def markdown_table(task: Task, rows: list[dict], budget: int) -> str:
 
 def run_table(task_name: str, T: int, cells: list[str], seeds: int, out: Path,
               log: Callable[[str], None] | None = print, **kw) -> list[dict]:
-    """Every cell × seed; writes ``results.json``, ``results.md`` and ``curves.png``."""
+    """Every cell × seed; writes ``results.json`` and ``results.md`` (``curves.png``:
+    :func:`lstmkit.viz.runs.plot_experiment`, as ``lstmkit experiment`` does)."""
     task = make_task(task_name, T)
     results = [run_experiment(ExperimentConfig(task_name, T=T, cell=cell, seed=seed, **kw), log)
                for cell in cells for seed in range(seeds)]
@@ -215,10 +216,6 @@ def run_table(task_name: str, T: int, cells: list[str], seeds: int, out: Path,
                                       + "\n")
     budget = results[0]["config"]["budget"]
     (out / "results.md").write_text(markdown_table(task, rows, budget))
-    from ..viz.curves import plot_learning_curves
-    plot_learning_curves(results, out / "curves.png", metric=task.metric,
-                         baseline=task.baseline[task.metric],
-                         title=f"{task.name}, T = {T}")
     return rows
 
 
@@ -228,8 +225,9 @@ def gradient_flow_study(task_name: str = "adding2016", T: int = 100,
                         log: Callable[[str], None] | None = print, **kw) -> dict:
     """‖∂L/∂h_t‖ (and ‖∂L/∂c_t‖) over t for each cell on one test sequence of the task,
     at initialisation and after training on ``budget`` sequences (computed in float64);
-    with ``out``, writes ``gradient_flow.json`` and ``gradient_flow.png`` there. ``kw``:
-    further :class:`ExperimentConfig` fields."""
+    with ``out``, writes ``gradient_flow.json`` there (``gradient_flow.png``:
+    :func:`lstmkit.viz.curves.plot_gradient_flow`, as ``lstmkit gradient-flow`` does).
+    ``kw``: further :class:`ExperimentConfig` fields."""
     from ..inspect import gradient_flow
 
     task = make_task(task_name, T)
@@ -251,8 +249,6 @@ def gradient_flow_study(task_name: str = "adding2016", T: int = 100,
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "gradient_flow.json").write_text(json.dumps(study, indent=1) + "\n")
-        from ..viz.curves import plot_gradient_flow
-        plot_gradient_flow(study, out / "gradient_flow.png")
     return study
 
 

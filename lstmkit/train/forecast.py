@@ -222,6 +222,7 @@ class ForecastTrainer(TrainerBase):
         self.x_train, self.y_train = _tensors(self.data.values, self.data.split.train_origins,
                                               config)
         self.x_val, self.y_val = _tensors(self.data.values, self.data.split.val_origins, config)
+        self.backtest: dict | None = None          # the report of backtest_report, at the end
         torch.manual_seed(config.seed)
         model = Forecaster(self.series.values.shape[1], config)
         self._start(model, config.steps, config.eval_every or max(1, config.steps // 20))
@@ -269,13 +270,14 @@ class ForecastTrainer(TrainerBase):
                 f"origins after; {self.total_steps} steps of {cfg.batch} windows; "
                 f"run {self.run_dir}")
 
-    def _plot_title(self) -> str:
+    def plot_title(self) -> str:
         return f"{self.series.name}: {self.cfg.cell} {self.cfg.layers}×{self.cfg.hidden}"
 
     def _result(self, progress: Progress) -> ForecastResult:
         model = Forecaster(self.series.values.shape[1], self.cfg)
         model.load_state_dict(load_checkpoint(self.ckpt_dir / "best.pt")["model"])
         report = backtest_report(model, self.data, self.cfg, progress.write)
+        self.backtest = report
         if self.rank == 0:
             write_report(self.run_dir, report, self.series, self.cfg)
             progress.write(format_scores(report["scores"], self.cfg) + "\n"
@@ -350,7 +352,8 @@ def future_labels(times: list[str] | None, n: int) -> list[str]:
 
 
 def write_report(run_dir: Path, report: dict, series: Series, cfg: ForecastConfig) -> None:
-    """report.json, report.md, backtest.csv, forecast.csv and forecast.png."""
+    """report.json, report.md, backtest.csv and forecast.csv (``forecast.png``:
+    :func:`lstmkit.viz.runs.forecast_png`)."""
     run_dir = Path(run_dir)
     names = list(report["forecasts"])
     times = series.times or [str(t) for t in range(len(series))]
@@ -383,11 +386,6 @@ def write_report(run_dir: Path, report: dict, series: Series, cfg: ForecastConfi
         md.append(f"| {label} | {s['mae']:.3f} | {s['rmse']:.3f} | {s['smape']:.2f} | "
                   f"{s['mase']:.3f} |")
     (run_dir / "report.md").write_text("\n".join(md) + "\n")
-    try:
-        from ..viz.forecast import plot_forecast
-        plot_forecast(run_dir / "forecast.png", series, report, cfg)
-    except ImportError as e:
-        print(f"note: no forecast.png ({e})")
 
 
 # -- a saved run ------------------------------------------------------------------------

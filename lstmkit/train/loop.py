@@ -2,15 +2,22 @@
 (``forecast``) and sequence classifiers (``classify``).
 
 :class:`TrainerBase` owns what does not depend on the task: the run directory
-(``config.json``, ``metrics.jsonl``, ``loss.png``, ``checkpoints/last.pt`` and ``best.pt``
-in the format of :mod:`lstmkit.train.checkpoint`), the learning-rate schedule, gradient
-clipping, the progress bar, validation every ``eval_every`` steps with the best checkpoint
-kept by validation loss, SIGINT/SIGTERM (save, then raise :class:`TrainingInterrupted`),
-a non-finite loss (raise :class:`TrainingDiverged`, keeping the last good checkpoint),
-exact resume, and data parallelism under ``torchrun`` (DDP over gloo, rank 0 writes).
+(``config.json``, ``metrics.jsonl``, ``checkpoints/last.pt`` and ``best.pt`` in the format
+of :mod:`lstmkit.train.checkpoint`), the learning-rate schedule, gradient clipping, the
+progress bar, validation every ``eval_every`` steps with the best checkpoint kept by
+validation loss, SIGINT/SIGTERM (save, then raise :class:`TrainingInterrupted`), a
+non-finite loss (raise :class:`TrainingDiverged`, keeping the last good checkpoint), exact
+resume, and data parallelism under ``torchrun`` (DDP over gloo, rank 0 writes).
 
 A task subclass builds ``self.model`` and supplies the batches, the validation and what
 else its checkpoints carry (see the hooks marked *task* below).
+
+Plots are not drawn here: a trainer calls the callables in ``on_checkpoint`` (with the
+trainer) after each validation's checkpoint, and those in ``after_run`` (with the trainer
+and the result) when :meth:`TrainerBase.fit` is done, on rank 0. The ``lstmkit`` command
+fills them from :func:`lstmkit.viz.runs.with_plots` (``loss.png``, ``forecast.png``,
+``confusion.png``); a trainer used directly writes no PNG unless it is passed to
+``with_plots`` too.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +141,8 @@ class TrainerBase:
         self.payload = load_checkpoint(self.ckpt_dir / "last.pt") if resume else None
         self._signal: int | None = None
         self._saved = False
+        self.on_checkpoint: list[Callable[[TrainerBase], None]] = []
+        self.after_run: list[Callable[[TrainerBase, Any], None]] = []
 
     def _start(self, model: nn.Module, total_steps: int, eval_every: int | None) -> None:
         """Set up model, optimizer, counters and the random state, then restore a resumed
@@ -184,11 +194,12 @@ class TrainerBase:
     def _after_validation(self, progress: Progress, improved: bool) -> None:
         """*task*: e.g. print a sample."""
 
-    def _plot_title(self) -> str:
+    def plot_title(self) -> str:
+        """*task*: the title of the run's loss curve."""
         return type(self.model).__name__
 
-    def _plot_metric(self) -> str:
-        """*task*: the logged metric loss.png shows (``train_<m>`` and ``val_<m>``)."""
+    def plot_metric(self) -> str:
+        """*task*: the logged metric the loss curve shows (``train_<m>`` and ``val_<m>``)."""
         return "loss"
 
     # -- resume and saving -----------------------------------------------------------------
@@ -252,20 +263,6 @@ class TrainerBase:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def _plot(self, metric: str) -> None:
-        if self.rank:
-            return
-        from ..viz.curves import plot_loss_curve
-        path = self.run_dir / "metrics.jsonl"
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        try:
-            plot_loss_curve(records, self.run_dir / "loss.png", metric=metric,
-                            title=self._plot_title())
-        except ImportError as e:                   # matplotlib missing: no PNG, say so once
-            if not getattr(self, "_warned_plot", False):
-                print(f"note: no loss.png ({e})")
-                self._warned_plot = True
-
     # -- the loop ---------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
         if self._signal is not None:               # asked twice: stop now, unsaved
@@ -313,8 +310,9 @@ class TrainerBase:
                    **{f"val_{k}": v for k, v in metrics.items()}})
         self.save("last", "best") if improved else self.save("last")
         self._saved = True
-        self._plot(self._plot_metric())
         if self.rank == 0:
+            for hook in self.on_checkpoint:
+                hook(self)
             shown = "".join(f", {k} {v:.4f}" for k, v in metrics.items())
             progress.write(f"step {self.step}: validation loss {val_loss:.4f}{shown}"
                            f"{' (best)' if improved else ''}")
@@ -365,7 +363,11 @@ class TrainerBase:
             progress.close()
             for s, h in handlers.items():
                 signal.signal(s, h)
-        return self._result(progress)
+        result = self._result(progress)
+        if self.rank == 0:
+            for hook in self.after_run:
+                hook(self, result)
+        return result
 
     def _result(self, progress: Progress) -> Any:
         """*task*: the outcome, e.g. the test score of the best checkpoint."""

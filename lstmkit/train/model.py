@@ -7,8 +7,8 @@ from torch import Tensor, nn
 
 import lstmkit
 
-from ..nn.lstm import GREFF_VARIANTS
 from .config import TrainConfig
+from .variants import GREFF_VARIANTS
 
 State = Tensor | tuple[Tensor, Tensor]
 
@@ -34,7 +34,7 @@ def build_recurrent(cell: str, input_size: int, hidden: int, layers: int = 1, *,
                     backend: str = "auto") -> nn.Module:
     """A batch-first lstmkit LSTM/GRU/RNN stack; ``dropout`` applies between layers only
     (ignored for one layer, without torch.nn's warning). ``variant`` names one of Greff et
-    al. 2015's LSTM variants (:data:`lstmkit.nn.lstm.GREFF_VARIANTS`)."""
+    al. 2015's LSTM variants (:data:`lstmkit.train.variants.GREFF_VARIANTS`)."""
     kw = dict(batch_first=True, dropout=dropout if layers > 1 else 0.0,
               bidirectional=bidirectional, backend=backend)
     if cell == "lstm":

@@ -4,8 +4,10 @@
     result = Trainer(TrainConfig(hidden=128, steps=500), "runs/demo").fit()
 
 The run directory holds ``config.json`` (the resolved configuration), ``vocab.json``,
-``metrics.jsonl`` (one JSON object per logged step and per validation), ``loss.png``, and
-``checkpoints/last.pt`` and ``checkpoints/best.pt`` (best validation loss so far).
+``metrics.jsonl`` (one JSON object per logged step and per validation), and
+``checkpoints/last.pt`` and ``checkpoints/best.pt`` (best validation loss so far);
+``lstmkit train`` adds ``loss.png``, redrawn at every checkpoint (a trainer used directly
+does so once passed to :func:`lstmkit.viz.runs.with_plots`).
 
 Each optimizer step takes the next window of the B continuous streams (see
 :mod:`lstmkit.data.text`); the hidden state is carried from one window to the next and
@@ -130,10 +132,10 @@ class Trainer(TrainerBase):
     def _run_files(self) -> dict[str, str]:
         return {"vocab.json": self.vocab.to_json() + "\n"}
 
-    def _plot_title(self) -> str:
+    def plot_title(self) -> str:
         return f"{self.cfg.cell} {self.cfg.layers}×{self.cfg.hidden}"
 
-    def _plot_metric(self) -> str:
+    def plot_metric(self) -> str:
         return self.metric
 
     def _intro(self) -> str:

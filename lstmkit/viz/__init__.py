@@ -3,7 +3,8 @@ core never needs it.
 
 * :mod:`lstmkit.viz.curves`: training and learning curves, gradient flow;
 * :mod:`lstmkit.viz.gates`: gate heatmaps and saturation plots (PNG);
-* :mod:`lstmkit.viz.report`: the JSON report and its self-contained HTML page.
+* :mod:`lstmkit.viz.report`: the JSON report and its self-contained HTML page;
+* :mod:`lstmkit.viz.runs`: the PNGs of training runs, drawn from the trainers' hooks.
 """
 
 from .curves import plot_gradient_flow, plot_learning_curves, plot_loss_curve

@@ -8,11 +8,11 @@ import csv
 import sys
 from pathlib import Path
 
-from .._args import fraction, positive_int
 from ..data.series import BUILTIN_SERIES
 from ..data.ucr import BUILTIN_SETS
-from .checkpoint import CheckpointError
-from .cli import _error, add_schedule_options, run_job
+from ..train.checkpoint import CheckpointError
+from ._args import fraction, positive_int
+from ._common import add_schedule_options, error, run_job
 
 S = argparse.SUPPRESS                          # only options given appear in the namespace
 
@@ -52,7 +52,7 @@ def _run_options(parser: argparse.ArgumentParser, steps: int, unit: str) -> None
     run.add_argument("--quiet", action="store_true", default=S, help="no progress bar")
 
 
-def add_task_parsers(sub) -> None:
+def add_parsers(sub) -> None:
     fc = sub.add_parser(
         "forecast", help="train a forecaster on a series and backtest it",
         description="Forecast a series H steps ahead (direct multi-output), with a rolling-"
@@ -114,26 +114,26 @@ def add_task_parsers(sub) -> None:
 
 
 def cmd_forecast(args: argparse.Namespace) -> int:
-    from .forecast import ForecastConfig, ForecastTrainer, resume_forecast_config
+    from ..train.forecast import ForecastConfig, ForecastTrainer, resume_forecast_config
 
     return run_job(args, ForecastConfig.from_dict, resume_forecast_config, ForecastTrainer,
                    lambda cfg: f"forecast-{Path(cfg.csv).stem if cfg.csv else cfg.series}")
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from .classify import ClassifyConfig, ClassifyTrainer, resume_classify_config
+    from ..train.classify import ClassifyConfig, ClassifyTrainer, resume_classify_config
 
     return run_job(args, ClassifyConfig.from_dict, resume_classify_config, ClassifyTrainer,
                    lambda cfg: f"classify-{cfg.name}")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .forecast import predict
+    from ..train.forecast import predict
 
     try:
         values, labels = predict(args.run_dir, args.csv)
     except (CheckpointError, ValueError) as e:
-        return _error(str(e))
+        return error(str(e))
     rows = [(k + 1, label, float(v)) for k, (label, v) in enumerate(zip(labels, values))]
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,53 @@
+"""The ``lstmkit`` command.
+
+    lstmkit demo      build every cell, run it on a generated sequence, print its summary
+                      and how closely it matches torch.nn
+    lstmkit bench     time the fused kernels against torch.nn and the reference loop
+                      (forward, forward+backward, peak memory, error, GEMM share)
+    lstmkit train     train a character- or word-level language model (default: on the
+                      Python standard library's sources), with checkpoints and samples
+    lstmkit sample    generate text from a trained run
+    lstmkit evaluate  test loss, BPC or perplexity of a trained run
+    lstmkit forecast  train a forecaster on a series and backtest it
+    lstmkit predict   forecast from a saved forecast run
+    lstmkit classify  train a sequence classifier and score its test set
+    lstmkit experiment TASK       the long-time-lag tasks (adding, copy, Reber, temporal
+                                  order): cells × seeds, results table and curves
+    lstmkit gradient-flow         ‖∂L/∂h_t‖ over t for RNN, GRU and LSTM
+    lstmkit inspect RUN_DIR       an HTML page of a trained model's gates and cells
+
+One module per group of subcommands (demo, bench, train, tasks, experiment, inspect), each
+with ``add_parsers(sub)``; they parse the options and call the library (:mod:`lstmkit.train`,
+:mod:`lstmkit.bench`, :mod:`lstmkit.viz`), which parses none. ``python -m lstmkit.cli`` runs
+the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from . import bench, demo, experiment, inspect, tasks, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lstmkit", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (demo, bench, train, tasks, experiment, inspect):
+        module.add_parsers(sub)
+    return parser
+
+
+def _version() -> str:
+    from .. import __version__
+    return f"lstmkit {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return args.func(args)

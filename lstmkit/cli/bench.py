@@ -1,0 +1,80 @@
+"""``lstmkit bench``: the options of :mod:`lstmkit.bench` (also taken by
+``benchmarks/run.py``), the table as rows arrive, and the JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from .. import bench
+from ._args import positive_int
+
+
+def add_parsers(sub) -> None:
+    parser = sub.add_parser("bench", help="time the fused kernels against torch.nn and the "
+                                          "reference loop")
+    add_arguments(parser)
+    parser.set_defaults(func=run_from_args)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="only a few small configurations")
+    parser.add_argument("--only", metavar="S", help="only configurations whose name contains S")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed runs (median)")
+    parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads(N) "
+                                                           "(default: leave as is)")
+    parser.add_argument("--backend", choices=bench.BACKENDS, default="fused_cpp")
+    parser.add_argument("--reference", choices=("auto", "all", "none"), default="auto",
+                        help=f"time the reference loop: auto = only if T·B·H <= "
+                             f"{bench.REFERENCE_LIMIT}")
+    parser.add_argument("--json", metavar="PATH", type=Path, help="write all numbers here")
+    parser.add_argument("--variants", action="store_true",
+                        help="instead: every variant's fused path (Greff ablations, layer "
+                             "norm, regularisers, Clockwork, Depth-Gated) against the plain "
+                             "fused LSTM of the same size")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the benchmark the parsed options describe, print the table, write the JSON."""
+    if args.variants:
+        return _run_variants(args)
+    configs = bench.select_configs(args.quick, args.only)
+    if not configs:
+        names = ", ".join(c.name for c in (bench.QUICK if args.quick else bench.MATRIX))
+        print(f"no configuration matches --only {args.only!r}; the names are: {names}")
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    reference = {"auto": None, "all": True, "none": False}[args.reference]
+    print(bench.format_meta(bench.environment(args.backend, args.repeats)))
+    print(bench.format_header(), flush=True)
+    data = bench.run_benchmark(configs, backend=args.backend, repeats=args.repeats,
+                               reference=reference,
+                               on_result=lambda r: print(bench.format_row(r), flush=True))
+    print(bench.FOOTNOTE)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(data, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _run_variants(args: argparse.Namespace) -> int:
+    from .. import bench_variants as bv
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"fused forward+backward, training mode, backend={args.backend}, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats}, interleaved with "
+          "the plain lstmkit.LSTM of the same size")
+    print(bv.HEADER, flush=True)
+    rows = bv.bench_variants(backend=args.backend, repeats=args.repeats, only=args.only,
+                             on_row=lambda r: print(bv.format_row(r), flush=True))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"meta": bench.environment(args.backend, args.repeats),
+                                         "variants": rows}, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,78 @@
+"""``lstmkit experiment | gradient-flow``: a thin layer over :mod:`lstmkit.train.experiment`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..data.synthetic import TASKS
+from ..train.experiment import CELLS, flow_table, gradient_flow_study, run_table
+from ..viz.curves import plot_gradient_flow
+from ..viz.runs import plot_experiment
+from ._args import positive_float, positive_int
+from ._common import error
+
+
+def add_parsers(sub) -> None:
+    exp = sub.add_parser(
+        "experiment", help="a long-time-lag task (adding, copy, Reber, temporal order) for "
+                           "several cells and seeds, with a results table and curves",
+        description="Train each cell on a synthetic long-time-lag task, test it on fresh "
+                    "sequences and write results.md, results.json and curves.png.")
+    exp.add_argument("task", choices=list(TASKS))
+    exp.add_argument("--cell", nargs="+", choices=list(CELLS), default=["lstm", "rnn"])
+    exp.add_argument("--T", type=positive_int, default=100, help="minimal sequence length")
+    exp.add_argument("--budget", type=positive_int, default=100_000,
+                     help="training sequences per run (100000)")
+    exp.add_argument("--seeds", type=positive_int, default=1)
+    exp.add_argument("--hidden", type=positive_int, default=64)
+    exp.add_argument("--batch", type=positive_int, default=32)
+    exp.add_argument("--lr", type=positive_float, default=1e-2, help="Adam (0.01)")
+    exp.add_argument("--forget-bias", type=float, default=0.0,
+                     help="add this to the LSTM forget-gate bias at initialisation")
+    exp.add_argument("--no-stop", action="store_true",
+                     help="use the whole budget even after the task is solved")
+    exp.add_argument("--out", type=Path, help="output folder (default runs/experiments/"
+                                              "<task>-T<T>-<date>-<time>)")
+    exp.set_defaults(func=cmd_experiment)
+
+    flow = sub.add_parser(
+        "gradient-flow", help="‖∂L/∂h_t‖ over t for RNN, GRU and LSTM, before and after "
+                              "training on a task")
+    flow.add_argument("--task", choices=list(TASKS), default="adding2016")
+    flow.add_argument("--T", type=positive_int, default=100)
+    flow.add_argument("--cell", nargs="+", choices=list(CELLS), default=["rnn", "gru", "lstm"])
+    flow.add_argument("--budget", type=positive_int, default=20_000)
+    flow.add_argument("--hidden", type=positive_int, default=64)
+    flow.add_argument("--seed", type=int, default=0)
+    flow.add_argument("--out", type=Path, default=Path("runs/gradient-flow"))
+    flow.set_defaults(func=cmd_gradient_flow)
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    out = args.out or Path("runs/experiments") / (
+        f"{args.task}-T{args.T}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        run_table(args.task, args.T, args.cell, args.seeds, out, hidden=args.hidden,
+                  batch=args.batch, budget=args.budget, lr=args.lr,
+                  forget_bias=args.forget_bias,
+                  stop_when_solved=not args.no_stop)
+    except ValueError as e:
+        return error(str(e))
+    plot_experiment(out)
+    print((out / "results.md").read_text())
+    print(f"wrote {out}/results.md, results.json, curves.png")
+    return 0
+
+
+def cmd_gradient_flow(args: argparse.Namespace) -> int:
+    try:
+        study = gradient_flow_study(args.task, args.T, tuple(args.cell), budget=args.budget,
+                                    hidden=args.hidden, seed=args.seed, out=args.out)
+    except ValueError as e:
+        return error(str(e))
+    plot_gradient_flow(study, args.out / "gradient_flow.png")
+    print(flow_table(study))
+    print(f"wrote {args.out}/gradient_flow.png and gradient_flow.json")
+    return 0
