@@ -22,6 +22,7 @@ def add_parsers(sub) -> None:
 
 def _demo_models(input_size: int, hidden: int) -> list[tuple[str, object]]:
     import lstmkit
+    modules = next(g for g in (4, 3, 2, 1) if hidden % g == 0)        # equal-size modules
     return [
         ("LSTM", lstmkit.LSTM(input_size, hidden)),
         ("LSTM, peephole", lstmkit.LSTM(input_size, hidden, peephole=True)),
@@ -33,6 +34,14 @@ def _demo_models(input_size: int, hidden: int) -> list[tuple[str, object]]:
         ("GRU, reset_after=False", lstmkit.GRU(input_size, hidden, reset_after=False)),
         ("RNN, tanh", lstmkit.RNN(input_size, hidden)),
         ("RNN, relu", lstmkit.RNN(input_size, hidden, nonlinearity="relu")),
+        ("LSTM, layer_norm", lstmkit.LSTM(input_size, hidden, layer_norm=True)),
+        ("LSTM, no input gate (Greff NIG)", lstmkit.LSTM(input_size, hidden,
+                                                          input_gate=False)),
+        ("GRU, layer_norm", lstmkit.GRU(input_size, hidden, layer_norm=True)),
+        (f"ClockworkRNN, {modules} modules", lstmkit.ClockworkRNN(input_size, hidden,
+                                                                 num_modules=modules)),
+        ("DepthGatedLSTM, 2 layers", lstmkit.DepthGatedLSTM(input_size, hidden, 2)),
+        ("LSTM1997 (Hochreiter & Schmidhuber)", lstmkit.LSTM1997(input_size, hidden)),
     ]
 
 
@@ -60,7 +69,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"forward+backward {ms:.1f} ms")
         print(lstmkit.summary(model))
         first = rec.layers[0]
-        gates = ", ".join(f"{g}={first[g].mean():.3f}" for g in model.cell.gates)
+        gates = ", ".join(f"{g}={first[g].mean():.3f}" for g in model.cell.gates
+                          if g in first.keys())
         if gates:
             print(f"   mean gate activations, layer 0: {gates}")
         try:
