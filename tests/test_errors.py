@@ -12,9 +12,11 @@ I, H = 4, 5
 
 
 @pytest.mark.parametrize("kwargs, exc, words", [
-    ({"dropout": 1.0}, ValueError, ["[0, 1)", "1.0"]),
-    ({"dropout": -0.1}, ValueError, ["[0, 1)", "-0.1"]),
-    ({"dropout": "0.2"}, ValueError, ["[0, 1)", "'0.2'"]),
+    ({"dropout": 1.5}, ValueError, ["[0, 1]", "1.5"]),
+    ({"dropout": -0.1}, ValueError, ["[0, 1]", "-0.1"]),
+    ({"dropout": "0.2"}, ValueError, ["[0, 1]", "'0.2'"]),
+    ({"bias": "False"}, TypeError, ["bias must be a bool", "'False'"]),
+    ({"batch_first": 0}, TypeError, ["batch_first must be a bool", "int"]),
     ({"proj_size": H}, ValueError, ["proj_size must be smaller than hidden_size", "5"]),
     ({"proj_size": -1}, ValueError, ["proj_size must be >= 0", "-1"]),
     ({"num_layers": 0}, ValueError, ["num_layers must be >= 1", "0"]),
@@ -85,10 +87,18 @@ def test_wrong_feature_size(lstm):
 
 
 def test_empty_input(lstm):
-    with pytest.raises(ValueError, match="empty.*sequence length 0"):
-        lstm(torch.randn(0, 2, I))
-    with pytest.raises(ValueError, match="empty.*batch 0"):
-        lstm(torch.randn(3, 0, I))
+    """Zero steps: an error that is a ValueError and, as torch.nn's, a RuntimeError. An
+    empty batch: empty outputs of torch.nn's shapes."""
+    for exc in (ValueError, RuntimeError):
+        with pytest.raises(exc, match="sequence length 0"):
+            lstm(torch.randn(0, 2, I))
+    with pytest.raises(RuntimeError):
+        torch.nn.LSTM(I, H)(torch.randn(0, 2, I))          # torch.nn: RuntimeError too
+    x = torch.randn(3, 0, I)
+    out, (h, c) = lstm(x)
+    ref_out, (ref_h, ref_c) = torch.nn.LSTM(I, H, lstm.num_layers)(x)
+    assert out.shape == ref_out.shape == (3, 0, H)
+    assert h.shape == ref_h.shape and c.shape == ref_c.shape == (lstm.num_layers, 0, H)
 
 
 def test_not_a_tensor(lstm):

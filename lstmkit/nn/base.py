@@ -6,6 +6,7 @@ capabilities (e.g. ``layer_link``) are all this module reads of it."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -15,13 +16,25 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import ops
-from ..cells.base import CellSpec, LayerWeights
+from ..cells.base import CellSpec, LayerWeights, build
 from . import checks, regularize
 
+_TORCH_MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
 
-class RecurrentBase(nn.Module):
+
+class RecurrentBase(nn.RNNBase):
     """Common base of the recurrent modules: :class:`lstmkit.LSTM`, :class:`lstmkit.GRU`,
-    :class:`lstmkit.RNN`, :class:`lstmkit.ClockworkRNN` and :class:`lstmkit.DepthGatedLSTM`."""
+    :class:`lstmkit.RNN`, :class:`lstmkit.ClockworkRNN`, :class:`lstmkit.DepthGatedLSTM` and
+    the :func:`~lstmkit.nn.family.module_for` classes.
+
+    It is a :class:`torch.nn.RNNBase` (``isinstance`` holds, as code written for torch.nn
+    expects), but none of torch's flat-weight machinery runs: ``RNNBase.__init__`` is not
+    called, the weights are read through attribute access at every call (so
+    parametrizations, weight norm and weight-drop wrappers that replace ``weight_hh_l0``
+    take effect), and ``_flat_weights`` is derived from ``_flat_weights_names`` on each read.
+    Dynamo treats it as an ordinary module (it refuses only ``nn.LSTM``/``GRU``/``RNN``
+    themselves).
+    """
 
     _recorder = None          # set by ``lstmkit.record`` while recording; None costs nothing
 
@@ -42,9 +55,10 @@ class RecurrentBase(nn.Module):
         backend: str = "auto",
         regularization: regularize.Regularization | None = None,
     ) -> None:
-        super().__init__()
+        nn.Module.__init__(self)               # not RNNBase.__init__: no flat weights
         name = type(self).__name__
-        checks.check_config(name, input_size, hidden_size, num_layers, dropout, proj_size)
+        checks.check_config(name, input_size, hidden_size, num_layers, dropout, proj_size,
+                            bias=bias, batch_first=batch_first)
         if dtype is not None and not dtype.is_floating_point:
             raise TypeError(f"{name}: dtype must be a floating-point dtype, got {dtype}")
         if dropout > 0 and num_layers == 1:
@@ -60,6 +74,7 @@ class RecurrentBase(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
         self.proj_size = proj_size
+        self.mode = self._torch_mode()
         self.backend = ops.check_backend(backend)
         self.regularization = regularization or regularize.Regularization()
         self._build_parameters({"device": device, "dtype": dtype})
@@ -126,18 +141,75 @@ class RecurrentBase(nn.Module):
     def all_weights(self) -> list[list[nn.Parameter]]:
         return [[getattr(self, n) for n in names] for names in self._all_weights]
 
+    @property
+    def _flat_weights_names(self) -> list[str]:
+        """Every weight's name, layer by layer and direction by direction (torch.nn's order,
+        then a variant's own per layer and direction)."""
+        return [n for names in self._all_weights for n in names]
+
+    @property
+    def _flat_weights(self) -> list[Tensor | None]:
+        """The weights as attribute access gives them now (parametrized, weight-dropped, …);
+        assigning to it has no effect, since lstmkit reads the attributes at every call."""
+        return [getattr(self, n, None) for n in self._flat_weights_names]
+
+    @_flat_weights.setter
+    def _flat_weights(self, value: object) -> None:
+        pass                                  # derived: see the getter
+
+    def _init_flat_weights(self) -> None:
+        """Nothing to refresh: :attr:`_flat_weights` is read from the attributes."""
+
+    def _update_flat_weights(self) -> None:
+        """Nothing to refresh (see :meth:`_init_flat_weights`)."""
+
+    def _weights_have_changed(self) -> bool:
+        return False
+
+    def _apply(self, fn, recurse=True):
+        return nn.Module._apply(self, fn, recurse)
+
+    def _torch_mode(self) -> str:
+        """torch.nn's ``mode`` string ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"); other families
+        give their class name."""
+        return type(self).__name__
+
     def layer_weights(self, layer: int, direction: int) -> LayerWeights:
         """The parameters of one layer and direction as the cells take them (None for a
-        family's extra parameter this layer does not have)."""
+        family's extra parameter this layer does not have), read through attribute access
+        so that parametrizations and weight-drop wrappers apply."""
         sfx = f"_l{layer}" + ("_reverse" if direction else "")
-        get = self._parameters.get
-        extra = tuple(get(e.name + sfx) for e in self.cell.extra_params)
-        return LayerWeights(get("weight_ih" + sfx), get("weight_hh" + sfx), get("bias_ih" + sfx),
-                            get("bias_hh" + sfx), get("weight_hr" + sfx), get("peephole" + sfx),
-                            extra)
+
+        def get(name: str) -> Tensor | None:
+            return getattr(self, name + sfx, None)
+
+        extra = tuple(get(e.name) for e in self.cell.extra_params)
+        return LayerWeights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"),
+                            get("weight_hr"), get("peephole"), extra)
 
     def flatten_parameters(self) -> None:
         """No-op, for code written for torch.nn (lstmkit keeps no flat cuDNN buffer)."""
+
+    # -- pickling: plain data only, so torch.load(weights_only=True) can rebuild it ---------
+    def __getstate__(self) -> dict:
+        """The module's state with the cell as (family, options) and the regularisers as a
+        dict: no functions or partials, so the safe loader needs only the module class."""
+        state = self.__dict__.copy()
+        state["cell"] = (self.cell.family, tuple(
+            (k, tuple(v) if isinstance(v, tuple) else v) for k, v in self.cell.options))
+        state["regularization"] = dataclasses.asdict(self.regularization)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        cell = state.get("cell")
+        if isinstance(cell, tuple):
+            family, options = cell
+            state["cell"] = build(family, options)
+        reg = state.get("regularization")
+        if isinstance(reg, dict):
+            state["regularization"] = regularize.Regularization(**reg)
+        nn.Module.__setstate__(self, state)
 
     # -- forward ------------------------------------------------------------------------
     def _state_shapes(self) -> list[tuple[int, int]]:
@@ -150,11 +222,28 @@ class RecurrentBase(nn.Module):
     def _state_labels(self) -> tuple[str, ...]:
         return ("h_0", "c_0")[: self.cell.n_states]
 
+    def _runs_as_torch(self) -> bool:
+        """While tracing, or under CPU autocast, a plain configuration runs torch.nn's own
+        forward on these parameters: the same function, traced into one ``aten::lstm``
+        (``gru``, ``rnn_*``) node that runs on any length and batch size as torch.nn's trace
+        does, and autocast as torch.nn does it. Only with ``backend="auto"``."""
+        if not (torch.jit.is_tracing() or torch.is_autocast_enabled("cpu")):
+            return False
+        return (self.backend == "auto" and self._torch_mode() in _TORCH_MODES
+                and not self._variant_options() and not self.regularization.active
+                and self._recorder is None)
+
     def _forward(self, input: Tensor | PackedSequence, hx: object):
+        if self._runs_as_torch():
+            output, state = self._torch_class.forward(self, input, hx)
+            return output, (state if isinstance(state, tuple) else (state,))
         name = type(self).__name__
         param = self.weight_ih_l0
         seq = checks.prepare_input(name, input, self.input_size, self.batch_first, param)
         state0 = checks.prepare_hx(name, hx, seq, self._state_shapes(), self._state_labels(), param)
+        if seq.batch == 0:                     # an empty batch: empty outputs, as torch.nn
+            width = self.output_size * self.num_directions
+            return self._format(seq, seq.x.new_zeros(0, width), state0)
         recorder = self._recorder
         reg = self.regularization
         run_layer = ops.select_backend(self.backend, self.cell, seq.x, seq.batch_sizes,
@@ -204,7 +293,7 @@ class RecurrentBase(nn.Module):
             output = PackedSequence(out, packed.batch_sizes, packed.sorted_indices,
                                     packed.unsorted_indices)
             return output, states
-        output = out.view(seq.steps, seq.batch, -1)                     # (T, B, D·H_out)
+        output = out.view(seq.steps, seq.batch, out.shape[-1])          # (T, B, D·H_out)
         if seq.unbatched:
             return output.squeeze(1), tuple(s.squeeze(1) for s in states)
         if self.batch_first:
@@ -213,11 +302,12 @@ class RecurrentBase(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
-        defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
-                    "bidirectional": False, "proj_size": 0, "backend": "auto"}
+        defaults = {"proj_size": 0, "num_layers": 1, "bias": True, "batch_first": False,
+                    "dropout": 0.0, "bidirectional": False, "backend": "auto"}
         for key, default in defaults.items():
-            if getattr(self, key) != default:
-                s += f", {key}={getattr(self, key)!r}"
+            value = getattr(self, key)
+            if value != default:                             # torch.nn's order and format
+                s += f", {key}={value!r}" if isinstance(value, str) else f", {key}={value}"
         options = {**self._variant_options(), **self.regularization.keywords()}
         return s + "".join(f", {k}={v!r}" for k, v in options.items())
 

@@ -9,10 +9,29 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 
+class ShapeError(ValueError, RuntimeError):
+    """A tensor of the wrong shape: a ValueError (lstmkit's message says what was expected)
+    and a RuntimeError (what torch.nn raises there), so either ``except`` clause works."""
+
+
+class DTypeError(TypeError, ValueError):
+    """A tensor of the wrong dtype: a TypeError (lstmkit's tradition) and a ValueError (what
+    torch.nn raises for an input whose dtype differs from the weights')."""
+
+
+class DeviceError(ValueError, RuntimeError):
+    """A tensor on another device than the parameters: a ValueError and, as torch.nn's, a
+    RuntimeError."""
+
+
 def check_config(
     name: str, input_size: object, hidden_size: object, num_layers: object,
-    dropout: object, proj_size: object,
+    dropout: object, proj_size: object, *, bias: object = True, batch_first: object = False,
 ) -> None:
+    for arg, value in (("bias", bias), ("batch_first", batch_first)):
+        if not isinstance(value, bool):          # as torch.nn ('False' would mean True)
+            raise TypeError(f"{name}: {arg} must be a bool, got {type(value).__name__} "
+                            f"{value!r}")
     for arg, value, low in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
                             ("num_layers", num_layers, 1), ("proj_size", proj_size, 0)):
         if not isinstance(value, numbers.Integral) or isinstance(value, bool):
@@ -20,9 +39,9 @@ def check_config(
         if value < low:
             raise ValueError(f"{name}: {arg} must be >= {low}, got {value}")
     if (not isinstance(dropout, numbers.Real) or isinstance(dropout, bool)
-            or not 0 <= dropout < 1):
+            or not 0 <= dropout <= 1):
         raise ValueError(
-            f"{name}: dropout must be a number in [0, 1) (the probability of zeroing an "
+            f"{name}: dropout must be a number in [0, 1] (the probability of zeroing an "
             f"element between layers), got {dropout!r}"
         )
     if proj_size and proj_size >= hidden_size:
@@ -47,20 +66,20 @@ class Sequence:
         return len(self.batch_sizes)
 
 
-def _check_tensor_dtype(name: str, what: str, t: Tensor, param: Tensor) -> None:
+def check_tensor_dtype(name: str, what: str, t: Tensor, param: Tensor) -> None:
     if not t.is_floating_point():
-        raise TypeError(
+        raise DTypeError(
             f"{name}: {what} must be a floating-point tensor (the module's dtype is "
             f"{param.dtype}), got dtype {t.dtype}"
         )
     if t.dtype != param.dtype:
-        raise TypeError(
+        raise DTypeError(
             f"{name}: {what} has dtype {t.dtype} but the module's parameters are "
             f"{param.dtype}; convert one of them (e.g. module.to({t.dtype}) or "
             f"input.to({param.dtype}))"
         )
     if t.device != param.device:
-        raise ValueError(
+        raise DeviceError(
             f"{name}: {what} is on device {t.device} but the module's parameters are on "
             f"{param.device}; move one of them"
         )
@@ -92,13 +111,13 @@ def prepare_input(name: str, input: object, input_size: int, batch_first: bool,
         raise TypeError(f"{name}: input must be a Tensor or a PackedSequence, "
                         f"got {type(input).__name__}")
     if x.shape[-1] != input_size:
-        raise ValueError(f"{name}: input.size(-1) must be equal to input_size={input_size} "
+        raise ShapeError(f"{name}: input.size(-1) must be equal to input_size={input_size} "
                          f"(the feature size), got {x.shape[-1]} in {what} of shape "
                          f"{tuple((input.data if seq.packed else input).shape)}")
-    if seq.steps == 0 or seq.batch == 0:
-        raise ValueError(f"{name}: {what} is empty (sequence length {seq.steps}, batch "
-                         f"{seq.batch}); a recurrent layer needs at least one step")
-    _check_tensor_dtype(name, what, x, param)
+    if seq.steps == 0:                           # an empty batch (B = 0) is fine, as in torch
+        raise ShapeError(f"{name}: {what} has sequence length 0; a recurrent layer needs at "
+                         f"least one step (got shape {tuple(x.shape)})")
+    check_tensor_dtype(name, what, x, param)
     return seq
 
 
@@ -127,9 +146,9 @@ def prepare_hx(
         if tuple(h.shape) != want:
             form = "unbatched input: (num_layers*num_directions, size)" if seq.unbatched \
                 else "(num_layers*num_directions, batch, size)"
-            raise ValueError(f"{name}: expected {label} of shape {want} for {form}, "
+            raise ShapeError(f"{name}: expected {label} of shape {want} for {form}, "
                              f"got {tuple(h.shape)}")
-        _check_tensor_dtype(name, label, h, param)
+        check_tensor_dtype(name, label, h, param)
         h = h.unsqueeze(1) if seq.unbatched else h
         if seq.packed is not None and seq.packed.sorted_indices is not None:
             h = h.index_select(1, seq.packed.sorted_indices)

@@ -43,6 +43,9 @@ class GRU(RecurrentBase):
 
     _torch_class = nn.GRU
 
+    def _torch_mode(self) -> str:
+        return "GRU"
+
     def __init__(
         self,
         input_size: int,

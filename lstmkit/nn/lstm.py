@@ -75,6 +75,15 @@ class LSTM(RecurrentBase):
 
     _torch_class = nn.LSTM
 
+    def _torch_mode(self) -> str:
+        return "LSTM"
+
+    # torch.nn.LSTM's own argument checks, for code (and torch.nn.LSTM.forward, which
+    # _runs_as_torch calls) that expects them on an LSTM
+    check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+
     def __init__(
         self,
         input_size: int,

@@ -27,6 +27,9 @@ class RNN(RecurrentBase):
 
     _torch_class = nn.RNN
 
+    def _torch_mode(self) -> str:
+        return "RNN_" + self.nonlinearity.upper()
+
     def __init__(
         self,
         input_size: int,

@@ -83,19 +83,47 @@ def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[in
     zoneout; see ``ops/masks.py``), which every backend but torch's kernel takes.
     """
     check_backend(backend)
-    if backend == "reference":
-        return reference.run_layer
+    if backend == "reference" or _plain_onnx_export():
+        return reference.run_layer       # plain ops: unrolled into ONNX's standard operators
+    compiling = torch.compiler.is_compiling()
+    if not compiling and fused._is_batched(x):
+        return reference.run_layer       # vmap / torch.func batch plain ops, not the kernels
+    if torch.is_autocast_enabled(x.device.type):
+        if backend == "auto":            # autocast treats its ops as those of torch.nn's loops
+            return reference.run_layer
+        with torch.autocast(x.device.type, enabled=False):
+            run = select_backend(backend, cell, x, batch_sizes, projected=projected,
+                                 recording=recording, masked=masked)
+        return _autocast_off(run, x)
     if cell.fused is None:
         if backend == "auto":
             return reference.run_layer
         raise ValueError(f"the {cell.family} cell has only the reference loop; "
                          f"backend={backend!r} cannot run it, use 'auto' or 'reference'")
-    if torch.compiler.is_compiling():
+    if compiling:
         return _compiled(backend, cell, x, batch_sizes, projected, recording, masked)
     if backend == "auto" and _native_can_run(cell, x, batch_sizes, projected, recording,
                                              masked):
         return native.run_layer
     return partial(fused.run_layer, kernels=kernels_for(backend, cell, x))
+
+
+def _plain_onnx_export() -> bool:
+    """``torch.onnx.export`` is running, not :func:`lstmkit.interop.onnx.export` (which maps
+    LSTM, GRU and RNN layers to ONNX's operators): every layer unrolls into plain operators."""
+    from . import library
+    return torch.onnx.is_in_onnx_export() and not library.onnx_exporting()
+
+
+def _autocast_off(run: LayerFn, x: Tensor) -> LayerFn:
+    """An explicitly chosen fused backend under autocast runs in the parameters' dtype, as a
+    custom kernel outside autocast's op lists does."""
+    device = x.device.type
+
+    def run_without_autocast(*args, **kwargs):
+        with torch.autocast(device, enabled=False):
+            return run(*args, **kwargs)
+    return run_without_autocast
 
 
 def kernels_for(backend: str, cell: CellSpec, x: Tensor):

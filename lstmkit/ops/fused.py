@@ -118,13 +118,46 @@ class PrevRows:
         return flat[r0 + B:r1 + B] if r1 + B <= N else torch.cat([flat[r0 + B:], initial])
 
 
-def _refuse_double_backward() -> None:
-    # autograd enables grad mode inside backward only for create_graph=True
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            "lstmkit's fused backend computes BPTT by hand and cannot differentiate twice "
-            "(double backward / create_graph=True); build the model with "
-            "backend='reference' for higher-order gradients")
+def _is_batched(t: Tensor | None) -> bool:
+    """A tensor of vmap or of batched gradients (``is_grads_batched``): the kernels cannot
+    read its memory."""
+    if t is None:
+        return False
+    functorch = torch._C._functorch
+    return functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t)
+
+
+def reference_grads(call: Call, tensors: tuple, grad_outputs: tuple, needs: tuple) -> list:
+    """The layer's input gradients by differentiating the reference loop over the same
+    inputs, for the two cases the hand-derived BPTT cannot serve: ``create_graph=True``
+    (autograd enables grad mode inside backward only then), where the gradient must itself
+    be differentiable (double backward), and batched gradients (``is_grads_batched``,
+    ``torch.func``), whose tensors the kernels cannot read. The saved inputs keep their
+    history, so the result is connected to the original graph."""
+    from . import reference
+    inp = Inputs.unflat(call, tensors)
+    cell, batch_sizes = call.cell, list(call.batch_sizes)
+    n_schedule = len(cell.schedule(batch_sizes, call.reverse, inp.x.device))
+    masks = None if all(m is None for m in inp.masks) else inp.masks
+    n = cell.n_states
+    with torch.enable_grad():
+        _, finals, _, seqs = reference.run_layer(
+            cell, inp.x, batch_sizes, inp.states0, inp.w, reverse=call.reverse, masks=masks,
+            side=inp.side[n_schedule:], sequences=True)
+        outs, gouts = [], []
+        for out, g in zip((*seqs, *finals), grad_outputs[:2 * n]):
+            if g is not None and out.requires_grad:
+                outs.append(out)
+                gouts.append(g)
+        wanted = [i for i, (t, need) in enumerate(zip(tensors, needs))
+                  if need and t is not None]
+        grads = (torch.autograd.grad(outs, [tensors[i] for i in wanted], gouts,
+                                     create_graph=torch.is_grad_enabled(), allow_unused=True)
+                 if outs and wanted else [None] * len(wanted))
+    result: list = [None] * len(tensors)
+    for i, g in zip(wanted, grads):
+        result[i] = torch.zeros_like(tensors[i]) if g is None else g
+    return result
 
 
 # -- one layer call ------------------------------------------------------------------------------
@@ -289,10 +322,12 @@ class RecurrentFunction(Function):
 
     @staticmethod
     def backward(ctx, *grad_outputs):
-        _refuse_double_backward()
         call = ctx.call
         n_in, n_seq, n_saved = ctx.layout
         saved = ctx.saved_tensors
+        if torch.is_grad_enabled() or any(_is_batched(g) for g in grad_outputs):
+            return (None, *reference_grads(call, saved[:n_in], grad_outputs,
+                                           ctx.needs_input_grad[1:]))
         inp = Inputs.unflat(call, saved[:n_in])
         i = n_in
         j = i + 2 + n_seq + n_saved

@@ -178,7 +178,11 @@ def make_layer_op(family: str):
         ctx.save_for_backward(x, *states0, *weights, *side, *masks, *output)
 
     def autograd(ctx, grads):
-        fused._refuse_double_backward()
+        if torch.is_grad_enabled():          # create_graph=True: only the eager path can
+            raise RuntimeError(
+                "lstmkit's custom ops (used under torch.compile and torch.export) cannot "
+                "differentiate twice (create_graph=True); run the module eagerly, where the "
+                "gradient is differentiated through the reference loop")
         batch_sizes, reverse, config, kernels = ctx.args
         n_s, n_w, n_side, n_m, n_out = ctx.n
         t = ctx.saved_tensors
