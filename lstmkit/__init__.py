@@ -8,11 +8,32 @@ See ``lstmkit.LSTM``, ``lstmkit.GRU``, ``lstmkit.RNN``, ``lstmkit.record`` and
 ``lstmkit.summary``.
 """
 
+import torch as _torch
+
 from .inspect import LayerRecord, Recording, record
-from .nn import GRU, LSTM, RNN, ClockworkRNN, DepthGatedLSTM, module_for
+from .nn import (
+    GRU,
+    LSTM,
+    RNN,
+    ClockworkRNN,
+    DepthGatedLSTM,
+    GRUCell,
+    LSTMCell,
+    RNNCell,
+    module_for,
+)
+from .quantized import DynamicQuantized, quantize_dynamic
+from .quantized import register as register_quantization
 from .summary import count_parameters, summary
 
 LSTM1997 = module_for("lstm1997", "LSTM1997")      # Hochreiter & Schmidhuber 1997
+
+# A whole module pickles as plain data (its configuration and tensors), so torch's safe
+# loader can rebuild it once the class is allowed; lstmkit allows its own classes here, so
+# ``torch.load(path, weights_only=True)`` needs only the user's classes allow-listed.
+_torch.serialization.add_safe_globals([LSTM, GRU, RNN, ClockworkRNN, DepthGatedLSTM, LSTM1997,
+                                       LSTMCell, GRUCell, RNNCell, DynamicQuantized])
+register_quantization()               # torch's quantize_dynamic maps lstmkit's classes too
 
 __version__ = "0.1.0"
 
@@ -24,5 +45,6 @@ def from_keras(layer_or_file):
     return convert(layer_or_file)
 
 
-__all__ = ["LSTM", "GRU", "RNN", "ClockworkRNN", "DepthGatedLSTM", "LSTM1997", "record",
+__all__ = ["LSTM", "GRU", "RNN", "ClockworkRNN", "DepthGatedLSTM", "LSTM1997", "LSTMCell",
+           "GRUCell", "RNNCell", "quantize_dynamic", "record",
            "Recording", "LayerRecord", "count_parameters", "summary", "from_keras", "__version__"]

@@ -7,6 +7,7 @@ import math
 from torch import nn
 
 from .nn.base import RecurrentBase
+from .nn.cells import RecurrentCell
 
 _GATE_NAMES = {"i": "input", "f": "forget", "g": "candidate", "o": "output",
                "r": "reset", "z": "update", "n": "new", "h": "hidden"}
@@ -20,8 +21,8 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def _as_lstmkit(model: nn.Module) -> nn.Module:
-    from . import GRU, LSTM, RNN
-    for ours in (LSTM, GRU, RNN):
+    from . import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+    for ours in (LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell):
         if type(model) is ours._torch_class:
             return ours.from_torch(model)
     return model
@@ -34,7 +35,8 @@ def summary(model: nn.Module) -> str:
     if not isinstance(model, nn.Module):
         raise TypeError(f"summary expects an nn.Module, got {type(model).__name__}")
     model = _as_lstmkit(model)
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, RecurrentBase)]
+    layers = [(n, m) for n, m in model.named_modules()
+              if isinstance(m, (RecurrentBase, RecurrentCell))]
     if not layers:
         raise ValueError(f"summary: {type(model).__name__} contains no lstmkit LSTM, GRU or "
                          "RNN layer")

@@ -1,6 +1,7 @@
-"""nn.Module front ends: drop-ins for torch.nn.LSTM, GRU and RNN."""
+"""nn.Module front ends: drop-ins for torch.nn.LSTM, GRU and RNN and their cells."""
 
 from .base import RecurrentBase
+from .cells import GRUCell, LSTMCell, RecurrentCell, RNNCell
 from .clockwork import ClockworkRNN
 from .depth_gated import DepthGatedLSTM
 from .family import FamilyModule, module_for
@@ -9,4 +10,4 @@ from .lstm import LSTM
 from .rnn import RNN
 
 __all__ = ["LSTM", "GRU", "RNN", "RecurrentBase", "ClockworkRNN", "DepthGatedLSTM",
-           "FamilyModule", "module_for"]
+           "FamilyModule", "module_for", "LSTMCell", "GRUCell", "RNNCell", "RecurrentCell"]
