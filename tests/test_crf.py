@@ -214,12 +214,14 @@ def _gold(paths: list[list[int]], mask) -> torch.Tensor:
 @pytest.mark.parametrize("kind", MASKS)
 def test_forward_backward_gradient_equals_autograd(kind, constrained):
     """log_partition (hand-derived backward) against log_partition_ref, random upstream
-    gradients, every gradient at 1e-10 in float64."""
+    gradients, every gradient at 1e-10 in float64. Masked steps hold emissions of 1000 (exp
+    overflows): they must not reach any result."""
     tags = ["O"] + [f"{p}-{x}" for x in ("A", "B") for p in "BIES"]
     crf = (CRF.for_scheme(tags, "bioes", dtype=F64) if constrained
            else _crf(len(tags), scale=2.0))
     em, _, mask = _case(kind, steps=9, batch=6, num_tags=len(tags), seed=7)
     mask = _full(mask, em)
+    em[~mask] = 1000.0
     upstream = torch.randn(6, dtype=F64, generator=torch.Generator().manual_seed(8))
     results = []
     for partition in (crf_ops.log_partition, crf_ops.log_partition_ref):
@@ -234,6 +236,7 @@ def test_forward_backward_gradient_equals_autograd(kind, constrained):
         assert_close(got, want, what, TOL[F64])
 
 
+@pytest.mark.filterwarnings("ignore:where received a uint8 condition:UserWarning")  # torchcrf
 @pytest.mark.parametrize("batch_first", [False, True], ids=["seq-first", "batch-first"])
 def test_same_as_pytorch_crf(batch_first):
     torchcrf = pytest.importorskip("torchcrf")
@@ -413,3 +416,21 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match=r"transitions must be a bool mask .* \(3, 3\)"):
         CRF(3, constraints=(torch.ones(3, dtype=torch.bool), torch.ones(3, 3),
                             torch.ones(3, dtype=torch.bool)))
+
+
+def test_masked_steps_do_not_matter():
+    """What the emissions and tags hold at masked steps changes no result."""
+    crf = _crf()
+    em, tags, mask = _case("gaps", steps=6, seed=10)
+    other_em, other_tags = em.clone(), tags.clone()
+    other_em[~mask], other_tags[~mask] = 1000.0, -100
+    for a, b in ((em, tags), (other_em, other_tags)):
+        a.requires_grad_()
+        crf(a, b, mask, reduction="none").sum().backward()
+    assert_close(crf(other_em, other_tags, mask, reduction="none"),
+                 crf(em, tags, mask, reduction="none"), "log-likelihood", TOL[F64])
+    assert_close(other_em.grad, em.grad, "grad emissions", TOL[F64])
+    assert bool((em.grad[~mask] == 0).all())
+    assert crf.decode(other_em, mask) == crf.decode(em, mask)
+    assert crf.decode_nbest(other_em, mask, k=3) == crf.decode_nbest(em, mask, k=3)
+    assert_close(crf.marginals(other_em, mask), crf.marginals(em, mask), "marginals", TOL[F64])
