@@ -18,7 +18,10 @@ and the forward (α) and backward (β) recursions, in log space, give Z and the 
 
 The gradient of log Z is these marginals (∂/∂e_t(j), ∂/∂π, ∂/∂η: unary; ∂/∂A: pairwise summed
 over t), which is how :func:`log_partition` computes its backward pass; :func:`log_partition_ref`
-is the same forward recursion differentiated by autograd, kept as the reference. Viterbi
+is the log-space forward recursion differentiated by autograd, kept as the reference.
+:func:`log_partition` runs each recursion in exp space, one (B, K) @ (K, K) product per step
+(see ``forward_scores_fast``), and falls back to the log-space one (a (B, K, K) logsumexp per
+step) where a sum would underflow. Viterbi
 replaces logsumexp by max; the k-best Viterbi keeps the k best partial paths per tag.
 
 A masked step is skipped: α, β and the Viterbi scores carry through it unchanged, so the chain
@@ -28,6 +31,7 @@ first step of every sequence must be unmasked, as in pytorch-crf. All loops are 
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 
@@ -37,7 +41,7 @@ from torch.autograd.function import once_differentiable
 
 REDUCTIONS = ("none", "sum", "mean", "token_mean")
 SCHEMES = ("bio", "bioes")
-_PAIR_BLOCK = 1 << 22        # elements of one (t, B, K, K) block of the transition gradient
+_PAIR_BLOCK = 1 << 16        # elements of one (t, B, K, K) block of the transition gradient
 
 
 # --- the recursions: emissions (T, B, K), mask (T, B) bool, time-major ---------------------
@@ -88,12 +92,94 @@ def _pair_marginal_sum(em: Tensor, mask: Tensor, trans: Tensor, alpha: Tensor, b
     return total
 
 
+# --- the same recursions in exp space: a (B, K) @ (K, K) product per step ------------------
+#
+#   α_t(j) = log Σ_i exp(α_{t-1}(i) − m) · exp(A[i, j] − c_j)  + m + c_j + e_t(j)
+#
+# with m = max_i α_{t-1}(i) and c_j = max_i A[i, j], so every factor is ≤ 1 and nothing
+# overflows (β alike, with row maxima). A sum can underflow where scores span more than
+# ~87 nats (float32; ~708 in float64) around an improbable tag; each function checks its
+# sums at the unmasked steps and returns None then, and the caller takes the log-space path.
+
+def _stabiliser(x: Tensor, dim: int) -> Tensor:
+    """max over ``dim`` (kept), finite: an all −inf slice gives exp(−inf − finfo.min) = 0."""
+    return x.amax(dim=dim, keepdim=True).clamp_min(torch.finfo(x.dtype).min)
+
+
+def _all_normal(sums: list[Tensor], mask: Tensor) -> bool:
+    """No sum (B, K) at an unmasked step is below the smallest normal number (or NaN)."""
+    if not sums:
+        return True
+    small = ~(torch.stack(sums) >= torch.finfo(sums[0].dtype).tiny)  # (T-1, B, K)
+    return not bool((small & mask[1:].unsqueeze(2)).any())
+
+
+def forward_scores_fast(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) -> Tensor | None:
+    """α as :func:`forward_scores`, a matmul per step; None if a sum underflowed."""
+    c = _stabiliser(trans, 0)                                         # (1, K_to)
+    E = torch.exp(trans - c)                                          # (K_from, K_to)
+    shifted = em + c                                                  # c_j + e_t(j)
+    on = mask.unsqueeze(2)
+    alpha = start + em[0]                                             # (B, K)
+    alphas, sums = [alpha], []
+    for t in range(1, em.shape[0]):
+        m = _stabiliser(alpha, 1)                                     # (B, 1)
+        u = torch.exp(alpha - m) @ E                                  # (B, K_to)
+        alpha = torch.where(on[t], torch.log(u) + m + shifted[t], alpha)
+        alphas.append(alpha)
+        sums.append(u)
+    return torch.stack(alphas) if _all_normal(sums, mask) else None
+
+
+def backward_scores_fast(em: Tensor, mask: Tensor, trans: Tensor, end: Tensor) -> Tensor | None:
+    """β as :func:`backward_scores`, a matmul per step; None if a sum underflowed."""
+    c = _stabiliser(trans, 1)                                         # (K_from, 1)
+    E_t = torch.exp(trans - c).t()                                    # (K_to, K_from)
+    c = c.t()                                                         # (1, K_from)
+    on = mask.unsqueeze(2)
+    beta = end.expand(em.shape[1], -1)                                # (B, K)
+    betas, sums = [beta], []
+    for t in range(em.shape[0] - 1, 0, -1):
+        after = em[t] + beta                                          # e_t(j) + β_t(j)
+        r = _stabiliser(after, 1)                                     # (B, 1)
+        u = torch.exp(after - r) @ E_t                                # (B, K_from)
+        beta = torch.where(on[t], torch.log(u) + r + c, beta)
+        betas.append(beta)
+        sums.append(u)
+    return torch.stack(betas[::-1]) if _all_normal(sums[::-1], mask) else None
+
+
+def _pair_marginal_sum_fast(em: Tensor, mask: Tensor, trans: Tensor, alpha: Tensor,
+                            beta: Tensor, log_z: Tensor, grad: Tensor) -> Tensor | None:
+    """:func:`_pair_marginal_sum` as one (K, T·B) @ (T·B, K) product:
+
+        Σ_{t,b} w_tb · exp(α_{t-1}(i) − a) · exp(e_t(j) + β_t(j) + c_j − r) · exp(A[i, j] − c_j)
+
+    with a, r the maxima over i, j at (t, b) and w_tb = grad_b · exp(a + r − log Z_b); None if
+    some w would be too large for the product to stay finite (scores far apart)."""
+    T, B, K = em.shape
+    c = _stabiliser(trans, 0)                                         # (1, K_to)
+    before = alpha[:-1]                                               # (T-1, B, K)
+    after = em[1:] + beta[1:] + c
+    a, r = _stabiliser(before, 2), _stabiliser(after, 2)              # (T-1, B, 1)
+    s = (a + r).squeeze(2) - log_z                                    # (T-1, B)
+    on = mask[1:]
+    limit = 0.5 * math.log(torch.finfo(em.dtype).max)                 # e^limit · T·B stays finite
+    if T > 1 and float(torch.where(on, s, float("-inf")).max()) > limit:
+        return None
+    w = torch.where(on, grad * torch.exp(s), 0)                       # (T-1, B)
+    P = (torch.exp(before - a) * w.unsqueeze(2)).reshape(-1, K)       # (T-1·B, K_from)
+    Q = torch.exp(after - r).reshape(-1, K)                           # (T-1·B, K_to)
+    return (P.t() @ Q) * torch.exp(trans - c)
+
 class _LogPartition(torch.autograd.Function):
     """log Z (B,) by the forward recursion; backward by forward–backward (the marginals)."""
 
     @staticmethod
     def forward(ctx, em, mask, start, trans, end):
-        alpha = forward_scores(em, mask, start, trans)                # (T, B, K)
+        alpha = forward_scores_fast(em, mask, start, trans)           # (T, B, K)
+        if alpha is None:                                             # underflow: log space
+            alpha = forward_scores(em, mask, start, trans)
         log_z = torch.logsumexp(alpha[-1] + end, dim=1)               # (B,)
         ctx.save_for_backward(em, mask, trans, end, alpha, log_z)
         return log_z
@@ -102,13 +188,17 @@ class _LogPartition(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         em, mask, trans, end, alpha, log_z = ctx.saved_tensors
-        beta = backward_scores(em, mask, trans, end)                  # (T, B, K)
+        beta = backward_scores_fast(em, mask, trans, end)             # (T, B, K)
+        if beta is None:
+            beta = backward_scores(em, mask, trans, end)
         g = grad.unsqueeze(1)                                         # (B, 1)
         unary = torch.exp(alpha + beta - log_z.unsqueeze(1)) * mask.unsqueeze(2)  # p(y_t = j)
         d_em = unary * g
         d_start = d_em[0].sum(0)
         d_end = (torch.exp(alpha[-1] + end - log_z.unsqueeze(1)) * g).sum(0)   # p(y_L = j)
-        d_trans = _pair_marginal_sum(em, mask, trans, alpha, beta, log_z, grad)
+        d_trans = _pair_marginal_sum_fast(em, mask, trans, alpha, beta, log_z, grad)
+        if d_trans is None:
+            d_trans = _pair_marginal_sum(em, mask, trans, alpha, beta, log_z, grad)
         return d_em, None, d_start, d_trans, d_end
 
 

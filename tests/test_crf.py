@@ -434,3 +434,62 @@ def test_masked_steps_do_not_matter():
     assert crf.decode(other_em, mask) == crf.decode(em, mask)
     assert crf.decode_nbest(other_em, mask, k=3) == crf.decode_nbest(em, mask, k=3)
     assert_close(crf.marginals(other_em, mask), crf.marginals(em, mask), "marginals", TOL[F64])
+
+
+@pytest.mark.parametrize("constrained", [False, True], ids=["free", "bioes"])
+@pytest.mark.parametrize("kind", MASKS)
+def test_exp_space_recursions_equal_log_space(kind, constrained):
+    """forward/backward_scores_fast and the transition gradient as one matmul against the
+    log-space recursions, at 1e-10 in float64; on ordinary scores none falls back, whatever
+    junk the masked steps hold (their sums underflow but do not count)."""
+    tags = ["O"] + [f"{p}-{x}" for x in ("A", "B") for p in "BIES"]
+    crf = (CRF.for_scheme(tags, "bioes", dtype=F64) if constrained
+           else _crf(len(tags), scale=3.0))
+    em, _, mask = _case(kind, steps=9, batch=6, num_tags=len(tags), seed=11)
+    mask = _full(mask, em)
+    em[~mask] = 1000 * torch.randn(int((~mask).sum()), len(tags), dtype=F64)   # padding junk
+    start, trans, end = (p.detach() for p in crf.transition_scores())
+    alpha = crf_ops.forward_scores_fast(em, mask, start, trans)
+    beta = crf_ops.backward_scores_fast(em, mask, trans, end)
+    assert alpha is not None and beta is not None
+    assert_close(alpha, crf_ops.forward_scores(em, mask, start, trans), "alpha", TOL[F64])
+    assert_close(beta, crf_ops.backward_scores(em, mask, trans, end), "beta", TOL[F64])
+    log_z = torch.logsumexp(alpha[-1] + end, dim=1)
+    grad = torch.randn(6, dtype=F64, generator=torch.Generator().manual_seed(12))
+    pair = crf_ops._pair_marginal_sum_fast(em, mask, trans, alpha, beta, log_z, grad)
+    assert pair is not None
+    assert_close(pair, crf_ops._pair_marginal_sum(em, mask, trans, alpha, beta, log_z, grad),
+                 "transition gradient", TOL[F64])
+
+
+def test_underflow_falls_back_to_log_space():
+    """Scores 200-300 nats apart in float32: every exp-space sum underflows (or would
+    overflow), each part hands over to the log-space recursion, and the log-likelihood and
+    its gradients still equal float64's."""
+    em = torch.tensor([[[0.0, -200, -200]], [[-300, 300, -300]], [[0.0, 0, 0]]])  # (3, 1, 3)
+    tags, mask = torch.tensor([[0], [1], [1]]), torch.ones(3, 1, dtype=torch.bool)
+    crf = CRF(3)
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.zero_()
+        crf.transitions[0, 1] = -200.0
+    start, trans, end = (p.detach() for p in crf.transition_scores())
+    alpha = crf_ops.forward_scores(em, mask, start, trans)
+    beta = crf_ops.backward_scores(em, mask, trans, end)
+    log_z = torch.logsumexp(alpha[-1] + end, dim=1)
+    assert crf_ops.forward_scores_fast(em, mask, start, trans) is None
+    assert crf_ops.backward_scores_fast(em, mask, trans, end) is None
+    assert crf_ops._pair_marginal_sum_fast(em, mask, trans, alpha, beta, log_z,
+                                           torch.ones(1)) is None
+    results = []
+    for dtype in (torch.float32, F64):
+        model = CRF(3, dtype=dtype)
+        model.load_state_dict(crf.state_dict())
+        x = em.to(dtype, copy=True).requires_grad_()
+        llh = model(x, tags, mask)
+        llh.backward()
+        results.append((llh, x.grad, *(p.grad for p in model.parameters())))
+    for what, got, want in zip(("llh", "grad emissions", "grad start", "grad end",
+                                "grad transitions"), *results):
+        assert bool(torch.isfinite(got).all()), what
+        torch.testing.assert_close(got.double(), want, atol=1e-3, rtol=1e-4, msg=what)
