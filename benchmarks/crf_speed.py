@@ -6,7 +6,8 @@ For (seq_len, batch, num_tags) in {50, 100} × {32, 64} × {9, 17}, float32, pad
 (lengths uniform in [seq_len/2, seq_len]): "train" is the mean negative log-likelihood forward
 + backward, "decode" the Viterbi paths. Runs are interleaved in one process; prints the median
 times and the ratios lstmkit / pytorch-crf of the medians and of the minima (< 1: lstmkit is
-faster). On a shared machine the minima are the steadier: compare ratios, not times.
+faster). On a shared machine the minima are the steadier, and `--threads 1` steadier still:
+compare ratios, not times.
 Needs pytorch-crf (in the ``test`` extra).
 """
 
