@@ -10,6 +10,7 @@ See ``lstmkit.LSTM``, ``lstmkit.GRU``, ``lstmkit.RNN``, ``lstmkit.record`` and
 
 import torch as _torch
 
+from .crf import CRF
 from .inspect import LayerRecord, Recording, record
 from .nn import (
     GRU,
@@ -46,5 +47,5 @@ def from_keras(layer_or_file):
 
 
 __all__ = ["LSTM", "GRU", "RNN", "ClockworkRNN", "DepthGatedLSTM", "LSTM1997", "LSTMCell",
-           "GRUCell", "RNNCell", "quantize_dynamic", "record",
+           "GRUCell", "RNNCell", "CRF", "quantize_dynamic", "record",
            "Recording", "LayerRecord", "count_parameters", "summary", "from_keras", "__version__"]
