@@ -6,7 +6,10 @@ numbers each prints, and the wall time of each run, side by side.
 Each program runs ``--rounds`` times per side, alternating sides; the table gives the
 numbers of the last run and the median time ratio lstmkit / torch.nn (wall time of the whole
 program, interpreter start included). The word-level programs read a corpus written from
-CPython's standard-library sources, as in tests/test_clients.py.
+CPython's standard-library sources, as in tests/test_clients.py, and train with learning
+rate 2: at the example's default of 20 the run is chaotic on this corpus (torch.nn's own GRU
+runs end between test loss 6.2 and 7.8 over three seeds, and lstmkit's, whose float rounding
+differs, between 6.2 and 9.8), so the two sides could not be compared number by number.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ CLIENTS = ROOT / "tests" / "clients"
 
 RUNS = {
     "word_lm.py LSTM (pytorch/examples word_language_model)":
-        ("word_lm.py", ["--model", "LSTM", "--epochs", "2"], ["valid loss", "test loss"]),
-    "word_lm.py GRU": ("word_lm.py", ["--model", "GRU", "--epochs", "2"],
+        ("word_lm.py", ["--model", "LSTM", "--epochs", "2", "--lr", "2"],
+         ["valid loss", "test loss"]),
+    "word_lm.py GRU": ("word_lm.py", ["--model", "GRU", "--epochs", "2", "--lr", "2"],
                        ["valid loss", "test loss"]),
     "sine_cells.py (pytorch/examples time_sequence_prediction)":
         ("sine_cells.py", ["--steps", "2"], ["test loss"]),

@@ -223,11 +223,13 @@ class RecurrentBase(nn.RNNBase):
         return ("h_0", "c_0")[: self.cell.n_states]
 
     def _runs_as_torch(self) -> bool:
-        """While tracing, or under CPU autocast, a plain configuration runs torch.nn's own
-        forward on these parameters: the same function, traced into one ``aten::lstm``
-        (``gru``, ``rnn_*``) node that runs on any length and batch size as torch.nn's trace
-        does, and autocast as torch.nn does it. Only with ``backend="auto"``."""
-        if not (torch.jit.is_tracing() or torch.is_autocast_enabled("cpu")):
+        """While tracing, under CPU autocast or in a plain ``torch.onnx.export``, a plain
+        configuration runs torch.nn's own forward on these parameters: the same function,
+        traced into one ``aten::lstm`` (``gru``, ``rnn_*``) node that runs on any length and
+        batch size as torch.nn's trace does, autocast as torch.nn does it, and exported to
+        ONNX's own operator as torch.nn's is. Only with ``backend="auto"``."""
+        if not (torch.jit.is_tracing() or torch.is_autocast_enabled("cpu")
+                or ops.plain_onnx_export()):
             return False
         return (self.backend == "auto" and self._torch_mode() in _TORCH_MODES
                 and not self._variant_options() and not self.regularization.active

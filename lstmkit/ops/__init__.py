@@ -83,7 +83,7 @@ def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[in
     zoneout; see ``ops/masks.py``), which every backend but torch's kernel takes.
     """
     check_backend(backend)
-    if backend == "reference" or _plain_onnx_export():
+    if backend == "reference" or plain_onnx_export():
         return reference.run_layer       # plain ops: unrolled into ONNX's standard operators
     compiling = torch.compiler.is_compiling()
     if not compiling and fused._is_batched(x):
@@ -108,11 +108,14 @@ def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[in
     return partial(fused.run_layer, kernels=kernels_for(backend, cell, x))
 
 
-def _plain_onnx_export() -> bool:
+def plain_onnx_export() -> bool:
     """``torch.onnx.export`` is running, not :func:`lstmkit.interop.onnx.export` (which maps
     LSTM, GRU and RNN layers to ONNX's operators): every layer unrolls into plain operators."""
+    if not torch.onnx.is_in_onnx_export():
+        return False
+    # imported here, not at the top: it imports torch._dynamo (1.5 s), wanted only now
     from . import library
-    return torch.onnx.is_in_onnx_export() and not library.onnx_exporting()
+    return not library.onnx_exporting()
 
 
 def _autocast_off(run: LayerFn, x: Tensor) -> LayerFn:
