@@ -91,6 +91,18 @@ class Recording:
     def clear(self) -> None:
         self.layers.clear()
 
+    def steps(self, module: str = "") -> LayerRecord:
+        """The one-step records of the cell named ``module`` (an ``LSTMCell``, ``GRUCell`` or
+        ``RNNCell`` inside the recorded model; "" for the model itself), each call a step,
+        joined along time into one record ``[T, B, ·]`` (every call with the same batch)."""
+        parts = [r for r in self.layers if r.module == module and r.mask.shape[0] == 1]
+        if not parts:
+            raise KeyError(f"no one-step records of {module!r}; recorded modules: "
+                           f"{sorted({r.module for r in self.layers})}")
+        tensors = {k: torch.cat([p.tensors[k] for p in parts]) for k in parts[0].tensors}
+        return LayerRecord(module, 0, 0, parts[0].cell, tensors,
+                           torch.cat([p.mask for p in parts]))
+
 
 @contextmanager
 def record(model: nn.Module) -> Iterator[Recording]:
@@ -99,7 +111,9 @@ def record(model: nn.Module) -> Iterator[Recording]:
     Recorded tensors are detached; gradients flow as without recording."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"record expects an nn.Module, got {type(model).__name__}")
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, RecurrentBase)]
+    from .nn.cells import RecurrentCell
+    targets = [(n, m) for n, m in model.named_modules()
+               if isinstance(m, (RecurrentBase, RecurrentCell))]
     if not targets:
         raise ValueError(f"record: {type(model).__name__} contains no lstmkit LSTM, GRU or "
                          "RNN layer (torch.nn layers cannot be recorded; convert them with "

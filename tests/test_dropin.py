@@ -514,3 +514,27 @@ def test_plain_torch_onnx_export(make, tmp_path):
         want = model(x).numpy()
     torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(want), atol=1e-5,
                                rtol=1e-5)
+
+
+def test_record_covers_cells():
+    """Each call of a recorded cell is one step; ``Recording.steps`` joins them, and they
+    equal the one-layer module's record of the same sequence."""
+    torch.manual_seed(0)
+    module = lstmkit.LSTM(I, H, peephole=True)
+    cell = lstmkit.LSTMCell(I, H, peephole=True)
+    cell.load_state_dict({k[:-3]: v for k, v in module.state_dict().items()})
+    x = torch.randn(5, B, I)
+    with lstmkit.record(module) as want:
+        module(x)
+    with lstmkit.record(cell) as got:
+        state = None
+        for t in range(5):
+            state = cell(x[t], state)
+    steps = got.steps()
+    assert set(steps.keys()) == set(want.layers[0].keys()) == {"i", "f", "g", "o", "c", "h"}
+    for key in steps.keys():
+        torch.testing.assert_close(steps[key], want.layers[0][key])
+    plain = lstmkit.LSTMCell(I, H)                # torch's cell function when not recording
+    with lstmkit.record(plain) as rec:
+        plain(x[0])
+    assert rec.steps()["f"].shape == (1, B, H)

@@ -133,18 +133,26 @@ class RecurrentCell(nn.RNNCellBase):
         B, H = x.shape[0], self.hidden_size
         state = _check_hx(name, hx, self._state_labels(), B, H, unbatched, w.w_ih)
         masks = _masks(name, dropout_mask, zoneout_mask, self.cell.n_states, B, H, x)
-        if masks is None and self.backend == "auto" and not self._variant_options():
+        recorder = self._recorder
+        if (masks is None and recorder is None and self.backend == "auto"
+                and not self._variant_options()):
             out = self._torch_step(x, state, w)           # torch's own cell function
         elif B == 0:
             out = state
         else:
-            if masks is None and self.backend == "auto":
+            if self.backend == "auto" and (masks is None or recorder is not None):
                 run = reference.run_layer               # one step: autograd is fastest
             else:
                 run = ops.select_backend(self.backend, self.cell, x, [B],
-                                         masked=masks is not None)
-            out = tuple(run(self.cell, x, [B], state, w, masks=masks)[1])
+                                         masked=masks is not None,
+                                         recording=recorder is not None)
+            result = run(self.cell, x, [B], state, w, masks=masks, record=recorder is not None)
+            out = tuple(result[1])
+            if recorder is not None:                    # one step per call (Recording.steps)
+                recorder.add(self, 0, 0, result[2], checks.Sequence(x, [B], B, None, unbatched))
         return tuple(s.squeeze(0) for s in out) if unbatched else tuple(out)
+
+    _recorder = None          # set by ``lstmkit.record`` while recording
 
     def _torch_step(self, x: Tensor, state: tuple[Tensor, ...], w: LayerWeights) -> tuple:
         """The step by torch's own cell function (plain configurations)."""
