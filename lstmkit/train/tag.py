@@ -364,10 +364,11 @@ class TagTrainer(TrainerBase):
 
     def dev_scores(self, model: Tagger) -> dict:
         pred = tag_sentences(model, self.dev_set, self.words, self.chars, self.tags)
-        scores = chunk_scores([s.tags for s in self.dev_set], pred)
-        if not self.chunked:
-            scores = {"accuracy": scores["accuracy"]}
-        return scores
+        gold = [s.tags for s in self.dev_set]
+        if self.chunked and all(is_chunked(t) for t in gold):
+            return chunk_scores(gold, pred)
+        right = sum(a == b for t, p in zip(gold, pred) for a, b in zip(t, p))
+        return {"accuracy": right / sum(map(len, gold))}
 
     @torch.no_grad()
     def _validate_loss(self) -> tuple[float, dict[str, float]]:
@@ -383,7 +384,7 @@ class TagTrainer(TrainerBase):
         return loss, scores
 
     def _selection(self, val_loss: float, metrics: dict[str, float]) -> float:
-        return -metrics["f1"] if self.chunked else -metrics["accuracy"]
+        return -metrics["f1"] if "f1" in metrics else -metrics["accuracy"]
 
     def _payload_extra(self) -> dict:
         return {"vocab": vocab_json(self.words, self.chars, self.tags),
