@@ -233,3 +233,40 @@ def test_conllu_pos_tags(tmp_path, capsys):
     right = sum(a == b for s, p in zip(gold, back) for a, b in zip(s.tags, p.tags))
     assert scores["accuracy"] == pytest.approx(right / sum(len(s.tokens) for s in gold))
     assert scores["f1"] is None                            # POS tags have no chunks
+
+
+def test_signal_saves_and_says_how_to_resume(data, tmp_path):
+    import signal
+
+    from lstmkit.train import TrainingInterrupted
+    from lstmkit.train.tag import TagConfig, TagTrainer
+
+    torch.set_num_threads(1)
+    cfg = TagConfig(train=str(data["train"]), hidden=8, word_dim=8, batch=8, steps=20,
+                    eval_every=5, quiet=True)
+    trainer = TagTrainer(cfg, tmp_path / "run")
+    trainer.on_checkpoint.append(lambda t: setattr(t, "_signal", signal.SIGTERM))
+    with pytest.raises(TrainingInterrupted, match="lstmkit tag train --resume") as e:
+        trainer.fit()
+    assert e.value.signame == "SIGTERM" and e.value.step == 6     # seen at the next step
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 6
+    assert len(trainer.dev_set) == 16 and len(trainer.fit_set) == 144    # a tenth held out
+
+
+def test_pretrained_embeddings(data, tmp_path, capsys):
+    vectors = tmp_path / "vec.txt"
+    vectors.write_text("2 3\nParis 0.5 0.25 -1\nin 1 0 0\n")
+    out = tmp_path / "run"
+    assert main(["tag", "train", "--train", str(data["train"]), "--embeddings", str(vectors),
+                 "--embedding-dim", "3", "--steps", "1", "--hidden", "4", "--quiet",
+                 "--lr", "1e-9", "--warmup", "0", "--out", str(out)]) == 0
+    from lstmkit.train.tag import load_tagger
+
+    model, cfg, words, *_ = load_tagger(out, "last")
+    assert cfg.word_dim == 3
+    row = model.embed.weight[words.index("Paris")]
+    assert torch.allclose(row, torch.tensor([0.5, 0.25, -1.0]), atol=1e-4)
+    vectors.write_text("Paris 0.5 0.25\n")
+    assert main(["tag", "train", "--train", str(data["train"]), "--embeddings", str(vectors),
+                 "--embedding-dim", "3", "--steps", "1", "--out", str(tmp_path / "r2")]) == 2
+    assert f"{vectors}:1:" in capsys.readouterr().err

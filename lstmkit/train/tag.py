@@ -408,10 +408,12 @@ class TagTrainer(TrainerBase):
         return f"{self.cfg.name}: Bi{self.cfg.cell.upper()}-{self.cfg.output}"
 
     def _result(self, progress: Progress) -> TagResult:
+        if self.rank != 0:                         # rank 0 scores and writes
+            return TagResult(self.run_dir, self.best_step, {}, None)
         model, *_ = load_tagger(self.run_dir)
         dev = self.dev_scores(model)
         test = None
-        if self.test_set is not None and self.rank == 0:
+        if self.test_set is not None:
             pred = tag_sentences(model, self.test_set, self.words, self.chars, self.tags)
             test = seqeval_scores([s.tags for s in self.test_set], pred, self.chunked)
             test = {"file": str(self.cfg.test), "checkpoint_step": self.best_step, **test}
@@ -419,14 +421,13 @@ class TagTrainer(TrainerBase):
             self._log({"step": self.step, "checkpoint_step": self.best_step,
                        **{f"test_{k}": v for k, v in test.items()
                           if k in ("accuracy", "f1") and v is not None}})
-        if self.rank == 0:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in dev.items())
-            line = f"best checkpoint: step {self.best_step} (dev {shown})"
-            if test is not None:
-                f1 = f", F1 {test['f1']:.4f}" if test["f1"] is not None else ""
-                line += (f"\ntest: accuracy {test['accuracy']:.4f}{f1} → "
-                         f"{self.run_dir / 'test.json'}")
-            progress.write(line)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in dev.items())
+        line = f"best checkpoint: step {self.best_step} (dev {shown})"
+        if test is not None:
+            f1 = f", F1 {test['f1']:.4f}" if test["f1"] is not None else ""
+            line += (f"\ntest: accuracy {test['accuracy']:.4f}{f1} → "
+                     f"{self.run_dir / 'test.json'}")
+        progress.write(line)
         return TagResult(self.run_dir, self.best_step, dev, test)
 
 
