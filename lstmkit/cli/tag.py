@@ -59,7 +59,8 @@ def add_parsers(sub) -> None:
     model.add_argument("--dropout", type=fraction, default=S, help="(0.5)")
     model.add_argument("--embeddings", metavar="PATH", default=S,
                        help="pretrained word vectors (word2vec/GloVe text)")
-    model.add_argument("--embedding-dim", dest="word_dim", type=positive_int, default=S,
+    model.add_argument("--embedding-dim", dest="word_dim", metavar="D", type=positive_int,
+                       default=S,
                        help="word embedding size; the vectors' size with --embeddings (50)")
     opt = tr.add_argument_group("optimisation")
     opt.add_argument("--steps", type=positive_int, default=S, help="optimizer steps (1000)")

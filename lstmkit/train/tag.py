@@ -88,7 +88,7 @@ class TagConfig(RunConfig):
     warmup: int = 20
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
-    clip: float = 5.0
+    clip: float = 1.0
     seed: int = 0
     # reporting
     eval_every: int | None = None          # default: 10 validations per run
