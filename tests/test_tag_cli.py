@@ -270,3 +270,6 @@ def test_pretrained_embeddings(data, tmp_path, capsys):
     assert main(["tag", "train", "--train", str(data["train"]), "--embeddings", str(vectors),
                  "--embedding-dim", "3", "--steps", "1", "--out", str(tmp_path / "r2")]) == 2
     assert f"{vectors}:1:" in capsys.readouterr().err
+    assert main(["tag", "train", "--train", str(data["train"]), "--embeddings",
+                 str(tmp_path / "none.txt"), "--steps", "1", "--out", str(tmp_path / "r3")]) == 2
+    assert "none.txt: cannot read" in capsys.readouterr().err

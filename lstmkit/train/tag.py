@@ -332,8 +332,12 @@ class TagTrainer(TrainerBase):
         self.chunked = is_chunked(self.tags.itos)
         embeddings = None
         if config.embeddings and self.payload is None:
-            embeddings = load_embeddings(config.embeddings, self.words, config.word_dim,
-                                         generator=torch.Generator().manual_seed(config.seed))
+            try:
+                embeddings = load_embeddings(
+                    config.embeddings, self.words, config.word_dim,
+                    generator=torch.Generator().manual_seed(config.seed))
+            except OSError as e:
+                raise ValueError(f"{config.embeddings}: cannot read: {e.strerror or e}") from None
         self.dev_known = self._known(self.dev_set, config.dev or config.train)
         torch.manual_seed(config.seed)
         model = build_tagger(config, self.words, self.chars, self.tags, embeddings)
