@@ -170,6 +170,11 @@ class TrainerBase:
         validation metrics to log."""
         raise TypeError(f"{type(self).__name__} must define _validate_loss")
 
+    def _selection(self, val_loss: float, metrics: dict[str, float]) -> float:
+        """*task*: what picks the best checkpoint, lower is better (default: the validation
+        loss; a tagger uses −F1). ``best_val_loss`` in a checkpoint holds this value."""
+        return val_loss
+
     def _after_step(self) -> None:
         """*task*: after each optimizer step (e.g. detach a carried hidden state)."""
 
@@ -303,9 +308,10 @@ class TrainerBase:
 
     def _validate(self, progress: Progress) -> None:
         val_loss, metrics = self._validate_loss()
-        improved = val_loss < self.best_val
+        score = self._selection(val_loss, metrics)
+        improved = score < self.best_val
         if improved:
-            self.best_val, self.best_step = val_loss, self.step
+            self.best_val, self.best_step = score, self.step
         self._log({"step": self.step, "val_loss": val_loss,
                    **{f"val_{k}": v for k, v in metrics.items()}})
         self.save("last", "best") if improved else self.save("last")
