@@ -123,6 +123,12 @@ def test_beam_search_finds_brute_force_best(tgt_vocab, max_len, alpha):
             s = src[b:b + 1, :sl[b]]
             best = _brute_force(m, s, sl[b:b + 1], symbols, max_len, alpha)
             assert found[b] == best[1], (seed, b, found[b], best)
+            ended = [BOS] + best[1] + [EOS]                  # the scorer agrees with loss()
+            if len(ended) - 1 <= max_len:
+                t = torch.tensor([ended])
+                with torch.no_grad():
+                    nll = m.loss(s, sl[b:b + 1], t, torch.tensor([len(ended)]), reduction="sum")
+                assert abs(-nll.item() - _score(m, s, sl[b:b + 1], ended[1:])) < 1e-10
 
 
 def test_attention_rows():
