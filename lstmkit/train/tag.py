@@ -42,24 +42,30 @@ from ..tagging import (
     tag_vocab,
     word_vocab,
 )
-from ..tagging.conll import parse_tag
+from ..tagging.conll import SCHEMES, parse_tag
+from ..tagging.model import OUTPUTS
 from .checkpoint import CheckpointError
-from .config import RunConfig
+from .config import SequenceTaskConfig
 from .loop import TrainerBase, load_run, resume_run_config
 from .progress import Progress
 
 FORMATS = ("conll", "conllu")
-SCHEMES = ("bio", "bioes")
-OUTPUTS = ("crf", "softmax")
 RESUMABLE = ("steps", "eval_every", "log_every", "quiet")
 NO_CORPUS = ("no built-in tagging corpus has been chosen yet; give a CoNLL or CoNLL-U "
              "training file with --train FILE")
 
 
 @dataclass
-class TagConfig(RunConfig):
-    """Everything that decides a tagging run (saved as ``config.json``)."""
+class TagConfig(SequenceTaskConfig):
+    """Everything that decides a tagging run (saved as ``config.json``): the model and
+    optimisation fields of :class:`SequenceTaskConfig` with a tagger's defaults, then the
+    data and the tagger's own fields."""
 
+    # the shared fields, with a tagger's defaults (Lample et al. 2016 sizes)
+    hidden: int = 100
+    dropout: float = 0.5
+    steps: int = 1000
+    batch: int = 16                        # sentences per step, over all processes
     # data
     train: str | None = None
     dev: str | None = None                 # none: a tenth of the training sentences
@@ -67,33 +73,13 @@ class TagConfig(RunConfig):
     format: str | None = None              # conll | conllu; None: from each file's extension
     column: int | str | None = None        # tag column: index or CoNLL-U name (-1 / "upos")
     scheme: str | None = None              # convert chunk tags to bio | bioes; None: as read
-    # model
+    # the tagger
     output: str = "crf"
     chars: bool = True                     # the character BiLSTM
-    cell: str = "lstm"
-    layers: int = 1
-    hidden: int = 100
     word_dim: int = 50
     char_dim: int = 25
     char_hidden: int = 25
-    dropout: float = 0.5
     embeddings: str | None = None          # word2vec/GloVe text file, word_dim values a word
-    peephole: bool = False
-    coupled: bool = False
-    # optimisation
-    steps: int = 1000
-    batch: int = 16                        # sentences per step, over all processes
-    lr: float = 3e-3
-    lr_schedule: str = "cosine"
-    warmup: int = 20
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    clip: float = 1.0
-    seed: int = 0
-    # reporting
-    eval_every: int | None = None          # default: 10 validations per run
-    log_every: int = 20
-    quiet: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -243,6 +229,7 @@ class TagResult:
 def build_tagger(cfg: TagConfig, words: Vocab, chars: Vocab | None, tags: Vocab,
                  embeddings: Tensor | None = None) -> Tagger:
     kwargs = {k: True for k in ("peephole", "coupled") if getattr(cfg, k)}
+    kwargs["backend"] = cfg.backend
     return Tagger(len(words), len(tags), len(chars) if chars is not None else 0,
                   word_dim=cfg.word_dim, char_dim=cfg.char_dim, char_hidden=cfg.char_hidden,
                   hidden_size=cfg.hidden, num_layers=cfg.layers, dropout=cfg.dropout,
