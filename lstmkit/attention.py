@@ -39,7 +39,8 @@ class Attention(nn.Module):
         return keys
 
     def scores(self, query: Tensor, keys: Tensor, projected: Tensor) -> Tensor:
-        raise NotImplementedError
+        """e (B, S) from the query and the precomputed keys; each attention defines it."""
+        raise NotImplementedError(f"{type(self).__name__} defines no score function")
 
     def forward(self, query: Tensor, keys: Tensor, mask: Tensor | None = None,
                 projected: Tensor | None = None) -> tuple[Tensor, Tensor]:

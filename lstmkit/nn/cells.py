@@ -151,8 +151,9 @@ class RecurrentCell(nn.RNNCellBase):
     _recorder = None          # set by ``lstmkit.record`` while recording
 
     def _torch_step(self, x: Tensor, state: tuple[Tensor, ...], w: LayerWeights) -> tuple:
-        """The step by torch's own cell function (plain configurations)."""
-        raise NotImplementedError
+        """The step by torch's own cell function (plain configurations); every cell class
+        (LSTMCell, GRUCell, RNNCell) defines it."""
+        raise NotImplementedError(f"{type(self).__name__} defines no torch cell function")
 
     # -- interchange with torch.nn ---------------------------------------------------------
     def _variant_options(self) -> dict[str, object]:
