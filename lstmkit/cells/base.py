@@ -123,6 +123,12 @@ class CellSpec:
     def option(self, name: str, default: object = None) -> object:
         return dict(self.options).get(name, default)
 
+    def config(self) -> tuple[str, tuple[tuple[str, object], ...]]:
+        """The family and options as plain data (named tuples as tuples), such that
+        ``build(*spec.config())`` rebuilds the spec (e.g. for pickling)."""
+        return self.family, tuple((k, tuple(v) if isinstance(v, tuple) else v)
+                                  for k, v in self.options)
+
     @property
     def key(self) -> str:
         """The family and options as text (for the custom op and caches)."""

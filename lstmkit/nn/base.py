@@ -195,8 +195,7 @@ class RecurrentBase(nn.RNNBase):
         """The module's state with the cell as (family, options) and the regularisers as a
         dict: no functions or partials, so the safe loader needs only the module class."""
         state = self.__dict__.copy()
-        state["cell"] = (self.cell.family, tuple(
-            (k, tuple(v) if isinstance(v, tuple) else v) for k, v in self.cell.options))
+        state["cell"] = self.cell.config()
         state["regularization"] = dataclasses.asdict(self.regularization)
         return state
 

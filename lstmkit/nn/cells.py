@@ -199,8 +199,7 @@ class RecurrentCell(nn.RNNCellBase):
     # -- pickling: plain data (see RecurrentBase) -------------------------------------------
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["cell"] = (self.cell.family, tuple(
-            (k, tuple(v) if isinstance(v, tuple) else v) for k, v in self.cell.options))
+        state["cell"] = self.cell.config()
         return state
 
     def __setstate__(self, state: dict) -> None:
