@@ -484,6 +484,64 @@ def test_trace_runs_on_other_lengths_and_batches(cls):
             torch.testing.assert_close(u, v)
 
 
+_TRACED_VARIANTS = {
+    "peephole-bi-2": lambda: lstmkit.LSTM(I, H, 2, peephole=True, bidirectional=True),
+    "coupled-batch-first": lambda: lstmkit.LSTM(I, H, coupled=True, batch_first=True),
+    "proj-peephole": lambda: lstmkit.LSTM(I, H, proj_size=2, peephole=True),
+    "ln-gru": lambda: lstmkit.GRU(I, H, layer_norm=True),
+    "clockwork": lambda: lstmkit.ClockworkRNN(I, 4, num_modules=2),
+    "depth-gated": lambda: lstmkit.DepthGatedLSTM(I, H, num_layers=2),
+    "lstm-recording-backend": lambda: lstmkit.LSTM(I, H, backend="fused_py"),
+}
+
+
+def _saved_and_loaded(traced):
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    buffer.seek(0)
+    return torch.jit.load(buffer)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("name", list(_TRACED_VARIANTS))
+def test_trace_of_a_variant_runs_on_other_shapes_and_saves(name):
+    """A variant has no aten op: it traces as one ``lstmkit::<family>_layer`` node per layer,
+    which runs on any length and batch size and survives torch.jit.save/load."""
+    torch.manual_seed(0)
+    m = _TRACED_VARIANTS[name]().eval()
+    first = (5, 2, I) if not m.batch_first else (2, 5, I)
+    traced = torch.jit.trace(m, (torch.randn(*first),))
+    assert any(n.kind().startswith("lstmkit::") or n.kind().startswith("aten::lstm")
+               for n in traced.graph.nodes())
+    assert not any(n.kind() == "prim::PythonOp" for n in traced.graph.nodes())
+    loaded = _saved_and_loaded(traced)
+    for shape in ((9, 3, I), (1, 1, I), (3, 6, I)):
+        x = torch.randn(*shape, requires_grad=True)
+        want = m(x)
+        got = loaded(x)
+        for u, v in zip(_tensors(got), _tensors(want), strict=True):
+            torch.testing.assert_close(u, v)
+        (gx_want,) = torch.autograd.grad(_tensors(want)[0].sum(), x)
+        (gx_got,) = torch.autograd.grad(_tensors(got)[0].sum(), x)
+        torch.testing.assert_close(gx_got, gx_want)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("make", [
+    lambda: lstmkit.LSTMCell(I, H, peephole=True),
+    lambda: lstmkit.GRUCell(I, H, layer_norm=True),
+    lambda: lstmkit.RNNCell(I, H, nonlinearity="relu"),
+], ids=["lstm-peephole", "gru-ln", "rnn-relu"])
+def test_trace_of_a_cell_runs_on_other_batches(make):
+    torch.manual_seed(0)
+    cell = make()
+    loaded = _saved_and_loaded(torch.jit.trace(cell, (torch.randn(3, I),)))
+    for batch in (1, 7):
+        x = torch.randn(batch, I)
+        for u, v in zip(_tensors(loaded(x)), _tensors(cell(x)), strict=True):
+            torch.testing.assert_close(u, v)
+
+
 @pytest.mark.parametrize("make", [
     lambda: lstmkit.LSTM(I, H, 2),
     lambda: lstmkit.GRU(I, H, bidirectional=True),

@@ -294,7 +294,8 @@ class RecurrentBase(nn.RNNBase):
             output = PackedSequence(out, packed.batch_sizes, packed.sorted_indices,
                                     packed.unsorted_indices)
             return output, states
-        output = out.view(seq.steps, seq.batch, out.shape[-1])          # (T, B, D·H_out)
+        # (T, B, D·H_out); T as -1 so that a trace follows the input's length
+        output = out.view(-1 if out.numel() else seq.steps, seq.batch, out.shape[-1])
         if seq.unbatched:
             return output.squeeze(1), tuple(s.squeeze(1) for s in states)
         if self.batch_first:

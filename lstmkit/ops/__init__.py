@@ -100,7 +100,7 @@ def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[in
             return reference.run_layer
         raise ValueError(f"the {cell.family} cell has only the reference loop; "
                          f"backend={backend!r} cannot run it, use 'auto' or 'reference'")
-    if compiling:
+    if compiling or torch.jit.is_tracing():   # one custom op per layer: a general graph
         return _compiled(backend, cell, x, batch_sizes, projected, recording, masked)
     if backend == "auto" and _native_can_run(cell, x, batch_sizes, projected, recording,
                                              masked):

@@ -99,12 +99,29 @@ def parse_config(family: str, config: str, weights: list) -> tuple[CellSpec, Lay
 def _unpack(family, x, states0, weights, side, masks, batch_sizes, reverse, config, kernels):
     c = json.loads(config)
     cell, w = parse_config(family, config, weights)
+    if not batch_sizes:                  # traced padded input: the layout from the shapes
+        batch_sizes, side = _padded_layout(cell, x, states0, side, reverse)
     given = iter(masks)
     m = StepMasks(*(next(given) if here else None for here in c["masks"]))
     from . import kernels_for
     kern = kernels if isinstance(kernels, _NoLoop) else kernels_for(kernels, cell, x)
     call = Call(cell, tuple(batch_sizes), reverse, kern, len(w.extra), c["side"])
     return call, Inputs(x, tuple(states0), w, tuple(side), m)
+
+
+def _padded_layout(cell: CellSpec, x: Tensor, states0, side, reverse: bool):
+    """``batch_sizes=[]``: a padded input of ``x.shape[0] // B`` steps of ``B`` rows (``B``
+    from the initial state), with the family's schedule computed here rather than passed
+    in. :func:`torch.jit.trace` records the op this way, so that the traced graph runs on
+    any length and batch size."""
+    B = states0[0].shape[0]
+    batch_sizes = [B] * (x.shape[0] // B) if B else []
+    return batch_sizes, (*cell.schedule(batch_sizes, reverse, x.device), *side)
+
+
+def _n_derived(family: str, config: str, n_side: int) -> int:
+    """How many side inputs :func:`_padded_layout` adds (the op was given ``n_side``)."""
+    return json.loads(config)["side"] - n_side
 
 
 def _empty(like: Tensor) -> Tensor:
@@ -157,9 +174,15 @@ def make_layer_op(family: str):
                     dseqs: list[Tensor], dfinals: list[Tensor], batch_sizes: list[int],
                     reverse: bool, config: str, kernels: str, needs: list[bool]
                     ) -> list[Tensor]:
+        derived = _n_derived(family, config, len(side)) if not batch_sizes else 0
         call, inp = _unpack(family, x, states0, weights, side, masks, batch_sizes, reverse,
                             config, kernels)
-        return _backward(call, inp, kept, dseqs, dfinals, needs)
+        if not derived:
+            return _backward(call, inp, kept, dseqs, dfinals, needs)
+        k = len(needs) - len(side)             # the derived schedule takes no gradient
+        grads = _backward(call, inp, kept, dseqs, dfinals,
+                          [*needs[:k], *[False] * derived, *needs[k:]])
+        return grads[:k] + grads[k + derived:]
 
     def backward_fake(x, states0, weights, side, masks, kept, dseqs, dfinals, batch_sizes,
                       reverse, config, kernels, needs):
@@ -202,7 +225,7 @@ def make_layer_op(family: str):
         g = [None if (not need or v.numel() == 0 and v.dim() == 1) else v
              for v, need in zip(g, needs)]
         return (g[0], g[1:1 + n_s], g[1 + n_s:1 + n_s + n_w], g[1 + n_s + n_w:],
-                [None] * n_m, None, None, None, None)
+                [None] * n_m, None if batch_sizes else [], None, None, None)
 
     op.register_autograd(autograd, setup_context=setup_context)
     _OPS[family] = op
@@ -241,17 +264,28 @@ for _family in families():
     make_layer_op(_family)
 
 
+def traced_padded(x: Tensor, batch_sizes: list, state0: State) -> bool:
+    """:func:`torch.jit.trace` is recording a padded input: the op then gets no
+    ``batch_sizes`` (a traced list of sizes would fix the length and the batch)."""
+    return (torch.jit.is_tracing() and len(batch_sizes) > 0
+            and all(b is batch_sizes[0] for b in batch_sizes))
+
+
 def run_layer(cell: CellSpec, x: Tensor, batch_sizes: list[int], state0: State,
               w: LayerWeights, *, reverse: bool = False, record: bool = False, kernels: str,
               masks: StepMasks | None = None, side: tuple[Tensor, ...] = (),
               sequences: bool = False) -> tuple:
     """:func:`lstmkit.ops.fused.run_layer` through the custom op of the cell's family."""
-    side = (*cell.schedule(batch_sizes, reverse, x.device), *side)
+    schedule = cell.schedule(batch_sizes, reverse, x.device)
     masks = masks or StepMasks()
     op = make_layer_op(cell.family)
-    config = config_of(cell, w, len(side), masks)
+    config = config_of(cell, w, len(schedule) + len(side), masks)
+    if traced_padded(x, batch_sizes, state0):
+        layout: list = []                # the op derives the layout and schedule when it runs
+    else:
+        side, layout = (*schedule, *side), list(batch_sizes)
     outs = op(x.contiguous(), list(state0), [t for t in (*w[:6], *w.extra) if t is not None],
-              list(side), [m for m in masks if m is not None], list(batch_sizes), reverse,
+              list(side), [m for m in masks if m is not None], layout, reverse,
               config, kernels)
     n_all, n = len(cell.states), cell.n_states
     seqs, final = outs[:n], tuple(outs[n_all:n_all + n])
