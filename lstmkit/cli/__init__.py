@@ -14,15 +14,18 @@
     lstmkit tag train | predict | evaluate
                                   a BiLSTM-CRF tagger on CoNLL/CoNLL-U files: train it,
                                   tag a file, score it (token accuracy, entity F1)
+    lstmkit seq2seq train | translate | evaluate
+                                  an attentional encoder–decoder on TSV pairs (default:
+                                  CMUdict grapheme-to-phoneme): train, decode, score
     lstmkit experiment TASK       the long-time-lag tasks (adding, copy, Reber, temporal
                                   order): cells × seeds, results table and curves
     lstmkit gradient-flow         ‖∂L/∂h_t‖ over t for RNN, GRU and LSTM
     lstmkit inspect RUN_DIR       an HTML page of a trained model's gates and cells
 
-One module per group of subcommands (demo, bench, train, tasks, tag, experiment, inspect), each
-with ``add_parsers(sub)``; they parse the options and call the library (:mod:`lstmkit.train`,
-:mod:`lstmkit.bench`, :mod:`lstmkit.viz`), which parses none. ``python -m lstmkit.cli`` runs
-the same command.
+One module per group of subcommands (demo, bench, train, tasks, tag, seq2seq, experiment,
+inspect), each with ``add_parsers(sub)``; they parse the options and call the library
+(:mod:`lstmkit.train`, :mod:`lstmkit.bench`, :mod:`lstmkit.viz`), which parses none.
+``python -m lstmkit.cli`` runs the same command.
 """
 
 from __future__ import annotations
@@ -30,14 +33,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import bench, demo, experiment, inspect, tag, tasks, train
+from . import bench, demo, experiment, inspect, seq2seq, tag, tasks, train
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lstmkit", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (demo, bench, train, tasks, tag, experiment, inspect):
+    for module in (demo, bench, train, tasks, tag, seq2seq, experiment, inspect):
         module.add_parsers(sub)
     return parser
 
