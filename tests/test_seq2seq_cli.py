@@ -232,3 +232,22 @@ def test_resume_continues_exactly(data, tmp_path, capsys):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert main(["seq2seq", "train", "--resume", str(split), "--hidden", "4"]) == 2
     assert "cannot change hidden" in capsys.readouterr().err
+
+
+def test_inspect_writes_the_attention_page_and_png(run, tmp_path, capsys):
+    assert (run / "attention.png").exists()               # drawn when training ended
+    out = tmp_path / "att.html"
+    assert main(["inspect", str(run), "--text", "cafe", "--out", str(out),
+                 "--png", str(tmp_path / "png")]) == 0
+    assert (tmp_path / "png" / "attention.png").stat().st_size > 1000
+    doc = json.loads(out.with_suffix(".json").read_text())
+    (ex,) = doc["examples"]
+    assert ex["source"] == list("cafe")
+    assert len(ex["alpha"]) == len(ex["output"]) and ex["output"][-1] == "</s>"
+    for row in ex["alpha"]:
+        assert len(row) == 4 and sum(row) == pytest.approx(1, abs=1e-3)
+    page = out.read_text()
+    assert page.count("<table>") == 1 and "cafe" in page
+    capsys.readouterr()
+    assert main(["inspect", str(run), "--out", str(tmp_path / "d.html")]) == 0   # test split
+    assert len(json.loads((tmp_path / "d.json").read_text())["examples"]) == 6

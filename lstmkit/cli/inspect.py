@@ -1,5 +1,6 @@
 """``lstmkit inspect``: a trained language model's gates and cells, as an HTML page (and its
-JSON) from :mod:`lstmkit.viz.report`, and PNGs from :mod:`lstmkit.viz.gates`."""
+JSON) from :mod:`lstmkit.viz.report`, and PNGs from :mod:`lstmkit.viz.gates`; for a seq2seq
+run, its attention alignments (:mod:`lstmkit.viz.attention`)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from ._common import error
 
 def add_parsers(sub) -> None:
     ins = sub.add_parser(
-        "inspect", help="an HTML page of a trained model's gates and cells on a text",
+        "inspect", help="an HTML page of a trained model's gates and cells on a text "
+                        "(a seq2seq run: its attention)",
         description="Read a text with a trained language model and write a self-contained "
                     "HTML page (and its JSON): the text coloured by a chosen cell, cells "
                     "sorted by how interpretable they are, top-k predictions on hover, gate "
-                    "heatmaps and saturation.")
+                    "heatmaps and saturation. For a `lstmkit seq2seq` run: the source × "
+                    "output attention of --text, of each line of --file, or of the first "
+                    "test sources, as RUN_DIR/attention.html and, with --png, attention.png.")
     ins.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     source = ins.add_mutually_exclusive_group()
     source.add_argument("--text", help="the text to read")
@@ -37,8 +41,56 @@ def add_parsers(sub) -> None:
     ins.set_defaults(func=cmd_inspect)
 
 
+def _is_seq2seq_run(run_dir: Path) -> bool:
+    import json
+    try:
+        return "source_tokens" in json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def cmd_inspect_seq2seq(args: argparse.Namespace) -> int:
+    """A seq2seq run: the attention alignments of --text, of the lines of --file, or of the
+    first test sources, as RUN_DIR/attention.html (+ .json) and, with --png, a PNG."""
+    from ..data.pairs import PairsError
+    from ..train.seq2seq import load_seq2seq, run_splits
+    from ..viz.attention import plot_alignments, write_attention_report
+
+    try:
+        run = load_seq2seq(args.run_dir, args.checkpoint)
+        if args.text is not None:
+            texts = [args.text]
+        elif args.file is not None:
+            try:
+                lines = args.file.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as e:
+                return error(f"cannot read {args.file}: {e}")
+            texts = [t for t in lines if t.strip()]
+        else:
+            _, (_, _, test) = run_splits(run.config)
+            texts = [e.source for e in test[:6]]
+        if not texts:
+            return error("nothing to inspect: the text is empty")
+        examples = run.translate(texts, attention=True)
+    except (PairsError, CheckpointError, ValueError) as e:
+        return error(str(e))
+    title = f"{args.run_dir.name}: {run.config.attention} attention, step {run.step}"
+    out = args.out or args.run_dir / "attention.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    html_path, json_path = write_attention_report(examples, out, title=title)
+    print(f"wrote {html_path} and {json_path}: {len(examples)} alignment(s)")
+    if args.png is not None:
+        args.png.mkdir(parents=True, exist_ok=True)
+        plot_alignments(examples, args.png / "attention.png", title=title)
+        print(f"wrote {args.png}/attention.png")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     import json
+
+    if _is_seq2seq_run(args.run_dir):
+        return cmd_inspect_seq2seq(args)
 
     from ..data.text import read_corpus, split_by_position
     from ..train.sample import load_run

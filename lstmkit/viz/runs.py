@@ -58,15 +58,34 @@ def confusion_png(trainer: Any, result: Any) -> None:
         print(f"note: no confusion.png ({e})")
 
 
+def attention_png(trainer: Any, result: Any) -> None:
+    """An ``after_run`` hook of a :class:`~lstmkit.train.seq2seq.Seq2SeqTrainer`:
+    ``attention.png``, the alignments of the first test sources by the best checkpoint."""
+    from ..train.seq2seq import load_seq2seq
+    from .attention import plot_alignments
+
+    run = load_seq2seq(trainer.run_dir)
+    texts = [e.source for e in trainer.test_set.entries[:6]]
+    try:
+        plot_alignments(run.translate(texts, attention=True), trainer.run_dir / "attention.png",
+                        title=f"{trainer.plot_title()}, step {run.step}")
+    except ImportError as e:
+        print(f"note: no attention.png ({e})")
+
+
 def with_plots(trainer: Any) -> Any:
-    """``trainer``, drawing ``loss.png`` at every checkpoint and, for a forecast or a
-    classification run, ``forecast.png`` or ``confusion.png`` at the end."""
+    """``trainer``, drawing ``loss.png`` at every checkpoint and, for a forecast, a
+    classification or a seq2seq run, ``forecast.png``, ``confusion.png`` or
+    ``attention.png`` at the end."""
     from ..train.classify import ClassifyTrainer
     from ..train.forecast import ForecastTrainer
+    from ..train.seq2seq import Seq2SeqTrainer
 
     trainer.on_checkpoint.append(LossCurve())
     if isinstance(trainer, ForecastTrainer):
         trainer.after_run.append(forecast_png)
+    elif isinstance(trainer, Seq2SeqTrainer):
+        trainer.after_run.append(attention_png)
     elif isinstance(trainer, ClassifyTrainer):
         trainer.after_run.append(confusion_png)
     return trainer
