@@ -242,9 +242,11 @@ class RecurrentBase(nn.RNNBase):
         param = self.weight_ih_l0
         seq = checks.prepare_input(name, input, self.input_size, self.batch_first, param)
         state0 = checks.prepare_hx(name, hx, seq, self._state_shapes(), self._state_labels(), param)
-        if seq.batch == 0:                     # an empty batch: empty outputs, as torch.nn
-            width = self.output_size * self.num_directions
-            return self._format(seq, seq.x.new_zeros(0, width), state0)
+        if seq.batch == 0:                     # an empty batch: empty outputs, as torch.nn,
+            width = self.output_size * self.num_directions   # in the graph of x and weights
+            link = sum((w[:0].sum() for w in self._flat_weights if w is not None), seq.x[:0].sum())
+            return self._format(seq, seq.x.new_zeros(0, width) + link,
+                                tuple(s + link for s in state0))
         recorder = self._recorder
         reg = self.regularization
         run_layer = ops.select_backend(self.backend, self.cell, seq.x, seq.batch_sizes,
