@@ -177,7 +177,7 @@ def test_cell_errors():
         cell(torch.randn(2, 4))
     with pytest.raises(ValueError, match="Expected input to be 1D or 2D, got 3D"):
         cell(torch.randn(1, 2, I))
-    with pytest.raises(RuntimeError, match=r"expected h of shape \(2, 5\)"):
+    with pytest.raises(RuntimeError, match=r"Expected hidden size \(2, 5\) for h "):
         cell(torch.randn(2, I), (torch.zeros(3, H), torch.zeros(3, H)))
     with pytest.raises(ValueError, match="gate_recurrence"):
         lstmkit.LSTMCell(I, H, gate_recurrence=True)

@@ -56,7 +56,7 @@ def test_unknown_keyword_and_nonlinearity():
     with pytest.raises(TypeError, match="unexpected keyword argument 'peephole_size'"):
         lstmkit.GRU(I, H, peephole_size=3)
     with pytest.raises(ValueError,
-                       match=r"nonlinearity must be one of \['relu', 'tanh'\], got 'sigmoid'"):
+                       match=r"Unknown nonlinearity 'sigmoid'; nonlinearity must be one of \['relu', 'tanh'\]"):
         lstmkit.RNN(I, H, nonlinearity="sigmoid")
 
 
@@ -90,7 +90,7 @@ def test_empty_input(lstm):
     """Zero steps: an error that is a ValueError and, as torch.nn's, a RuntimeError. An
     empty batch: empty outputs of torch.nn's shapes."""
     for exc in (ValueError, RuntimeError):
-        with pytest.raises(exc, match="sequence length 0"):
+        with pytest.raises(exc, match="sequence length to be larger than 0"):
             lstm(torch.randn(0, 2, I))
     with pytest.raises(RuntimeError):
         torch.nn.LSTM(I, H)(torch.randn(0, 2, I))          # torch.nn: RuntimeError too
@@ -126,9 +126,9 @@ def test_mismatched_device(lstm):
 def test_wrong_hx(lstm):
     x = torch.randn(3, 2, I)
     good = torch.zeros(2, 2, H)
-    with pytest.raises(ValueError, match=r"expected h_0 of shape \(2, 2, 5\).*got \(1, 2, 5\)"):
+    with pytest.raises(ValueError, match=r"Expected hidden size \(2, 2, 5\) for h_0.*got \(1, 2, 5\)"):
         lstm(x, (torch.zeros(1, 2, H), good))
-    with pytest.raises(ValueError, match=r"expected c_0 of shape \(2, 2, 5\).*got \(2, 3, 5\)"):
+    with pytest.raises(ValueError, match=r"Expected hidden size \(2, 2, 5\) for c_0.*got \(2, 3, 5\)"):
         lstm(x, (good, torch.zeros(2, 3, H)))
     with pytest.raises(TypeError, match=r"tuple \(h_0, c_0\) of Tensors, got Tensor"):
         lstm(x, good)
@@ -138,6 +138,6 @@ def test_wrong_hx(lstm):
 
 def test_wrong_hx_unbatched_and_projected():
     m = lstmkit.LSTM(I, H, proj_size=2)
-    with pytest.raises(ValueError, match=r"expected h_0 of shape \(1, 2\) for unbatched input"):
+    with pytest.raises(ValueError, match=r"Expected hidden size \(1, 2\) for h_0 \(unbatched input"):
         m(torch.randn(3, I), (torch.zeros(1, H), torch.zeros(1, H)))
 

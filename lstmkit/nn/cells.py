@@ -314,8 +314,8 @@ class RNNCell(RecurrentCell):
                  nonlinearity: str = "tanh", device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None, *, backend: str = "auto") -> None:
         if nonlinearity not in NONLINEARITIES:
-            raise ValueError(f"RNNCell: nonlinearity must be one of {sorted(NONLINEARITIES)}, "
-                             f"got {nonlinearity!r}")
+            raise ValueError(f"RNNCell: Unknown nonlinearity {nonlinearity!r}; nonlinearity must "
+                             f"be one of {sorted(NONLINEARITIES)}")
         self.nonlinearity = nonlinearity
         super().__init__(rnn_spec(nonlinearity=nonlinearity), input_size, hidden_size, bias,
                          device, dtype, backend=backend)
@@ -373,7 +373,7 @@ def _check_hx(name: str, hx: object, labels: tuple[str, ...], B: int, H: int,
     out = []
     for h, label in zip(states, labels):
         if tuple(h.shape) != want:
-            raise checks.ShapeError(f"{name}: expected {label} of shape {want} (batch, "
+            raise checks.ShapeError(f"{name}: Expected hidden size {want} for {label} (batch, "
                                     f"hidden_size) to go with the input, got {tuple(h.shape)}")
         checks.check_tensor_dtype(name, label, h, param)
         out.append(h.unsqueeze(0) if unbatched else h)

@@ -115,8 +115,8 @@ def prepare_input(name: str, input: object, input_size: int, batch_first: bool,
                          f"(the feature size), got {x.shape[-1]} in {what} of shape "
                          f"{tuple((input.data if seq.packed else input).shape)}")
     if seq.steps == 0:                           # an empty batch (B = 0) is fine, as in torch
-        raise ShapeError(f"{name}: {what} has sequence length 0; a recurrent layer needs at "
-                         f"least one step (got shape {tuple(x.shape)})")
+        raise ShapeError(f"{name}: Expected sequence length to be larger than 0 in RNN: {what} "
+                         f"has shape {tuple(x.shape)}; a recurrent layer needs at least one step")
     check_tensor_dtype(name, what, x, param)
     return seq
 
@@ -146,8 +146,8 @@ def prepare_hx(
         if tuple(h.shape) != want:
             form = "unbatched input: (num_layers*num_directions, size)" if seq.unbatched \
                 else "(num_layers*num_directions, batch, size)"
-            raise ShapeError(f"{name}: expected {label} of shape {want} for {form}, "
-                             f"got {tuple(h.shape)}")
+            raise ShapeError(f"{name}: Expected hidden size {want} for {label} "
+                             f"({form}), got {tuple(h.shape)}")
         check_tensor_dtype(name, label, h, param)
         h = h.unsqueeze(1) if seq.unbatched else h
         if seq.packed is not None and seq.packed.sorted_indices is not None:

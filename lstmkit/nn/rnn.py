@@ -55,8 +55,8 @@ class RNN(RecurrentBase):
                                  recurrent_dropout=recurrent_dropout,
                                  weight_dropout=weight_dropout)
         if nonlinearity not in NONLINEARITIES:
-            raise ValueError(f"RNN: nonlinearity must be one of {sorted(NONLINEARITIES)}, "
-                             f"got {nonlinearity!r}")
+            raise ValueError(f"RNN: Unknown nonlinearity {nonlinearity!r}; nonlinearity must "
+                             f"be one of {sorted(NONLINEARITIES)}")
         self.nonlinearity = nonlinearity
         super().__init__(rnn_spec(nonlinearity=nonlinearity), input_size, hidden_size,
                          num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype,
