@@ -56,7 +56,8 @@ def test_unknown_keyword_and_nonlinearity():
     with pytest.raises(TypeError, match="unexpected keyword argument 'peephole_size'"):
         lstmkit.GRU(I, H, peephole_size=3)
     with pytest.raises(ValueError,
-                       match=r"Unknown nonlinearity 'sigmoid'; nonlinearity must be one of \['relu', 'tanh'\]"):
+                       match=r"Unknown nonlinearity 'sigmoid'; nonlinearity must be one of "
+                             r"\['relu', 'tanh'\]"):
         lstmkit.RNN(I, H, nonlinearity="sigmoid")
 
 
@@ -126,9 +127,11 @@ def test_mismatched_device(lstm):
 def test_wrong_hx(lstm):
     x = torch.randn(3, 2, I)
     good = torch.zeros(2, 2, H)
-    with pytest.raises(ValueError, match=r"Expected hidden size \(2, 2, 5\) for h_0.*got \(1, 2, 5\)"):
+    with pytest.raises(ValueError, match=r"Expected hidden size \(2, 2, 5\) for h_0.*"
+                                                r"got \(1, 2, 5\)"):
         lstm(x, (torch.zeros(1, 2, H), good))
-    with pytest.raises(ValueError, match=r"Expected hidden size \(2, 2, 5\) for c_0.*got \(2, 3, 5\)"):
+    with pytest.raises(ValueError, match=r"Expected hidden size \(2, 2, 5\) for c_0.*"
+                                                r"got \(2, 3, 5\)"):
         lstm(x, (good, torch.zeros(2, 3, H)))
     with pytest.raises(TypeError, match=r"tuple \(h_0, c_0\) of Tensors, got Tensor"):
         lstm(x, good)
@@ -138,6 +141,7 @@ def test_wrong_hx(lstm):
 
 def test_wrong_hx_unbatched_and_projected():
     m = lstmkit.LSTM(I, H, proj_size=2)
-    with pytest.raises(ValueError, match=r"Expected hidden size \(1, 2\) for h_0 \(unbatched input"):
+    with pytest.raises(ValueError, match=r"Expected hidden size \(1, 2\) for h_0 "
+                                                r"\(unbatched input"):
         m(torch.randn(3, I), (torch.zeros(1, H), torch.zeros(1, H)))
 

@@ -251,3 +251,13 @@ def test_inspect_writes_the_attention_page_and_png(run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["inspect", str(run), "--out", str(tmp_path / "d.html")]) == 0   # test split
     assert len(json.loads((tmp_path / "d.json").read_text())["examples"]) == 6
+
+
+def test_no_stress_scores_phonemes_without_their_digits():
+    from lstmkit.train.seq2seq import strip_stress
+    assert strip_stress(["HH", "AH0", "L", "OW1", "ER2", "A1B", "2"]) == [
+        "HH", "AH", "L", "OW", "ER", "A1B", "2"]
+    refs = [[["R", "EH1", "D"]]]
+    assert score_outputs([["R", "EH2", "D"]], refs)["exact_match"] == 0
+    assert score_outputs([strip_stress(["R", "EH2", "D"])],
+                         [[strip_stress(r) for r in refs[0]]])["exact_match"] == 1

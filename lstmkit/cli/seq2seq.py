@@ -104,6 +104,9 @@ def add_parsers(sub) -> None:
     ev.add_argument("run_dir", type=Path, metavar="RUN")
     ev.add_argument("--data", metavar="PAIRS.tsv", help="pairs to score (default: test split)")
     ev.add_argument("--beam", type=positive_int, default=1, help="beam size (1: greedy)")
+    ev.add_argument("--no-stress", action="store_true",
+                    help="score phonemes without their stress digits (AH0 → AH), as the "
+                         "published CMUdict G2P results do")
     ev.set_defaults(func=cmd_evaluate)
 
 
@@ -143,7 +146,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..train.seq2seq import evaluate_run
 
     try:
-        scores = evaluate_run(args.run_dir, args.data, args.beam)
+        scores = evaluate_run(args.run_dir, args.data, args.beam, no_stress=args.no_stress)
     except (PairsError, CheckpointError, ValueError, ImportError, DatasetUnavailable) as e:
         return error(str(e))
     print(json.dumps(scores, indent=1))

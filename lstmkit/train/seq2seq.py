@@ -365,13 +365,27 @@ class Seq2SeqTrainer(TrainerBase):
         return Seq2SeqResult(self.run_dir, self.best_step, val, test)
 
 
+def strip_stress(tokens: Sequence[str]) -> list[str]:
+    """ARPAbet phonemes without their stress digit (``AH0`` → ``AH``), as the G2P
+    literature scores CMUdict; other tokens unchanged."""
+    return [t[:-1] if len(t) > 1 and t[-1] in "012" and t[:-1].isalpha() else t
+            for t in tokens]
+
+
 def evaluate_split(model: Seq2Seq, split: Encoded, src: Vocab, tgt: Vocab,
-                   cfg: Seq2SeqConfig, max_len: int, beam: int) -> dict:
+                   cfg: Seq2SeqConfig, max_len: int, beam: int, *,
+                   no_stress: bool = False) -> dict:
+    """Decode a split and score it; ``no_stress`` scores outputs and references with their
+    stress digits removed (:func:`strip_stress`)."""
     outs = decode_sources(model, split.sources, src, tgt, beam=beam, max_len=max_len,
                           length_penalty=cfg.length_penalty)
+    refs = split.references
+    if no_stress:
+        outs = [strip_stress(o) for o in outs]
+        refs = [[strip_stress(r) for r in rs] for rs in refs]
     bleu = cfg.target_tokens == "word"
-    return {**score_outputs(outs, split.references, bleu=bleu, detok=cfg.target_tokens),
-            "beam": beam}
+    return {**score_outputs(outs, refs, bleu=bleu, detok=cfg.target_tokens), "beam": beam,
+            "stress": not no_stress}
 
 
 # --- using a run ------------------------------------------------------------------------------
@@ -414,7 +428,8 @@ def load_seq2seq(run_dir: str | Path, which: str = "best") -> Seq2SeqRun:
     return Seq2SeqRun(model.eval(), cfg, src, tgt, max_len, int(payload["step"]))
 
 
-def evaluate_run(run_dir: str | Path, data: str | None = None, beam: int = 1) -> dict:
+def evaluate_run(run_dir: str | Path, data: str | None = None, beam: int = 1, *,
+                 no_stress: bool = False) -> dict:
     """Scores of a run's best checkpoint on a pairs file, or on its own test split."""
     run = load_seq2seq(run_dir)
     cfg = run.config
@@ -425,7 +440,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, beam: int = 1) ->
         entries, what = list(load_pairs(data).entries), str(data)
     split = encode_split(entries, cfg, run.source_vocab, run.target_vocab)
     scores = evaluate_split(run.model, split, run.source_vocab, run.target_vocab, cfg,
-                            run.max_len, beam)
+                            run.max_len, beam, no_stress=no_stress)
     return {"data": what, "checkpoint_step": run.step, **scores}
 
 
