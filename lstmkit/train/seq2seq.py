@@ -404,8 +404,8 @@ class Seq2SeqRun:
         """Each text's output text (and with ``attention``, (source tokens, output tokens,
         α) per text)."""
         cfg = self.config
-        sources = [tokenize(t.lower() if cfg.lowercase else t, cfg.source_tokens)
-                   for t in texts]
+        lower = cfg.lowercase or cfg.data is None        # CMUdict's words are lower case
+        sources = [tokenize(t.lower() if lower else t, cfg.source_tokens) for t in texts]
         got = decode_sources(self.model, sources, self.source_vocab, self.target_vocab,
                              beam=beam, max_len=max_len or self.max_len,
                              length_penalty=cfg.length_penalty, attention=attention)
