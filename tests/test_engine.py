@@ -246,7 +246,7 @@ def test_compile_has_no_graph_breaks_and_equals_eager(name):
 
 
 @pytest.mark.parametrize("name", ["lstm-layer-norm", "gru-layer-norm", "clockwork",
-                                  "depth-gated", "lstm-fgr"])
+                                  "depth-gated", "lstm-fgr", "mut3"])
 def test_torch_export_of_every_family(name):
     torch.manual_seed(2)
     model = Model(FAMILY_MODELS[name]()).eval()

@@ -210,6 +210,24 @@ def test_compile_has_no_graph_breaks():
     torch.testing.assert_close(compiled(x)[0], m(x)[0], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_onnx_export_unrolls_the_equations(variant, tmp_path):
+    """No ONNX operator computes a MUT: the export unrolls its reference equations into
+    plain ONNX operators, and onnxruntime computes the same outputs."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from lstmkit.interop.onnx import export
+    torch.manual_seed(0)
+    m = lstmkit.MUT(H, H, variant=variant, num_layers=2).eval()
+    x = torch.randn(5, 2, H)
+    path = export(m, (x,), tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = m(x)[0]
+    torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-5, rtol=1e-5)
+
+
 # -- the command lines ---------------------------------------------------------------------------
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lstmkit.cli", *args], capture_output=True,
