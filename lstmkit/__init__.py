@@ -15,6 +15,7 @@ from .inspect import LayerRecord, Recording, record
 from .nn import (
     GRU,
     LSTM,
+    MUT,
     RNN,
     ClockworkRNN,
     DepthGatedLSTM,
@@ -32,7 +33,7 @@ LSTM1997 = module_for("lstm1997", "LSTM1997")      # Hochreiter & Schmidhuber 19
 # A whole module pickles as plain data (its configuration and tensors), so torch's safe
 # loader can rebuild it once the class is allowed; lstmkit allows its own classes here, so
 # ``torch.load(path, weights_only=True)`` needs only the user's classes allow-listed.
-_torch.serialization.add_safe_globals([LSTM, GRU, RNN, ClockworkRNN, DepthGatedLSTM, LSTM1997,
+_torch.serialization.add_safe_globals([LSTM, GRU, RNN, ClockworkRNN, DepthGatedLSTM, LSTM1997, MUT,
                                        LSTMCell, GRUCell, RNNCell, DynamicQuantized])
 register_quantization()               # torch's quantize_dynamic maps lstmkit's classes too
 
@@ -46,6 +47,6 @@ def from_keras(layer_or_file):
     return convert(layer_or_file)
 
 
-__all__ = ["LSTM", "GRU", "RNN", "ClockworkRNN", "DepthGatedLSTM", "LSTM1997", "LSTMCell",
+__all__ = ["LSTM", "GRU", "RNN", "ClockworkRNN", "DepthGatedLSTM", "LSTM1997", "MUT", "LSTMCell",
            "GRUCell", "RNNCell", "CRF", "quantize_dynamic", "record",
            "Recording", "LayerRecord", "count_parameters", "summary", "from_keras", "__version__"]

@@ -58,11 +58,13 @@ def _module_summary(title: str, m: RecurrentBase) -> str:
         for d in range(m.num_directions):
             w = m.layer_weights(layer, d)
             peep_gates = [g for g in cell.gate_rows if g != "g"] if w.peephole is not None else []
-            for g in cell.gate_rows:
-                has_p = g in peep_gates
-                n = H * I + H * R + (2 * H if m.bias else 0) + (H if has_p else 0)
+            for g in _row_gates(cell):
+                has_p, has_x, has_h = g in peep_gates, g in cell.x_rows, g in cell.gate_rows
+                n_b = (has_x + has_h) * H if m.bias else 0
+                n = H * I * has_x + H * R * has_h + n_b + (H if has_p else 0)
                 rows.append((str(layer), "rev" if d else "fwd", f"{g} ({_GATE_NAMES[g]})",
-                             f"{H}x{I}", f"{H}x{R}", f"2x{H}" if m.bias else "-",
+                             f"{H}x{I}" if has_x else "-", f"{H}x{R}" if has_h else "-",
+                             f"{n_b // H}x{H}" if n_b else "-",
                              str(H) if has_p else "-", f"{n:,}"))
             if w.w_hr is not None:
                 rows.append((str(layer), "rev" if d else "fwd", "W_hr (projection)",
@@ -79,8 +81,18 @@ def _module_summary(title: str, m: RecurrentBase) -> str:
     return f"{title}: {m!r}\n" + "\n".join(lines) + "\n" + _formulas(m)
 
 
+def _row_gates(cell) -> tuple[str, ...]:
+    """The gates with rows in W_ih or W_hh; where the two differ (the MUTs: a gate may lack
+    either), in the order of the recorded gates."""
+    if cell.x_rows == cell.gate_rows:
+        return cell.gate_rows
+    return tuple(g for g in cell.gates if g in cell.x_rows or g in cell.gate_rows)
+
+
 def _formulas(m: RecurrentBase) -> str:
     """Per-layer count by formula, PyTorch layout and textbook, and why they differ."""
+    if m.cell.x_rows != m.cell.gate_rows:
+        return _formulas_split(m)
     G, H, R = len(m.cell.gate_rows), m.hidden_size, m.output_size
     hh = "H·P" if m.proj_size else "H·H"
     sq = "H·P" if m.proj_size else "H²"
@@ -113,5 +125,28 @@ def _formulas(m: RecurrentBase) -> str:
         out.append(f"  The two counts differ by {G}H per layer and direction: PyTorch (and "
                    "cuDNN) keep two bias vectors b_i* and b_h* that only ever appear as their "
                    "sum, so one of them adds parameters but no expressive power.")
+    out.append(f"  this module: {count_parameters(m):,} parameters")
+    return "\n".join(out)
+
+
+def _formulas_split(m: RecurrentBase) -> str:
+    """:func:`_formulas` for a family whose W_ih and W_hh have different row blocks (the
+    MUTs): G_x blocks read x_t, G_h blocks read h; K gates in all."""
+    cell, H = m.cell, m.hidden_size
+    G_x, G_h = len(cell.x_rows), len(cell.gate_rows)
+    K = len(set(cell.x_rows) | set(cell.gate_rows))
+    out = [f"per layer and direction (W_ih rows {'|'.join(cell.x_rows)}: G_x={G_x}; "
+           f"W_hh rows {'|'.join(cell.gate_rows)}: G_h={G_h}; {K} gates; H={H}):"]
+    for layer in range(m.num_layers):
+        I = m.input_size if layer == 0 else H * m.num_directions
+        if m.bias:
+            torch_n = G_x * (H * I + H) + G_h * (H * H + H)
+            book_n = G_x * H * I + G_h * H * H + K * H
+            out.append(f"  layer {layer} (I={I}): PyTorch layout, a bias per row block: "
+                       f"{G_x}·(H·I + H) + {G_h}·(H² + H) = {torch_n:,}; textbook, one bias "
+                       f"per gate: {G_x}·H·I + {G_h}·H² + {K}H = {book_n:,}")
+        else:
+            out.append(f"  layer {layer} (I={I}): no biases: {G_x}·H·I + {G_h}·H² = "
+                       f"{G_x * H * I + G_h * H * H:,}")
     out.append(f"  this module: {count_parameters(m):,} parameters")
     return "\n".join(out)

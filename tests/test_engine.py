@@ -64,7 +64,13 @@ VARIANTS = {
     "depth-gated": (lstmkit.DepthGatedLSTM, {}),
     "lstm1997": (lstmkit.LSTM1997, {}),
     "lstm1997-truncated": (lstmkit.LSTM1997, {"truncate": True}),
+    "mut1": (lstmkit.MUT, {"variant": 1}),
+    "mut2": (lstmkit.MUT, {"variant": 2}),
+    "mut3": (lstmkit.MUT, {"variant": 3}),
 }
+# MUT1 and MUT2 add x_t to an H-vector: their input is H wide, and a bidirectional stack of
+# them cannot have a second layer (it would read 2H), so they run one bidirectional layer.
+SQUARE = {"mut1", "mut2"}
 REGULARISERS = {
     "zoneout": {"zoneout": 0.3},
     "recurrent-dropout": {"recurrent_dropout": 0.4},
@@ -79,7 +85,7 @@ BACKENDS = ("reference", "fused_py", "fused_cpp")
 def _build(variant: str, backend: str, dtype=F64, **kw) -> nn.Module:
     cls, options = VARIANTS[variant]
     torch.manual_seed(0)
-    m = cls(I, H, dtype=dtype, backend=backend, **options, **kw)
+    m = cls(H if variant in SQUARE else I, H, dtype=dtype, backend=backend, **options, **kw)
     with torch.no_grad():
         for p in m.parameters():
             p.uniform_(-0.7, 0.7)                  # peepholes, gains, depth gates away from 0
@@ -88,7 +94,8 @@ def _build(variant: str, backend: str, dtype=F64, **kw) -> nn.Module:
 
 def _run(m: nn.Module, packed: bool, seed: int = 11):
     g = torch.Generator().manual_seed(1)
-    x, feed = make_input(6, 3, I, F64, batch_first=False, packed=packed, generator=g)
+    x, feed = make_input(6, 3, m.input_size, F64, batch_first=False, packed=packed,
+                         generator=g)
     n = m.num_layers * m.num_directions
     hx = tuple(torch.randn(n, 3, size, dtype=F64, generator=g).requires_grad_()
                for _, size in m._state_shapes())
@@ -130,7 +137,7 @@ def test_every_variant_with_every_regulariser(variant, regulariser, training):
                                                      lstmkit.ClockworkRNN):
         reg["zoneout"] = 0.3                        # one rate: these have only h
     kw = {"bidirectional": True, **reg}
-    if VARIANTS[variant][0] is not lstmkit.DepthGatedLSTM:
+    if VARIANTS[variant][0] is not lstmkit.DepthGatedLSTM and variant not in SQUARE:
         kw["num_layers"] = 2
     results = {}
     for backend in BACKENDS:
@@ -141,7 +148,8 @@ def test_every_variant_with_every_regulariser(variant, regulariser, training):
 
 
 @pytest.mark.parametrize("variant", ["lstm-nig", "lstm-fgr-peephole", "lstm-layer-norm",
-                                     "gru-layer-norm", "clockwork-1-3", "depth-gated"])
+                                     "gru-layer-norm", "clockwork-1-3", "depth-gated",
+                                     "mut1", "mut2", "mut3"])
 @pytest.mark.parametrize("kernels", ["py", "cpp"])
 def test_gradcheck_with_fixed_masks(variant, kernels):
     """gradcheck of one fused layer (both directions' loops: reverse=True) with recurrent
@@ -193,6 +201,7 @@ FAMILY_MODELS = {
     "depth-gated": lambda: lstmkit.DepthGatedLSTM(4, 6, 3, bidirectional=True),
     "lstm-zoneout-recurrent-dropout": lambda: lstmkit.LSTM(4, 6, zoneout=0.2,
                                                            recurrent_dropout=0.3),
+    "mut3": lambda: lstmkit.MUT(4, 6, variant=3, bidirectional=True),
 }
 
 
@@ -237,7 +246,7 @@ def test_compile_has_no_graph_breaks_and_equals_eager(name):
 
 
 @pytest.mark.parametrize("name", ["lstm-layer-norm", "gru-layer-norm", "clockwork",
-                                  "depth-gated", "lstm-fgr"])
+                                  "depth-gated", "lstm-fgr", "mut3"])
 def test_torch_export_of_every_family(name):
     torch.manual_seed(2)
     model = Model(FAMILY_MODELS[name]()).eval()
@@ -269,7 +278,8 @@ def test_chunked_backward_lowers_peak_memory(make, monkeypatch):
 # -- summary, registry ----------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_summary_lists_every_parameter(variant):
-    m = _build(variant, "auto", num_layers=2, bidirectional=True, bias=variant != "gru")
+    m = _build(variant, "auto", num_layers=2, bidirectional=variant not in SQUARE,
+               bias=variant not in ("gru", "mut2"))
     text = lstmkit.summary(m)
     rows = [ln.split() for ln in text.splitlines() if ln[:1].isdigit()]
     listed = sum(int(r[-1].replace(",", "")) for r in rows)

@@ -88,6 +88,9 @@ class CellSpec:
 
     ``gate_rows`` names the row blocks of ``w_ih``/``w_hh`` in order; ``gates`` the
     activations a step reports (for coupled LSTM ``f`` is reported though it has no rows).
+    ``input_rows``, where given, names the row blocks of ``w_ih`` (and ``b_ih``) when they
+    differ from those of ``w_hh`` (``gate_rows``): a family in which not every gate reads
+    x_t through a weight, or not every gate reads h_{t-1} (the MUTs of Jozefowicz et al.).
     ``n_states`` is the number of states the module exposes (2 for (h, c), 1 for (h,));
     ``states`` lists every carried state, the exposed ones first, then internal ones that
     start at zero and are not returned (e.g. the previous gate activations of FGR).
@@ -109,6 +112,7 @@ class CellSpec:
     gate_rows: tuple[str, ...]
     gates: tuple[str, ...]
     n_states: int
+    input_rows: tuple[str, ...] | None = None
     options: tuple[tuple[str, object], ...] = ()
     extra_params: tuple[ExtraParam, ...] = ()
     states: tuple[StateSpec, ...] = (H_STATE,)
@@ -119,6 +123,11 @@ class CellSpec:
     onnx: str | None = None
     layout_inputs: Callable[[list[int], bool, torch.device], list[Tensor]] | None = field(
         default=None, compare=False, hash=False)
+
+    @property
+    def x_rows(self) -> tuple[str, ...]:
+        """The row blocks of ``w_ih``: ``input_rows``, or ``gate_rows`` by default."""
+        return self.gate_rows if self.input_rows is None else self.input_rows
 
     def option(self, name: str, default: object = None) -> object:
         return dict(self.options).get(name, default)

@@ -42,6 +42,7 @@ def _demo_models(input_size: int, hidden: int) -> list[tuple[str, object]]:
                                                                  num_modules=modules)),
         ("DepthGatedLSTM, 2 layers", lstmkit.DepthGatedLSTM(input_size, hidden, 2)),
         ("LSTM1997 (Hochreiter & Schmidhuber)", lstmkit.LSTM1997(input_size, hidden)),
+        ("MUT3 (Jozefowicz et al.)", lstmkit.MUT(input_size, hidden, variant=3)),
     ]
 
 

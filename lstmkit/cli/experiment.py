@@ -30,7 +30,8 @@ def add_parsers(sub) -> None:
     exp.add_argument("--batch", type=positive_int, default=32)
     exp.add_argument("--lr", type=positive_float, default=1e-2, help="Adam (0.01)")
     exp.add_argument("--forget-bias", type=float, default=0.0,
-                     help="add this to the LSTM forget-gate bias at initialisation")
+                     help="add this to the LSTM forget-gate bias at initialisation "
+                          "(other cells ignore it)")
     exp.add_argument("--no-stop", action="store_true",
                      help="use the whole budget even after the task is solved")
     exp.add_argument("--out", type=Path, help="output folder (default runs/experiments/"

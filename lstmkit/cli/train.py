@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data.text import CorpusError
 from ..train.checkpoint import CheckpointError
+from ..train.config import CELLS
 from ..train.variants import GREFF_VARIANTS
 from ._args import fraction, positive_float, positive_int
 from ._common import add_schedule_options, error, run_job
@@ -31,13 +32,18 @@ def add_parsers(sub) -> None:
     data.add_argument("--val-fraction", type=fraction, default=S)
     data.add_argument("--test-fraction", type=fraction, default=S)
     model = train.add_argument_group("model")
-    model.add_argument("--cell", choices=["lstm", "gru", "rnn"], default=S)
+    model.add_argument("--cell", choices=list(CELLS), default=S,
+                       help="lstm (default), gru, rnn, or mut1/mut2/mut3 (Jozefowicz et al. "
+                            "2015; mut1 and mut2 need --embed equal to --hidden)")
     model.add_argument("--peephole", action="store_true", default=S)
     model.add_argument("--coupled", action="store_true", default=S,
                        help="coupled input-forget gate (CIFG)")
     model.add_argument("--variant", choices=list(GREFF_VARIANTS), default=S,
                        help="an LSTM variant of Greff et al. 2015 (vanilla = with peepholes; "
                             "nig, nfg, nog, niaf, noaf, np, cifg, fgr)")
+    model.add_argument("--forget-bias", type=float, metavar="F", default=S,
+                       help="LSTM: add F to the forget-gate biases after initialisation "
+                            "(Jozefowicz et al. 2015 use 1; default 0)")
     model.add_argument("--layers", type=positive_int, default=S)
     model.add_argument("--hidden", type=positive_int, default=S)
     model.add_argument("--embed", type=positive_int, default=S)

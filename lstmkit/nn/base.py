@@ -95,15 +95,17 @@ class RecurrentBase(nn.RNNBase):
         the same seed gives the same weights as torch.nn), then a variant's own (peepholes,
         the family's extra parameters), layer by layer."""
         H, G = self.hidden_size, len(self.cell.gate_rows)
+        G_x = len(self.cell.x_rows)                       # row blocks of W_ih (usually G)
         peephole = self.cell.option("peephole", False)
         standard, variant = [], []
         for layer in range(self.num_layers):
             for direction in range(self.num_directions):
                 size_in = self.input_size if layer == 0 else self.output_size * self.num_directions
                 sfx = f"_l{layer}" + ("_reverse" if direction else "")
-                shapes = {"weight_ih": (G * H, size_in), "weight_hh": (G * H, self.output_size)}
+                shapes = {"weight_ih": (G_x * H, size_in),
+                          "weight_hh": (G * H, self.output_size)}
                 if self.bias:
-                    shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
+                    shapes.update(bias_ih=(G_x * H,), bias_hh=(G * H,))
                 if self.proj_size:
                     shapes["weight_hr"] = (self.proj_size, H)
                 extras = {}

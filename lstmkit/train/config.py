@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .variants import GREFF_VARIANTS
 
-CELLS = ("lstm", "gru", "rnn")
+CELLS = ("lstm", "gru", "rnn", "mut1", "mut2", "mut3")
+TORCH_CELLS = ("lstm", "gru", "rnn")               # those torch.nn has (impl="torch")
+MUT_CELLS = {"mut1": 1, "mut2": 2, "mut3": 3}      # Jozefowicz et al. 2015: lstmkit.MUT
 IMPLS = ("lstmkit", "torch")
 SCHEDULES = ("cosine", "constant")
 
@@ -95,6 +97,7 @@ class TrainConfig(RunConfig):
     peephole: bool = False
     coupled: bool = False
     variant: str | None = None                      # Greff et al. 2015: variants.GREFF_VARIANTS
+    forget_bias: float = 0.0                        # LSTM: added to the forget-gate biases at init
     layers: int = 1
     hidden: int = 256
     embed: int = 64
@@ -134,6 +137,16 @@ class TrainConfig(RunConfig):
                                               f"{self.tokens!r}")
         need(not (self.impl == "torch" and (self.peephole or self.coupled)),
              "torch.nn has no peephole or coupled LSTM; use impl='lstmkit'")
+        need(self.impl == "lstmkit" or self.cell in TORCH_CELLS,
+             f"torch.nn has no {self.cell} cell; use impl='lstmkit'")
+        need(self.cell not in ("mut1", "mut2") or self.embed == self.hidden,
+             f"{self.cell} adds its input x_t to an H-vector, so embed must equal hidden; got "
+             f"embed={self.embed}, hidden={self.hidden}")
+        need(not self.forget_bias or (self.cell == "lstm" and not self.coupled
+                                      and self.variant not in ("nfg", "cifg")),
+             f"forget_bias needs an LSTM with a forget gate (not coupled/CIFG, not the nfg "
+             f"variant); got cell={self.cell!r}, coupled={self.coupled}, "
+             f"variant={self.variant!r}")
         need(self.variant is None or (self.cell == "lstm" and self.impl == "lstmkit"
                                       and self.variant in GREFF_VARIANTS),
              f"variant must be one of {tuple(GREFF_VARIANTS)} with cell='lstm' and "

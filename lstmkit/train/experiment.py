@@ -26,18 +26,26 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import lstmkit
 
+from ..cells.mut import needs_equal_sizes
 from ..data.synthetic import Batch, Task, make_task
+from .config import MUT_CELLS
+from .model import add_forget_bias
 from .variants import GREFF_VARIANTS
 
 CELLS = {"lstm": (lstmkit.LSTM, {}), "peephole": (lstmkit.LSTM, {"peephole": True}),
          "coupled": (lstmkit.LSTM, {"coupled": True}), "gru": (lstmkit.GRU, {}),
          "rnn": (lstmkit.RNN, {}),
-         **{f"lstm-{k}": (lstmkit.LSTM, kw) for k, kw in GREFF_VARIANTS.items()}}  # Greff 2015
+         **{f"lstm-{k}": (lstmkit.LSTM, kw) for k, kw in GREFF_VARIANTS.items()},  # Greff 2015
+         **{name: (lstmkit.MUT, {"variant": v}) for name, v in MUT_CELLS.items()}}  # Jozefowicz
 VAL_SEED, TEST_SEED = 1_000_003, 2_000_003          # offsets: validation/test never = train
 
 
 class SequenceModel(nn.Module):
-    """A recurrent stack and a linear read-out, at the last step or at every step."""
+    """A recurrent stack and a linear read-out, at the last step or at every step.
+
+    MUT1 and MUT2 add x_t to an H-vector, so their input must be ``hidden`` wide: when the
+    task's is not, a linear input layer (``self.input_layer``, task.input_size → hidden) comes
+    first; every other cell reads the task's inputs directly (``self.input_layer`` is None)."""
 
     def __init__(self, task: Task, cell: str, hidden: int, layers: int = 1,
                  forget_bias: float = 0.0):
@@ -46,13 +54,20 @@ class SequenceModel(nn.Module):
             raise ValueError(f"unknown cell {cell!r}; the cells are {', '.join(CELLS)}")
         module, kw = CELLS[cell]
         self.per_step = task.per_step
-        self.rnn = module(task.input_size, hidden, layers, batch_first=True, **kw)
+        width = task.input_size
+        self.input_layer = None
+        if module is lstmkit.MUT and needs_equal_sizes(kw["variant"]) and width != hidden:
+            self.input_layer = nn.Linear(width, hidden)
+            width = hidden
+        self.rnn = module(width, hidden, layers, batch_first=True, **kw)
         self.head = nn.Linear(hidden, task.output_size)
         if forget_bias and module is lstmkit.LSTM and "f" in self.rnn.cell.gate_rows:
             add_forget_bias(self.rnn, forget_bias)
 
     def forward(self, batch: Batch) -> Tensor:
         x, lengths = batch.x, batch.lengths
+        if self.input_layer is not None:
+            x = self.input_layer(x)                              # (B, L, hidden)
         if bool((lengths != lengths[0]).any()):              # variable length: packed
             packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
             out, _ = self.rnn(packed)
@@ -62,20 +77,6 @@ class SequenceModel(nn.Module):
         if self.per_step:
             return self.head(out)                            # (B, L, K)
         return self.head(out[torch.arange(len(batch)), lengths - 1])   # (B, K)
-
-
-def add_forget_bias(lstm: nn.Module, value: float) -> None:
-    """Add ``value`` to the forget-gate bias of every layer and direction (rows H…2H of
-    ``bias_ih``; f's block when gates are absent), so the cell starts out remembering:
-    Gers, Schmidhuber & Cummins 2000 suggest a positive forget bias, Jozefowicz, Zaremba &
-    Sutskever 2015 recommend 1."""
-    cell = getattr(lstm, "cell", None)                  # torch.nn.LSTM has none: i, f, g, o
-    k = cell.gate_rows.index("f") if cell is not None else 1
-    with torch.no_grad():
-        for name, p in lstm.named_parameters():
-            if name.startswith("bias_ih"):
-                H = lstm.hidden_size
-                p[k * H:(k + 1) * H] += value
 
 
 @dataclass

@@ -22,6 +22,7 @@ fills them from :func:`lstmkit.viz.runs.with_plots` (``loss.png``, ``forecast.pn
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -102,7 +103,10 @@ def resume_run_config(run_dir: str | Path, overrides: dict, config_class: Any,
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from None
-    fixed = sorted(k for k, v in overrides.items() if k not in resumable and cfg.get(k) != v)
+    defaults = {f.name: f.default for f in dataclasses.fields(config_class)
+                if f.default is not dataclasses.MISSING}   # a field newer than the run's file
+    fixed = sorted(k for k, v in overrides.items()
+                   if k not in resumable and cfg.get(k, defaults.get(k)) != v)
     if fixed:
         raise ValueError(f"cannot change {', '.join(fixed)} when resuming; a resumed run "
                          f"keeps its configuration (only {', '.join(resumable)} may change)")

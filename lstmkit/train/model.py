@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 import lstmkit
 
-from .config import TrainConfig
+from .config import MUT_CELLS, TrainConfig
 from .variants import GREFF_VARIANTS
 
 State = Tensor | tuple[Tensor, Tensor]
@@ -21,11 +21,29 @@ def make_rnn(cfg: TrainConfig) -> nn.Module:
     """
     if cfg.impl == "torch":
         kw = dict(batch_first=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
-        return {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cfg.cell](
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cfg.cell](
             cfg.embed, cfg.hidden, cfg.layers, **kw)
-    return build_recurrent(cfg.cell, cfg.embed, cfg.hidden, cfg.layers, dropout=cfg.dropout,
-                           peephole=cfg.peephole, coupled=cfg.coupled, variant=cfg.variant,
-                           backend=cfg.backend)
+    else:
+        rnn = build_recurrent(cfg.cell, cfg.embed, cfg.hidden, cfg.layers, dropout=cfg.dropout,
+                              peephole=cfg.peephole, coupled=cfg.coupled, variant=cfg.variant,
+                              backend=cfg.backend)
+    if cfg.forget_bias:                         # after the uniform init, as Jozefowicz et al.
+        add_forget_bias(rnn, cfg.forget_bias)
+    return rnn
+
+
+def add_forget_bias(lstm: nn.Module, value: float) -> None:
+    """Add ``value`` to the forget-gate bias of every layer and direction (rows H…2H of
+    ``bias_ih``; f's block when gates are absent), so the cell starts out remembering:
+    Gers, Schmidhuber & Cummins 2000 suggest a positive forget bias, Jozefowicz, Zaremba &
+    Sutskever 2015 recommend 1."""
+    cell = getattr(lstm, "cell", None)                  # torch.nn.LSTM has none: i, f, g, o
+    k = cell.gate_rows.index("f") if cell is not None else 1
+    with torch.no_grad():
+        for name, p in lstm.named_parameters():
+            if name.startswith("bias_ih"):
+                H = lstm.hidden_size
+                p[k * H:(k + 1) * H] += value
 
 
 def build_recurrent(cell: str, input_size: int, hidden: int, layers: int = 1, *,
@@ -34,9 +52,12 @@ def build_recurrent(cell: str, input_size: int, hidden: int, layers: int = 1, *,
                     backend: str = "auto") -> nn.Module:
     """A batch-first lstmkit LSTM/GRU/RNN stack; ``dropout`` applies between layers only
     (ignored for one layer, without torch.nn's warning). ``variant`` names one of Greff et
-    al. 2015's LSTM variants (:data:`lstmkit.train.variants.GREFF_VARIANTS`)."""
+    al. 2015's LSTM variants (:data:`lstmkit.train.variants.GREFF_VARIANTS`); cells
+    ``mut1``–``mut3`` are :class:`lstmkit.MUT` (Jozefowicz et al. 2015)."""
     kw = dict(batch_first=True, dropout=dropout if layers > 1 else 0.0,
               bidirectional=bidirectional, backend=backend)
+    if cell in MUT_CELLS and not (peephole or coupled or variant):
+        return lstmkit.MUT(input_size, hidden, layers, **kw, variant=MUT_CELLS[cell])
     if cell == "lstm":
         options = {"peephole": peephole, "coupled": coupled,
                    **GREFF_VARIANTS.get(variant or "np")}
