@@ -119,8 +119,8 @@ def quantize_dynamic(model: nn.Module, dtype: torch.dtype = torch.qint8,
 def _lstmkit_classes() -> list[type]:
     import lstmkit
     return [lstmkit.LSTM, lstmkit.GRU, lstmkit.RNN, lstmkit.ClockworkRNN,
-            lstmkit.DepthGatedLSTM, lstmkit.LSTM1997, lstmkit.LSTMCell, lstmkit.GRUCell,
-            lstmkit.RNNCell]
+            lstmkit.DepthGatedLSTM, lstmkit.LSTM1997, lstmkit.MUT, lstmkit.LSTMCell,
+            lstmkit.GRUCell, lstmkit.RNNCell]
 
 
 def register() -> None:

@@ -59,6 +59,7 @@ VARIANTS = [
     lambda: lstmkit.RNN(I, H, nonlinearity="relu"),
     lambda: lstmkit.ClockworkRNN(I, H, num_modules=4),
     lambda: lstmkit.LSTM1997(I, H),
+    lambda: lstmkit.MUT(I, H, variant=3),
     lambda: lstmkit.LSTMCell(I, H, coupled=True),
 ]
 
