@@ -294,3 +294,26 @@ def test_pretrained_embeddings(data, tmp_path, capsys):
     assert main(["tag", "train", "--train", str(data["train"]), "--embeddings",
                  str(tmp_path / "none.txt"), "--steps", "1", "--out", str(tmp_path / "r3")]) == 2
     assert "none.txt: cannot read" in capsys.readouterr().err
+
+
+def test_unk_replace_trains_the_unknown_word_vector(tmp_path):
+    from lstmkit.tagging import Sentence, word_vocab
+    from lstmkit.train.tag import TagConfig, TagTrainer, singletons
+
+    sents = [Sentence(["a", "b", "a"], ["O"] * 3), Sentence(["c", "a"], ["O", "O"])]
+    words = word_vocab(sents)
+    assert [words.itos[i] for i in singletons(sents, words).nonzero().flatten()] == ["b", "c"]
+
+    torch.set_num_threads(1)
+    rows = [(["in", f"w{k}", "Paris"], ["O", "O", "B-LOC"]) for k in range(40)]
+    train = write_conll(tmp_path / "train.txt", rows)           # w0 … w39: seen once
+    moved = {}
+    for p in (0.0, 0.5):
+        cfg = TagConfig(train=str(train), hidden=4, word_dim=4, batch=8, steps=3, quiet=True,
+                        chars=False, unk_replace=p)
+        trainer = TagTrainer(cfg, tmp_path / f"run-{p}")
+        unk = trainer.words.unk
+        before = trainer.model.embed.weight[unk].detach().clone()
+        trainer.fit()
+        moved[p] = not torch.equal(trainer.model.embed.weight[unk].detach(), before)
+    assert moved == {0.0: False, 0.5: True}
