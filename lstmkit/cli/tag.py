@@ -23,10 +23,13 @@ def column(text: str) -> int | str:
 
 
 def add_parsers(sub) -> None:
+    from ..tagging.corpora import CORPORA, DEFAULT
+
     tag = sub.add_parser(
         "tag", help="train a sequence tagger (NER, chunking, POS) on CoNLL files",
         description="A BiLSTM-CRF (or softmax) tagger with a character BiLSTM, on CoNLL or "
-                    "CoNLL-U files: train it, tag a file, or score it on a tagged file.")
+                    "CoNLL-U files or a built-in corpus: train it, tag a file, or score it "
+                    "on a tagged file.")
     tag_sub = tag.add_subparsers(dest="tag_command", metavar="SUBCOMMAND")
     tag.set_defaults(func=lambda args: (tag.print_help(), 2)[1])
 
@@ -35,10 +38,16 @@ def add_parsers(sub) -> None:
         description="Train a tagger. Vocabularies come from --train; the best checkpoint is "
                     "chosen by entity F1 (token accuracy for non-chunk tags) on --dev, or on "
                     "a tenth of the training sentences without --dev; --test is scored once, "
-                    "with that checkpoint, into RUN_DIR/test.json.")
+                    "with that checkpoint, into RUN_DIR/test.json. Without --train: the "
+                    f"built-in corpus ({DEFAULT}, or --corpus) with its own dev and test "
+                    "parts (see docs/tagging.md).")
     data = tr.add_argument_group("data")
     data.add_argument("--train", metavar="FILE", default=S,
-                      help="training file (required for now: no built-in corpus yet)")
+                      help="training file (default: the built-in corpus)")
+    data.add_argument("--corpus", choices=sorted(CORPORA), default=S,
+                      help=f"built-in corpus read from its installed package, used without "
+                           f"--train ({DEFAULT}: WNUT-2016 English tweets; hironsan: "
+                           f"Japanese); needs the tagging extra")
     data.add_argument("--dev", metavar="FILE", default=S)
     data.add_argument("--test", metavar="FILE", default=S)
     data.add_argument("--format", choices=["conll", "conllu"], default=S,
@@ -62,6 +71,10 @@ def add_parsers(sub) -> None:
     model.add_argument("--embedding-dim", dest="word_dim", metavar="D", type=positive_int,
                        default=S,
                        help="word embedding size; the vectors' size with --embeddings (50)")
+    model.add_argument("--unk-replace", dest="unk_replace", type=fraction, metavar="P",
+                       default=S, help="while training, a word seen once in the training "
+                                       "data becomes <unk> with probability P, so that "
+                                       "unseen words have a trained vector (0.5)")
     opt = tr.add_argument_group("optimisation")
     opt.add_argument("--steps", type=positive_int, default=S, help="optimizer steps (1000)")
     opt.add_argument("--batch", type=positive_int, default=S,
@@ -95,7 +108,9 @@ def add_parsers(sub) -> None:
                     "and entity precision, recall and F1 (overall and per type, by seqeval), "
                     "printed as JSON. Gold tags the model does not know count as wrong.")
     ev.add_argument("run_dir", type=Path, metavar="RUN")
-    ev.add_argument("--file", required=True, metavar="FILE", help="tagged file to score")
+    ev.add_argument("--file", metavar="FILE",
+                    help="tagged file to score (default: the run's test file or its built-in "
+                         "corpus's test part)")
     ev.set_defaults(func=cmd_evaluate)
 
 

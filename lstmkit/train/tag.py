@@ -2,6 +2,11 @@ r"""Sequence tagging (NER, chunking, POS) with a BiLSTM-CRF: ``lstmkit tag``.
 
     from lstmkit.train.tag import TagConfig, TagTrainer
     result = TagTrainer(TagConfig(train="train.conll", dev="dev.conll"), "runs/ner").fit()
+    result = TagTrainer(TagConfig(corpus="wnut16"), "runs/wnut16").fit()   # built-in
+
+Without a training file the data is a built-in corpus (:mod:`lstmkit.tagging.corpora`,
+``wnut16`` unless ``corpus`` names another) with its train/dev/test split; ``dev`` and
+``test`` files, if given, replace those parts.
 
 The model is :class:`lstmkit.tagging.Tagger`; its vocabularies (words, characters, tags) are
 built from the training file and saved in the run (``vocab.json`` and every checkpoint).
@@ -22,7 +27,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -43,6 +48,7 @@ from ..tagging import (
     word_vocab,
 )
 from ..tagging.conll import SCHEMES, parse_tag
+from ..tagging.corpora import CORPORA, DEFAULT, load_corpus
 from ..tagging.model import OUTPUTS
 from .checkpoint import CheckpointError
 from .config import SequenceTaskConfig
@@ -51,8 +57,6 @@ from .progress import Progress
 
 FORMATS = ("conll", "conllu")
 RESUMABLE = ("steps", "eval_every", "log_every", "quiet")
-NO_CORPUS = ("no built-in tagging corpus has been chosen yet; give a CoNLL or CoNLL-U "
-             "training file with --train FILE")
 
 
 @dataclass
@@ -67,9 +71,10 @@ class TagConfig(SequenceTaskConfig):
     steps: int = 1000
     batch: int = 16                        # sentences per step, over all processes
     # data
-    train: str | None = None
-    dev: str | None = None                 # none: a tenth of the training sentences
-    test: str | None = None                # scored once at the end
+    train: str | None = None               # none: the built-in corpus
+    corpus: str | None = None              # built-in corpus (tagging.corpora); set without train
+    dev: str | None = None                 # none: the corpus's dev part, or a tenth of train
+    test: str | None = None                # scored once at the end (none: the corpus's test)
     format: str | None = None              # conll | conllu; None: from each file's extension
     column: int | str | None = None        # tag column: index or CoNLL-U name (-1 / "upos")
     scheme: str | None = None              # convert chunk tags to bio | bioes; None: as read
@@ -80,8 +85,11 @@ class TagConfig(SequenceTaskConfig):
     char_dim: int = 25
     char_hidden: int = 25
     embeddings: str | None = None          # word2vec/GloVe text file, word_dim values a word
+    unk_replace: float = 0.5               # training: a word seen once → <unk> with this p
 
     def __post_init__(self) -> None:
+        if self.train is None and self.corpus is None:
+            self.corpus = DEFAULT          # saved as chosen, so a resume reads the same data
         self.validate()
 
     def validate(self) -> None:
@@ -89,13 +97,18 @@ class TagConfig(SequenceTaskConfig):
             if not ok:
                 raise ValueError(f"invalid tag configuration: {what}")
 
-        if self.train is None:
-            raise ValueError(NO_CORPUS)
+        if self.train is not None and self.corpus is not None:
+            raise ValueError(f"give a training file or a built-in corpus, not both (train "
+                             f"{self.train!r}, corpus {self.corpus!r})")
+        need(self.corpus is None or self.corpus in CORPORA,
+             f"corpus must be one of {sorted(CORPORA)}, got {self.corpus!r}")
         self._check_common(need)
         need(self.format is None or self.format in FORMATS,
              f"format must be one of {FORMATS}, got {self.format!r}")
         need(self.scheme is None or self.scheme in SCHEMES,
              f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        need(0 <= self.unk_replace < 1,
+             f"unk_replace must be in [0, 1), got {self.unk_replace}")
         need(self.output in OUTPUTS, f"output must be one of {OUTPUTS}, got {self.output!r}")
         for name in ("layers", "hidden", "word_dim", "char_dim", "char_hidden", "steps",
                      "batch", "log_every"):
@@ -103,7 +116,21 @@ class TagConfig(SequenceTaskConfig):
 
     @property
     def name(self) -> str:
-        return Path(self.train).stem
+        return self.corpus if self.train is None else Path(self.train).stem
+
+    def source(self, part: str) -> str:
+        """What ``part`` ("train", "dev", "test") is read from: a path or ``corpus:part``."""
+        path = getattr(self, part)
+        return str(path) if path is not None else f"{self.corpus}:{part}"
+
+
+def read_parts(cfg: TagConfig) -> tuple[list[Sentence], list[Sentence] | None,
+                                        list[Sentence] | None]:
+    """(train, dev, test) sentences: files where ``cfg`` names them, else the parts of its
+    built-in corpus; dev and test are None where there is neither."""
+    parts = load_corpus(cfg.corpus, cfg.scheme) if cfg.train is None else {}
+    return tuple(read_tagged(getattr(cfg, k), cfg) if getattr(cfg, k) is not None
+                 else parts.get(k) for k in ("train", "dev", "test"))
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -271,6 +298,18 @@ def _sha256(*sets: Sequence[Sentence]) -> str:
     return h.hexdigest()
 
 
+def singletons(sentences: Sequence[Sentence], words: Vocab) -> Tensor:
+    """(len(words),) bool: the word indices seen exactly once in ``sentences``. A tagger
+    whose vocabulary is every training word never sees <unk> in training; replacing these
+    words by <unk> at random while training gives <unk> an embedding for the unseen words
+    of dev and test (Lample et al. 2016, p = 0.5)."""
+    counts = torch.bincount(torch.tensor([i for s in sentences for i in words.encode(s.tokens)],
+                                         dtype=torch.long), minlength=len(words))
+    once = counts == 1
+    once[:2] = False                                  # never <pad> or <unk> itself
+    return once
+
+
 class _LossOf(nn.Module):
     """A tagger whose forward is its loss (what DistributedDataParallel wraps)."""
 
@@ -289,9 +328,9 @@ class TagTrainer(TrainerBase):
 
     def __init__(self, config: TagConfig, run_dir: str | Path, *, resume: bool = False):
         super().__init__(config, run_dir, resume=resume)
-        train = read_tagged(config.train, config)
-        if config.dev is not None:
-            self.fit_set, self.dev_set = train, read_tagged(config.dev, config)
+        train, dev, self.test_set = read_parts(config)
+        if dev is not None:
+            self.fit_set, self.dev_set = train, dev
         else:
             if len(train) < 2:
                 raise ConllError(f"{config.train}: one sentence; give --dev or more sentences")
@@ -300,7 +339,6 @@ class TagTrainer(TrainerBase):
             k = max(1, len(train) // 10)
             self.dev_set = [train[i] for i in sorted(order[:k])]
             self.fit_set = [train[i] for i in sorted(order[k:])]
-        self.test_set = read_tagged(config.test, config) if config.test else None
         if self.test_set is not None:
             _seqeval()                             # fail now, not after training
         if config.batch % self.world:
@@ -317,6 +355,7 @@ class TagTrainer(TrainerBase):
             self.chars = char_vocab(self.fit_set) if config.chars else None
             self.tags = tag_vocab(self.fit_set)
         self.chunked = is_chunked(self.tags.itos)
+        self.singletons = singletons(self.fit_set, self.words)
         embeddings = None
         if config.embeddings and self.payload is None:
             try:
@@ -325,7 +364,8 @@ class TagTrainer(TrainerBase):
                     generator=torch.Generator().manual_seed(config.seed))
             except OSError as e:
                 raise ValueError(f"{config.embeddings}: cannot read: {e.strerror or e}") from None
-        self.dev_known = self._known(self.dev_set, config.dev or config.train)
+        self.dev_known = self._known(self.dev_set, config.source(
+            "dev" if dev is not None else "train"))
         torch.manual_seed(config.seed)
         model = build_tagger(config, self.words, self.chars, self.tags, embeddings)
         self._start(model, config.steps, config.eval_every)
@@ -348,6 +388,10 @@ class TagTrainer(TrainerBase):
         idx = torch.randint(len(self.fit_set), (self.cfg.batch,), generator=g)
         idx = idx[self.rank * share:(self.rank + 1) * share].tolist()
         batch = make_batch([self.fit_set[i] for i in idx], self.words, self.chars, self.tags)
+        if self.cfg.unk_replace > 0:            # so that <unk> is trained (Lample et al. 2016)
+            drop = torch.rand(batch.words.shape, generator=g) < self.cfg.unk_replace
+            drop &= self.singletons[batch.words]                           # (B, T)
+            batch = replace(batch, words=batch.words.masked_fill(drop, self.words.unk))
         self.model.train()
         if self.world > 1:
             return self.ddp(batch), share
@@ -407,7 +451,7 @@ class TagTrainer(TrainerBase):
         if self.test_set is not None:
             pred = tag_sentences(model, self.test_set, self.words, self.chars, self.tags)
             test = seqeval_scores([s.tags for s in self.test_set], pred, self.chunked)
-            test = {"file": str(self.cfg.test), "checkpoint_step": self.best_step, **test}
+            test = {"file": self.cfg.source("test"), "checkpoint_step": self.best_step, **test}
             (self.run_dir / "test.json").write_text(json.dumps(test, indent=1) + "\n")
             self._log({"step": self.step, "checkpoint_step": self.best_step,
                        **{f"test_{k}": v for k, v in test.items()
@@ -444,11 +488,21 @@ def predict_file(run_dir: str | Path, path: str | Path) -> tuple[list[Sentence],
         path, cfg.format)
 
 
-def evaluate_file(run_dir: str | Path, path: str | Path) -> dict:
+def evaluate_file(run_dir: str | Path, path: str | Path | None = None) -> dict:
     """:func:`seqeval_scores` of a run's best checkpoint on the tagged file ``path``, plus
-    ``unknown_tags`` (gold tags the model does not know; counted as wrong, with a warning)."""
+    ``unknown_tags`` (gold tags the model does not know; counted as wrong, with a warning).
+    Without ``path``: the run's own test set (its test file, or its built-in corpus's test
+    part)."""
     model, cfg, words, chars, tags = load_tagger(run_dir)
-    sentences = read_tagged(path, cfg)
+    if path is None:
+        if cfg.test is None and cfg.corpus is None:
+            raise ValueError(f"{run_dir} was trained on a file without a test file; give the "
+                             f"file to score (--file)")
+        path = cfg.source("test")
+        sentences = (read_tagged(cfg.test, cfg) if cfg.test is not None
+                     else load_corpus(cfg.corpus, cfg.scheme)["test"])
+    else:
+        sentences = read_tagged(path, cfg)
     chunked = is_chunked(tags.itos)
     if chunked:
         _seqeval()
