@@ -34,6 +34,25 @@ def add_schedule_options(opt: argparse._ArgumentGroup, *, lr: float, warmup: int
     opt.add_argument("--seed", type=int, default=S)
 
 
+def add_run_options(parser: argparse.ArgumentParser, name: str, *, validates: str = "validate "
+                    "and checkpoint", per_run: int = 10, extends: str = "--steps"
+                    ) -> argparse._ArgumentGroup:
+    """The "run" group every trainer takes: --out (default ``runs/<name>-<date>-<time>``),
+    --resume, --eval-every, --log-every and --quiet; returns the group for more."""
+    S = argparse.SUPPRESS
+    from ._args import positive_int
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", metavar="RUN_DIR", type=Path,
+                     help=f"run directory (default runs/{name}-<date>-<time>)")
+    run.add_argument("--resume", metavar="RUN_DIR", type=Path,
+                     help=f"continue the run in RUN_DIR ({extends} may extend it)")
+    run.add_argument("--eval-every", type=positive_int, default=S,
+                     help=f"{validates} every N steps ({per_run} per run)")
+    run.add_argument("--log-every", type=positive_int, default=S)
+    run.add_argument("--quiet", action="store_true", default=S, help="no progress bar")
+    return run
+
+
 _NOT_CONFIG = {"command", "func", "out", "resume"}
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..train.checkpoint import CheckpointError
 from ._args import fraction, positive_int
-from ._common import add_schedule_options, error, run_job
+from ._common import add_run_options, add_schedule_options, error, run_job
 
 S = argparse.SUPPRESS                          # only options given appear in the namespace
 
@@ -72,15 +72,7 @@ def add_parsers(sub) -> None:
                      help="longest output (default: 2 × the longest training target + 5)")
     dec.add_argument("--val-limit", type=positive_int, default=S,
                      help="validation sources decoded at each validation (2000)")
-    run = tr.add_argument_group("run")
-    run.add_argument("--out", metavar="RUN_DIR", type=Path,
-                     help="run directory (default runs/seq2seq-<name>-<date>-<time>)")
-    run.add_argument("--resume", metavar="RUN_DIR", type=Path,
-                     help="continue the run in RUN_DIR (--steps may extend it)")
-    run.add_argument("--eval-every", type=positive_int, default=S,
-                     help="validate and checkpoint every N steps (10 per run)")
-    run.add_argument("--log-every", type=positive_int, default=S)
-    run.add_argument("--quiet", action="store_true", default=S, help="no progress bar")
+    add_run_options(tr, "seq2seq-<name>")
     tr.set_defaults(func=cmd_train)
 
     tl = s2s_sub.add_parser(

@@ -12,7 +12,7 @@ from ..data.series import BUILTIN_SERIES
 from ..data.ucr import BUILTIN_SETS
 from ..train.checkpoint import CheckpointError
 from ._args import fraction, positive_int
-from ._common import add_schedule_options, error, run_job
+from ._common import add_run_options, add_schedule_options, error, run_job
 
 S = argparse.SUPPRESS                          # only options given appear in the namespace
 
@@ -41,15 +41,7 @@ def _run_options(parser: argparse.ArgumentParser, steps: int, unit: str) -> None
     opt.add_argument("--batch", type=positive_int, default=S,
                      help=f"{unit} per step, over all processes (32)")
     add_schedule_options(opt, lr=3e-3, warmup=20)
-    run = parser.add_argument_group("run")
-    run.add_argument("--out", metavar="RUN_DIR", type=Path,
-                     help="run directory (default runs/<name>-<date>-<time>)")
-    run.add_argument("--resume", metavar="RUN_DIR", type=Path,
-                     help="continue the run in RUN_DIR (--steps may extend it)")
-    run.add_argument("--eval-every", type=positive_int, default=S,
-                     help="validate and checkpoint every N steps (20 per run)")
-    run.add_argument("--log-every", type=positive_int, default=S)
-    run.add_argument("--quiet", action="store_true", default=S, help="no progress bar")
+    add_run_options(parser, "<name>", per_run=20)
 
 
 def add_parsers(sub) -> None:
