@@ -9,7 +9,10 @@ Equal parameters: MUT1/MUT2 add x_t to an H-vector, so the language models all u
 embed = hidden, and each cell's hidden size is the one whose whole model (embedding,
 recurrent layer, decoder) comes closest to the LSTM's at ``--hidden``. The adding models are
 matched the same way (MUT1/MUT2 get the 2 → H input layer of ``lstmkit experiment``).
-Writes mut-study.json and mut-study.md to ``--out`` (run directories to ``--runs``).
+Writes <name>.json and <name>.md (name: ``--name``, default mut-study) to ``--out``, run
+directories to ``--runs``; ``--only text|adding`` and ``--cells`` run a subset (then only
+the JSON is written), e.g. the follow-up ``--only adding --cells LSTM "LSTM fb=1" --budget
+300000 --name mut-study-lstm-adding-300k``.
 """
 
 from __future__ import annotations
