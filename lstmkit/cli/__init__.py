@@ -31,6 +31,8 @@ inspect), each with ``add_parsers(sub)``; they parse the options and call the li
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Sequence
 
 from . import bench, demo, experiment, inspect, seq2seq, tag, tasks, train
@@ -56,4 +58,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return args.func(args)
+    code = args.func(args)
+    if argv is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _exit_worker(code)
+    return code
+
+
+def _exit_worker(code: int) -> None:
+    """End a torchrun worker now that its job is done and its process group destroyed:
+    without the interpreter's teardown, in which a communication thread of torch's gloo
+    backend, destroyed while still joinable, can abort the process ("terminate called
+    without an active exception") after the work succeeded."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
