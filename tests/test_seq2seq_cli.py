@@ -261,3 +261,20 @@ def test_no_stress_scores_phonemes_without_their_digits():
     assert score_outputs([["R", "EH2", "D"]], refs)["exact_match"] == 0
     assert score_outputs([strip_stress(["R", "EH2", "D"])],
                          [[strip_stress(r) for r in refs[0]]])["exact_match"] == 1
+
+
+def test_training_without_stress(tmp_path, capsys):
+    torch.set_num_threads(1)
+    pairs = tmp_path / "g2p.tsv"
+    words = ["read", "lead", "bead", "dear", "deal", "real", "bear", "beer", "leer"]
+    pairs.write_text("".join(f"{w}\t{' '.join(c.upper() + '1' for c in w)}\n" for w in words)
+                     + "read\tR0 E1 A0 D1\n")           # the same once stress is dropped
+    out = tmp_path / "run"
+    assert main(["seq2seq", "train", "--data", str(pairs), "--no-stress", "--steps", "3",
+                 "--val-fraction", "0.2", "--test-fraction", "0.2", "--out", str(out),
+                 *SMALL]) == 0
+    itos = json.loads((out / "vocab.json").read_text())["target"]["itos"]
+    assert set(itos[4:]) <= set("READLB") and not any(t[-1].isdigit() for t in itos)
+    capsys.readouterr()
+    assert main(["seq2seq", "evaluate", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["stress"] is False

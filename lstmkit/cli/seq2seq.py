@@ -40,6 +40,9 @@ def add_parsers(sub) -> None:
     data.add_argument("--target-tokens", choices=["char", "word"], default=S, help="(word)")
     data.add_argument("--lowercase", action="store_true", default=S,
                       help="lowercase the sources")
+    data.add_argument("--no-stress", dest="no_stress", action="store_true", default=S,
+                      help="train on phonemes without their stress digits (AH0 → AH), the "
+                           "setting of the published CMUdict results")
     data.add_argument("--val-fraction", type=fraction, default=S, help="(0.02)")
     data.add_argument("--test-fraction", type=fraction, default=S, help="(0.1)")
     model = tr.add_argument_group("model")

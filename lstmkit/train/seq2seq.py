@@ -65,6 +65,7 @@ class Seq2SeqConfig(SequenceTaskConfig):
     source_tokens: str = "char"
     target_tokens: str = "word"
     lowercase: bool = False                # lowercase sources (CMUdict's words are)
+    no_stress: bool = False                # drop ARPAbet stress digits from the targets
     val_fraction: float = 0.02
     test_fraction: float = 0.1
     # the model
@@ -160,10 +161,26 @@ class Encoded:
     pairs: list[tuple[list[int], list[int]]]   # (source ids, bos … eos ids), every reference
 
 
+def strip_stress(tokens: Sequence[str]) -> list[str]:
+    """ARPAbet phonemes without their stress digit (``AH0`` → ``AH``), as the G2P
+    literature scores CMUdict; other tokens unchanged."""
+    return [t[:-1] if len(t) > 1 and t[-1] in "012" and t[:-1].isalpha() else t
+            for t in tokens]
+
+
+def target_tokens(text: str, cfg: Seq2SeqConfig) -> list[str]:
+    """A target's tokens as the run trains on them (without stress digits with
+    ``no_stress``)."""
+    tokens = tokenize(text, cfg.target_tokens)
+    return strip_stress(tokens) if cfg.no_stress else tokens
+
+
 def encode_split(entries: list[Entry], cfg: Seq2SeqConfig, src: Vocab, tgt: Vocab) -> Encoded:
     sources = [tokenize(e.source.lower() if cfg.lowercase else e.source, cfg.source_tokens)
                for e in entries]
-    refs = [[tokenize(t, cfg.target_tokens) for t in e.targets] for e in entries]
+    refs = [list(dict.fromkeys(tuple(target_tokens(t, cfg)) for t in e.targets))
+            for e in entries]                    # without stress, references may coincide
+    refs = [[list(r) for r in rs] for rs in refs]
     bos, eos = tgt.index(BOS), tgt.index(EOS)
     pairs = [(src.encode(s), [bos, *tgt.encode(r), eos]) for s, rs in zip(sources, refs)
              for r in rs]
@@ -276,7 +293,7 @@ class Seq2SeqTrainer(TrainerBase):
             lower = config.lowercase
             self.src = Vocab.build((tokenize(e.source, config.source_tokens) for e in train),
                                    lower=lower, specials=SPECIALS)
-            self.tgt = Vocab.build((tokenize(t, config.target_tokens) for e in train
+            self.tgt = Vocab.build((target_tokens(t, config) for e in train
                                     for t in e.targets), specials=SPECIALS)
         self.train_set = encode_split(train, config, self.src, self.tgt)
         self.val_set = encode_split(val, config, self.src, self.tgt)
@@ -365,13 +382,6 @@ class Seq2SeqTrainer(TrainerBase):
         return Seq2SeqResult(self.run_dir, self.best_step, val, test)
 
 
-def strip_stress(tokens: Sequence[str]) -> list[str]:
-    """ARPAbet phonemes without their stress digit (``AH0`` → ``AH``), as the G2P
-    literature scores CMUdict; other tokens unchanged."""
-    return [t[:-1] if len(t) > 1 and t[-1] in "012" and t[:-1].isalpha() else t
-            for t in tokens]
-
-
 def evaluate_split(model: Seq2Seq, split: Encoded, src: Vocab, tgt: Vocab,
                    cfg: Seq2SeqConfig, max_len: int, beam: int, *,
                    no_stress: bool = False) -> dict:
@@ -385,7 +395,7 @@ def evaluate_split(model: Seq2Seq, split: Encoded, src: Vocab, tgt: Vocab,
         refs = [[strip_stress(r) for r in rs] for rs in refs]
     bleu = cfg.target_tokens == "word"
     return {**score_outputs(outs, refs, bleu=bleu, detok=cfg.target_tokens), "beam": beam,
-            "stress": not no_stress}
+            "stress": not (no_stress or cfg.no_stress)}
 
 
 # --- using a run ------------------------------------------------------------------------------
