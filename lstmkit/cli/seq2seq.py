@@ -106,15 +106,11 @@ def add_parsers(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..data.pairs import PairsError
     from ..train.seq2seq import Seq2SeqConfig, Seq2SeqTrainer, resume_seq2seq_config
 
-    del args.s2s_command
-    try:
-        return run_job(args, Seq2SeqConfig.from_dict, resume_seq2seq_config, Seq2SeqTrainer,
-                       lambda cfg: f"seq2seq-{cfg.name}")
-    except PairsError as e:
-        return error(str(e))
+    del args.s2s_command                       # PairsError is a ValueError: run_job reports it
+    return run_job(args, Seq2SeqConfig.from_dict, resume_seq2seq_config, Seq2SeqTrainer,
+                   lambda cfg: f"seq2seq-{cfg.name}")
 
 
 def cmd_translate(args: argparse.Namespace) -> int:

@@ -119,7 +119,7 @@ def _padded_layout(cell: CellSpec, x: Tensor, states0, side, reverse: bool):
     return batch_sizes, (*cell.schedule(batch_sizes, reverse, x.device), *side)
 
 
-def _n_derived(family: str, config: str, n_side: int) -> int:
+def _n_derived(config: str, n_side: int) -> int:
     """How many side inputs :func:`_padded_layout` adds (the op was given ``n_side``)."""
     return json.loads(config)["side"] - n_side
 
@@ -174,7 +174,7 @@ def make_layer_op(family: str):
                     dseqs: list[Tensor], dfinals: list[Tensor], batch_sizes: list[int],
                     reverse: bool, config: str, kernels: str, needs: list[bool]
                     ) -> list[Tensor]:
-        derived = _n_derived(family, config, len(side)) if not batch_sizes else 0
+        derived = _n_derived(config, len(side)) if not batch_sizes else 0
         call, inp = _unpack(family, x, states0, weights, side, masks, batch_sizes, reverse,
                             config, kernels)
         if not derived:
