@@ -113,7 +113,8 @@ def record(model: nn.Module) -> Iterator[Recording]:
         raise TypeError(f"record expects an nn.Module, got {type(model).__name__}")
     from .nn.cells import RecurrentCell
     targets = [(n, m) for n, m in model.named_modules()
-               if isinstance(m, (RecurrentBase, RecurrentCell))]
+               if isinstance(m, (RecurrentBase, RecurrentCell))
+               or hasattr(m, "grid_summary")]                    # lstmkit.GridLSTM
     if not targets:
         raise ValueError(f"record: {type(model).__name__} contains no lstmkit LSTM, GRU or "
                          "RNN layer (torch.nn layers cannot be recorded; convert them with "
