@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .synthetic import Batch, Task
+from .synthetic import TASKS, Batch, Task
 
 DELIM = 10
 
@@ -104,3 +104,6 @@ class Addition(Task):
         wrong = 1.0 - right.all(1).float().mean().item()
         return {"ce": self.loss(out, batch).item(), "wrong": wrong, "accuracy": 1.0 - wrong,
                 "digit_accuracy": right.float().mean().item(), "solved": wrong == 0.0}
+
+
+TASKS.update({t.name: t for t in (Parity, Addition)})     # lstmkit experiment parity|addition

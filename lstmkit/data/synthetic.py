@@ -323,7 +323,3 @@ def make_task(name: str, T: int) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; the tasks are {', '.join(TASKS)}")
     return TASKS[name](T)
-
-from .grid_tasks import Addition, Parity  # noqa: E402  (Kalchbrenner et al. 2015, §4.1–4.2)
-
-TASKS.update({t.name: t for t in (Parity, Addition)})
