@@ -12,7 +12,6 @@ import torch as _torch
 
 from .crf import CRF
 from .inspect import LayerRecord, Recording, record
-from .nn.grid import GridLSTM                     # Kalchbrenner et al. 2015
 from .nn import (
     GRU,
     LSTM,
@@ -25,6 +24,7 @@ from .nn import (
     RNNCell,
     module_for,
 )
+from .nn.grid import GridLSTM  # Kalchbrenner et al. 2015
 from .quantized import DynamicQuantized, quantize_dynamic
 from .quantized import register as register_quantization
 from .summary import count_parameters, summary
@@ -49,6 +49,6 @@ def from_keras(layer_or_file):
     return convert(layer_or_file)
 
 
-__all__ = ["LSTM", "GRU", "RNN", "ClockworkRNN", "DepthGatedLSTM", "LSTM1997", "MUT", "GridLSTM", "LSTMCell",
-           "GRUCell", "RNNCell", "CRF", "quantize_dynamic", "record",
+__all__ = ["LSTM", "GRU", "RNN", "ClockworkRNN", "DepthGatedLSTM", "LSTM1997", "MUT", "LSTMCell",
+           "GridLSTM", "GRUCell", "RNNCell", "CRF", "quantize_dynamic", "record",
            "Recording", "LayerRecord", "count_parameters", "summary", "from_keras", "__version__"]

@@ -145,7 +145,6 @@ def test_priority_is_computed_last_and_sees_the_new_vector():
     (w_d, b_d) = pri.block_weights(0)[1]
     hd0 = x @ pri.weight_in.T + pri.bias_in                  # the depth input of layer 0
     r = rec.layers[0]
-    m_prev = torch.zeros(2, 3, dtype=D64)
     for t in range(4):
         a = torch.cat([r["h_time"][t], hd0[t]], 1) @ w_d.T + b_d
         u, f, c, o = a.chunk(4, 1)
