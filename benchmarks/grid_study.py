@@ -52,7 +52,8 @@ def plan(quick: bool) -> list[ExperimentConfig]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="one seed, 2 % of the budgets (a smoke test)")
+    ap.add_argument("--quick", action="store_true",
+                    help="one seed, 2 % of the budgets (a smoke test)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     torch.set_num_threads(1)
