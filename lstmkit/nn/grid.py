@@ -15,12 +15,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ..cells.grid import ACTIVATIONS, CELL_OUTPUTS, grid_block
+from ..cells.grid import (
+    ACTIVATIONS,
+    CELL_OUTPUTS,
+    grid2d_spec,
+    grid_block,
+    grid_layer_weights,
+)
+from ..ops import fused as fused_ops
+from ..ops import loops
 from . import checks
 
 _DIMS = {"time-depth": ("time", "depth"), "2d": ("time", "depth"), "depth": ("depth",),
          "1d": ("depth",)}
-_BACKENDS = ("auto", "reference")
+_BACKENDS = ("auto", "reference", "fused", "fused_py")
 
 
 def _names(value: object, what: str) -> tuple[str, ...]:
@@ -135,11 +143,14 @@ class GridLSTM(nn.Module):
                              f"of {', '.join(ACTIVATIONS)}, got {activation!r}")
         if not isinstance(tied, bool):
             raise TypeError(f"GridLSTM: tied must be a bool, got {type(tied).__name__}")
-        self.backend = self._check_backend(backend)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout, self.tied = bias, batch_first, dropout, tied
         self.cell_output, self.activation = cell_output, activation
         self.cell = SimpleNamespace(family="grid_lstm")        # for lstmkit.record
+        self.backend = self._check_backend(backend)
+        if backend in ("fused", "fused_py") and self.fused_supported:
+            raise ValueError(f"GridLSTM: backend={backend!r} cannot run this configuration: "
+                             f"{self.fused_supported}; use 'auto' or 'reference'")
         d, D = hidden_size, len(self.dims)
         kw = {"device": device, "dtype": dtype}
         self.weight_in = nn.Parameter(torch.empty(d, input_size, **kw))
@@ -152,15 +163,25 @@ class GridLSTM(nn.Module):
 
     @staticmethod
     def _check_backend(backend: str) -> str:
-        if backend in ("fused", "fused_py", "fused_cpp"):
-            raise ValueError(f"GridLSTM has no fused kernel (backend={backend!r}): a grid layer "
-                             "sends up two vectors that are not its time states, which the "
-                             "engine's layer_link does not carry; use backend='auto' or "
-                             "'reference'")
+        if backend == "fused_cpp":
+            raise ValueError("GridLSTM has no C++ kernel (backend='fused_cpp'); its fused step "
+                             "runs on the engine's torch loop: use backend='fused_py', "
+                             "'fused' or 'auto'")
         if backend not in _BACKENDS:
             raise ValueError(f"GridLSTM: backend must be one of {', '.join(_BACKENDS)}, got "
                              f"{backend!r}")
         return backend
+
+    @property
+    def fused_supported(self) -> str | None:
+        """None if the fused step computes this configuration, else why not."""
+        if self.dims != ("time", "depth"):
+            return "the 1-D grid has no time loop (its layers are one batched GEMM each)"
+        if self.non_lstm:
+            return "the fused step has LSTM transforms in both dimensions"
+        if self.priority == ("time",):
+            return "the fused step prioritises depth or nothing, not time"
+        return None
 
     def _add(self, name: str, rows: int, cols: int, kw: dict) -> None:
         self.register_parameter(f"weight_{name}", nn.Parameter(torch.empty(rows, cols, **kw)))
@@ -208,7 +229,10 @@ class GridLSTM(nn.Module):
             L, d = self.num_layers, self.hidden_size
             h0, m0 = checks.prepare_hx(name, hx, seq, [(L, d), (L, d)], ("h_0", "c_0"),
                                        self.weight_in)
-            out, states = self._time_depth(hd, seq, h0, m0, recorder)
+            if self._use_fused(recorder, hd):
+                out, states = self._time_depth_fused(hd, seq, h0, m0)
+            else:
+                out, states = self._time_depth(hd, seq, h0, m0, recorder)
         return self._format(seq, out, states)
 
     def _depth_only(self, h: Tensor, seq: checks.Sequence, recorder):
@@ -255,6 +279,35 @@ class GridLSTM(nn.Module):
                 recorder.add(self, layer, 0, trace, seq)
             hd = torch.cat(out_h)
             md = torch.cat(out_m) if lstm_depth else None
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                hd = F.dropout(hd, self.dropout, training=True)
+        return hd, (torch.stack(finals_h), torch.stack(finals_m))
+
+    def _use_fused(self, recorder, x: Tensor) -> bool:
+        if self.backend == "reference" or self.fused_supported is not None:
+            return False
+        if self.backend == "auto":
+            return (recorder is None and not torch.compiler.is_compiling()
+                    and not fused_ops._is_batched(x))
+        return True
+
+    def _time_depth_fused(self, hd: Tensor, seq: checks.Sequence, h0: Tensor, m0: Tensor):
+        """The same grid, each layer one call of the engine's autograd Function
+        (:func:`lstmkit.ops.fused.run_layer`) with the fused step of
+        :class:`lstmkit.cells.grid.Grid2DFused` on the engine's torch loop."""
+        spec = grid2d_spec(self.cell_output, self.priority == ("depth",))
+        md = torch.zeros_like(hd)
+        finals_h, finals_m = [], []
+        for layer in range(self.num_layers):
+            (w_t, b_t), (w_d, b_d) = self.block_weights(layer)
+            w = grid_layer_weights(w_t, b_t, w_d, b_d)
+            zeros = h0.new_zeros(h0.shape[1:])
+            _, finals, _, seqs = fused_ops.run_layer(
+                spec, hd, seq.batch_sizes, (zeros, zeros, h0[layer], m0[layer]), w,
+                kernels=loops, side=(md,), sequences=True)
+            hd, md = seqs[0], seqs[1]
+            finals_h.append(finals[2])
+            finals_m.append(finals[3])
             if self.dropout and self.training and layer < self.num_layers - 1:
                 hd = F.dropout(hd, self.dropout, training=True)
         return hd, (torch.stack(finals_h), torch.stack(finals_m))
