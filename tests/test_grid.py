@@ -330,7 +330,7 @@ def test_dropout_between_layers_only_in_training():
     ({"non_lstm": "time"}, "non_lstm='time' is not offered"),
     ({"cell_output": "tanh"}, "cell_output must be"),
     ({"activation": "gelu"}, "activation"),
-    ({"backend": "fused"}, "no fused kernel"),
+    ({"backend": "fused_cpp"}, "no C\\+\\+ kernel"),
     ({"backend": "cuda"}, "backend must be"),
     ({"bidirectional": True}, "bidirectional"),
     ({"dropout": 2.0}, "dropout"),
@@ -397,3 +397,111 @@ def test_experiment_runs_grid_cells():
     r = run_experiment(ExperimentConfig("addition", T=2, cell="grid-tied", hidden=8, layers=2,
                                         budget=32, batch=16, val_size=16, test_size=16))
     assert r["sequences"] == 32 and "digit_accuracy" in r["test"]
+
+
+# -- the fused 2-D layer on the engine ---------------------------------------------------------
+def _run_all(m, x, hx, seed=3):
+    """Outputs, final states and every gradient (input, initial states, parameters) for
+    random upstream gradients."""
+    x = x.detach().clone().requires_grad_()
+    hx = tuple(h.detach().clone().requires_grad_() for h in hx)
+    out, (h, c) = m(x, hx)
+    data = out.data if hasattr(out, "batch_sizes") else out
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((t * torch.randn(t.shape, generator=g, dtype=D64)).sum() for t in (data, h, c))
+    m.zero_grad()
+    loss.backward()
+    return [data, h, c, x.grad, *(t.grad for t in hx), *(p.grad.clone() for p in m.parameters())]
+
+
+@pytest.mark.parametrize("kw", [{}, {"priority": "depth"}, {"tied": True},
+                                {"cell_output": "standard", "priority": "depth", "tied": True},
+                                {"bias": False}])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_fused_equals_reference(kw, packed, chunked, monkeypatch):
+    if chunked:
+        monkeypatch.setattr("lstmkit.ops.fused.MIN_CHUNK_ROWS", 1)   # many backward chunks
+    m = grid(3, 4, 3, **kw)
+    hx = (torch.randn(3, 3, 4, dtype=D64), torch.randn(3, 3, 4, dtype=D64))
+    x = torch.randn(6, 3, 3, dtype=D64)
+    if packed:
+        x = pack_sequence([torch.randn(n, 3, dtype=D64) for n in (4, 6, 2)],
+                          enforce_sorted=False)
+    results = {}
+    for backend in ("reference", "fused_py"):
+        m.backend = backend
+        if packed:
+            results[backend] = _run_packed(m, x, hx)
+        else:
+            results[backend] = _run_all(m, x, hx)
+    for a, b in zip(results["reference"], results["fused_py"], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def _run_packed(m, packed, hx):
+    data = packed.data.detach().clone().requires_grad_()
+    p = torch.nn.utils.rnn.PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
+                                          packed.unsorted_indices)
+    hx = tuple(h.detach().clone().requires_grad_() for h in hx)
+    out, (h, c) = m(p, hx)
+    g = torch.Generator().manual_seed(4)
+    loss = sum((t * torch.randn(t.shape, generator=g, dtype=D64)).sum()
+               for t in (out.data, h, c))
+    m.zero_grad()
+    loss.backward()
+    return [out.data, h, c, data.grad, *(t.grad for t in hx),
+            *(q.grad.clone() for q in m.parameters())]
+
+
+def test_fused_step_equals_its_engine_reference_step():
+    """The spec's reference step (the block equations) through the engine's reference loop
+    equals its fused step through the engine's autograd Function, side gradient included."""
+    from lstmkit.cells.grid import grid2d_spec, grid_layer_weights
+    from lstmkit.ops import fused, loops, reference
+    torch.manual_seed(6)
+    d, B, T = 4, 3, 5
+    for priority in (False, True):
+        spec = grid2d_spec("paper", priority)
+        w = grid_layer_weights(torch.randn(4 * d, 2 * d, dtype=D64, requires_grad=True),
+                               torch.randn(4 * d, dtype=D64, requires_grad=True),
+                               torch.randn(4 * d, 2 * d, dtype=D64, requires_grad=True),
+                               torch.randn(4 * d, dtype=D64, requires_grad=True))
+        x = torch.randn(T * B, d, dtype=D64, requires_grad=True)
+        side = torch.randn(T * B, d, dtype=D64, requires_grad=True)
+        s0 = tuple(torch.randn(B, d, dtype=D64, requires_grad=True) for _ in range(4))
+        outs = {}
+        for name, run in (("ref", reference.run_layer),
+                          ("fused", lambda *a, **k: fused.run_layer(*a, kernels=loops, **k))):
+            _, finals, _, seqs = run(spec, x, [B] * T, s0, w, side=(side,), sequences=True)
+            loss = sum((t * torch.sin(torch.arange(t.numel(), dtype=D64)).view_as(t)).sum()
+                       for t in (*seqs, *finals))
+            grads = torch.autograd.grad(loss, [x, side, *s0[2:], w.w_ih, w.w_hh, w.b_ih])
+            # (h^d, m^d of step 0 are never read: no gradient)
+            outs[name] = [*seqs, *finals, *grads]
+        for a, b in zip(outs["ref"], outs["fused"], strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_fused_gradcheck():
+    m = grid(2, 3, 2, priority="depth", backend="fused_py")
+    names = [n for n, _ in m.named_parameters()]
+    x = torch.randn(3, 2, 2, dtype=D64, requires_grad=True)
+    h0 = torch.randn(2, 2, 3, dtype=D64, requires_grad=True)
+    c0 = torch.randn(2, 2, 3, dtype=D64, requires_grad=True)
+
+    def f(x, h0, c0, *ps):
+        out, (h, c) = torch.func.functional_call(m, dict(zip(names, ps)), (x, (h0, c0)))
+        return out, h, c
+    assert torch.autograd.gradcheck(f, (x, h0, c0, *m.parameters()), atol=1e-7)
+
+
+def test_fused_backend_errors():
+    with pytest.raises(ValueError, match="no C\\+\\+ kernel"):
+        lstmkit.GridLSTM(3, 4, backend="fused_cpp")
+    with pytest.raises(ValueError, match="no time loop"):
+        lstmkit.GridLSTM(3, 4, dims="depth", backend="fused")
+    with pytest.raises(ValueError, match="not time"):
+        lstmkit.GridLSTM(3, 4, priority="time", backend="fused_py")
+    with pytest.raises(ValueError, match="LSTM transforms in both"):
+        lstmkit.GridLSTM(3, 4, non_lstm="depth", backend="fused")
