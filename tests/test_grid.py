@@ -505,3 +505,15 @@ def test_fused_backend_errors():
         lstmkit.GridLSTM(3, 4, priority="time", backend="fused_py")
     with pytest.raises(ValueError, match="LSTM transforms in both"):
         lstmkit.GridLSTM(3, 4, non_lstm="depth", backend="fused")
+
+
+def test_cli_experiment_addition_with_grid_layers(tmp_path, capsys):
+    from lstmkit.cli import main
+    code = main(["experiment", "addition", "--T", "2", "--cell", "grid-tied", "lstm",
+                 "--layers", "2", "--hidden", "8", "--budget", "64", "--out", str(tmp_path)])
+    assert code == 0
+    import json
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert [r["config"]["cell"] for r in runs] == ["grid-tied", "lstm"]
+    assert all(r["config"]["layers"] == 2 for r in runs)
+    assert "addition, T = 2" in capsys.readouterr().out
