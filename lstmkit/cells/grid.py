@@ -7,11 +7,11 @@ An N-dimensional block receives N hidden vectors h_1 … h_N and N memory vector
     H = [h_1; h_2; …; h_N]                                                  (N·d,)
 
 Each dimension k then applies its own transform to H and its own memory, with its own
-weights W_k (the paper's §3.1)::
+weights W_k::
 
     (h'_k, m'_k) = LSTM(H, m_k, W_k)        k = 1 … N
 
-where LSTM is the paper's §2 transform (gate names as in the paper; the weight rows of W_k
+where LSTM is the paper's LSTM transform (gate names as in the paper; the weight rows of W_k
 are stacked u, f, c, o — torch.nn.LSTM's i, f, g, o)::
 
     g^u = σ(W^u H + b^u)          input gate
@@ -26,7 +26,8 @@ are stacked u, f, c, o — torch.nn.LSTM's i, f, g, o)::
 The paper writes the transforms without biases ("omitted for brevity" is our reading of
 their absence); the biases here are optional (``bias=True`` by default, as in torch.nn).
 
-*Priority dimensions* (§3.2): a prioritised dimension is computed after the others and sees
+*Priority dimensions* (§3.2; the section numbers as TensorFlow's GridRNN cell cites them):
+a prioritised dimension is computed after the others and sees
 their new hidden vectors. With dimension 1 prioritised the block first computes the N − 1
 other transforms, then::
 
@@ -41,7 +42,7 @@ vector::
     h'_k = α(V_k H + b_k)          α a nonlinearity (tanh, relu, sigmoid) or the identity
 
 With one dimension (N = 1) the block is an LSTM whose input is its own hidden vector: a
-1-D Grid LSTM along depth is a feed-forward network of LSTM transforms (§3.4); with a
+1-D Grid LSTM along depth is a feed-forward network of LSTM transforms; with a
 non-LSTM dimension it is a plain feed-forward net with α as transfer function.
 
 This module computes one block (:func:`grid_block`) and holds an N-D block with its own
