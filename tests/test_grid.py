@@ -517,3 +517,27 @@ def test_cli_experiment_addition_with_grid_layers(tmp_path, capsys):
     assert [r["config"]["cell"] for r in runs] == ["grid-tied", "lstm"]
     assert all(r["config"]["layers"] == 2 for r in runs)
     assert "addition, T = 2" in capsys.readouterr().out
+
+
+def test_save_and_load_with_weights_only(tmp_path):
+    m = grid(3, 4, 2, tied=True, priority="depth")
+    path = tmp_path / "grid.pt"
+    torch.save(m, path)
+    back = torch.load(path, weights_only=True)
+    x = torch.randn(5, 2, 3, dtype=D64)
+    torch.testing.assert_close(back(x)[0], m(x)[0], rtol=0, atol=0)
+    assert back.tied and back.priority == ("depth",)
+
+
+def test_auto_takes_the_fused_step_and_equals_reference(monkeypatch):
+    calls = []
+    from lstmkit.ops import fused
+    real = fused.run_layer
+    monkeypatch.setattr(fused, "run_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    m = grid(3, 4, 2)
+    x = torch.randn(5, 2, 3, dtype=D64)
+    out_auto = m(x)[0]
+    assert len(calls) == 2                                   # one engine call per layer
+    m.backend = "reference"
+    torch.testing.assert_close(m(x)[0], out_auto, rtol=0, atol=1e-12)
+    assert len(calls) == 2

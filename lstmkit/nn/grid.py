@@ -88,14 +88,16 @@ class GridLSTM(nn.Module):
     Inputs as torch.nn.LSTM: (L, N, input_size), batch_first, unbatched (L, input_size),
     PackedSequence (any order); ``dropout`` applies to h^d between layers (not to m^d).
     Not offered: ``bidirectional`` (a direction is one more grid dimension; use two
-    modules), ``proj_size``, the regularisers of the LSTM family. ``backend``: "auto" or
-    "reference" (both the autograd loop over the blocks): the engine's fused kernels run
-    one recurrence per layer that sends *one carried state's* sequence up (``layer_link``)
-    and whose output is the state it feeds back through W_hh; a Grid LSTM layer feeds back
-    (h^t, m^t) but sends up (h^d', m^d'), two vectors that are not time states, and in the
-    1-D form there is no time loop at all. ``lstmkit.record`` gives per layer the gates
-    ``u_time, f_time, c_time, o_time, u_depth, …`` and the vectors ``h_time, m_time,
-    h_depth, m_depth`` (the new ones, [T, B, d]); ``lstmkit.summary`` the parameter table.
+    modules), ``proj_size``, the regularisers of the LSTM family. ``backend``:
+    "reference" runs the autograd loop over the blocks; "fused_py" (and "fused") runs each
+    2-D layer as one call of the engine's autograd Function with the hand-derived BPTT of
+    :class:`lstmkit.cells.grid.Grid2DFused` on the engine's torch loop (LSTM transforms in
+    both dimensions, no priority or depth priority; other configurations raise); "auto"
+    takes it where it runs and not recording, else the reference loop. There is no C++ step
+    ("fused_cpp" raises), and the 1-D form has no time loop at all. ``lstmkit.record``
+    gives per layer the gates ``u_time, f_time, c_time, o_time, u_depth, …`` and the vectors
+    ``h_time, m_time, h_depth, m_depth`` (the new ones, [T, B, d]); ``lstmkit.summary`` the
+    parameter table.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 2,
@@ -146,7 +148,6 @@ class GridLSTM(nn.Module):
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout, self.tied = bias, batch_first, dropout, tied
         self.cell_output, self.activation = cell_output, activation
-        self.cell = SimpleNamespace(family="grid_lstm")        # for lstmkit.record
         self.backend = self._check_backend(backend)
         if backend in ("fused", "fused_py") and self.fused_supported:
             raise ValueError(f"GridLSTM: backend={backend!r} cannot run this configuration: "
@@ -171,6 +172,11 @@ class GridLSTM(nn.Module):
             raise ValueError(f"GridLSTM: backend must be one of {', '.join(_BACKENDS)}, got "
                              f"{backend!r}")
         return backend
+
+    @property
+    def cell(self) -> SimpleNamespace:
+        """What ``lstmkit.record`` reads of a layer's cell: its family name."""
+        return SimpleNamespace(family="grid_lstm")
 
     @property
     def fused_supported(self) -> str | None:
