@@ -41,12 +41,17 @@ PLAN = [("parity", 8, "grid1d", 4, 300_000, (0, 1)),
         ("addition", 3, "grid-tied", 3, 60_000, (0,)),
         ("addition", 3, "lstm", 3, 60_000, (0,))]
 
+# a follow-up with larger budgets, one seed: where the first plan ran out of budget
+FOLLOWUP = [("addition", 3, "grid-tied", 3, 200_000, (0,)),
+            ("addition", 3, "lstm", 3, 200_000, (0,)),
+            ("parity", 16, "grid1d", 4, 1_000_000, (0,))]
 
-def plan(quick: bool) -> list[ExperimentConfig]:
+
+def plan(quick: bool, followup: bool = False) -> list[ExperimentConfig]:
     scale = 0.02 if quick else 1.0
     return [ExperimentConfig(task, T=T, cell=cell, hidden=64, layers=layers, lr=1e-2,
                              budget=max(64, int(budget * scale)), seed=seed)
-            for task, T, cell, layers, budget, seeds in PLAN
+            for task, T, cell, layers, budget, seeds in (FOLLOWUP if followup else PLAN)
             for seed in (seeds[:1] if quick else seeds)]
 
 
@@ -54,12 +59,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="one seed, 2 % of the budgets (a smoke test)")
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--followup", action="store_true",
+                    help="the follow-up plan (larger budgets, one seed); writes "
+                         "grid_study_followup.json unless --out is given")
+    ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    args.out = args.out or (OUT.with_name("grid_study_followup.json") if args.followup else OUT)
     torch.set_num_threads(1)
     results = []
     started = time.perf_counter()
-    for cfg in plan(args.quick):
+    for cfg in plan(args.quick, args.followup):
         task = make_task(cfg.task, cfg.T)
         torch.manual_seed(cfg.seed)
         params = count_parameters(SequenceModel(task, cfg.cell, cfg.hidden, cfg.layers))
