@@ -65,7 +65,7 @@ class GridLSTM(nn.Module):
       m_0 = 0, (h_l, m_l) = LSTM(h_l−1, m_l−1, W_l) for l = 1 … num_layers; the output is
       h_L. ``tied=True`` (the paper's parity network) uses one W for every layer. There is
       no recurrence, so ``hx`` must be None; the returned state is (h_L, m_L) at each
-      sequence's last step, (1, N, H) each.
+      sequence's last step, (1, N, H) each (m_L zeros for a non-LSTM depth).
 
     LSTM is the paper's transform: gates u, f, c, o = σ, σ, tanh, σ of W H + b,
     m' = f ⊙ m + u ⊙ c, and ``cell_output="paper"``: h' = tanh(o ⊙ m') as the paper prints
