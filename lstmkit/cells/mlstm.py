@@ -22,7 +22,9 @@ exp(−m_t), with
     C'_t = f'_t C'_{t-1} + i'_t v_t k_tᵀ,   n'_t = f'_t n'_{t-1} + i'_t k_t   (C' = C e^{−m})
     h̃_t = C'_t q_t / max(|n'_tᵀ q_t|, exp(−m_t))
 
-which is the same h̃_t for *any* m_t (numerator and denominator both scale by e^{−m_t}), so
+(the denominator floored at the dtype's smallest normal number, see
+:func:`stabilised_denominator`), which is the same h̃_t for *any* m_t (numerator and
+denominator both scale by e^{−m_t}), so
 the recurrent, parallel and chunkwise forms (:mod:`lstmkit.ops.mlstm`) compute one function
 although each picks its m_t its own way. The carried state is the triple (C', n', m); the
 true memory is C' e^{m}. This module holds the step as the equations read (the reference);
@@ -57,9 +59,17 @@ def mlstm_step(q: Tensor, k: Tensor, v: Tensor, log_i: Tensor, log_f: Tensor,
     i_t = torch.exp(log_i - m_t)
     C_t = f_t[..., None, None] * C + i_t[..., None, None] * (v[..., :, None] * k[..., None, :])
     n_t = f_t[..., None] * n + i_t[..., None] * k
-    denominator = torch.maximum((n_t * q).sum(-1).abs(), torch.exp(-m_t))
+    denominator = stabilised_denominator((n_t * q).sum(-1), m_t)
     h_t = (C_t @ q[..., None])[..., 0] / denominator[..., None]
     return h_t, (C_t, n_t, m_t), denominator
+
+
+def stabilised_denominator(qn: Tensor, m: Tensor) -> Tensor:
+    """max(|n'_tᵀ q_t|, exp(−m_t)), floored at the dtype's smallest normal number: when m_t
+    is so large that exp(−m_t) underflows (m_t > 708 in float64, > 87 in float32) and
+    n'_tᵀ q_t is exactly 0 (a step with q_t = 0, e.g. the neutral padding of the chunkwise
+    form), this keeps 0/0 out of the output and its gradient. It changes nothing else."""
+    return torch.maximum(qn.abs(), torch.exp(-m)).clamp_min(torch.finfo(qn.dtype).tiny)
 
 
 def log_forget(f_pre: Tensor, forget_gate: str) -> Tensor:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..cells.mlstm import State, mlstm_step
+from ..cells.mlstm import State, mlstm_step, stabilised_denominator
 
 
 def zero_state(q: Tensor) -> State:
@@ -76,7 +76,7 @@ def mlstm_parallel(q: Tensor, k: Tensor, v: Tensor, log_i: Tensor, log_f: Tensor
     S = (q @ k.transpose(-1, -2)) * D                                      # (…, T, T)
     numerator = S @ v + w0[..., None] * (q @ C0.transpose(-1, -2))         # (…, T, d)
     qn = S.sum(-1) + w0 * (q @ n0[..., None])[..., 0]                      # (…, T)
-    denominator = torch.maximum(qn.abs(), torch.exp(-m))
+    denominator = stabilised_denominator(qn, m)
     h = numerator / denominator[..., None]
     if not final_state:
         return h, None, denominator, m
