@@ -44,11 +44,13 @@ def mlstm_recurrent(q: Tensor, k: Tensor, v: Tensor, log_i: Tensor, log_f: Tenso
     state unchanged (their output is computed but meaningless)."""
     state = zero_state(q) if state is None else state
     hs, dens, ms = [], [], []
-    for t in range(q.shape[-2]):
-        h, new, den = mlstm_step(q[..., t, :], k[..., t, :], v[..., t, :],
-                                 log_i[..., t], log_f[..., t], state)
-        if valid is not None:
-            keep = valid[..., t]
+    # unbind, not q[..., t, :]: the backward of T selects would zero-fill T full tensors
+    steps = zip(q.unbind(-2), k.unbind(-2), v.unbind(-2), log_i.unbind(-1), log_f.unbind(-1))
+    keeps = valid.unbind(-1) if valid is not None else None
+    for t, (q_t, k_t, v_t, i_t, f_t) in enumerate(steps):
+        h, new, den = mlstm_step(q_t, k_t, v_t, i_t, f_t, state)
+        if keeps is not None:
+            keep = keeps[t]
             new = (torch.where(keep[..., None, None], new[0], state[0]),
                    torch.where(keep[..., None], new[1], state[1]),
                    torch.where(keep, new[2], state[2]))
@@ -110,13 +112,15 @@ def mlstm_chunkwise(q: Tensor, k: Tensor, v: Tensor, log_i: Tensor, log_f: Tenso
 
     C, n, m = zero_state(q) if state is None else state
     starts: list[State] = []
-    for c in range(N):                        # the recurrence between chunks
+    chunks = zip(F_L.unbind(-1), m_loc.unbind(-1), m_safe.unbind(-1), K.unbind(-3),
+                 k_sum.unbind(-2))                  # unbind: one backward op, not N selects
+    for F_c, m_loc_c, m_safe_c, K_c, k_sum_c in chunks:   # the recurrence between chunks
         starts.append((C, n, m))
-        m_new = torch.maximum(F_L[..., c] + m, m_loc[..., c])
-        decay = torch.exp(F_L[..., c] + m - m_new)
-        scale = torch.exp(m_safe[..., c] - m_new)
-        C = decay[..., None, None] * C + scale[..., None, None] * K[..., c, :, :]
-        n = decay[..., None] * n + scale[..., None] * k_sum[..., c, :]
+        m_new = torch.maximum(F_c + m, m_loc_c)
+        decay = torch.exp(F_c + m - m_new)
+        scale = torch.exp(m_safe_c - m_new)
+        C = decay[..., None, None] * C + scale[..., None, None] * K_c
+        n = decay[..., None] * n + scale[..., None] * k_sum_c
         m = m_new
     start = tuple(torch.stack(s, len(lead)) for s in zip(*starts))       # (…, N, ·)
     h, _, den, m_t = mlstm_parallel(qc, kc, vc, ic, fc, start, final_state=False)
