@@ -382,3 +382,30 @@ def test_experiment_cell_mlstm():
     assert result["config"]["cell"] == "mlstm" and "test" in result
     from lstmkit.data.synthetic import make_task
     assert isinstance(SequenceModel(make_task("adding2016", 10), "mlstm", 8).rnn, lstmkit.mLSTM)
+
+
+@pytest.mark.parametrize("backend", FORMS)
+def test_empty_batch(backend):
+    m = lstmkit.mLSTM(3, 4, num_heads=2, num_layers=2, backend=backend)
+    out, (C, n, mm) = m(torch.randn(5, 0, 3))
+    assert out.shape == (5, 0, 4) and C.shape == (2, 0, 2, 2, 2) and mm.shape == (2, 0, 2)
+
+
+def test_pickles_for_the_safe_loader(tmp_path):
+    m = _module(I=3, H=4, heads=2, num_layers=2, backend="chunkwise", forget_gate="exp")
+    torch.save(m, tmp_path / "m.pt")
+    back = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert isinstance(back, lstmkit.mLSTM) and back.forget_gate == "exp"
+    x = torch.randn(6, 2, 3, dtype=F64)
+    assert torch.equal(back(x)[0], m(x)[0])
+
+
+def test_dropout_between_layers_only_in_training():
+    m = _module(I=3, H=4, heads=2, num_layers=2, backend="parallel", dropout=0.5)
+    x = torch.randn(6, 2, 3, dtype=F64)
+    torch.manual_seed(0)
+    a = m(x)[0]
+    torch.manual_seed(1)
+    assert not torch.equal(a, m(x)[0])
+    m.eval()
+    assert torch.equal(m(x)[0], m(x)[0])

@@ -166,7 +166,7 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             if int(lengths.min()) == T:
                 lengths = None
         else:
-            x, lengths = seq.x.view(T, B, -1), None
+            x, lengths = seq.x.view(T, B, seq.x.shape[-1]), None
         state0 = self._prepare_hx(hx, seq)
         backend = self._choose_backend(T)
         D = self.num_directions
