@@ -226,8 +226,8 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             kw = {"chunk_size": self.chunk_size} if backend == "chunkwise" else {}
             h, state, den, m = forms.FORMS[backend](*heads, log_i, log_f, state0, **kw)
         h = torch.sigmoid(o_pre) * h.permute(2, 0, 1, 3).reshape(T, B, H)   # (T, B, H)
-        if valid is not None:
-            h = h * valid[..., None]
+        if valid is not None:                                   # zeros past each end
+            h = h.masked_fill(~valid[..., None], 0.0)
         trace = None
         if self._recorder is not None:
             f_t = torch.exp(cell.log_forget(f_pre, self.forget_gate))
