@@ -69,11 +69,13 @@ def mlstm_parallel(q: Tensor, k: Tensor, v: Tensor, log_i: Tensor, log_f: Tensor
     C0, n0, m0 = zero_state(q) if state is None else state
     F = torch.cumsum(log_f, -1)                                            # (…, T)
     causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    log_D = (F[..., :, None] - F[..., None, :] + log_i[..., None, :])      # (…, T, T)
-    log_D = log_D.masked_fill(~causal, float("-inf"))
+    # log D_ts = F_t − F_s + ĩ_s = F_t + g_s (s ≤ t): the row maximum is F_t + cummax g,
+    # so the T×T matrix is built once, already stabilised
+    g = log_i - F                                                          # (…, T)
     log_0 = F + m0[..., None]                  # log weight of the initial state at t (…, T)
-    m = torch.maximum(log_D.amax(-1), log_0)                               # (…, T)
-    D = torch.exp(log_D - m[..., None])
+    m = torch.maximum(F + torch.cummax(g, -1).values, log_0)               # (…, T)
+    log_D = g[..., None, :] - (m - F)[..., :, None]                        # (…, T, T)
+    D = torch.exp(torch.where(causal, log_D, float("-inf")))
     w0 = torch.exp(log_0 - m)                                              # (…, T)
     S = (q @ k.transpose(-1, -2)) * D                                      # (…, T, T)
     numerator = S @ v + w0[..., None] * (q @ C0.transpose(-1, -2))         # (…, T, d)
