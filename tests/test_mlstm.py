@@ -409,3 +409,29 @@ def test_dropout_between_layers_only_in_training():
     assert not torch.equal(a, m(x)[0])
     m.eval()
     assert torch.equal(m(x)[0], m(x)[0])
+
+
+def test_forms_equal_float32_where_exp_overflows():
+    """float32: i_t = exp(ĩ_t) overflows beyond ĩ ≈ 88; with ĩ ≈ 100 every form must still
+    give finite, equal outputs, states and gradients (at float32's tolerance)."""
+    g = torch.Generator().manual_seed(4)
+    B, NH, T, d = 2, 2, 300, 4
+    # positive q, k: |n_tᵀq_t| stays away from 0, so h̃ is well conditioned in float32
+    q, k = (0.5 + torch.rand(B, NH, T, d, generator=g) for _ in range(2))
+    v = torch.randn(B, NH, T, d, generator=g)
+    i_pre = 100 + 5 * torch.randn(B, NH, T, generator=g)
+    f_pre = 3 + 2 * torch.randn(B, NH, T, generator=g)
+    assert torch.isinf(torch.exp(i_pre)).float().mean() > 0.9
+    results = []
+    for form, kw in ((forms.mlstm_recurrent, {}), (forms.mlstm_parallel, {}),
+                     (forms.mlstm_chunkwise, {"chunk_size": 32})):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, i_pre, f_pre)]
+        h, (C, n, m), _, _ = form(*leaves[:4], torch.nn.functional.logsigmoid(leaves[4]),
+                                  **kw)
+        (h.sum() + C.sum() + n.sum()).backward()
+        results.append([h, C, n, m] + [t.grad for t in leaves])
+    for got in results[1:]:
+        for a, b, what in zip(got, results[0], ["h", "C", "n", "m", "dq", "dk", "dv", "dĩ",
+                                                 "df̃"]):
+            assert torch.isfinite(a).all(), what
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=what)
