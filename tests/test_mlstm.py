@@ -435,3 +435,12 @@ def test_forms_equal_float32_where_exp_overflows():
                                                  "df̃"]):
             assert torch.isfinite(a).all(), what
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=what)
+
+
+def test_compiles_without_graph_breaks():
+    """torch.compile sees one graph (the chunkwise form calls the parallel form inside)."""
+    import torch._dynamo as dynamo
+    dynamo.reset()
+    m = lstmkit.mLSTM(3, 4, num_heads=2, backend="chunkwise", chunk_size=4)
+    explained = dynamo.explain(m)(torch.randn(10, 2, 3))
+    assert explained.graph_break_count == 0, explained.break_reasons
