@@ -11,17 +11,20 @@ the same function (they are tested equal in float64):
   m_t = max_s (F_t − F_s + ĩ_s) (and F_t + m_0 for the initial state). O(T²·d) per head.
 * :func:`mlstm_chunkwise` — chunks of L steps: the state at every chunk start by the
   recurrence between chunks (one step per chunk), then the parallel form inside every chunk
-  from its start state, all chunks at once. O(T·L·d + T·d²/L·d) per head.
+  from its start state, all chunks at once. O(T·L·d + T·d²) per head, and O(T·L +
+  (T/L)·d²) memory.
 
 Shapes: q, k, v (…, T, d) with k already scaled by 1/√d; log_i = ĩ and log_f = log f
 (…, T); the state (C' (…, d, d), n' (…, d), m (…)) as in :mod:`lstmkit.cells.mlstm`.
 Each returns h̃ (…, T, d), the final state, and the stabilised denominator with its m
 ((…, T) each; the true normaliser max(|n_tᵀq_t|, 1) is denominator · exp(m)).
 
-Sequences that end early (packed input) are run by every form with *neutral steps* after
-their end: ĩ = −∞ and log f = 0, so that C', n' and m pass through unchanged and the final
-state is the state at the sequence's own end. :func:`mlstm_recurrent` instead takes a
-``valid`` mask and keeps the state where it is False (an independent check of the above).
+Sequences that end early (packed input) are run by the parallel and chunkwise forms with
+*neutral steps* after their end (``lstmkit.mLSTM`` sets them; the chunkwise form also pads
+the last chunk with them): ĩ = −∞ and log f = 0, so that C', n' and m pass through
+unchanged and the final state is the state at the sequence's own end.
+:func:`mlstm_recurrent` instead takes a ``valid`` mask and keeps the state where it is
+False (an independent check of the above).
 """
 
 from __future__ import annotations
