@@ -37,6 +37,7 @@ CELLS = {"lstm": (lstmkit.LSTM, {}), "peephole": (lstmkit.LSTM, {"peephole": Tru
          "rnn": (lstmkit.RNN, {}),
          **{f"lstm-{k}": (lstmkit.LSTM, kw) for k, kw in GREFF_VARIANTS.items()},  # Greff 2015
          **{name: (lstmkit.MUT, {"variant": v}) for name, v in MUT_CELLS.items()}}  # Jozefowicz
+CELLS["mlstm"] = (lstmkit.mLSTM, {})                # xLSTM's mLSTM (Beck et al. 2024)
 VAL_SEED, TEST_SEED = 1_000_003, 2_000_003          # offsets: validation/test never = train
 
 
