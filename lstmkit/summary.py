@@ -37,11 +37,11 @@ def summary(model: nn.Module) -> str:
     model = _as_lstmkit(model)
     layers = [(n, m) for n, m in model.named_modules()
               if isinstance(m, (RecurrentBase, RecurrentCell))
-              or hasattr(m, "grid_summary")]                     # lstmkit.GridLSTM
+              or hasattr(m, "_lstmkit_summary")]             # modules beside the engine
     if not layers:
         raise ValueError(f"summary: {type(model).__name__} contains no lstmkit LSTM, GRU or "
                          "RNN layer")
-    parts = [m.grid_summary(name or type(m).__name__) if hasattr(m, "grid_summary")
+    parts = [m._lstmkit_summary(name or type(m).__name__) if hasattr(m, "_lstmkit_summary")
              else _module_summary(name or type(m).__name__, m) for name, m in layers]
     total = count_parameters(model)
     rnn_total = sum(count_parameters(m) for _, m in layers)

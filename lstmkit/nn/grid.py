@@ -8,8 +8,6 @@ no fused kernel).
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -100,6 +98,9 @@ class GridLSTM(nn.Module):
     parameter table.
     """
 
+    _lstmkit_recordable = True          # lstmkit.record and summary take this module
+    record_family = "grid_lstm"
+
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 2,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
@@ -172,11 +173,6 @@ class GridLSTM(nn.Module):
             raise ValueError(f"GridLSTM: backend must be one of {', '.join(_BACKENDS)}, got "
                              f"{backend!r}")
         return backend
-
-    @property
-    def cell(self) -> SimpleNamespace:
-        """What ``lstmkit.record`` reads of a layer's cell: its family name."""
-        return SimpleNamespace(family="grid_lstm")
 
     @property
     def fused_supported(self) -> str | None:
@@ -333,7 +329,7 @@ class GridLSTM(nn.Module):
         return output, states
 
     # -- description ---------------------------------------------------------------------
-    def grid_summary(self, title: str) -> str:
+    def _lstmkit_summary(self, title: str) -> str:
         """The per-layer, per-dimension parameter table that ``lstmkit.summary`` prints."""
         rows = [("layer", "dimension", "transform", "weight", "bias", "params")]
         total = self.weight_in.numel() + (self.bias_in.numel() if self.bias_in is not None
