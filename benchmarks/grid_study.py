@@ -83,7 +83,8 @@ def main() -> None:
         args.out.write_text(json.dumps({
             "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread "
                        "(shared, noisy machine)",
-            "total_seconds": time.perf_counter() - started, "runs": results}, indent=1) + "\n")
+            "total_seconds": time.perf_counter() - started, "runs": results},
+            separators=(",", ":")) + "\n")                      # compact: curves included
 
 
 if __name__ == "__main__":
