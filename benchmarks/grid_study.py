@@ -64,7 +64,8 @@ def main() -> None:
                          "grid_study_followup.json unless --out is given")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    args.out = args.out or (OUT.with_name("grid_study_followup.json") if args.followup else OUT)
+    name = "grid_study" + ("_followup" if args.followup else "") + ("_quick" if args.quick else "")
+    args.out = args.out or OUT.with_name(name + ".json")
     torch.set_num_threads(1)
     results = []
     started = time.perf_counter()
