@@ -23,8 +23,10 @@ are stacked u, f, c, o — torch.nn.LSTM's i, f, g, o)::
     h'  = g^o ⊙ tanh(m')          (cell_output="standard": Hochreiter & Schmidhuber's form,
                                   torch.nn.LSTM's)
 
-The paper writes the transforms without biases ("omitted for brevity" is our reading of
-their absence); the biases here are optional (``bias=True`` by default, as in torch.nn).
+The transforms as we recall them from the paper have no bias terms (not re-checked here);
+the biases here are optional (``bias=True`` by default, as in torch.nn). The output form
+``"paper"`` is likewise our recollection of the paper's equations (and the project's brief),
+not re-read here; see docs/architectures.md.
 
 *Priority dimensions* (§3.2; the section numbers as TensorFlow's GridRNN cell cites them):
 a prioritised dimension is computed after the others and sees

@@ -7,8 +7,9 @@ odd). Two classes, cross-entropy; the paper's measure is accuracy, solved = ever
 string right. Baseline: 50 % (no function of fewer than all k bits does better).
 
 ``addition`` (T = number of digits): two T-digit numbers (leading zeros allowed) are read
-one digit per step, then the network writes their sum one digit per step (Zaremba &
-Sutskever 2014's formulation, which the paper follows, without curriculum). Layout, with
+one digit per step, then the network writes their sum one digit per step (as in Zaremba &
+Sutskever 2014, with no curriculum; the paper's exact presentation could not be checked
+here). Layout, with
 "-" the delimiter, padding and end symbol::
 
     input:   a_0 … a_{T−1}  -  b_0 … b_{T−1}  -  - … -  (T + 2 times)
