@@ -30,7 +30,14 @@ from pathlib import Path
 import torch
 
 from lstmkit.data.music import load_chorales
-from lstmkit.train.music import MusicConfig, MusicTrainer, load_split, match_hidden, n_parameters
+from lstmkit.train.music import (
+    MusicConfig,
+    MusicTrainer,
+    base_rate_nll,
+    load_split,
+    match_hidden,
+    n_parameters,
+)
 
 # name → (cell, forget-gate bias)
 CELLS = {"tanh RNN": ("rnn", 0.0), "LSTM": ("lstm", 0.0), "LSTM fb=1": ("lstm", 1.0),
@@ -69,6 +76,7 @@ def main(argv=None) -> int:
            "frames": {"train": data[0].frames, "valid": data[1].frames,
                       "test": data[2].frames},
            "sizes": sizes, "target_params": target, "runs": [],
+           "base_rate_test_nll": base_rate_nll(data[0].rolls, data[2].rolls),
            "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread; noisy, "
                       "shared machine (other jobs on the second core)",
            "argv": sys.argv[1:]}

@@ -375,3 +375,15 @@ def test_cli_train_evaluate_sample(few_chorales, tmp_path, capsys):
     assert main(["music", "train", "--select", "nothing*", "--out",
                  str(tmp_path / "r2")]) == 2
     assert "no chorale name matches" in capsys.readouterr().err
+
+
+def test_base_rate_nll_is_the_memoryless_model():
+    from lstmkit.train.music import base_rate_nll
+    train_rolls, test_rolls = tiny_set(4, 5).rolls, tiny_set(3, 6).rolls
+    q = np.concatenate(train_rolls).mean(0).clip(1e-4, 1 - 1e-4)
+    model = MusicModel(MusicConfig(cell="rnn", hidden=3))
+    with torch.no_grad():                  # zero output weights: σ(b_k) = q_k at every step
+        model.out.weight.zero_()
+        model.out.bias.copy_(torch.from_numpy(np.log(q / (1 - q))))
+    assert math.isclose(base_rate_nll(train_rolls, test_rolls),
+                        nll_per_step(model, test_rolls), rel_tol=1e-5)

@@ -160,6 +160,15 @@ def nll_per_step(model: nn.Module, rolls: list[np.ndarray], batch: int = 64) -> 
     return total / frames
 
 
+def base_rate_nll(train: list[np.ndarray], rolls: list[np.ndarray]) -> float:
+    """NLL per time step of the model with no memory: key k on with its frequency in the
+    ``train`` frames (clipped to [1e-4, 1 − 1e-4]) at every step, independently — the
+    floor a recurrent model has to beat."""
+    q = np.concatenate(train).mean(0).clip(1e-4, 1 - 1e-4)
+    x = np.concatenate(rolls).astype(np.float64)
+    return float(-(x * np.log(q) + (1 - x) * np.log(1 - q)).sum(1).mean())
+
+
 @dataclass
 class MusicResult:
     run_dir: Path
@@ -329,4 +338,4 @@ def match_hidden(cfg: MusicConfig, target: int) -> int:
 
 __all__ = ["MusicConfig", "MusicModel", "MusicTrainer", "MusicResult", "batch_tensors",
            "frame_nll", "nll_per_step", "sample_roll", "load_music_run", "evaluate_run",
-           "resume_music_config", "match_hidden", "n_parameters"]
+           "resume_music_config", "match_hidden", "n_parameters", "base_rate_nll"]
