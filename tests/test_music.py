@@ -387,3 +387,16 @@ def test_base_rate_nll_is_the_memoryless_model():
         model.out.bias.copy_(torch.from_numpy(np.log(q / (1 - q))))
     assert math.isclose(base_rate_nll(train_rolls, test_rolls),
                         nll_per_step(model, test_rolls), rel_tol=1e-5)
+
+
+def test_empty_corpus_and_unparsable_pieces(monkeypatch, tmp_path):
+    pytest.importorskip("music21")
+    monkeypatch.setenv("LSTMKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(dm, "chorale_names", lambda: [])
+    with pytest.raises(MusicDataError, match="gave no usable pieces"):
+        dm.load_chorales(1.0)
+    monkeypatch.setattr(dm, "chorale_names", lambda: ["bach/bwv66.6", "bach/no-such-file"])
+    data = dm.load_chorales(1.0, cache=False)
+    assert data.names == ["bach/bwv66.6"]
+    assert "could not parse" in data.skipped["bach/no-such-file"]
+    assert not (tmp_path / "music").exists()              # cache=False writes nothing
