@@ -11,7 +11,7 @@ The model reads frame x_{t−1} (an all-zero frame before the first) and gives e
     h_t = cell(P x_{t−1}, h_{t−1})      P: Linear(88 → H) for MUT1/MUT2 (or ``project``),
     p(x_t | x_{<t}) = ∏_k σ(W h_t + b)_k^{x_tk} (1 − σ(W h_t + b)_k)^{1 − x_tk}
 
-— the multi-label (sigmoid) output layer of Chung, Gulcehre, Cho & Bengio (2014, §4.1),
+— the multi-label (sigmoid) output layer Chung, Gulcehre, Cho & Bengio (2014) use for music,
 as in Boulanger-Lewandowski, Bengio & Vincent (2012)'s RNN baseline. MUT1 and MUT2 add
 their input to an H-vector (Jozefowicz et al. 2015), so they need an input of size H:
 a linear projection 88 → H (with bias) goes in front of them; the other cells read the
@@ -22,7 +22,7 @@ the Bernoulli negative log-likelihood (nats), averaged over all frames of the sp
 pieces pooled (a long piece weighs by its length). Every frame is predicted, the first one
 from the zero frame, so a piece of T steps contributes T terms. This is the quantity
 Boulanger-Lewandowski et al. report as "log-likelihood" per time step and Chung et al. as
-"average negative log-probabilities" (their Table 2); whether their averages pool frames or
+negative log-likelihood (their Table 2); whether their averages pool frames or
 average per sequence first is not stated in what we could read, so compare the figures as
 the same unit, not to the last digit.
 
