@@ -6,7 +6,8 @@ piano rolls on a fixed grid.
 
 **Which pieces.** :func:`chorale_names` lists the chorales of
 ``music21.corpus.chorales.Iterator(returnType='filename')``: Riemenschneider's numbering
-1–371, the collection the JSB Chorales benchmark was built from. The iterator names 371
+1–371 of the four-part chorales (JSB Chorales, 382 pieces, is another selection of the
+same repertoire; docs/architectures.md compares the two). The iterator names 371
 chorales, some of them by the same file (music21 stores one harmonisation once even where
 two Riemenschneider numbers print it); the file list, duplicates dropped in order, holds
 350 pieces. The rest of ``corpus.getComposer('bach')`` (variant and instrumental versions,
