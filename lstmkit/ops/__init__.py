@@ -95,6 +95,8 @@ def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[in
             run = select_backend(backend, cell, x, batch_sizes, projected=projected,
                                  recording=recording, masked=masked)
         return _autocast_off(run, x)
+    if cell.scan is not None:            # a linear recurrence: its own whole-layer paths
+        return cell.scan(backend, x)
     if cell.fused is None:
         if backend == "auto":
             return reference.run_layer
