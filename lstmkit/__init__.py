@@ -22,9 +22,10 @@ from .nn import (
     GRUCell,
     LSTMCell,
     RNNCell,
+    minGRU,
+    minLSTM,
     module_for,
 )
-from .nn import minGRU, minLSTM
 from .quantized import DynamicQuantized, quantize_dynamic
 from .quantized import register as register_quantization
 from .summary import count_parameters, summary

@@ -145,7 +145,7 @@ def gates_of(family: str, k: Tensor, log_space: bool) -> Gates:
 def _spec(family: str, step, log_space: bool) -> CellSpec:
     if not isinstance(log_space, bool):
         raise TypeError(f"{family}: log_space must be True or False, got {log_space!r}")
-    from ..ops import scan          # the whole-layer paths (imports ops, which imports cells)
+    from ..ops import scan  # the whole-layer paths (ops imports cells: imported here)
     return CellSpec(
         family=family,
         step=partial(step, log_space=log_space),
