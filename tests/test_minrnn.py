@@ -194,8 +194,8 @@ def test_long_sequence_with_saturated_gates(family):
     for backend in SCANS:
         got, want = results[backend], results["reference"]
         # the torch scan's autograd backward differentiates through A_t = Σ log a_s and
-        # cancels terms of size |A_t| ~ 10⁴: its gradients keep ~10 digits here, not 15
-        grad_tol = 1e-9 if backend == "fused_cpp" else 1e-4
+        # cancels terms of size |A_t| (up to ~4·10³ within a chunk of 64 steps here)
+        grad_tol = 1e-9 if backend == "fused_cpp" else 1e-6
         for name, a, b in zip(("output", "h_n", "grad input"), got[:3], want[:3]):
             assert torch.isfinite(a).all(), f"{backend}: {name} not finite"
             tol = grad_tol if name.startswith("grad") else 1e-9
@@ -207,6 +207,19 @@ def test_long_sequence_with_saturated_gates(family):
     want = results["reference"][0].detach()
     err = (m32(x32)[0].double() - want).abs().max()
     assert err < 1e-6 * want.abs().max(), err      # float32 rounding of |k| ~ 60, no more
+
+
+@pytest.mark.parametrize("family", list(CLASSES))
+def test_float32_torch_scan_keeps_its_precision_in_chunks(family):
+    """At T = 2,000 in float32 the torch scan runs in chunks of 64 steps, which bounds the
+    precision it loses to |A_t| (unchunked: ~1e-4 of max|h| here; chunked: ~5e-6)."""
+    m = _module(family, "reference")
+    x = torch.randn(2000, 2, I, dtype=F64, generator=torch.Generator().manual_seed(5))
+    want = m(x)[0].detach()
+    m32 = m.float()
+    m32.backend = "fused_py"
+    err = (m32(x.float())[0].double() - want).abs().max()
+    assert err < 2e-5 * want.abs().max(), err
 
 
 @pytest.mark.parametrize("kernel", scan_ops.KERNELS)
@@ -313,8 +326,6 @@ def test_clear_errors():
         lstmkit.minLSTM(3, 0)
     with pytest.raises(ValueError, match="from_torch is not supported"):
         lstmkit.minGRU.from_torch(torch.nn.GRU(3, 4))
-    with pytest.raises(ValueError, match="non-finite|NaN|finite"):
-        m(torch.full((2, 1, 3), float("nan")))
 
 
 # -- the command lines ---------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def g_pos(x: Tensor) -> Tensor:
 
 def log_g(x: Tensor) -> Tensor:
     """log g(x), computed without forming g(x) for x < 0: log σ(x) = −softplus(−x)."""
-    return torch.where(x >= 0, torch.log(F.relu(x) + 0.5), -F.softplus(-x))
+    return torch.where(x >= 0, torch.log(F.relu(x) + 0.5), -softplus(-x))
 
 
 def _candidate(k_h: Tensor, log_space: bool) -> Tensor:
@@ -95,34 +95,74 @@ def minlstm_step(x_t: Tensor, state: State, w: LayerWeights, *, h_in: Tensor | N
 
 
 # -- the coefficients of h_t = a_t ⊙ h_{t-1} + b_t, in log space -------------------------------
+def softplus(x: Tensor) -> Tensor:
+    """log(1 + e^x). torch's default switches to x above 20, an absolute error of e^{-20}
+    ≈ 2·10⁻⁹ in every log-coefficient, which a long scan sums; from 40 on, e^{-40} is below
+    float64's rounding of x (and e^40 still fits a float32)."""
+    return F.softplus(x, threshold=40.0)
+
+
 def log_coefficients(family: str, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """From the pre-activations ``k`` (…, K·H) of every step: log a_t, log u_t (the weight
     of the candidate: z_t or i'_t) and k_h. Stable for any k: only softplus and sums."""
     if family == "mingru":
         k_z, k_h = k.chunk(2, dim=-1)
-        return -F.softplus(k_z), -F.softplus(-k_z), k_h
+        return -softplus(k_z), -softplus(-k_z), k_h
     k_f, k_i, k_h = k.chunk(3, dim=-1)
-    d = F.softplus(-k_f) - F.softplus(-k_i)          # log(i/f) = log i − log f, negated
-    return -F.softplus(d), -F.softplus(-d), k_h
+    d = softplus(-k_f) - softplus(-k_i)          # log(i/f) = log i − log f, negated
+    return -softplus(d), -softplus(-d), k_h
 
 
-def log_scan(log_a: Tensor, log_u: Tensor, k_h: Tensor, h0: Tensor, log_space: bool) -> Tensor:
+#: steps per chunk of :func:`log_scan`: within a chunk the log-space scan, across chunks a
+#: loop (T / CHUNK steps); bounds |A_t| and so the precision lost to it (see log_scan)
+CHUNK = 64
+
+
+def log_scan(log_a: Tensor, log_u: Tensor, k_h: Tensor, h0: Tensor, log_space: bool,
+             chunk: int = CHUNK) -> Tensor:
     """h_t = a_t h_{t-1} + u_t h̃_t for every t at once (time is dim 0), by the log-space
-    scan of Heinsen (2023) as Feng et al. use it:
+    scan of Heinsen (2023) as Feng et al. use it, in chunks of ``chunk`` steps:
 
         A_t = Σ_{s≤t} log a_s,    h_t = e^{A_t} h_0 + Σ_{s≤t} e^{A_t − A_s} u_s h̃_s
             = e^{A_t} h_0 + e^{A_t + logcumsumexp_s(log u_s + log h̃_s − A_s)}
 
-    Every exponent is ≤ 0 after logcumsumexp's own max-shift, so nothing overflows at any
-    length. A positive h̃ (the log-space form: h̃ = g(k_h)) needs one logcumsumexp; a
-    signed h̃ (the plain form) two: h̃ = p − n with p = 1 + (|h̃| + h̃)/2 and
-    n = 1 + (|h̃| − h̃)/2, both ≥ 1, so every logarithm is finite and the derivative is
-    right at h̃ = 0 too. Since the weights e^{A_t − A_s} u_s sum to at most 1, the
-    difference of the two sums loses at most a few ulp of 1 + max|h̃|, as h̃ itself does.
-    Float32 loses |A_t| · 2⁻²⁴ in the exponent, i.e. relative precision once |A_t| is in
-    the thousands; the C++ loop has no such limit.
+    Every exponent is ≤ 0 after logcumsumexp's own max-shift, so nothing overflows or
+    underflows to a wrong value at any length. A positive h̃ (the log-space form: h̃ =
+    g(k_h)) needs one logcumsumexp; a signed h̃ (the plain form) two: h̃ = p − n with
+    p = 1 + (|h̃| + h̃)/2 and n = 1 + (|h̃| − h̃)/2, both ≥ 1, so every logarithm is finite
+    and the derivative is right at h̃ = 0 too; since the weights e^{A_t − A_s} u_s sum to
+    at most 1, the difference loses at most a few ulp of 1 + max|h̃|, as h̃ itself does.
+
+    What the log-space form does cost is precision: A_t and the logcumsumexp are added
+    with |A_t| growing linearly in t, so h_t keeps |A_t| · ε of relative precision (ε = 2⁻²⁴
+    in float32), and autograd's backward cancels terms of that size. The scan therefore
+    runs within chunks of ``chunk`` steps (all chunks at once) and carries the state from
+    chunk to chunk in a loop of T / chunk steps: |A_t| stays below ``chunk`` · max log(1/a).
     """
-    A = torch.cumsum(log_a, dim=0)                                       # (T, B, H)
+    T = log_a.shape[0]
+    if T <= chunk:
+        return _log_scan(log_a, log_u, k_h, h0, log_space)
+    n = -(-T // chunk)
+    pad = n * chunk - T                         # padding at the end: read by no real step
+
+    def chunks(t: Tensor) -> Tensor:            # (T, B, H) -> (chunk, n, B, H)
+        t = torch.cat([t, t.new_zeros(pad, *t.shape[1:])]) if pad else t
+        return t.view(n, chunk, *t.shape[1:]).transpose(0, 1)
+    la, lu, kh = chunks(log_a), chunks(log_u), chunks(k_h)
+    local = _log_scan(la, lu, kh, kh.new_zeros(()), log_space)            # h_0 = 0 per chunk
+    decay = torch.exp(torch.cumsum(la, dim=0))                            # e^{A_t − A_start}
+    h, outs = h0, []
+    for c in range(n):
+        h_c = local[:, c] + decay[:, c] * h
+        outs.append(h_c)
+        h = h_c[-1]
+    return torch.cat(outs)[:T]
+
+
+def _log_scan(log_a: Tensor, log_u: Tensor, k_h: Tensor, h0: Tensor, log_space: bool
+              ) -> Tensor:
+    """One log-space scan over dim 0 (see :func:`log_scan`)."""
+    A = torch.cumsum(log_a, dim=0)
     h = torch.exp(A) * h0                                                # e^{A_t} h_0
     if log_space:
         return h + torch.exp(A + torch.logcumsumexp(log_u + log_g(k_h) - A, dim=0))
