@@ -294,17 +294,31 @@ def test_record_summary_repr_and_pickle(tmp_path):
         m.to_torch()
 
 
-def test_compile_has_no_graph_breaks():
-    """Under torch.compile ``auto`` runs the torch scan (plain ops): one graph."""
+def test_compile_and_export_keep_the_cpp_kernel_in_one_graph():
+    """The C++ kernel is the custom op lstmkit::minrnn_scan: torch.compile sees no graph
+    break and equals eager (outputs and gradients); torch.export keeps the op."""
     torch.manual_seed(0)
     for cls in CLASSES.values():
-        m = cls(I, H, bidirectional=True)
+        m = cls(I, H, bidirectional=True, num_layers=2)
         x = torch.randn(6, 2, I)
         dynamo.reset()
         explained = dynamo.explain(m)(x)
         assert explained.graph_break_count == 0, explained.break_reasons
+        used = {str(n.target) for gm in explained.graphs for n in gm.graph.nodes
+                if n.op == "call_function"}
+        assert any("minrnn_scan" in op for op in used), used
         compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
-        torch.testing.assert_close(compiled(x)[0], m(x)[0], rtol=1e-5, atol=1e-5)
+        xg = x.clone().requires_grad_()
+        compiled(xg)[0].square().sum().backward()
+        want = x.clone().requires_grad_()
+        out = m(want)[0]
+        torch.testing.assert_close(compiled(x)[0], out, rtol=1e-5, atol=1e-5)
+        out.square().sum().backward()
+        torch.testing.assert_close(xg.grad, want.grad, rtol=1e-5, atol=1e-5)
+        exported = torch.export.export(m.eval(), (x,))
+        targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+        assert any("minrnn_scan" in t for t in targets), targets
+        torch.testing.assert_close(exported.module()(x)[0], m(x)[0], rtol=1e-6, atol=1e-6)
 
 
 def test_clear_errors():

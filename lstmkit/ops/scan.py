@@ -10,9 +10,13 @@ calls it for every backend but ``"reference"`` (the autograd loop over the equat
 * ``"fused_cpp"``: the C++ kernel (``csrc/minrnn.h``): one pass over time per sequence,
   vectorised over the units, sequences in parallel, with its hand-derived backward; CPU
   float32/float64;
-* ``"fused"`` and ``"auto"``: the C++ kernel where it runs (measured faster than the
-  torch scan at every size tried, see docs/xlstm-and-scans.md), else the torch scan; under
-  ``torch.compile`` the torch scan (plain ops, no graph break).
+* ``"fused"`` and ``"auto"``: the C++ kernel where it runs (measured faster and more
+  precise than the torch scan at every size tried, see docs/xlstm-and-scans.md), else the
+  torch scan.
+
+The C++ kernel is the custom op ``lstmkit::minrnn_scan`` (with its backward
+``lstmkit::minrnn_scan_backward``), so ``torch.compile`` and ``torch.export`` keep it in
+one graph.
 
 Both take the pre-activations in *scan order* (T, B, K·H): padded, and for the reverse
 direction each sequence reversed within its own length, so that every sequence starts at
@@ -26,7 +30,7 @@ from functools import lru_cache, partial
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+from torch.library import custom_op
 
 from ..cells import minrnn
 from ..cells.base import CellSpec, LayerWeights, State
@@ -47,9 +51,8 @@ def select(backend: str, x: Tensor, *, family: str, log_space: bool):
                              f"{x.dtype} on {x.device}; use backend='fused' or 'auto'")
         cpp_module("engine", required=True)
         kernel = "cpp"
-    else:
-        compiling = torch.compiler.is_compiling() or torch.jit.is_tracing()
-        use_cpp = cpp_ok and not compiling and cpp_module("engine", required=False) is not None
+    else:                                   # the kernel is a custom op: compiles too
+        use_cpp = cpp_ok and cpp_module("engine", required=False) is not None
         kernel = "cpp" if use_cpp else "torch"
     return partial(run_layer, family=family, log_space=log_space, kernel=kernel)
 
@@ -95,7 +98,7 @@ def run_layer(cell: CellSpec, x: Tensor, batch_sizes: list[int], state0: State,
 def scan(family: str, k: Tensor, h0: Tensor, log_space: bool, kernel: str) -> Tensor:
     """h (T, B, H) from the pre-activations ``k`` (T, B, K·H) in scan order and h_0 (B, H)."""
     if kernel == "cpp":
-        return _MinRNNCpp.apply(k, h0, family == "minlstm", log_space)
+        return minrnn_scan(k, h0, family == "minlstm", log_space)
     log_a, log_u, k_h = minrnn.log_coefficients(family, k)
     return minrnn.log_scan(log_a, log_u, k_h, h0, log_space)
 
@@ -118,21 +121,46 @@ def _layout(batch_sizes: tuple[int, ...], reverse: bool, device: torch.device
     return rows.to(device), last.to(device)
 
 
-class _MinRNNCpp(torch.autograd.Function):
-    """The C++ kernel (``csrc/minrnn.h``) with its hand-derived backward."""
+# -- the C++ kernel as torch.library custom ops: eager, torch.compile and torch.export alike ------
+@custom_op("lstmkit::minrnn_scan", mutates_args=())
+def minrnn_scan(k: Tensor, h0: Tensor, lstm: bool, log_space: bool) -> Tensor:
+    """h (T, B, H) of the C++ kernel (``csrc/minrnn.h``) from k (T, B, K·H) and h0 (B, H)."""
+    return cpp_module("engine", required=True).minrnn_forward(
+        k.contiguous(), h0.contiguous(), lstm, log_space)
 
-    @staticmethod
-    def forward(ctx, k: Tensor, h0: Tensor, lstm: bool, log_space: bool) -> Tensor:
-        k, h0 = k.contiguous(), h0.contiguous()
-        h = cpp_module("engine", required=True).minrnn_forward(k, h0, lstm, log_space)
-        ctx.save_for_backward(k, h0, h)
-        ctx.flags = (lstm, log_space)
-        return h
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dh: Tensor):
-        k, h0, h = ctx.saved_tensors
-        dk, dh0 = cpp_module("engine", required=True).minrnn_backward(
-            k, h0, h, dh.contiguous(), *ctx.flags)
-        return dk, dh0, None, None
+@minrnn_scan.register_fake
+def _(k: Tensor, h0: Tensor, lstm: bool, log_space: bool) -> Tensor:
+    return k.new_empty(k.shape[0], k.shape[1], h0.shape[1])
+
+
+@custom_op("lstmkit::minrnn_scan_backward", mutates_args=())
+def minrnn_scan_backward(k: Tensor, h0: Tensor, h: Tensor, dh: Tensor, lstm: bool,
+                         log_space: bool) -> tuple[Tensor, Tensor]:
+    """(∂L/∂k, ∂L/∂h0) by the kernel's hand-derived backward, from ∂L/∂h (T, B, H)."""
+    dk, dh0 = cpp_module("engine", required=True).minrnn_backward(
+        k.contiguous(), h0.contiguous(), h.contiguous(), dh.contiguous(), lstm, log_space)
+    return dk, dh0
+
+
+@minrnn_scan_backward.register_fake
+def _(k, h0, h, dh, lstm, log_space):
+    return torch.empty_like(k), torch.empty_like(h0)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    k, h0, lstm, log_space = inputs
+    ctx.save_for_backward(k, h0, output)
+    ctx.flags = (lstm, log_space)
+
+
+def _backward(ctx, dh):
+    if torch.is_grad_enabled():
+        raise RuntimeError("the C++ minGRU/minLSTM kernel cannot differentiate twice "
+                           "(create_graph=True); use backend='reference' or 'fused_py'")
+    k, h0, h = ctx.saved_tensors
+    dk, dh0 = minrnn_scan_backward(k, h0, h, dh, *ctx.flags)
+    return dk, dh0, None, None
+
+
+minrnn_scan.register_autograd(_backward, setup_context=_setup_context)
