@@ -348,7 +348,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, cwd=ROOT, timeout=300)
 
 
-def test_train_cell_mingru_runs(tmp_path):
+def test_train_and_inspect_cell_mingru(tmp_path):
     data = tmp_path / "corpus.txt"
     data.write_text("def f(x):\n    return x + 1\n" * 200)
     r = _cli("train", "--data", str(data), "--cell", "mingru", "--hidden", "16", "--embed",
@@ -360,6 +360,11 @@ def test_train_cell_mingru_runs(tmp_path):
     from lstmkit.train.sample import load_run
     run = load_run(tmp_path / "run", "last")
     assert isinstance(run.model.rnn, lstmkit.minGRU)
+    r = _cli("inspect", str(tmp_path / "run"), "--text", "def f(x):\n    return x",
+             "--checkpoint", "last", "--out", str(tmp_path / "report.html"))
+    assert r.returncode == 0, r.stderr
+    html = (tmp_path / "report.html").read_text()
+    assert '"z"' in html and "mingru" in html.lower()          # the update gate is reported
 
 
 def test_experiment_cells_mingru_minlstm(tmp_path):

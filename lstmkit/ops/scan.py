@@ -34,7 +34,7 @@ from torch.library import custom_op
 
 from ..cells import minrnn
 from ..cells.base import CellSpec, LayerWeights, State
-from .extension import cpp_module
+from .extension import cpp_module, disabled
 
 _CPP_DTYPES = (torch.float32, torch.float64)
 KERNELS = ("torch", "cpp")
@@ -51,7 +51,9 @@ def select(backend: str, x: Tensor, *, family: str, log_space: bool):
                              f"{x.dtype} on {x.device}; use backend='fused' or 'auto'")
         cpp_module("engine", required=True)
         kernel = "cpp"
-    else:                                   # the kernel is a custom op: compiles too
+    elif torch.compiler.is_compiling():     # the kernel is a custom op: it compiles too;
+        kernel = "cpp" if cpp_ok and not disabled() else "torch"   # built when it first runs
+    else:
         use_cpp = cpp_ok and cpp_module("engine", required=False) is not None
         kernel = "cpp" if use_cpp else "torch"
     return partial(run_layer, family=family, log_space=log_space, kernel=kernel)
