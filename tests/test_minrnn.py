@@ -209,6 +209,28 @@ def test_long_sequence_with_saturated_gates(family):
     assert err < 1e-6 * want.abs().max(), err      # float32 rounding of |k| ~ 60, no more
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("kernel", scan_ops.KERNELS)
+def test_minlstm_with_both_gates_underflowing(kernel, dtype):
+    """k_f = k_i = −200: f and i underflow to 0 (the equation as written gives 0/0), but
+    f' = i' = ½ exactly since f = i; both scans give h_t = (h_{t-1} + h̃_t) / 2. With
+    k_f = −200, k_i = +200: i' = 1 to within e^{−200}, h_t = h̃_t."""
+    T, B = 5, 2
+    k_h = torch.randn(T, B, H, dtype=dtype)
+    h0 = torch.randn(B, H, dtype=dtype)
+    for k_f, k_i in ((-200.0, -200.0), (-200.0, 200.0)):
+        k = torch.cat([torch.full((T, B, H), k_f, dtype=dtype),
+                       torch.full((T, B, H), k_i, dtype=dtype), k_h], dim=-1)
+        h = scan_ops.scan("minlstm", k, h0, False, kernel)
+        want, prev = [], h0
+        for t in range(T):
+            prev = (prev + k_h[t]) / 2 if k_i < 0 else k_h[t]
+            want.append(prev)
+        # the torch scan in float32 keeps |A_t| · 2⁻²⁴ (A_t = −200 t here): ~1e-4
+        tol = 2e-4 if (kernel, dtype) == ("torch", torch.float32) else TOL[dtype]
+        assert_close(h, torch.stack(want), f"{kernel} k_f={k_f} k_i={k_i}", tol)
+
+
 @pytest.mark.parametrize("family", list(CLASSES))
 def test_float32_torch_scan_keeps_its_precision_in_chunks(family):
     """At T = 2,000 in float32 the torch scan runs in chunks of 64 steps, which bounds the
