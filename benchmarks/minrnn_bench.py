@@ -113,22 +113,31 @@ def _print(title: str, rows: dict) -> None:
         print(f"  {name:18s} median {r['median_ms']:9.2f} ms  min {r['min_ms']:9.2f} ms  {ratios}")
 
 
-def bench_models(T: int, B: int, H: int, repeats: int, stream_T: int) -> dict:
-    results = {}
+def bench_models(T: int, B: int, H: int, repeats: int, stream_T: int,
+                 parts: tuple[str, ...] = ("train", "infer", "stream")) -> dict:
+    results: dict[str, dict] = {}
     x = torch.randn(T, B, H)
     for name in ("minGRU", "minLSTM"):
         models = _models(name, H)
         torch_name = [k for k in models if k.startswith("torch.nn")][0]
         base = ("reference", torch_name)
-        train = _summarise(_timed({k: _train(m, x) for k, m in models.items()}, repeats), base)
-        infer = _summarise(_timed({k: _infer(m, x) for k, m in models.items()}, repeats), base)
-        xs = x[:stream_T]
-        stream = _summarise(_timed({k: _stream(m, xs) for k, m in models.items()},
-                                   max(3, repeats // 2)), base)
-        _print(f"{name}, training fwd+bwd, (T, B, H) = ({T}, {B}, {H})", train)
-        _print(f"{name}, inference (no_grad), whole sequence", infer)
-        _print(f"{name}, inference step by step, {stream_T} calls of one step", stream)
-        results[name] = {"train": train, "infer": infer, "stream": stream}
+        results[name] = {}
+        if "train" in parts:
+            rows = _summarise(_timed({k: _train(m, x) for k, m in models.items()}, repeats),
+                              base)
+            _print(f"{name}, training fwd+bwd, (T, B, H) = ({T}, {B}, {H})", rows)
+            results[name]["train"] = rows
+        if "infer" in parts:
+            rows = _summarise(_timed({k: _infer(m, x) for k, m in models.items()}, repeats),
+                              base)
+            _print(f"{name}, inference (no_grad), whole sequence", rows)
+            results[name]["infer"] = rows
+        if "stream" in parts:
+            xs = x[:stream_T]
+            rows = _summarise(_timed({k: _stream(m, xs) for k, m in models.items()},
+                                     max(3, repeats // 2)), base)
+            _print(f"{name}, inference step by step, {stream_T} calls of one step", rows)
+            results[name]["stream"] = rows
     return results
 
 
@@ -153,6 +162,7 @@ def bench_scan(B: int, H: int, lengths: tuple[int, ...], repeats: int) -> dict:
     return results
 
 
+PARTS = ("train", "infer", "stream", "scan")
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
 
@@ -168,6 +178,8 @@ def main() -> None:
     parser.add_argument("--H", type=int, default=256)
     parser.add_argument("--stream-T", type=int, default=256)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="what to measure (default: all)")
     parser.add_argument("--system-malloc", action="store_true",
                         help="keep glibc's default allocation thresholds (see the docstring)")
     args = parser.parse_args()
@@ -179,8 +191,10 @@ def main() -> None:
     results = {"config": {"T": args.T, "B": args.B, "H": args.H, "repeats": args.repeats,
                           "threads": torch.get_num_threads(), "dtype": "float32",
                           "malloc": malloc, "load_average": os.getloadavg()},
-               "models": bench_models(args.T, args.B, args.H, args.repeats, args.stream_T),
-               "scan": bench_scan(args.B, args.H, (64, 256, 1024), args.repeats)}
+               "models": bench_models(args.T, args.B, args.H, args.repeats, args.stream_T,
+                                      tuple(args.parts))}
+    if "scan" in args.parts:
+        results["scan"] = bench_scan(args.B, args.H, (64, 256, 1024), args.repeats)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
