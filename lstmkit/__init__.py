@@ -22,6 +22,8 @@ from .nn import (
     GRUCell,
     LSTMCell,
     RNNCell,
+    minGRU,
+    minLSTM,
     module_for,
 )
 from .nn.grid import GridLSTM  # Kalchbrenner et al. 2015
@@ -39,6 +41,7 @@ _torch.serialization.add_safe_globals([LSTM, GRU, RNN, ClockworkRNN, DepthGatedL
                                        LSTMCell, GRUCell, RNNCell, DynamicQuantized])
 _torch.serialization.add_safe_globals([mLSTM])
 _torch.serialization.add_safe_globals([GridLSTM])
+_torch.serialization.add_safe_globals([minGRU, minLSTM])
 register_quantization()               # torch's quantize_dynamic maps lstmkit's classes too
 
 __version__ = "0.1.0"
@@ -55,3 +58,4 @@ __all__ = ["LSTM", "GRU", "RNN", "ClockworkRNN", "DepthGatedLSTM", "LSTM1997", "
            "GridLSTM", "GRUCell", "RNNCell", "CRF", "quantize_dynamic", "record",
            "Recording", "LayerRecord", "count_parameters", "summary", "from_keras", "__version__"]
 __all__ += ["mLSTM"]
+__all__ += ["minGRU", "minLSTM"]

@@ -67,7 +67,12 @@ VARIANTS = {
     "mut1": (lstmkit.MUT, {"variant": 1}),
     "mut2": (lstmkit.MUT, {"variant": 2}),
     "mut3": (lstmkit.MUT, {"variant": 3}),
+    "mingru": (lstmkit.minGRU, {}),
+    "minlstm-log-space": (lstmkit.minLSTM, {"log_space": True}),
 }
+# minGRU and minLSTM run as scans (CellSpec.scan), not through the step loop, and take no
+# regularisers (recurrent dropout and zoneout would make the recurrence non-linear in h)
+SCANNED = {"mingru", "minlstm-log-space"}
 # MUT1 and MUT2 add x_t to an H-vector: their input is H wide, and a bidirectional stack of
 # them cannot have a second layer (it would read 2H), so they run one bidirectional layer.
 SQUARE = {"mut1", "mut2"}
@@ -128,7 +133,7 @@ def _compare(got, want, what: str, tol: float = TOL[F64]) -> None:
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("regulariser", list(REGULARISERS))
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v not in SCANNED])
 def test_every_variant_with_every_regulariser(variant, regulariser, training):
     """Two layers, both directions, packed unsorted input, given initial states: the three
     backends agree to 1e-10 in float64 with the same masks."""
@@ -145,6 +150,18 @@ def test_every_variant_with_every_regulariser(variant, regulariser, training):
         results[backend] = _run(m, packed=True)
     for backend in ("fused_py", "fused_cpp"):
         _compare(results[backend], results["reference"], f"{variant}+{regulariser} {backend}")
+
+
+@pytest.mark.parametrize("variant", sorted(SCANNED))
+def test_every_scanned_variant(variant):
+    """The same matrix without regularisers for the scanned families: two layers, both
+    directions, packed unsorted input, given h_0; fused_py (torch's log-space scan) and
+    fused_cpp (the C++ kernel) equal the reference loop to 1e-10 in float64."""
+    kw = {"bidirectional": True, "num_layers": 2}
+    results = {backend: _run(_build(variant, backend, **kw), packed=True)
+               for backend in BACKENDS}
+    for backend in ("fused_py", "fused_cpp"):
+        _compare(results[backend], results["reference"], f"{variant} {backend}")
 
 
 @pytest.mark.parametrize("variant", ["lstm-nig", "lstm-fgr-peephole", "lstm-layer-norm",
@@ -296,9 +313,11 @@ def test_every_family_has_its_kernels_and_op():
     cells = [_build(v, "auto").cell for v in VARIANTS]
     assert {c.family for c in cells} == set(families())
     cpp = ops.cpp_kernels(required=True).module
-    assert {c.fused.cpp for c in cells} == set(cpp.families())
+    assert {c.fused.cpp for c in cells if c.scan is None} == set(cpp.families())
+    assert all(c.fused is None for c in cells if c.scan is not None)   # scanned: their own
+    assert hasattr(cpp, "minrnn_forward") and hasattr(cpp, "minrnn_backward")   # kernel
     from lstmkit.ops import library
-    for family in families():
+    for family in {c.family for c in cells if c.scan is None}:
         assert hasattr(torch.ops.lstmkit, f"{family}_layer")
         assert library.make_layer_op(family) is library.make_layer_op(family)
 

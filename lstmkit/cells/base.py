@@ -105,6 +105,10 @@ class CellSpec:
     layer as a side input, e.g. the cell of a Depth-Gated LSTM), ``onnx`` (the name of the
     ONNX operator that computes it, or None). ``layout_inputs(batch_sizes, reverse,
     device)`` computes per-row side inputs from the layout (see :meth:`schedule`).
+    ``scan(backend, x)``, for a family whose recurrence is linear in its state with
+    coefficients from x_t alone (h_t = a_t ⊙ h_{t-1} + b_t: minGRU, minLSTM), returns the
+    whole-layer function (the signature of ``ops.reference.run_layer``) that every backend
+    but ``"reference"`` runs instead of a step loop (see :mod:`lstmkit.ops.scan`).
     """
 
     family: str
@@ -123,6 +127,8 @@ class CellSpec:
     onnx: str | None = None
     layout_inputs: Callable[[list[int], bool, torch.device], list[Tensor]] | None = field(
         default=None, compare=False, hash=False)
+    scan: Callable[..., Callable[..., tuple]] | None = field(default=None, compare=False,
+                                                             hash=False)
 
     @property
     def x_rows(self) -> tuple[str, ...]:

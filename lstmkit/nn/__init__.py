@@ -7,8 +7,10 @@ from .depth_gated import DepthGatedLSTM
 from .family import FamilyModule, module_for
 from .gru import GRU
 from .lstm import LSTM
+from .minrnn import minGRU, minLSTM
 from .mut import MUT
 from .rnn import RNN
 
 __all__ = ["LSTM", "GRU", "RNN", "RecurrentBase", "ClockworkRNN", "DepthGatedLSTM", "MUT",
-           "FamilyModule", "module_for", "LSTMCell", "GRUCell", "RNNCell", "RecurrentCell"]
+           "FamilyModule", "module_for", "LSTMCell", "GRUCell", "RNNCell", "RecurrentCell",
+           "minGRU", "minLSTM"]

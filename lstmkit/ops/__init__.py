@@ -16,6 +16,11 @@ Backends:
 * ``"auto"``: the fastest backend that computes the same function: torch's own oneDNN
   LSTM for a plain float32 LSTM on padded input (see ``native.py``), else ``"fused"``.
 
+A family whose recurrence is linear in h with coefficients from x_t alone (minGRU,
+minLSTM) declares ``CellSpec.scan``: every backend but ``"reference"`` then runs its
+whole-layer scan (:mod:`lstmkit.ops.scan`: ``fused_py`` the log-space scan in torch ops,
+``fused_cpp`` its C++ kernel) instead of a step loop.
+
 Under ``torch.compile`` and ``torch.export`` the fused backends run as one custom op per
 layer and family (:mod:`lstmkit.ops.library`); while ``lstmkit.interop.onnx.export`` runs, a
 cell without an ONNX operator runs the reference loop instead (plain ONNX operators).
@@ -95,6 +100,8 @@ def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[in
             run = select_backend(backend, cell, x, batch_sizes, projected=projected,
                                  recording=recording, masked=masked)
         return _autocast_off(run, x)
+    if cell.scan is not None:            # a linear recurrence: its own whole-layer paths
+        return cell.scan(backend, x)
     if cell.fused is None:
         if backend == "auto":
             return reference.run_layer

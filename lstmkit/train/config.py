@@ -8,10 +8,12 @@ from dataclasses import asdict, dataclass, field, fields
 from .variants import GREFF_VARIANTS
 
 CELLS = ("lstm", "gru", "rnn", "mut1", "mut2", "mut3")
+CELLS += ("mingru", "minlstm")                      # Feng et al. 2024: lstmkit.minGRU/minLSTM
 TORCH_CELLS = ("lstm", "gru", "rnn")               # those torch.nn has (impl="torch")
 MUT_CELLS = {"mut1": 1, "mut2": 2, "mut3": 3}      # Jozefowicz et al. 2015: lstmkit.MUT
 CELLS = (*CELLS, "mlstm")                          # xLSTM (Beck et al. 2024): lstmkit.mLSTM
 MLSTM_HEADS = 4                                    # --cell mlstm: num_heads of lstmkit.mLSTM
+MIN_RNN_CELLS = ("mingru", "minlstm")              # Feng et al. 2024 (no weight_hh)
 IMPLS = ("lstmkit", "torch")
 SCHEDULES = ("cosine", "constant")
 

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 import lstmkit
 
-from .config import MLSTM_HEADS, MUT_CELLS, TrainConfig
+from .config import MIN_RNN_CELLS, MLSTM_HEADS, MUT_CELLS, TrainConfig
 from .variants import GREFF_VARIANTS
 
 State = Tensor | tuple[Tensor, Tensor]
@@ -54,13 +54,17 @@ def build_recurrent(cell: str, input_size: int, hidden: int, layers: int = 1, *,
     (ignored for one layer, without torch.nn's warning). ``variant`` names one of Greff et
     al. 2015's LSTM variants (:data:`lstmkit.train.variants.GREFF_VARIANTS`); cells
     ``mut1``–``mut3`` are :class:`lstmkit.MUT` (Jozefowicz et al. 2015), ``mlstm`` is
-    :class:`lstmkit.mLSTM` with ``MLSTM_HEADS`` heads (Beck et al. 2024)."""
+    :class:`lstmkit.mLSTM` with ``MLSTM_HEADS`` heads (Beck et al. 2024), ``mingru`` and
+    ``minlstm`` :class:`lstmkit.minGRU` and :class:`lstmkit.minLSTM` (Feng et al. 2024)."""
     kw = dict(batch_first=True, dropout=dropout if layers > 1 else 0.0,
               bidirectional=bidirectional, backend=backend)
     if cell in MUT_CELLS and not (peephole or coupled or variant):
         return lstmkit.MUT(input_size, hidden, layers, **kw, variant=MUT_CELLS[cell])
     if cell == "mlstm" and not (peephole or coupled or variant):
         return lstmkit.mLSTM(input_size, hidden, layers, **kw, num_heads=MLSTM_HEADS)
+    if cell in MIN_RNN_CELLS and not (peephole or coupled or variant):
+        module = lstmkit.minGRU if cell == "mingru" else lstmkit.minLSTM
+        return module(input_size, hidden, layers, **kw)
     if cell == "lstm":
         options = {"peephole": peephole, "coupled": coupled,
                    **GREFF_VARIANTS.get(variant or "np")}

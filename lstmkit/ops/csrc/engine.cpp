@@ -7,6 +7,7 @@
 #include "engine.h"
 
 #include "cells.inc"
+#include "minrnn.h"
 
 namespace {
 
@@ -135,4 +136,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward);
   m.def("backward", &backward);
   m.def("families", &families);
+  m.def("minrnn_forward", &minrnn_forward);
+  m.def("minrnn_backward", &minrnn_backward);
 }
