@@ -23,6 +23,7 @@ from .nn import (
     LSTMCell,
     RNNCell,
     module_for,
+    sLSTM,
 )
 from .quantized import DynamicQuantized, quantize_dynamic
 from .quantized import register as register_quantization
@@ -35,6 +36,7 @@ LSTM1997 = module_for("lstm1997", "LSTM1997")      # Hochreiter & Schmidhuber 19
 # ``torch.load(path, weights_only=True)`` needs only the user's classes allow-listed.
 _torch.serialization.add_safe_globals([LSTM, GRU, RNN, ClockworkRNN, DepthGatedLSTM, LSTM1997, MUT,
                                        LSTMCell, GRUCell, RNNCell, DynamicQuantized])
+_torch.serialization.add_safe_globals([sLSTM])
 register_quantization()               # torch's quantize_dynamic maps lstmkit's classes too
 
 __version__ = "0.1.0"
@@ -47,6 +49,6 @@ def from_keras(layer_or_file):
     return convert(layer_or_file)
 
 
-__all__ = ["LSTM", "GRU", "RNN", "ClockworkRNN", "DepthGatedLSTM", "LSTM1997", "MUT", "LSTMCell",
+__all__ = ["sLSTM", "LSTM", "GRU", "RNN", "ClockworkRNN", "DepthGatedLSTM", "LSTM1997", "MUT", "LSTMCell",
            "GRUCell", "RNNCell", "CRF", "quantize_dynamic", "record",
            "Recording", "LayerRecord", "count_parameters", "summary", "from_keras", "__version__"]

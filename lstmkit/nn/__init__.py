@@ -9,6 +9,8 @@ from .gru import GRU
 from .lstm import LSTM
 from .mut import MUT
 from .rnn import RNN
+from .slstm import sLSTM
 
 __all__ = ["LSTM", "GRU", "RNN", "RecurrentBase", "ClockworkRNN", "DepthGatedLSTM", "MUT",
-           "FamilyModule", "module_for", "LSTMCell", "GRUCell", "RNNCell", "RecurrentCell"]
+           "FamilyModule", "module_for", "LSTMCell", "GRUCell", "RNNCell", "RecurrentCell",
+           "sLSTM"]
