@@ -163,7 +163,8 @@ class SLSTMFused(FusedCell):
     cpp = "slstm"
 
     def cpp_options(self, spec):
-        return [1.0 if spec.option("forget_gate") == "exp" else 0.0]
+        return [1.0 if spec.option("forget_gate") == "exp" else 0.0,
+                float(spec.option("num_heads"))]
 
     def saved_buffers(self, spec, a, H):
         return [a.new_empty(a.shape[0], 2 * H)]
