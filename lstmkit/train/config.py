@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .variants import GREFF_VARIANTS
 
-CELLS = ("lstm", "gru", "rnn", "mut1", "mut2", "mut3")
+CELLS = ("lstm", "gru", "rnn", "mut1", "mut2", "mut3", "slstm")
+SLSTM_HEADS = 4                                    # cell "slstm": lstmkit.sLSTM's default
 TORCH_CELLS = ("lstm", "gru", "rnn")               # those torch.nn has (impl="torch")
 MUT_CELLS = {"mut1": 1, "mut2": 2, "mut3": 3}      # Jozefowicz et al. 2015: lstmkit.MUT
 IMPLS = ("lstmkit", "torch")
@@ -142,6 +143,9 @@ class TrainConfig(RunConfig):
         need(self.cell not in ("mut1", "mut2") or self.embed == self.hidden,
              f"{self.cell} adds its input x_t to an H-vector, so embed must equal hidden; got "
              f"embed={self.embed}, hidden={self.hidden}")
+        need(self.cell != "slstm" or self.hidden % SLSTM_HEADS == 0,
+             f"slstm has {SLSTM_HEADS} heads, so hidden must be divisible by {SLSTM_HEADS}; "
+             f"got hidden={self.hidden}")
         need(not self.forget_bias or (self.cell == "lstm" and not self.coupled
                                       and self.variant not in ("nfg", "cifg")),
              f"forget_bias needs an LSTM with a forget gate (not coupled/CIFG, not the nfg "

@@ -36,7 +36,8 @@ CELLS = {"lstm": (lstmkit.LSTM, {}), "peephole": (lstmkit.LSTM, {"peephole": Tru
          "coupled": (lstmkit.LSTM, {"coupled": True}), "gru": (lstmkit.GRU, {}),
          "rnn": (lstmkit.RNN, {}),
          **{f"lstm-{k}": (lstmkit.LSTM, kw) for k, kw in GREFF_VARIANTS.items()},  # Greff 2015
-         **{name: (lstmkit.MUT, {"variant": v}) for name, v in MUT_CELLS.items()}}  # Jozefowicz
+         **{name: (lstmkit.MUT, {"variant": v}) for name, v in MUT_CELLS.items()},  # Jozefowicz
+         "slstm": (lstmkit.sLSTM, {})}                                               # Beck 2024
 VAL_SEED, TEST_SEED = 1_000_003, 2_000_003          # offsets: validation/test never = train
 
 
