@@ -142,8 +142,9 @@ REGULARISERS = {"plain": {}, "regularised": {"zoneout": 0.3, "recurrent_dropout"
 
 def _states0(m, B, g):
     n = m.num_layers * m.num_directions
-    h, c, mm = (torch.randn(n, B, H, dtype=F64, generator=g) for _ in range(3))
-    nn_ = torch.rand(n, B, H, dtype=F64, generator=g) + 0.5         # a non-empty memory
+    Hm = m.hidden_size
+    h, c, mm = (torch.randn(n, B, Hm, dtype=F64, generator=g) for _ in range(3))
+    nn_ = torch.rand(n, B, Hm, dtype=F64, generator=g) + 0.5        # a non-empty memory
     return tuple(s.requires_grad_() for s in (h, c, nn_, mm))
 
 
@@ -220,14 +221,16 @@ def test_gradient_through_the_stabiliser_is_that_of_the_unstabilised_equations(b
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
 def test_gradcheck(forget_gate, backend):
-    m = _module(backend, forget_gate=forget_gate, bidirectional=True, scale=0.5)
+    m = _module(backend, forget_gate=forget_gate, bidirectional=True, scale=0.5,
+                hidden_size=4, input_size=2)
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(4, 2, I, dtype=F64, generator=g, requires_grad=True)
-    h0, c0, n0, m0 = _states0(m, 2, g)
-    assert torch.autograd.gradcheck(
-        lambda x, h0, c0, n0, m0: torch.cat([t.flatten() for t in
-                                             (m(x, (h0, c0, n0, m0))[0], *m(x, (h0, c0, n0, m0))[1])]),
-        (x, h0, c0, n0, m0))
+    x = torch.randn(3, 1, 2, dtype=F64, generator=g, requires_grad=True)
+    h0, c0, n0, m0 = _states0(m, 1, g)
+
+    def everything(x, *hx):                      # the output and all four final states
+        out, state = m(x, hx)
+        return torch.cat([t.flatten() for t in (out, *state)])
+    assert torch.autograd.gradcheck(everything, (x, h0, c0, n0, m0), fast_mode=True)
     assert torch.autograd.gradcheck(lambda x: m(x)[0], (x,))            # from an empty memory
 
 
@@ -349,10 +352,11 @@ def test_compile_has_no_graph_breaks():
     torch.testing.assert_close(compiled(x)[0], m(x)[0], rtol=1e-6, atol=1e-6)
 
 
-# -- NX-AI's vanilla sLSTM ---------------------------------------------------------------------------
+# -- NX-AI's vanilla sLSTM -----------------------------------------------------------------------
 def test_equals_nx_ai_vanilla_slstm():
     """NX-AI's ``sLSTMCell_vanilla`` (``pip install xlstm``; only its pure-torch vanilla
-    backend, no CUDA) with our weights computes our outputs and final states."""
+    backend, no CUDA) with our weights computes our outputs, final states and (autograd
+    through their step) the gradients of a loss on the outputs."""
     pytest.importorskip("xlstm")
     try:
         from xlstm.blocks.slstm.cell import sLSTMCell_vanilla, sLSTMCellConfig
@@ -367,8 +371,11 @@ def test_equals_nx_ai_vanilla_slstm():
     with torch.no_grad():
         theirs._recurrent_kernel_.normal_(0, 0.5)
         theirs._bias_.normal_(0, 0.5)
-    pre = torch.randn(T, B, 4 * Hs, dtype=F64)          # their input: W x_t, gates i|f|z|o
+    pre = torch.randn(T, B, 4 * Hs, dtype=F64,           # their input: W x_t, gates i|f|z|o
+                      requires_grad=True)
+    gy = torch.randn(T, B, Hs, dtype=F64)
     y_theirs, state_theirs = theirs(pre, torch.zeros(4, B, Hs, dtype=F64))
+    g_theirs = torch.autograd.grad((y_theirs * gy).sum(), [pre, theirs._recurrent_kernel_])
     # their cell takes the input projection W x_t (gate-major i|f|z|o, as our rows): ours
     # reads it as x_t of width 4H through an identity weight_ih
     ours = lstmkit.sLSTM(4 * Hs, Hs, num_heads=heads, dtype=F64, backend="fused_cpp")
@@ -379,6 +386,10 @@ def test_equals_nx_ai_vanilla_slstm():
         ours.bias_hh_l0.zero_()
     y, (h, c, n, mm) = ours(pre)
     torch.testing.assert_close(y, y_theirs, rtol=1e-10, atol=1e-12)
+    g_ours = torch.autograd.grad((y * gy).sum(), [pre, ours.weight_hh_l0])   # loss on h
+    torch.testing.assert_close(g_ours[0], g_theirs[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_ours[1], g_theirs[1].reshape(4 * Hs, d), rtol=1e-10,
+                               atol=1e-12)
     for k, s in enumerate((h, c, n, mm)):
         torch.testing.assert_close(s[0], state_theirs[k], rtol=1e-10, atol=1e-12)
 
