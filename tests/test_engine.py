@@ -67,6 +67,8 @@ VARIANTS = {
     "mut1": (lstmkit.MUT, {"variant": 1}),
     "mut2": (lstmkit.MUT, {"variant": 2}),
     "mut3": (lstmkit.MUT, {"variant": 3}),
+    "slstm": (lstmkit.sLSTM, {"num_heads": 2}),
+    "slstm-exp": (lstmkit.sLSTM, {"forget_gate": "exp"}),
 }
 # MUT1 and MUT2 add x_t to an H-vector: their input is H wide, and a bidirectional stack of
 # them cannot have a second layer (it would read 2H), so they run one bidirectional layer.
@@ -99,8 +101,10 @@ def _run(m: nn.Module, packed: bool, seed: int = 11):
     n = m.num_layers * m.num_directions
     hx = tuple(torch.randn(n, 3, size, dtype=F64, generator=g).requires_grad_()
                for _, size in m._state_shapes())
+    if len(hx) == 4:                               # sLSTM's n_0: a non-empty memory, n > 0
+        hx = (*hx[:2], (hx[2].detach().abs() + 0.5).requires_grad_(), hx[3])
     torch.manual_seed(seed)                        # the same masks on every backend
-    out, state = m(feed, hx if len(hx) == 2 else hx[0])
+    out, state = m(feed, hx if len(hx) > 1 else hx[0])
     state = as_tuple(state)
     backward_with_random_grads(out, state, seed=2)
     return (output_tensor(out), state, x.grad, [h.grad for h in hx],
@@ -202,6 +206,7 @@ FAMILY_MODELS = {
     "lstm-zoneout-recurrent-dropout": lambda: lstmkit.LSTM(4, 6, zoneout=0.2,
                                                            recurrent_dropout=0.3),
     "mut3": lambda: lstmkit.MUT(4, 6, variant=3, bidirectional=True),
+    "slstm": lambda: lstmkit.sLSTM(4, 6, num_heads=2, bidirectional=True),
 }
 
 
@@ -246,7 +251,7 @@ def test_compile_has_no_graph_breaks_and_equals_eager(name):
 
 
 @pytest.mark.parametrize("name", ["lstm-layer-norm", "gru-layer-norm", "clockwork",
-                                  "depth-gated", "lstm-fgr", "mut3"])
+                                  "depth-gated", "lstm-fgr", "mut3", "slstm"])
 def test_torch_export_of_every_family(name):
     torch.manual_seed(2)
     model = Model(FAMILY_MODELS[name]()).eval()

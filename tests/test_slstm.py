@@ -160,9 +160,11 @@ def _run(m, packed, given_state, seed=2):
             {n: p.grad for n, p in m.named_parameters()})
 
 
-@pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
-@pytest.mark.parametrize("regularisers", list(REGULARISERS))
-@pytest.mark.parametrize("shape", list(SHAPES))
+BACKEND_CASES = [(s, r, "sigmoid") for s in SHAPES for r in REGULARISERS] + [
+    ("2-layers-bidirectional", r, "exp") for r in REGULARISERS]
+
+
+@pytest.mark.parametrize("shape, regularisers, forget_gate", BACKEND_CASES)
 def test_every_backend_equals_the_reference(shape, regularisers, forget_gate, monkeypatch):
     monkeypatch.setattr("lstmkit.ops.fused.MIN_CHUNK_ROWS", 1)    # the backward in chunks
     for packed, given in ((True, True), (False, False)):
