@@ -354,6 +354,28 @@ def test_compile_has_no_graph_breaks():
     torch.testing.assert_close(compiled(x)[0], m(x)[0], rtol=1e-6, atol=1e-6)
 
 
+def test_onnx_export_and_gradient_flow(tmp_path):
+    """No ONNX operator computes sLSTM: the export unrolls the reference equations (the
+    stabiliser included) and onnxruntime computes the same outputs; ``gradient_flow`` reads
+    ‖∂L/∂h_t‖ and ‖∂L/∂c_t‖ of every step."""
+    from lstmkit.inspect import gradient_flow
+    torch.manual_seed(0)
+    m = lstmkit.sLSTM(4, 8, num_layers=2).eval()
+    x = torch.randn(5, 2, 4)
+    flow = gradient_flow(m, x)
+    assert [f.cell for f in flow] == ["slstm", "slstm"] and flow[1].dh.shape == (5,)
+    assert bool(torch.isfinite(flow[0].dc).all()) and float(flow[1].dh[-1]) > 0
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from lstmkit.interop.onnx import export
+    path = export(m, (x,), tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = m(x)[0]
+    torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-5, rtol=1e-5)
+
+
 # -- NX-AI's vanilla sLSTM -----------------------------------------------------------------------
 def test_equals_nx_ai_vanilla_slstm():
     """NX-AI's ``sLSTMCell_vanilla`` (``pip install xlstm``; only its pure-torch vanilla
