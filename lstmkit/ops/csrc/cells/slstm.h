@@ -1,13 +1,14 @@
 // sLSTM (xLSTM, Beck et al. 2024): the C++ twin of SLSTMFused in lstmkit/cells/slstm.py
 // (read its docstring for the stabilised equations and their BPTT). Options: forget_gate
-// (0 sigmoid, 1 exp). Loop weight: weight_hh (4H, d), d = H/K, K heads: head k's block is
+// (0 sigmoid, 1 exp), num_heads K. Loop weight: weight_hh (4H, d), d = H/K, K heads: head k's block is
 // rows [4dk, 4d(k+1)), gate-major inside (i, f, z, o). a (N, 4H) = i | f | z | o: the input
 // projection in, the stabilised gates i', f' and z, o out. States h, c, n, m. Saved (N, 2H):
 // s (1 where m_t took log f + m_{t-1}) and d log f / d f̃.
 //
 // The block-diagonal recurrent product is K GEMMs per step, one per head, into a head-major
-// scratch (B, 4H) that the pointwise loop reads beside a (forward); the backward writes dA
-// also head-major into the scratch so that ∂L/∂ĥ is again K GEMMs.
+// scratch (B, 4H), added into the gate-major a before one vectorised pointwise loop
+// (forward); the backward copies dA head-major into the scratch so that ∂L/∂ĥ is again K
+// GEMMs. Float uses polynomial exp (common.h) and log1p (below); double uses libm.
 
 #pragma once
 
