@@ -436,6 +436,10 @@ def test_train_and_experiment_cell_slstm(tmp_path):
     from lstmkit.train.sample import load_run
     run = load_run(tmp_path / "run", "last")
     assert isinstance(run.model.rnn, lstmkit.sLSTM)
+    r = _cli("inspect", str(tmp_path / "run"), "--text", "def f(x):", "--checkpoint", "last",
+             "--out", str(tmp_path / "report.html"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "report.html").stat().st_size > 0
     r = _cli("experiment", "adding2016", "--T", "10", "--budget", "64", "--cell", "slstm",
              "lstm", "--hidden", "8", "--out", str(tmp_path / "exp"))
     assert r.returncode == 0, r.stderr
