@@ -301,6 +301,22 @@ def test_empty_memory_first_step(backend):
     assert float(n.detach().min()) >= 1.0                                 # n_t ≥ 1 after step 1
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_carried_state_continues_the_sequence(backend):
+    """Two windows with the returned (h, c, n, m) carried over compute the whole sequence:
+    the stabilised state is a complete state (batch_first and unbatched input too)."""
+    m = _module(backend, batch_first=True, forget_gate="exp", scale=1.5)
+    x = torch.randn(2, 9, I, dtype=F64, generator=torch.Generator().manual_seed(9))
+    whole, final = m(x)
+    first, state = m(x[:, :4])
+    second, final2 = m(x[:, 4:], state)
+    assert_close(torch.cat([first, second], dim=1), whole, "two windows", 1e-12)
+    for a, b in zip(final2, final):
+        assert_close(a, b, "final state", 1e-12)
+    one, _ = m(x[1])                                       # unbatched (L, H_in)
+    assert_close(one, whole[1], "unbatched", 1e-12)
+
+
 # -- errors, record, summary, compile -------------------------------------------------------------
 def test_clear_errors():
     with pytest.raises(ValueError, match=r"hidden_size \(6\) must be divisible by num_heads \(4\)"):
