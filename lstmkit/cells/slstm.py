@@ -8,7 +8,7 @@ over ``num_heads`` heads (each head mixes only its own H/num_heads units)::
     z_t = tanh(z̃),  o_t = σ(õ),  log i_t = ĩ,  log f_t = log σ(f̃)  (or f̃: forget_gate="exp")
     c_t = f_t c_{t-1} + i_t z_t,   n_t = f_t n_{t-1} + i_t,   h_t = o_t ⊙ c_t / n_t
 
-computed in the stabilised form (the paper's Eqs. 15–17; c and n are carried divided by
+computed in the stabilised form (the paper's stabilisation, §2.2; c and n are carried divided by
 exp(m_t), which leaves h_t unchanged)::
 
     m_t  = max(log f_t + m_{t-1}, ĩ_t)
