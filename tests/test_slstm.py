@@ -58,8 +58,9 @@ def _dense_numpy(m, layer=0, direction=0):
 
 def _numpy_unstabilised(W, R, b, x, forget_gate, state=None, dtype=np.float64):
     """The paper's sLSTM equations (§2.2) without the stabiliser: C, N unscaled; the
-    stabiliser m computed beside them (m_t = max(log f_t + m_{t-1}, ĩ_t); m_1 = ĩ_1 from an empty memory) only to compare the
-    scaled states. ``state`` = (h, c, n, m) gives C_0 = c e^m, N_0 = n e^m."""
+    stabiliser m computed beside them (m_t = max(log f_t + m_{t-1}, ĩ_t); m_1 = ĩ_1 from an
+    empty memory) only to compare the scaled states. ``state`` = (h, c, n, m) gives
+    C_0 = c e^m, N_0 = n e^m."""
     W, R, b = (np.asarray(t, dtype=dtype) for t in (W, R, b))
     Hm = R.shape[1]
     if state is None:
