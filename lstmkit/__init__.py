@@ -25,6 +25,8 @@ from .nn import (
     module_for,
     sLSTM,
 )
+from .nn.grid import GridLSTM  # Kalchbrenner et al. 2015
+from .nn.mlstm import mLSTM  # xLSTM's matrix-memory LSTM, a module beside the engine
 from .quantized import DynamicQuantized, quantize_dynamic
 from .quantized import register as register_quantization
 from .summary import count_parameters, summary
@@ -37,6 +39,8 @@ LSTM1997 = module_for("lstm1997", "LSTM1997")      # Hochreiter & Schmidhuber 19
 _torch.serialization.add_safe_globals([LSTM, GRU, RNN, ClockworkRNN, DepthGatedLSTM, LSTM1997, MUT,
                                        LSTMCell, GRUCell, RNNCell, DynamicQuantized])
 _torch.serialization.add_safe_globals([sLSTM])
+_torch.serialization.add_safe_globals([mLSTM])
+_torch.serialization.add_safe_globals([GridLSTM])
 register_quantization()               # torch's quantize_dynamic maps lstmkit's classes too
 
 __version__ = "0.1.0"
@@ -50,6 +54,7 @@ def from_keras(layer_or_file):
 
 
 __all__ = ["LSTM", "GRU", "RNN", "ClockworkRNN", "DepthGatedLSTM", "LSTM1997", "MUT", "LSTMCell",
-           "GRUCell", "RNNCell", "CRF", "quantize_dynamic", "record",
+           "GridLSTM", "GRUCell", "RNNCell", "CRF", "quantize_dynamic", "record",
            "Recording", "LayerRecord", "count_parameters", "summary", "from_keras", "__version__"]
 __all__ += ["sLSTM"]
+__all__ += ["mLSTM"]

@@ -85,8 +85,9 @@ class Recording:
             order = seq.packed.unsorted_indices
             tensors = {k: v.index_select(1, order) for k, v in tensors.items()}
             mask = mask.index_select(1, order.cpu())
+        family = getattr(module, "record_family", None) or module.cell.family
         self.layers.append(LayerRecord(self.names.get(id(module), ""), layer, direction,
-                                       module.cell.family, tensors, mask))
+                                       family, tensors, mask))
 
     def clear(self) -> None:
         self.layers.clear()
@@ -113,7 +114,8 @@ def record(model: nn.Module) -> Iterator[Recording]:
         raise TypeError(f"record expects an nn.Module, got {type(model).__name__}")
     from .nn.cells import RecurrentCell
     targets = [(n, m) for n, m in model.named_modules()
-               if isinstance(m, (RecurrentBase, RecurrentCell))]
+               if isinstance(m, (RecurrentBase, RecurrentCell))
+               or getattr(m, "_lstmkit_recordable", False)]     # modules beside the engine
     if not targets:
         raise ValueError(f"record: {type(model).__name__} contains no lstmkit LSTM, GRU or "
                          "RNN layer (torch.nn layers cannot be recorded; convert them with "

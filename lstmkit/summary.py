@@ -36,11 +36,13 @@ def summary(model: nn.Module) -> str:
         raise TypeError(f"summary expects an nn.Module, got {type(model).__name__}")
     model = _as_lstmkit(model)
     layers = [(n, m) for n, m in model.named_modules()
-              if isinstance(m, (RecurrentBase, RecurrentCell))]
+              if isinstance(m, (RecurrentBase, RecurrentCell))
+              or hasattr(m, "_lstmkit_summary")]             # modules beside the engine
     if not layers:
         raise ValueError(f"summary: {type(model).__name__} contains no lstmkit LSTM, GRU or "
                          "RNN layer")
-    parts = [_module_summary(name or type(m).__name__, m) for name, m in layers]
+    parts = [m._lstmkit_summary(name or type(m).__name__) if hasattr(m, "_lstmkit_summary")
+             else _module_summary(name or type(m).__name__, m) for name, m in layers]
     total = count_parameters(model)
     rnn_total = sum(count_parameters(m) for _, m in layers)
     if total != rnn_total:

@@ -21,6 +21,9 @@
                                   order): cells × seeds, results table and curves
     lstmkit gradient-flow         ‖∂L/∂h_t‖ over t for RNN, GRU and LSTM
     lstmkit inspect RUN_DIR       an HTML page of a trained model's gates and cells
+    lstmkit music train | evaluate | sample
+                                  Bach chorales (music21's corpus) as 88-key piano rolls:
+                                  NLL per time step, sampling to MIDI
 
 One module per group of subcommands (demo, bench, train, tasks, tag, seq2seq, experiment,
 inspect), each with ``add_parsers(sub)``; they parse the options and call the library
@@ -35,14 +38,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import bench, demo, experiment, inspect, seq2seq, tag, tasks, train
+from . import bench, demo, experiment, inspect, music, seq2seq, tag, tasks, train
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lstmkit", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (demo, bench, train, tasks, tag, seq2seq, experiment, inspect):
+    for module in (demo, bench, train, tasks, tag, seq2seq, experiment, inspect, music):
         module.add_parsers(sub)
     return parser
 

@@ -27,6 +27,8 @@ def add_parsers(sub) -> None:
                      help="training sequences per run (100000)")
     exp.add_argument("--seeds", type=positive_int, default=1)
     exp.add_argument("--hidden", type=positive_int, default=64)
+    exp.add_argument("--layers", type=positive_int, default=1,
+                     help="stacked layers (grid cells: blocks along depth) (1)")
     exp.add_argument("--batch", type=positive_int, default=32)
     exp.add_argument("--lr", type=positive_float, default=1e-2, help="Adam (0.01)")
     exp.add_argument("--forget-bias", type=float, default=0.0,
@@ -56,7 +58,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         f"{args.task}-T{args.T}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         run_table(args.task, args.T, args.cell, args.seeds, out, hidden=args.hidden,
-                  batch=args.batch, budget=args.budget, lr=args.lr,
+                  layers=args.layers, batch=args.batch, budget=args.budget, lr=args.lr,
                   forget_bias=args.forget_bias,
                   stop_when_solved=not args.no_stop)
     except ValueError as e:

@@ -34,8 +34,9 @@ def add_parsers(sub) -> None:
     model = train.add_argument_group("model")
     model.add_argument("--cell", choices=list(CELLS), default=S,
                        help="lstm (default), gru, rnn, or mut1/mut2/mut3 (Jozefowicz et al. "
-                            "2015; mut1 and mut2 need --embed equal to --hidden), or slstm "
-                            "(xLSTM's sLSTM, 4 heads: --hidden divisible by 4)")
+                            "2015; mut1 and mut2 need --embed equal to --hidden), or mlstm "
+                            "(xLSTM's matrix-memory LSTM, 4 heads: --hidden divisible by 4), or "
+                            "slstm (xLSTM's sLSTM, 4 heads: --hidden divisible by 4)")
     model.add_argument("--peephole", action="store_true", default=S)
     model.add_argument("--coupled", action="store_true", default=S,
                        help="coupled input-forget gate (CIFG)")

@@ -2,6 +2,7 @@
 (:mod:`.text`), synthetic long-time-lag tasks (:mod:`.synthetic`), time series for
 forecasting (:mod:`.series`) and labelled sequences for classification (:mod:`.ucr`)."""
 
+from . import grid_tasks  # noqa: F401  (registers the parity and addition tasks)
 from .text import (
     Corpus,
     CorpusError,

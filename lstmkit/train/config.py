@@ -11,6 +11,8 @@ CELLS = ("lstm", "gru", "rnn", "mut1", "mut2", "mut3", "slstm")
 SLSTM_HEADS = 4                                    # cell "slstm": lstmkit.sLSTM's default
 TORCH_CELLS = ("lstm", "gru", "rnn")               # those torch.nn has (impl="torch")
 MUT_CELLS = {"mut1": 1, "mut2": 2, "mut3": 3}      # Jozefowicz et al. 2015: lstmkit.MUT
+CELLS = (*CELLS, "mlstm")                          # xLSTM (Beck et al. 2024): lstmkit.mLSTM
+MLSTM_HEADS = 4                                    # --cell mlstm: num_heads of lstmkit.mLSTM
 IMPLS = ("lstmkit", "torch")
 SCHEDULES = ("cosine", "constant")
 
@@ -146,6 +148,9 @@ class TrainConfig(RunConfig):
         need(self.cell != "slstm" or self.hidden % SLSTM_HEADS == 0,
              f"slstm has {SLSTM_HEADS} heads, so hidden must be divisible by {SLSTM_HEADS}; "
              f"got hidden={self.hidden}")
+        need(self.cell != "mlstm" or self.hidden % MLSTM_HEADS == 0,
+             f"mlstm splits hidden into {MLSTM_HEADS} heads, so hidden must be divisible by "
+             f"{MLSTM_HEADS}; got hidden={self.hidden}")
         need(not self.forget_bias or (self.cell == "lstm" and not self.coupled
                                       and self.variant not in ("nfg", "cifg")),
              f"forget_bias needs an LSTM with a forget gate (not coupled/CIFG, not the nfg "

@@ -36,8 +36,14 @@ CELLS = {"lstm": (lstmkit.LSTM, {}), "peephole": (lstmkit.LSTM, {"peephole": Tru
          "coupled": (lstmkit.LSTM, {"coupled": True}), "gru": (lstmkit.GRU, {}),
          "rnn": (lstmkit.RNN, {}),
          **{f"lstm-{k}": (lstmkit.LSTM, kw) for k, kw in GREFF_VARIANTS.items()},  # Greff 2015
-         **{name: (lstmkit.MUT, {"variant": v}) for name, v in MUT_CELLS.items()},  # Jozefowicz
-         "slstm": (lstmkit.sLSTM, {})}                                               # Beck 2024
+         **{name: (lstmkit.MUT, {"variant": v}) for name, v in MUT_CELLS.items()}}  # Jozefowicz
+CELLS["mlstm"] = (lstmkit.mLSTM, {})                # xLSTM's mLSTM (Beck et al. 2024)
+GRID_CELLS = {"grid": (lstmkit.GridLSTM, {}),                     # 2-D, time × depth
+              "grid-tied": (lstmkit.GridLSTM, {"tied": True}),
+              "grid1d": (lstmkit.GridLSTM, {"dims": "depth", "tied": True}),   # 1-D, parity
+              "ffnet": (lstmkit.GridLSTM, {"dims": "depth", "non_lstm": "depth"})}  # tanh net
+CELLS.update(GRID_CELLS)                            # Kalchbrenner et al. 2015
+CELLS["slstm"] = (lstmkit.sLSTM, {})                # xLSTM's sLSTM (Beck et al. 2024)
 VAL_SEED, TEST_SEED = 1_000_003, 2_000_003          # offsets: validation/test never = train
 
 

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 import lstmkit
 
-from .config import MUT_CELLS, TrainConfig
+from .config import MLSTM_HEADS, MUT_CELLS, TrainConfig
 from .variants import GREFF_VARIANTS
 
 State = Tensor | tuple[Tensor, Tensor]
@@ -53,13 +53,16 @@ def build_recurrent(cell: str, input_size: int, hidden: int, layers: int = 1, *,
     """A batch-first lstmkit LSTM/GRU/RNN stack; ``dropout`` applies between layers only
     (ignored for one layer, without torch.nn's warning). ``variant`` names one of Greff et
     al. 2015's LSTM variants (:data:`lstmkit.train.variants.GREFF_VARIANTS`); cells
-    ``mut1``–``mut3`` are :class:`lstmkit.MUT` (Jozefowicz et al. 2015)."""
+    ``mut1``–``mut3`` are :class:`lstmkit.MUT` (Jozefowicz et al. 2015), ``mlstm`` is
+    :class:`lstmkit.mLSTM` with ``MLSTM_HEADS`` heads (Beck et al. 2024)."""
     kw = dict(batch_first=True, dropout=dropout if layers > 1 else 0.0,
               bidirectional=bidirectional, backend=backend)
     if cell in MUT_CELLS and not (peephole or coupled or variant):
         return lstmkit.MUT(input_size, hidden, layers, **kw, variant=MUT_CELLS[cell])
     if cell == "slstm" and not (peephole or coupled or variant):
         return lstmkit.sLSTM(input_size, hidden, layers, **kw)     # xLSTM, Beck et al. 2024
+    if cell == "mlstm" and not (peephole or coupled or variant):
+        return lstmkit.mLSTM(input_size, hidden, layers, **kw, num_heads=MLSTM_HEADS)
     if cell == "lstm":
         options = {"peephole": peephole, "coupled": coupled,
                    **GREFF_VARIANTS.get(variant or "np")}
@@ -104,6 +107,8 @@ def state_from_tensors(tensors: list[Tensor], cell: str) -> State | None:
         return None
     if cell == "slstm":
         return tuple(tensors[:4])                       # h, c, n, m
+    if cell == "mlstm":                                 # (C, n, m) of lstmkit.mLSTM
+        return tuple(tensors)
     return (tensors[0], tensors[1]) if cell == "lstm" else tensors[0]
 
 
