@@ -25,6 +25,7 @@ from .nn import (
     minGRU,
     minLSTM,
     module_for,
+    sLSTM,
 )
 from .nn.grid import GridLSTM  # Kalchbrenner et al. 2015
 from .nn.mlstm import mLSTM  # xLSTM's matrix-memory LSTM, a module beside the engine
@@ -39,6 +40,7 @@ LSTM1997 = module_for("lstm1997", "LSTM1997")      # Hochreiter & Schmidhuber 19
 # ``torch.load(path, weights_only=True)`` needs only the user's classes allow-listed.
 _torch.serialization.add_safe_globals([LSTM, GRU, RNN, ClockworkRNN, DepthGatedLSTM, LSTM1997, MUT,
                                        LSTMCell, GRUCell, RNNCell, DynamicQuantized])
+_torch.serialization.add_safe_globals([sLSTM])
 _torch.serialization.add_safe_globals([mLSTM])
 _torch.serialization.add_safe_globals([GridLSTM])
 _torch.serialization.add_safe_globals([minGRU, minLSTM])
@@ -57,5 +59,6 @@ def from_keras(layer_or_file):
 __all__ = ["LSTM", "GRU", "RNN", "ClockworkRNN", "DepthGatedLSTM", "LSTM1997", "MUT", "LSTMCell",
            "GridLSTM", "GRUCell", "RNNCell", "CRF", "quantize_dynamic", "record",
            "Recording", "LayerRecord", "count_parameters", "summary", "from_keras", "__version__"]
+__all__ += ["sLSTM"]
 __all__ += ["mLSTM"]
 __all__ += ["minGRU", "minLSTM"]

@@ -40,6 +40,7 @@ VARIANTS: dict[str, tuple[Builder, int]] = {
     "Clockwork RNN (8 modules)": (lambda H, b: lstmkit.ClockworkRNN(H, H, backend=b,
                                                                    num_modules=8), 1),
     "Depth-Gated LSTM (2 layers)": (lambda H, b: lstmkit.DepthGatedLSTM(H, H, 2, backend=b), 2),
+    "sLSTM (xLSTM, 4 heads)": (lambda H, b: lstmkit.sLSTM(H, H, backend=b), 1),
 }
 
 

@@ -60,12 +60,14 @@ def _module_summary(title: str, m: RecurrentBase) -> str:
         for d in range(m.num_directions):
             w = m.layer_weights(layer, d)
             peep_gates = [g for g in cell.gate_rows if g != "g"] if w.peephole is not None else []
+            R_h = w.w_hh.shape[1]                 # R; sLSTM: H/num_heads (head-wise W_h*)
             for g in _row_gates(cell):
                 has_p, has_x, has_h = g in peep_gates, g in cell.x_rows, g in cell.gate_rows
                 n_b = (has_x + has_h) * H if m.bias else 0
-                n = H * I * has_x + H * R * has_h + n_b + (H if has_p else 0)
-                rows.append((str(layer), "rev" if d else "fwd", f"{g} ({_GATE_NAMES[g]})",
-                             f"{H}x{I}" if has_x else "-", f"{H}x{R}" if has_h else "-",
+                n = H * I * has_x + H * R_h * has_h + n_b + (H if has_p else 0)
+                label = "cell input" if (g, cell.family) == ("z", "slstm") else _GATE_NAMES[g]
+                rows.append((str(layer), "rev" if d else "fwd", f"{g} ({label})",
+                             f"{H}x{I}" if has_x else "-", f"{H}x{R_h}" if has_h else "-",
                              f"{n_b // H}x{H}" if n_b else "-",
                              str(H) if has_p else "-", f"{n:,}"))
             if w.w_hr is not None:
@@ -95,6 +97,8 @@ def _formulas(m: RecurrentBase) -> str:
     """Per-layer count by formula, PyTorch layout and textbook, and why they differ."""
     if m.cell.x_rows != m.cell.gate_rows:
         return _formulas_split(m)
+    if m.cell.family == "slstm":
+        return _formulas_heads(m)
     G, H, R = len(m.cell.gate_rows), m.hidden_size, m.output_size
     hh = "H·P" if m.proj_size else "H·H"
     sq = "H·P" if m.proj_size else "H²"
@@ -150,5 +154,27 @@ def _formulas_split(m: RecurrentBase) -> str:
         else:
             out.append(f"  layer {layer} (I={I}): no biases: {G_x}·H·I + {G_h}·H² = "
                        f"{G_x * H * I + G_h * H * H:,}")
+    out.append(f"  this module: {count_parameters(m):,} parameters")
+    return "\n".join(out)
+
+
+def _formulas_heads(m: RecurrentBase) -> str:
+    """:func:`_formulas` for sLSTM: W_h* is block-diagonal over K heads, so each gate has
+    K blocks of d×d = H·d recurrent weights (d = H/K) instead of H·H."""
+    H, K = m.hidden_size, int(m.cell.option("num_heads"))
+    d = H // K
+    out = [f"per layer and direction (4 gate blocks i|f|z|o, H={H}, K={K} heads of d={d}; "
+           f"W_h* block-diagonal: weight_hh is (4H, d), head k's rows 4dk..4d(k+1)):"]
+    for layer in range(m.num_layers):
+        I = m.input_size if layer == 0 else H * m.num_directions
+        if m.bias:
+            out.append(f"  layer {layer} (I={I}): PyTorch layout, two biases: "
+                       f"4·(H·I + H·d + 2H) = {4 * (H * I + H * d + 2 * H):,}; "
+                       f"one bias (as NX-AI's): 4·(H·I + H·d + H) = "
+                       f"{4 * (H * I + H * d + H):,}; a dense R would add 4·H·(H − d) = "
+                       f"{4 * H * (H - d):,}")
+        else:
+            out.append(f"  layer {layer} (I={I}): no biases: 4·(H·I + H·d) = "
+                       f"{4 * (H * I + H * d):,}")
     out.append(f"  this module: {count_parameters(m):,} parameters")
     return "\n".join(out)

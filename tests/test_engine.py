@@ -69,6 +69,8 @@ VARIANTS = {
     "mut3": (lstmkit.MUT, {"variant": 3}),
     "mingru": (lstmkit.minGRU, {}),
     "minlstm-log-space": (lstmkit.minLSTM, {"log_space": True}),
+    "slstm": (lstmkit.sLSTM, {"num_heads": 2}),
+    "slstm-exp": (lstmkit.sLSTM, {"forget_gate": "exp"}),
 }
 # minGRU and minLSTM run as scans (CellSpec.scan), not through the step loop, and take no
 # regularisers (recurrent dropout and zoneout would make the recurrence non-linear in h)
@@ -104,8 +106,10 @@ def _run(m: nn.Module, packed: bool, seed: int = 11):
     n = m.num_layers * m.num_directions
     hx = tuple(torch.randn(n, 3, size, dtype=F64, generator=g).requires_grad_()
                for _, size in m._state_shapes())
+    if len(hx) == 4:                               # sLSTM's n_0: a non-empty memory, n > 0
+        hx = (*hx[:2], (hx[2].detach().abs() + 0.5).requires_grad_(), hx[3])
     torch.manual_seed(seed)                        # the same masks on every backend
-    out, state = m(feed, hx if len(hx) == 2 else hx[0])
+    out, state = m(feed, hx if len(hx) > 1 else hx[0])
     state = as_tuple(state)
     backward_with_random_grads(out, state, seed=2)
     return (output_tensor(out), state, x.grad, [h.grad for h in hx],
@@ -219,6 +223,7 @@ FAMILY_MODELS = {
     "lstm-zoneout-recurrent-dropout": lambda: lstmkit.LSTM(4, 6, zoneout=0.2,
                                                            recurrent_dropout=0.3),
     "mut3": lambda: lstmkit.MUT(4, 6, variant=3, bidirectional=True),
+    "slstm": lambda: lstmkit.sLSTM(4, 6, num_heads=2, bidirectional=True),
 }
 
 
@@ -263,7 +268,7 @@ def test_compile_has_no_graph_breaks_and_equals_eager(name):
 
 
 @pytest.mark.parametrize("name", ["lstm-layer-norm", "gru-layer-norm", "clockwork",
-                                  "depth-gated", "lstm-fgr", "mut3"])
+                                  "depth-gated", "lstm-fgr", "mut3", "slstm"])
 def test_torch_export_of_every_family(name):
     torch.manual_seed(2)
     model = Model(FAMILY_MODELS[name]()).eval()

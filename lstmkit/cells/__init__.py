@@ -4,7 +4,18 @@ Importing this package registers every family (:func:`lstmkit.cells.base.registe
 family is one more module on the registration line below.
 """
 
-from . import clockwork, depth_gated, gru, layernorm, lstm, lstm1997, minrnn, mut, rnn  # noqa: F401
+from . import (  # noqa: F401
+    clockwork,
+    depth_gated,
+    gru,
+    layernorm,
+    lstm,
+    lstm1997,
+    minrnn,
+    mut,
+    rnn,
+    slstm,
+)
 from .base import CellSpec, ExtraParam, LayerWeights, build, families
 from .clockwork import clockwork_spec
 from .depth_gated import depth_gated_spec

@@ -36,6 +36,7 @@ def add_parsers(sub) -> None:
                        help="lstm (default), gru, rnn, mut1/mut2/mut3 (Jozefowicz et al. "
                             "2015; mut1 and mut2 need --embed equal to --hidden), mlstm "
                             "(xLSTM's matrix-memory LSTM, 4 heads: --hidden divisible by 4), "
+                            "slstm (xLSTM's sLSTM, 4 heads: --hidden divisible by 4), "
                             "or mingru/minlstm (Feng et al. 2024, trained by a scan)")
     model.add_argument("--peephole", action="store_true", default=S)
     model.add_argument("--coupled", action="store_true", default=S,

@@ -10,7 +10,8 @@ from .lstm import LSTM
 from .minrnn import minGRU, minLSTM
 from .mut import MUT
 from .rnn import RNN
+from .slstm import sLSTM
 
 __all__ = ["LSTM", "GRU", "RNN", "RecurrentBase", "ClockworkRNN", "DepthGatedLSTM", "MUT",
            "FamilyModule", "module_for", "LSTMCell", "GRUCell", "RNNCell", "RecurrentCell",
-           "minGRU", "minLSTM"]
+           "minGRU", "minLSTM", "sLSTM"]

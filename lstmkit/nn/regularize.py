@@ -127,7 +127,8 @@ def apply(reg: Regularization, training: bool, x: Tensor, batch_sizes: list[int]
           w: LayerWeights, H: int) -> tuple[Tensor, LayerWeights, StepMasks | None]:
     """Sample the masks of one layer and direction; return the (dropped) input ``x`` (N, I),
     the weights with W_hh dropped, and the masks for the time loop (None if none)."""
-    B, N, R = batch_sizes[0], x.shape[0], w.w_hh.shape[1]
+    B, N = batch_sizes[0], x.shape[0]
+    R = H if w.w_hr is None else w.w_hr.shape[0]          # the width of h
     if training and reg.input_dropout:
         x = mul_per_row(x, drop_mask((B, x.shape[1]), reg.input_dropout, x), batch_sizes)
     if training and reg.weight_dropout:

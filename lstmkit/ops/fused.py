@@ -370,8 +370,8 @@ def make_trace(cell: CellSpec, batch_sizes: list[int], seqs, gates: Tensor, H: i
     split = [s.detach().split(batch_sizes) for s in seqs]
     for t, g_t in enumerate(gates.detach().split(batch_sizes)):
         record = dict(cell.fused.trace_gates(cell, g_t, H))
-        if cell.n_states == 2:
-            record["c"] = split[1][t]
+        for k in range(1, cell.n_states):                  # c (sLSTM: c, n, m)
+            record[cell.states[k].name] = split[k][t]
         record["h"] = split[0][t]
         steps.append(record)
     return steps

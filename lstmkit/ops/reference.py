@@ -76,7 +76,8 @@ def run_layer(
         for k, out in enumerate(outputs):
             out[t] = state[k]
         if trace is not None:
-            trace[t] = {**gates, **({"c": state[1]} if cell.n_states == 2 else {}), "h": state[0]}
+            trace[t] = {**gates, **{cell.states[k].name: state[k] for k in range(1, cell.n_states)},
+                        "h": state[0]}
 
     ended.append(state)
     final = tuple(torch.cat([e[k] for e in reversed(ended)]) for k in range(len(state0)))

@@ -44,6 +44,7 @@ GRID_CELLS = {"grid": (lstmkit.GridLSTM, {}),                     # 2-D, time ×
               "ffnet": (lstmkit.GridLSTM, {"dims": "depth", "non_lstm": "depth"})}  # tanh net
 CELLS.update(GRID_CELLS)                            # Kalchbrenner et al. 2015
 CELLS.update({"mingru": (lstmkit.minGRU, {}), "minlstm": (lstmkit.minLSTM, {})})  # Feng 2024
+CELLS["slstm"] = (lstmkit.sLSTM, {})                # xLSTM's sLSTM (Beck et al. 2024)
 VAL_SEED, TEST_SEED = 1_000_003, 2_000_003          # offsets: validation/test never = train
 
 

@@ -60,6 +60,8 @@ def build_recurrent(cell: str, input_size: int, hidden: int, layers: int = 1, *,
               bidirectional=bidirectional, backend=backend)
     if cell in MUT_CELLS and not (peephole or coupled or variant):
         return lstmkit.MUT(input_size, hidden, layers, **kw, variant=MUT_CELLS[cell])
+    if cell == "slstm" and not (peephole or coupled or variant):
+        return lstmkit.sLSTM(input_size, hidden, layers, **kw)     # xLSTM, Beck et al. 2024
     if cell == "mlstm" and not (peephole or coupled or variant):
         return lstmkit.mLSTM(input_size, hidden, layers, **kw, num_heads=MLSTM_HEADS)
     if cell in MIN_RNN_CELLS and not (peephole or coupled or variant):
@@ -107,6 +109,8 @@ def state_tensors(state: State | None) -> list[Tensor]:
 def state_from_tensors(tensors: list[Tensor], cell: str) -> State | None:
     if not tensors:
         return None
+    if cell == "slstm":
+        return tuple(tensors[:4])                       # h, c, n, m
     if cell == "mlstm":                                 # (C, n, m) of lstmkit.mLSTM
         return tuple(tensors)
     return (tensors[0], tensors[1]) if cell == "lstm" else tensors[0]

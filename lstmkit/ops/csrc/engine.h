@@ -26,7 +26,7 @@
 
 namespace {
 
-constexpr int kMaxStates = 3;
+constexpr int kMaxStates = 4;                       // sLSTM: h, c, n, m
 
 // One layer and direction (forward), or one backward chunk of it: raw pointers to every
 // buffer, as the Python side allocated them (lstmkit/ops/fused.py). Row counts: N rows of
