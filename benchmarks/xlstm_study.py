@@ -6,7 +6,9 @@ squared error against the 0.167 of always answering 1) at long T.
     python benchmarks/xlstm_study.py [--seconds 120] [--seeds 2] [--T 200 1000]
 
 Equal parameters: each cell's hidden size is the one whose whole model comes closest to the
-LSTM's at ``--hidden`` (the head-wise cells keep it a multiple of their head count).
+LSTM's at ``--hidden`` (the head-wise cells keep it a multiple of their head count). The cells
+whose gates see only x_t (mLSTM, minGRU, minLSTM) are stacked ``--scan-layers`` deep (2), as
+their papers stack them; the others have one layer.
 Equal wall time: before training, one process times a training step of every model in
 interleaved rounds (median of ``--rounds``) and gives each cell the number of steps (text)
 or sequences (adding) that fits ``--seconds`` at that rate. The step counts, not the clock
@@ -37,6 +39,9 @@ from lstmkit.train.model import LanguageModel
 CELLS = {"LSTM": "lstm", "GRU": "gru", "sLSTM": "slstm", "mLSTM": "mlstm",
          "minGRU": "mingru", "minLSTM": "minlstm"}
 MULTIPLE = {"slstm": 4, "mlstm": 4}          # hidden sizes divisible by the default heads
+# mLSTM, minGRU and minLSTM gates see only x_t: one layer cannot mix its memory back into its
+# gates, so the papers stack them; they get ``--scan-layers`` layers, the others one.
+STACKED = ("mlstm", "mingru", "minlstm")
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -65,8 +70,13 @@ def median_step_seconds(steps: dict[str, Callable[[], None]], rounds: int) -> di
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def layers(cell: str, args) -> int:
+    return args.scan_layers if cell in STACKED else 1
+
+
 def text_config(cell: str, hidden: int, steps: int, args, seed: int) -> TrainConfig:
     return TrainConfig(cell=cell, hidden=hidden, embed=args.embed, steps=steps,
+                       layers=layers(cell, args),
                        max_chars=args.max_chars, seed=seed, quiet=True,
                        seq_len=args.seq_len, batch=args.batch, eval_every=max(1, steps // 4))
 
@@ -82,7 +92,7 @@ def text_plan(args) -> dict:
     plan, closures = {}, {}
     for name, cell in CELLS.items():
         h = (args.hidden if cell == "lstm" else
-             match_hidden(lambda h, c=cell: n_params(model(c, h)), target, args.hidden // 2,
+             match_hidden(lambda h, c=cell: n_params(model(c, h)), target, args.hidden // 4,
                           MULTIPLE.get(cell, 1)))
         m = model(cell, h)
         opt = torch.optim.Adam(m.parameters(), 1e-3)
@@ -94,7 +104,8 @@ def text_plan(args) -> dict:
             opt.step()
             opt.zero_grad()
 
-        plan[name] = {"hidden": h, "params": n_params(m), "vocab": V}
+        plan[name] = {"hidden": h, "layers": layers(cell, args), "params": n_params(m),
+                      "vocab": V}
         closures[name] = step
     for name, s in median_step_seconds(closures, args.rounds).items():
         plan[name] |= {"step_ms": 1e3 * s, "steps": max(10, round(args.seconds / s))}
@@ -106,10 +117,11 @@ def adding_plan(args, T: int) -> dict:
     target = n_params(SequenceModel(task, "lstm", args.adding_hidden))
     plan, closures = {}, {}
     for name, cell in CELLS.items():
+        n = layers(cell, args)
         h = (args.adding_hidden if cell == "lstm" else
-             match_hidden(lambda h, c=cell: n_params(SequenceModel(task, c, h)), target,
-                          args.adding_hidden // 2, MULTIPLE.get(cell, 1)))
-        m = SequenceModel(task, cell, h)
+             match_hidden(lambda h, c=cell, k=n: n_params(SequenceModel(task, c, h, k)), target,
+                          args.adding_hidden // 4, MULTIPLE.get(cell, 1)))
+        m = SequenceModel(task, cell, h, n)
         opt = torch.optim.Adam(m.parameters(), 1e-3)
         batch = task.sample(32, torch.Generator().manual_seed(0))
 
@@ -118,7 +130,7 @@ def adding_plan(args, T: int) -> dict:
             opt.step()
             opt.zero_grad()
 
-        plan[name] = {"hidden": h, "params": n_params(m)}
+        plan[name] = {"hidden": h, "layers": n, "params": n_params(m)}
         closures[name] = step
     for name, s in median_step_seconds(closures, args.rounds).items():
         plan[name] |= {"step_ms": 1e3 * s,
@@ -141,11 +153,13 @@ def markdown(study: dict) -> str:
     for name in CELLS:
         tp, tr = study["text_plan"].get(name), study["text"].get(name, [])
         row = [name]
-        row += ([f"{tp['hidden']} ({tp['params']:,})", f"{tp['step_ms']:.1f}, {tp['steps']:,}",
+        row += ([f"{tp.get('layers', 1)}×{tp['hidden']} ({tp['params']:,})",
+                 f"{tp['step_ms']:.1f}, {tp['steps']:,}",
                  mean_sd([r["test_bpc"] for r in tr]) if tr else "—"] if tp else ["—"] * 3)
         for T in Ts:
             ap, ar = study["adding_plan"][T].get(name), study["adding"][T].get(name, [])
-            row += ([f"{ap['hidden']} ({ap['params']:,})", f"{ap['sequences']:,}",
+            row += ([f"{ap.get('layers', 1)}×{ap['hidden']} ({ap['params']:,})",
+                     f"{ap['sequences']:,}",
                      ", ".join(f"{r['test']['mse']:.4f}" for r in ar) or "—"]
                     if ap else ["—"] * 3)
         lines.append("| " + " | ".join(row) + " |")
@@ -163,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-chars", type=int, default=1_000_000)
     parser.add_argument("--T", type=int, nargs="*", default=[200, 1000])
     parser.add_argument("--adding-hidden", type=int, default=64)
+    parser.add_argument("--scan-layers", type=int, default=2,
+                        help="layers of mLSTM, minGRU and minLSTM (the others have one)")
     parser.add_argument("--rounds", type=int, default=7, help="calibration rounds")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", choices=["text", "adding"], default=None)
@@ -208,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             for seed in range(args.seeds):
                 for name, cell in CELLS.items():
                     cfg = ExperimentConfig(task="adding2016", T=T, cell=cell,
-                                           hidden=plan[name]["hidden"], seed=seed,
+                                           hidden=plan[name]["hidden"],
+                                           layers=plan[name]["layers"], seed=seed,
                                            budget=plan[name]["sequences"],
                                            stop_when_solved=False)
                     t0 = time.perf_counter()
