@@ -113,3 +113,21 @@ def test_variant_rows_time_each_variant_against_the_plain_lstm():
     assert r["layers"] == 2 and r["fb_ms"] > 0 and r["plain_fb_ms"] > 0
     assert r["ratio"] == pytest.approx(r["fb_ms"] / r["plain_fb_ms"])
     assert "Depth-Gated" in bv.format_row(r)
+
+
+def test_scan_rows_time_the_scan_against_its_loop_and_torch_nn(tmp_path, capsys, monkeypatch):
+    from lstmkit import bench_scans as bs
+    from lstmkit.cli import main
+    rows = bs.bench_scans(sizes=((6, 2, 8),), repeats=1, only="mingru")
+    assert [(r["cell"], r["kind"]) for r in rows] == [
+        ("minGRU", "forward+backward"), ("minGRU", "forward (inference)")]
+    for r in rows:
+        assert r["scan_ms"] > 0 and r["loop_ms"] > 0 and r["torch_ms"] > 0
+        assert r["loop_over_scan"] == pytest.approx(r["loop_ms"] / r["scan_ms"])
+        assert r["torch_over_scan"] == pytest.approx(r["torch_ms"] / r["scan_ms"])
+    path = tmp_path / "scans.json"
+    monkeypatch.setattr(bs, "SIZES", ((5, 2, 8),))
+    assert main(["bench", "--scans", "--only", "minlstm", "--repeats", "1",
+                 "--json", str(path)]) == 0
+    assert "minLSTM" in capsys.readouterr().out
+    assert {r["cell"] for r in json.loads(path.read_text())["scans"]} == {"minLSTM"}

@@ -35,12 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead: every variant's fused path (Greff ablations, layer "
                              "norm, regularisers, Clockwork, Depth-Gated) against the plain "
                              "fused LSTM of the same size")
+    parser.add_argument("--scans", action="store_true",
+                        help="instead: minGRU and minLSTM trained by their scan against their "
+                             "sequential loop and torch.nn.GRU/LSTM of the same size")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the benchmark the parsed options describe, print the table, write the JSON."""
     if args.variants:
         return _run_variants(args)
+    if args.scans:
+        return _run_scans(args)
     configs = bench.select_configs(args.quick, args.only)
     if not configs:
         names = ", ".join(c.name for c in (bench.QUICK if args.quick else bench.MATRIX))
@@ -76,5 +81,23 @@ def _run_variants(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"meta": bench.environment(args.backend, args.repeats),
                                          "variants": rows}, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _run_scans(args: argparse.Namespace) -> int:
+    from .. import bench_scans as bs
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"minGRU/minLSTM: scan (backend auto) vs the sequential loop (backend reference) vs "
+          f"torch.nn of the same size; {torch.get_num_threads()} threads, median of "
+          f"{args.repeats}, interleaved")
+    print(bs.HEADER, flush=True)
+    rows = bs.bench_scans(repeats=args.repeats, only=args.only,
+                          on_row=lambda r: print(bs.format_row(r), flush=True))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"meta": bench.environment("auto", args.repeats),
+                                         "scans": rows}, indent=1) + "\n")
         print(f"wrote {args.json}")
     return 0
