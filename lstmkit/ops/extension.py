@@ -85,9 +85,9 @@ def build_root() -> Path:
     return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / "lstmkit"
 
 
-def _stage_sources(folder: Path) -> Path:
+def _stage_sources(folder: Path, name: str = ENGINE) -> Path:
     """Copy csrc/ into ``folder/src`` (once, atomically) with the generated list of family
-    headers, ``cells.inc``; return the engine's source path there."""
+    headers, ``cells.inc``; return the path there of extension ``name``'s source."""
     src = folder / "src"
     if not (src / f"{ENGINE}.cpp").exists():
         folder.mkdir(parents=True, exist_ok=True)
@@ -101,7 +101,7 @@ def _stage_sources(folder: Path) -> Path:
             tmp.rename(src)
         except OSError:                      # another process staged them first
             shutil.rmtree(tmp, ignore_errors=True)
-    return src / f"{ENGINE}.cpp"
+    return src / f"{name}.cpp"
 
 
 def _build(name: str) -> ModuleType:
@@ -109,7 +109,7 @@ def _build(name: str) -> ModuleType:
     key = build_key()
     module = f"lstmkit_{name}_{key}"
     folder = build_root() / f"{name}-{key}"
-    source = _stage_sources(folder)
+    source = _stage_sources(folder, name)
     if not (folder / f"{module}.so").exists():
         print(f"lstmkit: compiling the C++ kernels ({len(cell_headers())} cell families) into "
               f"{folder} — first use of these sources with torch {_torch_version()}; "
@@ -125,7 +125,8 @@ def _torch_version() -> str:
 
 
 def cpp_module(name: str, required: bool) -> ModuleType | None:
-    """The extension ``name`` (``"engine"``), building it on first call.
+    """The extension ``name`` (``"engine"``, or ``"tiny1997"``: the tiny-network trainer of
+    :mod:`lstmkit.ops.tiny1997`), building it on first call.
 
     With ``required=False`` a missing compiler or failed build gives one warning and
     ``None`` (callers fall back to the torch loops); with ``required=True`` it raises
