@@ -83,6 +83,9 @@ class Shape1997:
         return (self.input_size, self.blocks, self.block_size, self.gate_feedback)
 
 
+PAPER_SHAPE = Shape1997()        # the adding experiment's net: 2 blocks of 2 cells, 93 weights
+
+
 class Tiny1997:
     """A tiny 1997 LSTM with one logistic output unit, trained online in C++.
 
@@ -98,9 +101,9 @@ class Tiny1997:
             weights = torch.zeros(shape.n_weights, dtype=torch.float64)
         if not isinstance(weights, Tensor) or weights.dim() != 1 or \
                 weights.numel() != shape.n_weights:
+            got = tuple(weights.shape) if isinstance(weights, Tensor) else repr(weights)
             raise ValueError(f"Tiny1997: weights must be a 1-D tensor of {shape.n_weights} "
-                             f"entries for {shape}, got "
-                             f"{tuple(weights.shape) if isinstance(weights, Tensor) else weights!r}")
+                             f"entries for {shape}, got {got}")
         if not torch.isfinite(weights).all():
             raise ValueError("Tiny1997: weights must be finite")
         self.weights = weights.detach().to(torch.float64).contiguous().clone()

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 
 from ..data.synthetic import Adding1997
-from ..ops.tiny1997 import Shape1997, Tiny1997
+from ..ops.tiny1997 import PAPER_SHAPE, Shape1997, Tiny1997
 
 PAPER_TABLE7 = {   # T: (minimal lag, wrong of 2,560, training sequences until the stop)
     100: {"lag": 50, "wrong": 1, "sequences": 74_000},
@@ -58,7 +58,7 @@ def score_adding(net: Tiny1997, T: int, seed: int, n: int = TEST_SIZE,
 
 def train_adding_1997(T: int, seed: int = 0, *, max_sequences: int | None = None,
                       max_seconds: float | None = 3600.0, lr: float = 0.5,
-                      shape: Shape1997 = Shape1997(), window: int = 2000, tol: float = 0.04,
+                      shape: Shape1997 = PAPER_SHAPE, window: int = 2000, tol: float = 0.04,
                       mse_stop: float = 0.01, n_test: int = TEST_SIZE, chunk: int | None = None,
                       log: Callable[[str], None] | None = None,
                       log_every: float = 30.0) -> dict:
