@@ -133,3 +133,46 @@ def train_adding_1997(T: int, seed: int = 0, *, max_sequences: int | None = None
         log(f"T={T} seed={seed}: {reason} after {seen:,} sequences, {seconds:.0f} s; "
             f"test wrong {result.get('test_wrong')} of {n_test}")
     return result
+
+
+def markdown_rows(runs: list[dict]) -> str:
+    """Our runs beside the paper's Table 7 row for their T, as a Markdown table."""
+    lines = ["| T | seed | wrong of 2,560 (paper) | sequences until stop (paper) | "
+             "window MSE < 0.01 at | stopped by | time |",
+             "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        if "skipped" in r:
+            lines.append(f"| {r['T']} | {r['seed']} | — | — | — | {r['skipped']} | — |")
+            continue
+        paper = r.get("paper") or {}
+        wrong = r.get("test_wrong", "—")
+        first = r.get("first_window_mse_below_stop")
+        paper_seq = f"{paper['sequences']:,}" if paper else "—"
+        lines.append(
+            f"| {r['T']} | {r['seed']} | {wrong} ({paper.get('wrong', '—')}) | "
+            f"{r['sequences']:,} ({paper_seq}) | "
+            f"{f'{first:,}' if first else 'never'} | {r['reason']} | {r['seconds']:.0f} s |")
+    return "\n".join(lines) + "\n"
+
+
+def run_protocol_1997(T: int, seeds: int, out, *, max_sequences: int | None = None,
+                      max_seconds: float | None = 3600.0,
+                      log: Callable[[str], None] | None = None) -> list[dict]:
+    """``lstmkit experiment adding --protocol 1997``: ``seeds`` runs (seeds 0, 1, …) of
+    :func:`train_adding_1997`; writes ``results.json`` and ``results.md`` into ``out``."""
+    import json
+    from pathlib import Path
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"run_protocol_1997: seeds must be ≥ 1, got {seeds!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for seed in range(seeds):
+        runs.append(train_adding_1997(T, seed, max_sequences=max_sequences,
+                                      max_seconds=max_seconds, log=log))
+        (out / "results.json").write_text(json.dumps({"protocol": "1997", "runs": runs},
+                                                     indent=1))
+    (out / "results.md").write_text(
+        f"# Adding problem, T = {T}, the 1997 protocol (Hochreiter & Schmidhuber 1997, "
+        "Table 7)\n\n" + markdown_rows(runs))
+    return runs
