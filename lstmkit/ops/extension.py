@@ -59,11 +59,20 @@ def cell_headers() -> list[str]:
     return [p.relative_to(CSRC).as_posix() for p in _sources() if p.parent.name == "cells"]
 
 
-def build_key() -> str:
-    """Hash of the sources, flags, CPU, Python and torch build (see the module docstring)."""
+def _sources_of(name: str) -> list[Path]:
+    """What extension ``name`` is built from: its own ``<name>.cpp`` and every header (the
+    other extensions' top-level ``.cpp`` files are left out, so that editing one extension
+    does not rebuild the others)."""
+    return [p for p in _sources()
+            if p.suffix != ".cpp" or p.parent != CSRC or p.stem == name]
+
+
+def build_key(name: str = ENGINE) -> str:
+    """Hash of extension ``name``'s sources, the flags, CPU, Python and torch build (see the
+    module docstring)."""
     import torch
     digest = hashlib.sha256()
-    for path in _sources():
+    for path in _sources_of(name):
         digest.update(path.relative_to(CSRC).as_posix().encode())
         digest.update(path.read_bytes())
     for part in (" ".join(CFLAGS), platform.machine(), _cpu_flags(), sys.version,
@@ -106,7 +115,7 @@ def _stage_sources(folder: Path, name: str = ENGINE) -> Path:
 
 def _build(name: str) -> ModuleType:
     from torch.utils.cpp_extension import load
-    key = build_key()
+    key = build_key(name)
     module = f"lstmkit_{name}_{key}"
     folder = build_root() / f"{name}-{key}"
     source = _stage_sources(folder, name)

@@ -32,13 +32,46 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace {
 
-inline double sigm(double z) { return 1.0 / (1.0 + std::exp(-z)); }
+// exp for double, branch-free so that loops over it vectorise: x = k·ln2 + r with
+// |r| ≤ ln2/2 (ln2 split in a high part with trailing zero bits, so k·hi is exact, and a
+// low part); e^r by its Taylor series to r^13 (remainder < 5e-18 relative); 2^k put into
+// the exponent bits. Accurate to a few ulp over the clamped range.
+inline double exp_d(double x) {
+  x = x < -700.0 ? -700.0 : x;
+  x = x > 700.0 ? 700.0 : x;
+  const double k = std::floor(x * 1.4426950408889634 + 0.5);
+  const double r = (x - k * 0.6931471803691238) - k * 1.9082149292705877e-10;
+  double p = 1.0 / 6227020800.0;                      // 1/13!
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  const double t = k + 4503599627371519.0;            // 2^52 + 1023: k + 1023 in the low bits
+  int64_t bits;
+  std::memcpy(&bits, &t, sizeof bits);
+  bits <<= 52;
+  double scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+inline double sigm(double z) { return 1.0 / (1.0 + exp_d(-z)); }
 
 struct Dims {
   int64_t I, B, S, C, M, rows, n_weights;
@@ -51,11 +84,14 @@ struct Dims {
   }
 };
 
-// Scratch for one sequence: sized once per call, reused for every sequence and step.
+// Scratch for one sequence: sized once per call, reused for every sequence and step. The
+// hidden rows' weights are copied transposed (Wt[m·rows + r]) and the accumulators kept as
+// At[m·C + c], so the per-step loops run over rows and cells (contiguous, vectorisable).
 struct Work {
-  std::vector<double> u, net, act, s, yc, A, Ag, grad;
+  std::vector<double> Wt, u, net, act, s, hs, yc, in_c, out_c, a, b, At, Agt, grad;
   explicit Work(const Dims& d)
-      : u(d.M), net(d.rows), act(d.rows), s(d.C), yc(d.C), A(d.C * d.M), Ag(d.C * d.M),
+      : Wt(d.rows * d.M), u(d.M), net(d.rows), act(d.rows), s(d.C), hs(d.C), yc(d.C),
+        in_c(d.C), out_c(d.C), a(d.C), b(d.C), At(d.C * d.M), Agt(d.C * d.M),
         grad(d.n_weights) {}
 };
 
@@ -63,18 +99,26 @@ struct Work {
 // work.grad (when want_grad). Returns the output y at the last step.
 double run_sequence(const Dims& d, const double* W, const double* x, int64_t L, double target,
                     Work& w, bool want_grad) {
-  const int64_t I = d.I, B = d.B, S = d.S, C = d.C, M = d.M;
-  double* u = w.u.data();
-  double* net = w.net.data();
-  double* act = w.act.data();      // [g_c (C), in_j (B), out_j (B)]
-  double* s = w.s.data();
-  double* yc = w.yc.data();
-  double* A = w.A.data();
-  double* Ag = w.Ag.data();
+  const int64_t I = d.I, B = d.B, S = d.S, C = d.C, M = d.M, R = d.rows;
+  double* __restrict Wt = w.Wt.data();
+  double* __restrict u = w.u.data();
+  double* __restrict net = w.net.data();
+  double* __restrict act = w.act.data();    // σ(net): [σ(net_c) (C), in_j (B), out_j (B)]
+  double* __restrict s = w.s.data();
+  double* __restrict hs = w.hs.data();
+  double* __restrict yc = w.yc.data();
+  double* __restrict in_c = w.in_c.data();  // each cell's block's gates
+  double* __restrict out_c = w.out_c.data();
+  double* __restrict a = w.a.data();
+  double* __restrict b = w.b.data();
+  double* __restrict At = w.At.data();
+  double* __restrict Agt = w.Agt.data();
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t m = 0; m < M; ++m) Wt[m * R + r] = W[r * M + m];
   for (int64_t c = 0; c < C; ++c) s[c] = yc[c] = 0.0;
-  for (int64_t r = 0; r < d.rows; ++r) act[r] = 0.0;
+  for (int64_t r = 0; r < R; ++r) act[r] = 0.0;
   if (want_grad)
-    for (int64_t k = 0; k < C * M; ++k) A[k] = Ag[k] = 0.0;
+    for (int64_t k = 0; k < C * M; ++k) At[k] = Agt[k] = 0.0;
   u[0] = 1.0;
   for (int64_t t = 0; t < L; ++t) {
     // sources: the input now, the hidden layer's activations of the step before
@@ -83,38 +127,43 @@ double run_sequence(const Dims& d, const double* W, const double* x, int64_t L, 
     for (int64_t c = 0; c < C; ++c) u[1 + I + c] = yc[c];
     if (d.feedback)
       for (int64_t k = 0; k < 2 * B; ++k) u[1 + I + C + k] = act[C + k];
-    for (int64_t r = 0; r < d.rows; ++r) {
-      const double* wr = W + r * M;
-      double z = 0.0;
-      for (int64_t m = 0; m < M; ++m) z += wr[m] * u[m];
-      net[r] = z;
+    for (int64_t r = 0; r < R; ++r) net[r] = 0.0;
+    for (int64_t m = 0; m < M; ++m) {
+      const double um = u[m];
+      const double* wm = Wt + m * R;
+      for (int64_t r = 0; r < R; ++r) net[r] += wm[r] * um;
     }
-    for (int64_t j = 0; j < B; ++j) {
-      const double in = sigm(net[C + j]);
-      const double out = sigm(net[C + B + j]);
-      act[C + j] = in;
-      act[C + B + j] = out;
-      for (int64_t q = 0; q < S; ++q) {
-        const int64_t c = j * S + q;
-        const double sg = sigm(net[c]);
-        const double g = 4.0 * sg - 2.0;
-        act[c] = g;
-        s[c] += in * g;
-        yc[c] = out * (2.0 * sigm(s[c]) - 1.0);
-        if (want_grad) {
-          const double a = in * 4.0 * sg * (1.0 - sg);     // in_j · g'(net_c)
-          const double b = g * in * (1.0 - in);              // g_c · in_j'(net_in)
-          double* Ac = A + c * M;
-          double* Agc = Ag + c * M;
-          for (int64_t m = 0; m < M; ++m) {
-            Ac[m] += a * u[m];
-            Agc[m] += b * u[m];
-          }
+    for (int64_t r = 0; r < R; ++r) act[r] = sigm(net[r]);
+    for (int64_t c = 0; c < C; ++c) {
+      in_c[c] = act[C + c / S];
+      out_c[c] = act[C + B + c / S];
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const double sg = act[c];
+      const double g = 4.0 * sg - 2.0;
+      const double in = in_c[c];
+      a[c] = in * 4.0 * sg * (1.0 - sg);      // in_j · g'(net_c)
+      b[c] = g * in * (1.0 - in);               // g_c · in_j'(net_in)
+      s[c] += in * g;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      hs[c] = 2.0 * sigm(s[c]) - 1.0;
+      yc[c] = out_c[c] * hs[c];
+    }
+    if (want_grad) {
+      for (int64_t m = 0; m < M; ++m) {
+        const double um = u[m];
+        double* Am = At + m * C;
+        double* Agm = Agt + m * C;
+        for (int64_t c = 0; c < C; ++c) {
+          Am[c] += a[c] * um;
+          Agm[c] += b[c] * um;
         }
       }
     }
   }
-  const double* wk = W + d.rows * M;
+  // the cells' g (for the feedback sources of a next step) are not needed past here
+  const double* wk = W + R * M;
   double zk = wk[0];
   for (int64_t c = 0; c < C; ++c) zk += wk[1 + c] * yc[c];
   const double y = sigm(zk);
@@ -123,7 +172,7 @@ double run_sequence(const Dims& d, const double* W, const double* x, int64_t L, 
   double* G = w.grad.data();
   for (int64_t k = 0; k < d.n_weights; ++k) G[k] = 0.0;
   const double dk = (y - target) * y * (1.0 - y);          // ∂L/∂net_k
-  double* Gk = G + d.rows * M;
+  double* Gk = G + R * M;
   Gk[0] = dk;
   for (int64_t c = 0; c < C; ++c) Gk[1 + c] = dk * yc[c];
   // u still holds the last step's sources: the output gates' gradient
@@ -134,15 +183,12 @@ double run_sequence(const Dims& d, const double* W, const double* x, int64_t L, 
     for (int64_t q = 0; q < S; ++q) {
       const int64_t c = j * S + q;
       const double dyc = dk * wk[1 + c];
-      const double hs = 2.0 * sigm(s[c]) - 1.0;
-      dout += dyc * hs;
-      const double ds = dyc * out * 0.5 * (1.0 - hs * hs);  // δ_c = ∂L/∂s_c (h' = (1-h²)/2)
+      dout += dyc * hs[c];
+      const double ds = dyc * out * 0.5 * (1.0 - hs[c] * hs[c]);  // δ_c = ∂L/∂s_c
       double* Gc = G + c * M;
-      const double* Ac = A + c * M;
-      const double* Agc = Ag + c * M;
       for (int64_t m = 0; m < M; ++m) {
-        Gc[m] = ds * Ac[m];
-        Gin[m] += ds * Agc[m];
+        Gc[m] = ds * At[m * C + c];
+        Gin[m] += ds * Agt[m * C + c];
       }
     }
     dout *= out * (1.0 - out);
