@@ -84,12 +84,28 @@ struct Dims {
   }
 };
 
+// The paper's network with its sizes known at compile time (full unrolling of the short
+// loops); run_sequence is instantiated for it and for the runtime Dims.
+template <int64_t I_, int64_t B_, int64_t S_, bool FB>
+struct FixedDims {
+  static constexpr int64_t I = I_, B = B_, S = S_, C = B_ * S_;
+  static constexpr int64_t M = 1 + I_ + B_ * S_ + (FB ? 2 * B_ : 0);
+  static constexpr int64_t rows = B_ * S_ + 2 * B_;
+  static constexpr int64_t n_weights = rows * M + 1 + C;
+  static constexpr bool feedback = FB;
+  static bool matches(const Dims& d) {
+    return d.I == I && d.B == B && d.S == S && d.feedback == FB;
+  }
+};
+using PaperDims = FixedDims<2, 2, 2, true>;       // 2 inputs, 2 blocks of 2 cells: 93 weights
+
 // Scratch for one sequence: sized once per call, reused for every sequence and step. The
 // hidden rows' weights are copied transposed (Wt[m·rows + r]) and the accumulators kept as
 // At[m·C + c], so the per-step loops run over rows and cells (contiguous, vectorisable).
 struct Work {
   std::vector<double> Wt, u, net, act, s, hs, yc, in_c, out_c, a, b, At, Agt, grad;
-  explicit Work(const Dims& d)
+  template <class D>
+  explicit Work(const D& d)
       : Wt(d.rows * d.M), u(d.M), net(d.rows), act(d.rows), s(d.C), hs(d.C), yc(d.C),
         in_c(d.C), out_c(d.C), a(d.C), b(d.C), At(d.C * d.M), Agt(d.C * d.M),
         grad(d.n_weights) {}
@@ -97,7 +113,8 @@ struct Work {
 
 // Forward over x[0..L) (row stride I), then the truncated gradient of ½(y - target)² into
 // work.grad (when want_grad). Returns the output y at the last step.
-double run_sequence(const Dims& d, const double* W, const double* x, int64_t L, double target,
+template <class D>
+double run_sequence(const D& d, const double* W, const double* x, int64_t L, double target,
                     Work& w, bool want_grad) {
   const int64_t I = d.I, B = d.B, S = d.S, C = d.C, M = d.M, R = d.rows;
   double* __restrict Wt = w.Wt.data();
@@ -198,6 +215,13 @@ double run_sequence(const Dims& d, const double* W, const double* x, int64_t L, 
   return y;
 }
 
+// run_sequence for the sizes of d, compiled for them when they are the paper's
+double run_any(const Dims& d, const double* W, const double* x, int64_t L, double target,
+               Work& w, bool want_grad) {
+  if (PaperDims::matches(d)) return run_sequence(PaperDims{}, W, x, L, target, w, want_grad);
+  return run_sequence(d, W, x, L, target, w, want_grad);
+}
+
 Dims check(const at::Tensor& W, int64_t I, int64_t B, int64_t S, bool fb) {
   if (I < 1 || B < 1 || S < 1)
     throw std::invalid_argument("tiny1997: input_size, blocks and block_size must be >= 1");
@@ -230,7 +254,7 @@ std::tuple<double, at::Tensor> grad(const at::Tensor& W, const at::Tensor& x, do
       x.size(0) < 1)
     throw std::invalid_argument("tiny1997: x must be contiguous float64 (L >= 1, input_size)");
   Work w(d);
-  const double y = run_sequence(d, W.data_ptr<double>(), x.data_ptr<double>(), x.size(0),
+  const double y = run_any(d, W.data_ptr<double>(), x.data_ptr<double>(), x.size(0),
                                 target, w, true);
   at::Tensor g = at::empty({d.n_weights}, at::kDouble);
   std::copy(w.grad.begin(), w.grad.end(), g.data_ptr<double>());
@@ -262,7 +286,7 @@ std::tuple<int64_t, int64_t> train(at::Tensor W, const at::Tensor& x, const at::
   {
     pybind11::gil_scoped_release nogil;
     for (; b < n; ++b) {
-      const double y = run_sequence(d, Wp, xp + b * stride, len[b], tp[b], w, true);
+      const double y = run_any(d, Wp, xp + b * stride, len[b], tp[b], w, true);
       op[b] = y;
       streak = std::abs(y - tp[b]) < tol ? streak + 1 : 0;
       const double* G = w.grad.data();
@@ -292,7 +316,7 @@ at::Tensor predict(const at::Tensor& W, const at::Tensor& x, const at::Tensor& l
   {
     pybind11::gil_scoped_release nogil;
     for (int64_t b = 0; b < n; ++b)
-      op[b] = run_sequence(d, Wp, xp + b * stride, len[b], 0.0, w, false);
+      op[b] = run_any(d, Wp, xp + b * stride, len[b], 0.0, w, false);
   }
   return out;
 }
