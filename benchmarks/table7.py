@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -25,6 +26,15 @@ import torch
 from lstmkit.train.protocol1997 import PAPER_TABLE7, train_adding_1997
 
 OUT = Path(__file__).resolve().parent / "results" / "table7.json"
+
+
+def _commit() -> str | None:
+    """The checkout's git commit (the kernel that ran), if there is one."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -41,7 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared and noisy; "
                    f"torch {torch.__version__}, OMP_NUM_THREADS="
                    f"{os.environ.get('OMP_NUM_THREADS', 'unset')}",
-        "row_seconds": args.row_seconds, "paper": PAPER_TABLE7, "runs": [],
+        "commit": _commit(), "row_seconds": args.row_seconds, "paper": PAPER_TABLE7,
+        "runs": [],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
