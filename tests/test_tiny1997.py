@@ -300,3 +300,20 @@ def test_protocol_runs_and_scores_with_caps():
     batch = task.sample(100, torch.Generator().manual_seed(3 + TEST_SEED_OFFSET))
     err = net.predict(batch.x.to(F64), batch.lengths) - batch.y.to(F64)
     assert s["test_wrong"] == int((err.abs() >= 0.04).sum())
+
+
+def test_cli_experiment_adding_lstm1997_runs_the_1997_protocol(tmp_path, capsys):
+    import json
+
+    from lstmkit.cli import main
+    out = tmp_path / "exp"
+    assert main(["experiment", "adding", "--cell", "lstm1997", "--T", "20", "--budget", "500",
+                 "--seeds", "2", "--out", str(out)]) == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    assert all(r["sequences"] == 500 and r["reason"] == "sequence cap" for r in runs)
+    assert "| 20 | 1 |" in (out / "results.md").read_text()
+    assert main(["experiment", "copy", "--protocol", "1997", "--cell", "lstm1997"]) == 2
+    assert main(["experiment", "adding", "--protocol", "1997", "--cell", "lstm"]) == 2
+    err = capsys.readouterr().err
+    assert "adding problem" in err and "--cell lstm1997 alone" in err
