@@ -159,6 +159,8 @@ class Tiny1997:
                 or x.shape[0] == 0:
             raise ValueError(f"Tiny1997.grad: x must be (L ≥ 1, {self.shape.input_size}), got "
                              f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        if not math.isfinite(float(target)):
+            raise ValueError(f"Tiny1997.grad: target must be finite, got {target!r}")
         y, g = _module().grad(self.weights, x.detach().to(torch.float64).contiguous(),
                               float(target), *self.shape.args())
         return y, g
