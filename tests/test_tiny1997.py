@@ -317,3 +317,14 @@ def test_cli_experiment_adding_lstm1997_runs_the_1997_protocol(tmp_path, capsys)
     assert main(["experiment", "adding", "--protocol", "1997", "--cell", "lstm"]) == 2
     err = capsys.readouterr().err
     assert "adding problem" in err and "--cell lstm1997 alone" in err
+
+
+def test_protocol_stops_on_the_streak_and_the_window_mse():
+    """With a tolerance every output meets, the run stops right after `window` sequences,
+    but only if the window's MSE is also below mse_stop."""
+    r = train_adding_1997(20, 0, window=5, tol=10.0, mse_stop=1.0, max_sequences=1000,
+                          n_test=64)
+    assert r["stopped"] and r["reason"] == "stop criterion" and r["sequences"] == 5
+    r = train_adding_1997(20, 0, window=5, tol=10.0, mse_stop=1e-12, max_sequences=300,
+                          n_test=64)
+    assert not r["stopped"] and r["reason"] == "sequence cap" and r["sequences"] == 300
