@@ -72,3 +72,14 @@ def test_first_build_says_what_and_why(tmp_path, monkeypatch, capsys):
     (folder / f"{calls[0]['name']}.so").write_bytes(b"")       # built: nothing said any more
     extension._build("engine")
     assert capsys.readouterr().err == ""
+
+
+def test_each_extension_is_keyed_by_its_own_source(csrc_copy, monkeypatch):
+    """Editing the tiny 1997 trainer (csrc/tiny1997.cpp) rebuilds it, not the engine."""
+    monkeypatch.setattr(extension, "CSRC", csrc_copy)
+    engine, tiny = extension.build_key(), extension.build_key("tiny1997")
+    assert engine != tiny
+    source = csrc_copy / "tiny1997.cpp"
+    source.write_text(source.read_text() + "\n// edited\n")
+    assert extension.build_key() == engine
+    assert extension.build_key("tiny1997") != tiny

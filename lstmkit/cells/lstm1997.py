@@ -25,6 +25,10 @@ BPTT of one step (:class:`LSTM1997Fused`), with dh = ∂L/∂h_t and dc_next the
     da_g = dc ⊙ i ⊙ (1 − g²/4),   da_i = dc ⊙ g ⊙ i(1 − i)
     dc_{t-1} = dc                                    (the CEC: weight 1)
     ∂L/∂ĥ_{t-1} = [da_i, da_g, da_o] W_hh            (0 with truncate=True)
+
+For the paper's own tiny networks — memory blocks of several cells sharing their gates,
+gate activations fed back, online training — see :mod:`lstmkit.ops.tiny1997` (a C++
+trainer) and :mod:`lstmkit.train.protocol1997` (the adding problem of Table 7).
 """
 
 from __future__ import annotations

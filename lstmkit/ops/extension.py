@@ -59,11 +59,20 @@ def cell_headers() -> list[str]:
     return [p.relative_to(CSRC).as_posix() for p in _sources() if p.parent.name == "cells"]
 
 
-def build_key() -> str:
-    """Hash of the sources, flags, CPU, Python and torch build (see the module docstring)."""
+def _sources_of(name: str) -> list[Path]:
+    """What extension ``name`` is built from: its own ``<name>.cpp`` and every header (the
+    other extensions' top-level ``.cpp`` files are left out, so that editing one extension
+    does not rebuild the others)."""
+    return [p for p in _sources()
+            if p.suffix != ".cpp" or p.parent != CSRC or p.stem == name]
+
+
+def build_key(name: str = ENGINE) -> str:
+    """Hash of extension ``name``'s sources, the flags, CPU, Python and torch build (see the
+    module docstring)."""
     import torch
     digest = hashlib.sha256()
-    for path in _sources():
+    for path in _sources_of(name):
         digest.update(path.relative_to(CSRC).as_posix().encode())
         digest.update(path.read_bytes())
     for part in (" ".join(CFLAGS), platform.machine(), _cpu_flags(), sys.version,
@@ -85,9 +94,9 @@ def build_root() -> Path:
     return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / "lstmkit"
 
 
-def _stage_sources(folder: Path) -> Path:
+def _stage_sources(folder: Path, name: str = ENGINE) -> Path:
     """Copy csrc/ into ``folder/src`` (once, atomically) with the generated list of family
-    headers, ``cells.inc``; return the engine's source path there."""
+    headers, ``cells.inc``; return the path there of extension ``name``'s source."""
     src = folder / "src"
     if not (src / f"{ENGINE}.cpp").exists():
         folder.mkdir(parents=True, exist_ok=True)
@@ -101,15 +110,15 @@ def _stage_sources(folder: Path) -> Path:
             tmp.rename(src)
         except OSError:                      # another process staged them first
             shutil.rmtree(tmp, ignore_errors=True)
-    return src / f"{ENGINE}.cpp"
+    return src / f"{name}.cpp"
 
 
 def _build(name: str) -> ModuleType:
     from torch.utils.cpp_extension import load
-    key = build_key()
+    key = build_key(name)
     module = f"lstmkit_{name}_{key}"
     folder = build_root() / f"{name}-{key}"
-    source = _stage_sources(folder)
+    source = _stage_sources(folder, name)
     if not (folder / f"{module}.so").exists():
         print(f"lstmkit: compiling the C++ kernels ({len(cell_headers())} cell families) into "
               f"{folder} — first use of these sources with torch {_torch_version()}; "
@@ -125,7 +134,8 @@ def _torch_version() -> str:
 
 
 def cpp_module(name: str, required: bool) -> ModuleType | None:
-    """The extension ``name`` (``"engine"``), building it on first call.
+    """The extension ``name`` (``"engine"``, or ``"tiny1997"``: the tiny-network trainer of
+    :mod:`lstmkit.ops.tiny1997`), building it on first call.
 
     With ``required=False`` a missing compiler or failed build gives one warning and
     ``None`` (callers fall back to the torch loops); with ``required=True`` it raises
