@@ -60,7 +60,8 @@ def _module_summary(title: str, m: RecurrentBase) -> str:
         for d in range(m.num_directions):
             w = m.layer_weights(layer, d)
             peep_gates = [g for g in cell.gate_rows if g != "g"] if w.peephole is not None else []
-            R_h = w.w_hh.shape[1]                 # R; sLSTM: H/num_heads (head-wise W_h*)
+            # R; sLSTM: H/num_heads (head-wise W_h*); minGRU/minLSTM have no W_h*
+            R_h = R if w.w_hh is None else w.w_hh.shape[1]
             for g in _row_gates(cell):
                 has_p, has_x, has_h = g in peep_gates, g in cell.x_rows, g in cell.gate_rows
                 n_b = (has_x + has_h) * H if m.bias else 0
