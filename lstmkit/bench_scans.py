@@ -63,8 +63,8 @@ def bench_scans(sizes=None, *, repeats: int = 5, only: str | None = None,
 def format_row(r: dict) -> str:
     size = f"({r['T']},{r['B']},{r['H']})"
     return (f"{r['cell']:<9}{r['kind']:<21}{size:<16}{r['scan_ms']:>10.1f}{r['loop_ms']:>10.1f}"
-            f"{r['torch_ms']:>11.1f}{r['loop_over_scan']:>8.1f}×{r['torch_over_scan']:>8.1f}×")
+            f"{r['torch_ms']:>13.1f}{r['loop_over_scan']:>11.1f}×{r['torch_over_scan']:>11.1f}×")
 
 
 HEADER = (f"{'cell':<9}{'':<21}{'(T,B,H)':<16}{'scan ms':>10}{'loop ms':>10}"
-          f"{'torch.nn ms':>11}{'loop/scan':>9}{'torch/scan':>10}\n" + "-" * 96)
+          f"{'torch.nn ms':>13}{'loop/scan':>12}{'torch/scan':>12}\n" + "-" * 104)
