@@ -42,13 +42,14 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def match_hidden(count: Callable[[int], int], target: int, start: int = 8) -> int:
-    """The hidden size whose parameter count is closest to ``target``: counts grow with H,
-    so walk up from ``start`` to the first H at or above it and take the nearer of two."""
-    h = start
+def match_hidden(count: Callable[[int], int], target: int, start: int = 8, step: int = 1) -> int:
+    """The hidden size (a multiple of ``step``) whose parameter count is closest to
+    ``target``: counts grow with H, so walk up from ``start`` to the first H at or above it
+    and take the nearer of two."""
+    h = max(step, start - start % step)
     while count(h) < target:
-        h += 1
-    return h if h == start or count(h) - target <= target - count(h - 1) else h - 1
+        h += step
+    return h if h == step or count(h) - target <= target - count(h - step) else h - step
 
 
 def text_config(cell: str, fb: float, hidden: int, args, seed: int) -> TrainConfig:

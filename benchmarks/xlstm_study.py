@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from mut_study import match_hidden, mean_sd, n_params  # benchmarks/ is on sys.path
 
 from lstmkit.data.synthetic import make_task
 from lstmkit.data.text import Vocabulary, read_corpus
@@ -42,19 +43,6 @@ MULTIPLE = {"slstm": 4, "mlstm": 4}          # hidden sizes divisible by the def
 # mLSTM, minGRU and minLSTM gates see only x_t: one layer cannot mix its memory back into its
 # gates, so the papers stack them; they get ``--scan-layers`` layers, the others one.
 STACKED = ("mlstm", "mingru", "minlstm")
-
-
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def match_hidden(count: Callable[[int], int], target: int, start: int, step: int = 1) -> int:
-    """The hidden size (a multiple of ``step``) whose parameter count is closest to
-    ``target``; counts grow with H."""
-    h = max(step, start - start % step)
-    while count(h) < target:
-        h += step
-    return h if h == step or count(h) - target <= target - count(h - step) else h - step
 
 
 def median_step_seconds(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
@@ -136,11 +124,6 @@ def adding_plan(args, T: int) -> dict:
         plan[name] |= {"step_ms": 1e3 * s,
                        "sequences": max(32 * 10, 32 * round(args.seconds / s))}
     return plan
-
-
-def mean_sd(xs: list[float]) -> str:
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{statistics.mean(xs):.3f} ± {sd:.3f}"
 
 
 def markdown(study: dict) -> str:
