@@ -13,9 +13,9 @@ def test_demo_runs_every_cell_and_matches_torch(capsys):
     assert main(["demo", "--steps", "7", "--batch", "2", "--hidden", "6"]) == 0
     text = capsys.readouterr().out
     titles = re.findall(r"^== (.+?):", text, flags=re.M)
-    assert len(titles) == 16 and "GRU, reset_after=False" in titles
+    assert len(titles) == 21 and "GRU, reset_after=False" in titles
     for name in ("layer_norm", "ClockworkRNN, 3 modules", "DepthGatedLSTM", "LSTM1997",
-                 "MUT3"):
+                 "MUT3", "sLSTM", "mLSTM", "minGRU", "minLSTM", "GridLSTM"):
         assert any(name in t for t in titles), name     # every engine family is shown
     diffs = [float(d) for d in re.findall(r"max \|output − torch\.nn\.\w+\| = (\S+)", text)]
     assert len(diffs) == 6                       # plain configurations have a torch.nn twin

@@ -43,6 +43,13 @@ def _demo_models(input_size: int, hidden: int) -> list[tuple[str, object]]:
         ("DepthGatedLSTM, 2 layers", lstmkit.DepthGatedLSTM(input_size, hidden, 2)),
         ("LSTM1997 (Hochreiter & Schmidhuber)", lstmkit.LSTM1997(input_size, hidden)),
         ("MUT3 (Jozefowicz et al.)", lstmkit.MUT(input_size, hidden, variant=3)),
+        (f"sLSTM (xLSTM), {modules} heads", lstmkit.sLSTM(input_size, hidden,
+                                                        num_heads=modules)),
+        (f"mLSTM (xLSTM), {modules} heads", lstmkit.mLSTM(input_size, hidden,
+                                                        num_heads=modules)),
+        ("minGRU (Feng et al.)", lstmkit.minGRU(input_size, hidden)),
+        ("minLSTM (Feng et al.)", lstmkit.minLSTM(input_size, hidden)),
+        ("GridLSTM, time x depth, 2 layers", lstmkit.GridLSTM(input_size, hidden)),
     ]
 
 
@@ -70,11 +77,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"forward+backward {ms:.1f} ms")
         print(lstmkit.summary(model))
         first = rec.layers[0]
-        gates = ", ".join(f"{g}={first[g].mean():.3f}" for g in model.cell.gates
-                          if g in first.keys())
+        cell = getattr(model, "cell", None)       # mLSTM has none: its record names them
+        names = cell.gates if cell is not None else [k for k in first.gates if k != "n"]
+        gates = ", ".join(f"{g}={first[g].mean():.3f}" for g in names if g in first.keys())
         if gates:
             print(f"   mean gate activations, layer 0: {gates}")
         try:
+            if not hasattr(model, "to_torch"):                  # mLSTM, GridLSTM
+                raise ValueError("no torch.nn twin")
             reference = model.to_torch()
         except ValueError:
             print("   (no torch.nn equivalent: checked by the test suite against a hand "
