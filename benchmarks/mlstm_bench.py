@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -76,13 +77,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--sizes", nargs="+", default=None, help="T,B,H triples")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    parser.add_argument("--note", default="", help="conditions, e.g. 'quiet machine'")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes] if args.sizes else SIZES
     report = {"torch": torch.__version__, "threads": torch.get_num_threads(),
               "machine": platform.processor() or platform.machine(),
-              "note": "noisy, shared machine", "repeats": args.repeats, "results": {}}
+              "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+              "load_average": os.getloadavg(), "note": args.note,
+              "repeats": args.repeats, "results": {}}
     for T, B, H in sizes:
         res = measure(T, B, H, args.repeats)
         report["results"][f"T={T},B={B},H={H}"] = res

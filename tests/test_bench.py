@@ -125,6 +125,8 @@ def test_scan_rows_time_the_scan_against_its_loop_and_torch_nn(tmp_path, capsys,
         assert r["scan_ms"] > 0 and r["loop_ms"] > 0 and r["torch_ms"] > 0
         assert r["loop_over_scan"] == pytest.approx(r["loop_ms"] / r["scan_ms"])
         assert r["torch_over_scan"] == pytest.approx(r["torch_ms"] / r["scan_ms"])
+        assert r["gemm_ms"] > 0 and r["loop_over_gemm"] == pytest.approx(
+            r["loop_ms"] / r["gemm_ms"])
     path = tmp_path / "scans.json"
     monkeypatch.setattr(bs, "SIZES", ((5, 2, 8),))
     assert main(["bench", "--scans", "--only", "minlstm", "--repeats", "1",

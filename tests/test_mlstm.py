@@ -444,3 +444,20 @@ def test_compiles_without_graph_breaks():
     m = lstmkit.mLSTM(3, 4, num_heads=2, backend="chunkwise", chunk_size=4)
     explained = dynamo.explain(m)(torch.randn(10, 2, 3))
     assert explained.graph_break_count == 0, explained.break_reasons
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "exp"])
+def test_initial_forget_factor_keeps_the_memory_for_both_gates(gate):
+    """NX-AI starts the sigmoid gate at f = σ(linspace(3, 6)); the exp gate must start at the
+    same f (≤ 1), not at exp(3…6) per step, which would blow the memory up."""
+    torch.manual_seed(0)
+    m = lstmkit.mLSTM(6, 8, num_heads=2, forget_gate=gate)
+    H, NH = 8, 2
+    f_tilde = m.bias_ih_l0[4 * H + NH:].detach()
+    f = torch.sigmoid(f_tilde) if gate == "sigmoid" else torch.exp(f_tilde)
+    assert torch.allclose(f, torch.sigmoid(torch.linspace(3.0, 6.0, NH)), atol=1e-6)
+    assert bool((f < 1).all())
+    x = torch.randn(300, 2, 6)
+    with lstmkit.record(m) as rec:
+        m(x)
+    assert bool(torch.isfinite(rec.layers[0]["n"]).all())

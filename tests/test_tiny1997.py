@@ -317,6 +317,8 @@ def test_cli_experiment_adding_lstm1997_runs_the_1997_protocol(tmp_path, capsys)
     assert main(["experiment", "adding", "--protocol", "1997", "--cell", "lstm"]) == 2
     err = capsys.readouterr().err
     assert "adding problem" in err and "--cell lstm1997 alone" in err
+    assert main(["experiment", "copy", "--cell", "lstm1997", "lstm"]) == 2     # no protocol
+    assert "--cell lstm1997 runs only the 1997 protocol" in capsys.readouterr().err
 
 
 def test_protocol_stops_on_the_streak_and_the_window_mse():

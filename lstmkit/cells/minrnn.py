@@ -62,7 +62,8 @@ def g_pos(x: Tensor) -> Tensor:
 
 
 def log_g(x: Tensor) -> Tensor:
-    """log g(x), computed without forming g(x) for x < 0: log σ(x) = −softplus(−x)."""
+    """log g(x), computed without forming g(x) for x < 0: log σ(x) = −softplus(−x) (the
+    same expression as the paper's own listing, Feng et al. 2024, Appendix B)."""
     return torch.where(x >= 0, torch.log(F.relu(x) + 0.5), -softplus(-x))
 
 

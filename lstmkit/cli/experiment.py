@@ -68,6 +68,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                                  else "modern")
     if protocol == "1997":
         return _experiment_1997(args, out)
+    if "lstm1997" in args.cell and "lstm1997" not in CELLS:
+        return error("--cell lstm1997 runs only the 1997 protocol: the adding task with "
+                     "--cell lstm1997 alone (or --protocol 1997); for the other tasks use "
+                     f"one of {', '.join(CELLS)}")
     if args.budget is None:
         args.budget = 100_000
     try:

@@ -132,16 +132,23 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
         return 2 if self.bidirectional else 1
 
     def reset_parameters(self) -> None:
-        """U(−1/√H, 1/√H) for every parameter; forget-gate biases linspace(3, 6) over the
-        heads (NX-AI's xLSTM initialises them so)."""
+        """U(−1/√H, 1/√H) for every parameter; forget-gate biases over the heads so that
+        f = σ(linspace(3, 6)) ≈ 0.95…0.998 at the start (NX-AI's xLSTM initialises the
+        sigmoid gate's biases to linspace(3, 6)): the memory starts out keeping what it
+        stores. With ``forget_gate="exp"`` (f = exp(f̃)) the same f needs
+        f̃ = log σ(linspace(3, 6)) < 0; linspace(3, 6) itself would multiply the memory by
+        e³…e⁶ at every step."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         H, NH = self.hidden_size, self.num_heads
         with torch.no_grad():
             for p in self.parameters():
                 p.uniform_(-bound, bound)
+            f_bias = torch.linspace(3.0, 6.0, NH)
+            if self.forget_gate == "exp":
+                f_bias = torch.nn.functional.logsigmoid(f_bias)
             for _, b in self._names:
                 if b is not None:
-                    getattr(self, b)[4 * H + NH:] = torch.linspace(3.0, 6.0, NH)
+                    getattr(self, b)[4 * H + NH:] = f_bias
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, num_heads={self.num_heads}"
