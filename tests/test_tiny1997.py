@@ -330,3 +330,10 @@ def test_protocol_stops_on_the_streak_and_the_window_mse():
     r = train_adding_1997(20, 0, window=5, tol=10.0, mse_stop=1e-12, max_sequences=300,
                           n_test=64)
     assert not r["stopped"] and r["reason"] == "sequence cap" and r["sequences"] == 300
+    # every call after the streak reaches the window stops after one sequence; the rest of
+    # the sampled chunk must still be trained on, in order: the same stream as a run whose
+    # streak never builds (tol 0), so the same weights and the same test error
+    never = train_adding_1997(20, 0, window=5, tol=0.0, mse_stop=1e-12, max_sequences=300,
+                              n_test=64)
+    assert never["streak"] == 0 and never["sequences"] == 300
+    assert r["test_mse"] == never["test_mse"]

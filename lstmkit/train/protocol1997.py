@@ -41,6 +41,15 @@ def _as_double(batch):
     return batch.x.to(torch.float64).contiguous(), batch.lengths, batch.y.to(torch.float64)
 
 
+def _cat_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Rows of ``a`` then ``b``; padded (N, L, I) inputs are padded to the longer L (steps
+    past a sequence's length are never read)."""
+    if a.dim() == 3 and a.shape[1] != b.shape[1]:
+        L = max(a.shape[1], b.shape[1])
+        a, b = (torch.nn.functional.pad(t, (0, 0, 0, L - t.shape[1])) for t in (a, b))
+    return torch.cat([a, b])
+
+
 def score_adding(net: Tiny1997, T: int, seed: int, n: int = TEST_SIZE,
                  chunk: int = 512) -> dict:
     """Wrong predictions (|y − t| ≥ 0.04) and MSE on ``n`` fresh sequences."""
@@ -80,6 +89,7 @@ def train_adding_1997(T: int, seed: int = 0, *, max_sequences: int | None = None
     recent: deque[float] = deque(maxlen=window)       # squared errors, most recent last
     seen, streak, steps, stopped, reason = 0, 0, 0, False, ""
     first_below = None          # sequences when the window's MSE first fell below mse_stop
+    pending = None              # sampled sequences a call left untrained (x, lengths, y)
     train_time = 0.0
     start = last_log = time.perf_counter()
     while True:
@@ -90,12 +100,20 @@ def train_adding_1997(T: int, seed: int = 0, *, max_sequences: int | None = None
             reason = "time cap"
             break
         n = chunk if max_sequences is None else min(chunk, max_sequences - seen)
-        x, lengths, y = _as_double(task.sample(n, gen))
+        if pending is not None and len(pending[2]) > 0:
+            x, lengths, y = (t[:n] for t in pending)   # what the last call left untrained
+            pending = tuple(t[n:] for t in pending)
+        else:
+            x, lengths, y = _as_double(task.sample(n, gen))
         t0 = time.perf_counter()
         out, streak = net.train(x, y, lengths, lr=lr, streak=streak, stop_streak=window,
                                 tol=tol)
         train_time += time.perf_counter() - t0
         k = len(out)
+        if k < len(y):      # it stopped on the streak: keep the rest, the stream stays one
+            rest = (x[k:], lengths[k:], y[k:])
+            pending = rest if pending is None or len(pending[2]) == 0 else tuple(
+                _cat_rows(a, b) for a, b in zip(rest, pending))
         steps += int(lengths[:k].sum())
         seen += k
         recent.extend(((out - y[:k]) ** 2).tolist())
