@@ -77,6 +77,6 @@ def masked_step(cell: CellSpec, x_t: Tensor, state: State, w: LayerWeights,
     h_in = None if masks.h_drop is None else h_prev * masks.h_drop[:n]
     new, gates = cell.step(x_t, state, w, *side, h_in=h_in)
     zones = (masks.zone_h, masks.zone_c)
-    zoned = tuple(fresh if k >= min(cell.n_states, 2) or zones[k] is None     # h and c only
+    zoned = tuple(fresh if k >= len(zones) or zones[k] is None         # h and c only
                   else zoneout(zones[k][rows], state[k], fresh) for k, fresh in enumerate(new))
     return zoned, gates

@@ -7,13 +7,12 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .variants import GREFF_VARIANTS
 
-CELLS = ("lstm", "gru", "rnn", "mut1", "mut2", "mut3", "slstm")
-CELLS += ("mingru", "minlstm")                      # Feng et al. 2024: lstmkit.minGRU/minLSTM
-SLSTM_HEADS = 4                                    # cell "slstm": lstmkit.sLSTM's default
+CELLS = ("lstm", "gru", "rnn", "mut1", "mut2", "mut3",
+         "slstm", "mlstm",                         # xLSTM (Beck et al. 2024): lstmkit.sLSTM/mLSTM
+         "mingru", "minlstm")                      # Feng et al. 2024: lstmkit.minGRU/minLSTM
 TORCH_CELLS = ("lstm", "gru", "rnn")               # those torch.nn has (impl="torch")
 MUT_CELLS = {"mut1": 1, "mut2": 2, "mut3": 3}      # Jozefowicz et al. 2015: lstmkit.MUT
-CELLS = (*CELLS, "mlstm")                          # xLSTM (Beck et al. 2024): lstmkit.mLSTM
-MLSTM_HEADS = 4                                    # --cell mlstm: num_heads of lstmkit.mLSTM
+HEADS = {"slstm": 4, "mlstm": 4}                   # num_heads of the head-wise cells
 MIN_RNN_CELLS = ("mingru", "minlstm")              # Feng et al. 2024 (no weight_hh)
 IMPLS = ("lstmkit", "torch")
 SCHEDULES = ("cosine", "constant")
@@ -147,12 +146,10 @@ class TrainConfig(RunConfig):
         need(self.cell not in ("mut1", "mut2") or self.embed == self.hidden,
              f"{self.cell} adds its input x_t to an H-vector, so embed must equal hidden; got "
              f"embed={self.embed}, hidden={self.hidden}")
-        need(self.cell != "slstm" or self.hidden % SLSTM_HEADS == 0,
-             f"slstm has {SLSTM_HEADS} heads, so hidden must be divisible by {SLSTM_HEADS}; "
-             f"got hidden={self.hidden}")
-        need(self.cell != "mlstm" or self.hidden % MLSTM_HEADS == 0,
-             f"mlstm splits hidden into {MLSTM_HEADS} heads, so hidden must be divisible by "
-             f"{MLSTM_HEADS}; got hidden={self.hidden}")
+        heads = HEADS.get(self.cell, 1)
+        need(self.hidden % heads == 0,
+             f"{self.cell} splits hidden into {heads} heads, so hidden must be divisible by "
+             f"{heads}; got hidden={self.hidden}")
         need(not self.forget_bias or (self.cell == "lstm" and not self.coupled
                                       and self.variant not in ("nfg", "cifg")),
              f"forget_bias needs an LSTM with a forget gate (not coupled/CIFG, not the nfg "

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 import lstmkit
 
-from .config import MIN_RNN_CELLS, MLSTM_HEADS, MUT_CELLS, TrainConfig
+from .config import HEADS, MIN_RNN_CELLS, MUT_CELLS, TrainConfig
 from .variants import GREFF_VARIANTS
 
 State = Tensor | tuple[Tensor, Tensor]
@@ -54,16 +54,16 @@ def build_recurrent(cell: str, input_size: int, hidden: int, layers: int = 1, *,
     (ignored for one layer, without torch.nn's warning). ``variant`` names one of Greff et
     al. 2015's LSTM variants (:data:`lstmkit.train.variants.GREFF_VARIANTS`); cells
     ``mut1``–``mut3`` are :class:`lstmkit.MUT` (Jozefowicz et al. 2015), ``mlstm`` is
-    :class:`lstmkit.mLSTM` with ``MLSTM_HEADS`` heads (Beck et al. 2024), ``mingru`` and
+    :class:`lstmkit.mLSTM` and ``slstm`` :class:`lstmkit.sLSTM` with ``HEADS`` heads (Beck
+    et al. 2024), ``mingru`` and
     ``minlstm`` :class:`lstmkit.minGRU` and :class:`lstmkit.minLSTM` (Feng et al. 2024)."""
     kw = dict(batch_first=True, dropout=dropout if layers > 1 else 0.0,
               bidirectional=bidirectional, backend=backend)
     if cell in MUT_CELLS and not (peephole or coupled or variant):
         return lstmkit.MUT(input_size, hidden, layers, **kw, variant=MUT_CELLS[cell])
-    if cell == "slstm" and not (peephole or coupled or variant):
-        return lstmkit.sLSTM(input_size, hidden, layers, **kw)     # xLSTM, Beck et al. 2024
-    if cell == "mlstm" and not (peephole or coupled or variant):
-        return lstmkit.mLSTM(input_size, hidden, layers, **kw, num_heads=MLSTM_HEADS)
+    if cell in HEADS and not (peephole or coupled or variant):      # xLSTM, Beck et al. 2024
+        module = lstmkit.sLSTM if cell == "slstm" else lstmkit.mLSTM
+        return module(input_size, hidden, layers, **kw, num_heads=HEADS[cell])
     if cell in MIN_RNN_CELLS and not (peephole or coupled or variant):
         module = lstmkit.minGRU if cell == "mingru" else lstmkit.minLSTM
         return module(input_size, hidden, layers, **kw)
@@ -107,13 +107,11 @@ def state_tensors(state: State | None) -> list[Tensor]:
 
 
 def state_from_tensors(tensors: list[Tensor], cell: str) -> State | None:
+    """The inverse of :func:`state_tensors`: one tensor (GRU, RNN, …) or a tuple (LSTM's
+    (h, c), sLSTM's (h, c, n, m), mLSTM's (C, n, m))."""
     if not tensors:
         return None
-    if cell == "slstm":
-        return tuple(tensors[:4])                       # h, c, n, m
-    if cell == "mlstm":                                 # (C, n, m) of lstmkit.mLSTM
-        return tuple(tensors)
-    return (tensors[0], tensors[1]) if cell == "lstm" else tensors[0]
+    return tensors[0] if len(tensors) == 1 else tuple(tensors)
 
 
 @torch.no_grad()
