@@ -103,7 +103,9 @@ class CellSpec:
     effect inside its recurrence), ``projection`` (``proj_size`` allowed),
     ``layer_link`` (the index of a state whose whole sequence a layer passes to the next
     layer as a side input, e.g. the cell of a Depth-Gated LSTM), ``onnx`` (the name of the
-    ONNX operator that computes it, or None). ``layout_inputs(batch_sizes, reverse,
+    ONNX operator that computes it, or None), ``onednn`` (the oneDNN RNN primitive that
+    computes it: "lstm", "lbr_gru", "rnn_tanh" or "rnn_relu"; see :mod:`lstmkit.ops.onednn`).
+    ``layout_inputs(batch_sizes, reverse,
     device)`` computes per-row side inputs from the layout (see :meth:`schedule`).
     ``scan(backend, x)``, for a family whose recurrence is linear in its state with
     coefficients from x_t alone (h_t = a_t ⊙ h_{t-1} + b_t: minGRU, minLSTM), returns the
@@ -125,6 +127,7 @@ class CellSpec:
     projection: bool = False
     layer_link: int | None = None
     onnx: str | None = None
+    onednn: str | None = None
     layout_inputs: Callable[[list[int], bool, torch.device], list[Tensor]] | None = field(
         default=None, compare=False, hash=False)
     scan: Callable[..., Callable[..., tuple]] | None = field(default=None, compare=False,

@@ -177,6 +177,7 @@ def gru_spec(*, reset_after: bool = True, layer_norm: bool = False) -> CellSpec:
         options=(("reset_after", reset_after),),
         fused=_FUSED,
         onnx="GRU",
+        onednn="lbr_gru" if reset_after else None,
     )
 
 

@@ -323,6 +323,7 @@ def lstm_spec(*, peephole: bool = False, coupled: bool = False,
         native=not peephole and not coupled and greff == STANDARD,
         projection=True,
         onnx="LSTM" if greff == STANDARD else None,
+        onednn="lstm" if not coupled and greff == STANDARD else None,
     )
 
 

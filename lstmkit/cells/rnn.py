@@ -79,6 +79,7 @@ def rnn_spec(*, nonlinearity: str = "tanh") -> CellSpec:
         options=(("nonlinearity", nonlinearity),),
         fused=_FUSED,
         onnx="RNN",
+        onednn=f"rnn_{nonlinearity}",
     )
 
 

@@ -13,8 +13,14 @@ Backends:
 * ``"fused_py"``: the same algorithm with the recurrence as a torch loop (any device,
   any floating dtype);
 * ``"fused"``: ``fused_cpp`` where it can run, else ``fused_py``;
-* ``"auto"``: the fastest backend that computes the same function: torch's own oneDNN
-  LSTM for a plain float32 LSTM on padded input (see ``native.py``), else ``"fused"``.
+* ``"onednn"``: oneDNN's RNN primitives from the optional wheel (``lstmkit[onednn]``;
+  see ``onednn.py``): LSTM (plain, peephole, projection), GRU with reset_after=True,
+  tanh/relu RNN, CPU float32 on padded input, not recording, no recurrent masks; raises
+  :class:`~lstmkit.ops.onednn.OneDNNUnavailable` naming what is missing otherwise;
+* ``"auto"``: the fastest backend that computes the same function: ``"onednn"`` where it
+  runs and was measured faster (``onednn.AUTO_KINDS``) and the wheel is installed, else
+  torch's own oneDNN LSTM for a plain float32 LSTM on padded input (see ``native.py``),
+  else ``"fused"``.
 
 A family whose recurrence is linear in h with coefficients from x_t alone (minGRU,
 minLSTM) declares ``CellSpec.scan``: every backend but ``"reference"`` then runs its
@@ -35,10 +41,10 @@ import torch
 from torch import Tensor
 
 from ..cells.base import CellSpec
-from . import fused, loops, native, reference
+from . import fused, loops, native, onednn, reference
 from .extension import cpp_kernels  # noqa: F401  (re-exported)
 
-BACKENDS = ("auto", "reference", "fused", "fused_py", "fused_cpp")
+BACKENDS = ("auto", "reference", "fused", "fused_py", "fused_cpp", "onednn")
 
 LayerFn = Callable[..., tuple]
 
@@ -79,13 +85,18 @@ def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[in
                    masked: bool = False) -> LayerFn:
     """Return the layer loop for ``backend``, ``cell`` and an input like ``x``.
 
-    ``"auto"`` takes torch's LSTM kernel where it runs (``cell.native``: plain float32
-    LSTM, padded, no projection, not recording, no recurrent masks), else the C++ kernels
+    ``"auto"`` takes oneDNN's primitives where they run and the wheel is installed
+    (:func:`lstmkit.ops.onednn.preferred`: ``cell.onednn``, CPU float32, padded, not
+    recording, no recurrent masks), else torch's LSTM kernel where it runs
+    (``cell.native``: plain float32 LSTM, padded, no projection, not recording, no
+    recurrent masks), else the C++ kernels
     when the extension is available and the input is a CPU float32/float64 tensor, else
     the torch loop; ``"fused"`` the same without torch's kernel. ``"fused_cpp"`` raises if
     the extension cannot be built or cannot take ``x``. Every backend but torch's returns
     the per-step gates. ``masked``: the layers get recurrent masks (recurrent dropout,
-    zoneout; see ``ops/masks.py``), which every backend but torch's kernel takes.
+    zoneout; see ``ops/masks.py``), which every backend but torch's kernel and oneDNN's
+    takes. ``"onednn"`` raises :class:`~lstmkit.ops.onednn.OneDNNUnavailable` (a
+    ValueError) where it cannot run.
     """
     check_backend(backend)
     if backend == "reference" or plain_onnx_export():
@@ -100,6 +111,9 @@ def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[in
             run = select_backend(backend, cell, x, batch_sizes, projected=projected,
                                  recording=recording, masked=masked)
         return _autocast_off(run, x)
+    if backend == "onednn":              # explicit: runs, or says what is missing
+        onednn.require(cell, x, batch_sizes, recording=recording, masked=masked)
+        return onednn.run_layer
     if cell.scan is not None:            # a linear recurrence: its own whole-layer paths
         return cell.scan(backend, x)
     if cell.fused is None:
@@ -109,6 +123,9 @@ def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[in
                          f"backend={backend!r} cannot run it, use 'auto' or 'reference'")
     if compiling or torch.jit.is_tracing():   # one custom op per layer: a general graph
         return _compiled(backend, cell, x, batch_sizes, projected, recording, masked)
+    if backend == "auto" and onednn.preferred(cell, x, batch_sizes, recording=recording,
+                                              masked=masked):
+        return onednn.run_layer
     if backend == "auto" and _native_can_run(cell, x, batch_sizes, projected, recording,
                                              masked):
         return native.run_layer

@@ -14,6 +14,10 @@ two checkouts of the same sources share one build, and two environments (or two 
 of the sources) get two folders: nothing ever rebuilds over another's build. The first
 build prints one line saying what it builds and why.
 
+Another extension may need headers and a library from outside torch (``onednn_rnn.cpp``
+needs oneDNN's, see :mod:`lstmkit.ops.onednn`): its caller passes :class:`BuildOptions`,
+whose ``key`` (the library's location and version) enters the build key too.
+
 Set ``LSTMKIT_NO_EXTENSION=1`` to never build or load it: the fused backend then runs its
 recurrences as torch loops (:mod:`lstmkit.ops.loops`).
 """
@@ -28,6 +32,7 @@ import sys
 import tempfile
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -43,6 +48,19 @@ _states: dict[str, dict[str, object]] = {}   # per extension: "module" or "error
 
 class ExtensionUnavailable(RuntimeError):
     """The C++ kernels could not be built or loaded (the message says why)."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What an extension needs beyond torch: include folders, linker flags (e.g. a library
+    and its rpath), a text that identifies them for the build key (location and version),
+    and what to say if the build fails (the consequence, e.g. which backend is missing)."""
+
+    include_paths: tuple[str, ...] = ()
+    ldflags: tuple[str, ...] = ()
+    key: str = ""
+    fallback: str = ("the fused backend runs its recurrences as torch loops (slower at "
+                     "small sizes)")
 
 
 def disabled() -> bool:
@@ -67,9 +85,9 @@ def _sources_of(name: str) -> list[Path]:
             if p.suffix != ".cpp" or p.parent != CSRC or p.stem == name]
 
 
-def build_key(name: str = ENGINE) -> str:
-    """Hash of extension ``name``'s sources, the flags, CPU, Python and torch build (see the
-    module docstring)."""
+def build_key(name: str = ENGINE, options: BuildOptions | None = None) -> str:
+    """Hash of extension ``name``'s sources, the flags, CPU, Python and torch build, and the
+    ``options`` (see the module docstring)."""
     import torch
     digest = hashlib.sha256()
     for path in _sources_of(name):
@@ -78,6 +96,8 @@ def build_key(name: str = ENGINE) -> str:
     for part in (" ".join(CFLAGS), platform.machine(), _cpu_flags(), sys.version,
                  torch.__version__, str(Path(torch.__file__).resolve().parent)):
         digest.update(part.encode())
+    if options is not None:
+        digest.update(repr((options.include_paths, options.ldflags, options.key)).encode())
     return digest.hexdigest()[:16]
 
 
@@ -113,9 +133,10 @@ def _stage_sources(folder: Path, name: str = ENGINE) -> Path:
     return src / f"{name}.cpp"
 
 
-def _build(name: str) -> ModuleType:
+def _build(name: str, options: BuildOptions | None = None) -> ModuleType:
     from torch.utils.cpp_extension import load
-    key = build_key(name)
+    options = options or BuildOptions()
+    key = build_key(name, options if options.key else None)
     module = f"lstmkit_{name}_{key}"
     folder = build_root() / f"{name}-{key}"
     source = _stage_sources(folder, name)
@@ -124,7 +145,8 @@ def _build(name: str) -> ModuleType:
               f"{folder} — first use of these sources with torch {_torch_version()}; "
               "about a minute, once", file=sys.stderr, flush=True)
     return load(name=module, sources=[str(source)], extra_cflags=CFLAGS,
-                extra_include_paths=[str(source.parent)], build_directory=str(folder),
+                extra_include_paths=[str(source.parent), *options.include_paths],
+                extra_ldflags=list(options.ldflags), build_directory=str(folder),
                 verbose=os.environ.get("LSTMKIT_VERBOSE_BUILD") == "1")
 
 
@@ -133,9 +155,11 @@ def _torch_version() -> str:
     return torch.__version__
 
 
-def cpp_module(name: str, required: bool) -> ModuleType | None:
-    """The extension ``name`` (``"engine"``, or ``"tiny1997"``: the tiny-network trainer of
-    :mod:`lstmkit.ops.tiny1997`), building it on first call.
+def cpp_module(name: str, required: bool, options: BuildOptions | None = None
+               ) -> ModuleType | None:
+    """The extension ``name`` (``"engine"``, ``"tiny1997"``: the tiny-network trainer of
+    :mod:`lstmkit.ops.tiny1997`, or ``"onednn_rnn"``: :mod:`lstmkit.ops.onednn`, with its
+    ``options``), building it on first call.
 
     With ``required=False`` a missing compiler or failed build gives one warning and
     ``None`` (callers fall back to the torch loops); with ``required=True`` it raises
@@ -149,19 +173,19 @@ def cpp_module(name: str, required: bool) -> ModuleType | None:
                     state["error"] = f"disabled by the environment variable {ENV_DISABLE}"
                 else:
                     try:
-                        state["module"] = _build(name)
+                        state["module"] = _build(name, options)
                     except Exception as e:   # compiler missing, build or import failure
                         state["error"] = f"{type(e).__name__}: {e}"
                         warnings.warn(
                             f"lstmkit: the C++ kernels ({name}.cpp) could not be built, so "
-                            "the fused backend runs its recurrences as torch loops (slower at "
-                            "small sizes). "
+                            f"{(options or BuildOptions()).fallback}. "
                             f"Reason: {str(state['error'])[:2000]}", RuntimeWarning,
                             stacklevel=3)
     if "module" in state:
         return state["module"]          # type: ignore[return-value]
     if required:
-        raise ExtensionUnavailable(f"backend='fused_cpp' needs the C++ kernels ({name}.cpp), "
+        needed_by = "backend='fused_cpp'" if options is None else "this backend"
+        raise ExtensionUnavailable(f"{needed_by} needs the C++ kernels ({name}.cpp), "
                                    f"which are unavailable: {state['error']}")
     return None
 
