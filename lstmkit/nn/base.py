@@ -254,7 +254,8 @@ class RecurrentBase(nn.RNNBase):
         run_layer = ops.select_backend(self.backend, self.cell, seq.x, seq.batch_sizes,
                                        projected=bool(self.proj_size),
                                        recording=recorder is not None,
-                                       masked=reg.in_recurrence(self.training))
+                                       masked=reg.in_recurrence(self.training),
+                                       hidden=self.hidden_size)
         link = self.cell.layer_link        # a state sequence that feeds the layer above
         D, x = self.num_directions, seq.x
         below: list[Tensor | None] = [None] * D

@@ -18,7 +18,8 @@ Backends:
   tanh/relu RNN, CPU float32 on padded input, not recording, no recurrent masks; raises
   :class:`~lstmkit.ops.onednn.OneDNNUnavailable` naming what is missing otherwise;
 * ``"auto"``: the fastest backend that computes the same function: ``"onednn"`` where it
-  runs and was measured faster (``onednn.AUTO_KINDS``) and the wheel is installed, else
+  runs, the wheel is installed and the layer is large enough to be measured faster there
+  (``onednn.AUTO_MIN_BH``), else
   torch's own oneDNN LSTM for a plain float32 LSTM on padded input (see ``native.py``),
   else ``"fused"``.
 
@@ -82,12 +83,13 @@ def _native_can_run(cell: CellSpec, x: Tensor, batch_sizes: list[int], projected
 
 def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[int], *,
                    projected: bool = False, recording: bool = False,
-                   masked: bool = False) -> LayerFn:
+                   masked: bool = False, hidden: int | None = None) -> LayerFn:
     """Return the layer loop for ``backend``, ``cell`` and an input like ``x``.
 
-    ``"auto"`` takes oneDNN's primitives where they run and the wheel is installed
-    (:func:`lstmkit.ops.onednn.preferred`: ``cell.onednn``, CPU float32, padded, not
-    recording, no recurrent masks), else torch's LSTM kernel where it runs
+    ``"auto"`` takes oneDNN's primitives where they run, the wheel is installed and the
+    layer is large enough (:func:`lstmkit.ops.onednn.preferred`: ``cell.onednn``, CPU
+    float32, padded, not recording, no recurrent masks, batch × ``hidden`` size at least
+    ``onednn.AUTO_MIN_BH``), else torch's LSTM kernel where it runs
     (``cell.native``: plain float32 LSTM, padded, no projection, not recording, no
     recurrent masks), else the C++ kernels
     when the extension is available and the input is a CPU float32/float64 tensor, else
@@ -109,7 +111,7 @@ def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[in
             return reference.run_layer
         with torch.autocast(x.device.type, enabled=False):
             run = select_backend(backend, cell, x, batch_sizes, projected=projected,
-                                 recording=recording, masked=masked)
+                                 recording=recording, masked=masked, hidden=hidden)
         return _autocast_off(run, x)
     if backend == "onednn":              # explicit: runs, or says what is missing
         onednn.require(cell, x, batch_sizes, recording=recording, masked=masked)
@@ -123,8 +125,8 @@ def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[in
                          f"backend={backend!r} cannot run it, use 'auto' or 'reference'")
     if compiling or torch.jit.is_tracing():   # one custom op per layer: a general graph
         return _compiled(backend, cell, x, batch_sizes, projected, recording, masked)
-    if backend == "auto" and onednn.preferred(cell, x, batch_sizes, recording=recording,
-                                              masked=masked):
+    if backend == "auto" and onednn.preferred(cell, x, batch_sizes, hidden=hidden,
+                                              recording=recording, masked=masked):
         return onednn.run_layer
     if backend == "auto" and _native_can_run(cell, x, batch_sizes, projected, recording,
                                              masked):

@@ -141,7 +141,9 @@ def _build(name: str, options: BuildOptions | None = None) -> ModuleType:
     folder = build_root() / f"{name}-{key}"
     source = _stage_sources(folder, name)
     if not (folder / f"{module}.so").exists():
-        print(f"lstmkit: compiling the C++ kernels ({len(cell_headers())} cell families) into "
+        what = (f"the C++ kernels ({len(cell_headers())} cell families)" if name == ENGINE
+                else f"the C++ extension {name}.cpp")
+        print(f"lstmkit: compiling {what} into "
               f"{folder} — first use of these sources with torch {_torch_version()}; "
               "about a minute, once", file=sys.stderr, flush=True)
     return load(name=module, sources=[str(source)], extra_cflags=CFLAGS,

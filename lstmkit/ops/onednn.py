@@ -30,8 +30,8 @@ Where it runs: CPU float32, padded input (every sequence of the batch the full l
 primitive has no per-sequence lengths), not recording gates, no recurrent masks (recurrent
 dropout, zoneout), and a cell that declares ``CellSpec.onednn``. An explicit
 ``backend="onednn"`` raises :class:`OneDNNUnavailable` naming what is missing or which
-condition fails; ``backend="auto"`` uses it only for the kinds in :data:`AUTO_KINDS` (those
-measured faster than auto's previous choice, ``benchmarks/onednn_bench.py``) and otherwise
+condition fails; ``backend="auto"`` uses it only at the sizes where it measured faster than
+auto's previous choice (:data:`AUTO_MIN_BH`, ``benchmarks/onednn_bench.py``) and otherwise
 runs as without it. ``LSTMKIT_NO_ONEDNN=1`` keeps ``auto`` from using it.
 
 Coexistence with torch in one process (see docs/onednn.md): torch links its own oneDNN
@@ -67,10 +67,12 @@ INSTALL_HINT = ("pip install 'lstmkit[onednn]' (the wheels onednn-cpu-gomp and "
 
 KINDS = {"lstm": 0, "lbr_gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
 
-#: the kinds ``backend="auto"`` runs here: measured faster than auto's previous choice
-#: (torch's LSTM kernel for the plain LSTM, the C++ engine otherwise) at the bench sizes,
-#: fwd+bwd and no_grad, 1 and 2 threads (benchmarks/onednn_bench.py; docs/onednn.md)
-AUTO_KINDS = frozenset({"lstm", "lbr_gru", "rnn_tanh", "rnn_relu"})
+#: ``backend="auto"`` runs a layer of kind k here when its batch × hidden size B·H is at
+#: least AUTO_MIN_BH[k]: where oneDNN measured faster than auto's previous choice (torch's
+#: LSTM kernel for the plain LSTM, the C++ engine otherwise), fwd+bwd and no_grad, 1 and 2
+#: threads (benchmarks/onednn_bench.py; docs/onednn.md). Below, per-call costs dominate.
+AUTO_MIN_BH = {"lstm": 1024, "lstm_plain": 1024, "lbr_gru": 1024, "rnn_tanh": 1024,
+               "rnn_relu": 1024}
 
 
 class OneDNNUnavailable(ValueError):
@@ -133,12 +135,18 @@ def installed() -> bool:
     return not isinstance(_install(), str)
 
 
+_loaded: list[ModuleType] = []          # the extension, once built and loaded
+
+
 def module() -> ModuleType:
     """The compiled extension (raising :class:`OneDNNUnavailable` if it cannot be had)."""
+    if _loaded:
+        return _loaded[0]
     reason = unavailable_reason()
     if reason is not None:
         raise OneDNNUnavailable(f"backend='onednn' is unavailable: {reason}")
-    return cpp_module(EXTENSION, required=True, options=build_options())
+    _loaded.append(cpp_module(EXTENSION, required=True, options=build_options()))
+    return _loaded[0]
 
 
 def version() -> str:
@@ -180,13 +188,16 @@ def require(cell: CellSpec, x: Tensor, batch_sizes: list[int], *, recording: boo
     module()
 
 
-def preferred(cell: CellSpec, x: Tensor, batch_sizes: list[int], *, recording: bool,
-              masked: bool) -> bool:
-    """``backend="auto"`` runs this call with oneDNN: a kind of :data:`AUTO_KINDS`, a call
-    it can take, the wheel installed and the extension built, not disabled by
-    ``LSTMKIT_NO_ONEDNN``."""
-    if cell.onednn not in AUTO_KINDS or os.environ.get(ENV_DISABLE_AUTO, "").strip().lower() \
-            not in ("", "0", "false", "no"):
+def preferred(cell: CellSpec, x: Tensor, batch_sizes: list[int], *, hidden: int | None,
+              recording: bool, masked: bool) -> bool:
+    """``backend="auto"`` runs this call with oneDNN: a call it can take, of a size where
+    it measured faster (:data:`AUTO_MIN_BH`; ``hidden`` None: unknown, no), the wheel
+    installed and the extension built, not disabled by ``LSTMKIT_NO_ONEDNN``."""
+    kind = "lstm_plain" if cell.native else cell.onednn
+    if (kind not in AUTO_MIN_BH or hidden is None
+            or batch_sizes[0] * hidden < AUTO_MIN_BH[kind]
+            or os.environ.get(ENV_DISABLE_AUTO, "").strip().lower() not in ("", "0", "false",
+                                                                           "no")):
         return False
     return (unsupported(cell, x, batch_sizes, recording=recording, masked=masked) is None
             and installed() and _built())
@@ -195,7 +206,8 @@ def preferred(cell: CellSpec, x: Tensor, batch_sizes: list[int], *, recording: b
 def _built() -> bool:
     """The extension is built (building it once; a failed build warns once and is
     remembered, and ``auto`` then runs as without the wheel)."""
-    return cpp_module(EXTENSION, required=False, options=build_options()) is not None
+    return bool(_loaded) or cpp_module(EXTENSION, required=False,
+                                       options=build_options()) is not None
 
 
 # -- layouts ---------------------------------------------------------------------------------

@@ -1,0 +1,150 @@
+"""Speed of the oneDNN backend against torch.nn and against what ``auto`` picks without it.
+
+    python -m benchmarks.onednn_bench [--threads 2 1] [--sizes T,B,H ...] [--repeats N]
+                                      [--cells lstm peephole ...] [--note TEXT]
+                                      [--out benchmarks/results/onednn-bench-noisy.json]
+
+For each thread count (``torch.set_num_threads``), size (T, B, H = input size) and cell,
+float32, one layer, in one process, interleaved: ``torch.nn`` (LSTM, LSTM(proj_size=H/2),
+GRU, RNN; the peephole LSTM, which torch.nn lacks, against torch.nn.LSTM as in the
+issue), lstmkit with ``backend="onednn"``, and lstmkit with ``backend="auto"`` as it was
+before the oneDNN backend (``LSTMKIT_NO_ONEDNN=1``: torch's LSTM kernel for the plain
+LSTM, the C++ engine otherwise). Modes: forward + backward (training step) and forward
+under ``torch.no_grad()``. Prints the minimum time of each and the ratios of the minima to
+torch.nn; on a shared, loaded machine the minima are the steadier: compare ratios, not
+absolute times. Writes the numbers, the machine's load average and ``--note`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import lstmkit
+from lstmkit.ops import onednn
+
+SIZES = [(50, 1, 64), (100, 16, 128), (150, 64, 256)]
+CELLS = ("lstm", "peephole", "proj", "gru", "rnn")
+IMPLS = ("torch.nn", "onednn", "auto_before")
+
+
+def _models(cell: str, H: int) -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    P = H // 2
+    ours = {
+        "lstm": lambda b: lstmkit.LSTM(H, H, backend=b),
+        "peephole": lambda b: lstmkit.LSTM(H, H, peephole=True, backend=b),
+        "proj": lambda b: lstmkit.LSTM(H, H, proj_size=P, backend=b),
+        "gru": lambda b: lstmkit.GRU(H, H, backend=b),
+        "rnn": lambda b: lstmkit.RNN(H, H, backend=b),
+    }[cell]
+    theirs = {
+        "lstm": lambda: torch.nn.LSTM(H, H), "peephole": lambda: torch.nn.LSTM(H, H),
+        "proj": lambda: torch.nn.LSTM(H, H, proj_size=P), "gru": lambda: torch.nn.GRU(H, H),
+        "rnn": lambda: torch.nn.RNN(H, H),
+    }[cell]
+    return {"torch.nn": theirs(), "onednn": ours("onednn"), "auto_before": ours("auto")}
+
+
+def _train_step(model: torch.nn.Module, x: torch.Tensor) -> None:
+    model.zero_grad(set_to_none=True)
+    x.grad = None
+    out = model(x)[0]
+    out.backward(torch.ones_like(out))
+
+
+def _infer(model: torch.nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        model(x)
+
+
+def _timed(fn, model, x, impl: str) -> float:
+    previous = os.environ.get(onednn.ENV_DISABLE_AUTO)
+    if impl == "auto_before":                 # auto as without the wheel
+        os.environ[onednn.ENV_DISABLE_AUTO] = "1"
+    try:
+        t0 = time.perf_counter()
+        fn(model, x)
+        return time.perf_counter() - t0
+    finally:
+        if impl == "auto_before":
+            if previous is None:
+                del os.environ[onednn.ENV_DISABLE_AUTO]
+            else:
+                os.environ[onednn.ENV_DISABLE_AUTO] = previous
+
+
+def measure(cell: str, T: int, B: int, H: int, repeats: int) -> dict:
+    models = _models(cell, H)
+    x = torch.randn(T, B, H, requires_grad=True)
+    result: dict = {}
+    for mode, fn in (("fwd+bwd", _train_step), ("no_grad fwd", _infer)):
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for name, model in models.items():             # warm-up (and first builds)
+            _timed(fn, model, x, name)
+        for _ in range(repeats):                       # interleaved
+            for name, model in models.items():
+                times[name].append(_timed(fn, model, x, name))
+        best = {name: min(ts) for name, ts in times.items()}
+        base = best["torch.nn"]
+        result[mode] = {"min_ms": {k: round(v * 1e3, 4) for k, v in best.items()},
+                        "ratio_to_torch": {k: round(v / base, 3) for k, v in best.items()},
+                        "onednn_vs_auto_before": round(best["onednn"] / best["auto_before"], 3)}
+    return result
+
+
+def _repeats_for(T: int, B: int, H: int, repeats: int) -> int:
+    """Fewer repeats at the largest sizes (hundreds of ms per step)."""
+    return max(3, repeats // 3) if T * B * H * H > 1e8 else repeats
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    parser.add_argument("--sizes", nargs="+", default=[",".join(map(str, s)) for s in SIZES])
+    parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=CELLS)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--note", default="noisy, shared machine (other jobs running)")
+    parser.add_argument("--out", default="benchmarks/results/onednn-bench-noisy.json")
+    args = parser.parse_args(argv)
+    sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes]
+    reason = onednn.unavailable_reason()
+    if reason is not None:
+        raise SystemExit(f"onednn_bench: {reason}")
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for T, B, H in sizes:
+            for cell in args.cells:
+                r = measure(cell, T, B, H, _repeats_for(T, B, H, args.repeats))
+                rows.append({"threads": threads, "T": T, "B": B, "H": H, "cell": cell, **r})
+                for mode in ("fwd+bwd", "no_grad fwd"):
+                    m = r[mode]
+                    print(f"{threads}t ({T:4d},{B:3d},{H:4d}) {cell:9s} {mode:12s} "
+                          f"torch {m['min_ms']['torch.nn']:9.3f} ms  onednn "
+                          f"{m['ratio_to_torch']['onednn']:5.2f}x  auto-before "
+                          f"{m['ratio_to_torch']['auto_before']:5.2f}x  onednn/auto-before "
+                          f"{m['onednn_vs_auto_before']:5.2f}", flush=True)
+    report = {
+        "what": "min time of repeats, float32, one layer, input size = H; ratios to torch.nn "
+                "in the same process (peephole against torch.nn.LSTM; proj: proj_size=H/2)",
+        "note": args.note, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "loadavg_at_end": os.getloadavg(), "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__, "onednn": onednn.version(), "repeats": args.repeats,
+        "rows": rows,
+    }
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
