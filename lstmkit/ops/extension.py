@@ -175,7 +175,8 @@ def cpp_module(name: str, required: bool, options: BuildOptions | None = None
                     state["error"] = f"disabled by the environment variable {ENV_DISABLE}"
                 else:
                     try:
-                        state["module"] = _build(name, options)
+                        state["module"] = (_build(name) if options is None
+                                           else _build(name, options))
                     except Exception as e:   # compiler missing, build or import failure
                         state["error"] = f"{type(e).__name__}: {e}"
                         warnings.warn(
