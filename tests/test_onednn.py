@@ -184,7 +184,7 @@ def test_double_backward_goes_through_the_reference():
 
 
 # -- dispatch ------------------------------------------------------------------------------------
-BIG = {"x": torch.randn(4 * 64, 3), "batch_sizes": [64] * 4, "hidden": 32}   # B·H = 2048
+BIG = {"x": torch.randn(4 * 64, 3), "batch_sizes": [64] * 4, "hidden": 128}   # B·H = 8192
 
 
 @needs_onednn
@@ -192,12 +192,16 @@ BIG = {"x": torch.randn(4 * 64, 3), "batch_sizes": [64] * 4, "hidden": 32}   # B
                                      "rnn_relu"])
 def test_auto_picks_onednn_for_large_enough_layers(variant):
     cell = VARIANTS[variant]().cell
-    select = ops.select_backend
-    assert select("auto", cell, BIG["x"], BIG["batch_sizes"], hidden=BIG["hidden"],
-                  projected=variant == "lstm_proj") is onednn.run_layer
-    small = select("auto", cell, BIG["x"][:12], [3] * 4, hidden=5)    # per-call cost dominates
-    assert small is not onednn.run_layer
-    assert select("auto", cell, BIG["x"], BIG["batch_sizes"]) is not onednn.run_layer  # unknown H
+    proj = variant == "lstm_proj"
+
+    def select(x, batch_sizes, hidden=None):
+        return ops.select_backend("auto", cell, x, batch_sizes, hidden=hidden, projected=proj)
+    assert select(BIG["x"], BIG["batch_sizes"], BIG["hidden"]) is onednn.run_layer
+    assert select(BIG["x"][:12], [3] * 4, 5) is not onednn.run_layer     # per-call cost wins
+    assert select(BIG["x"], BIG["batch_sizes"]) is not onednn.run_layer  # unknown hidden size
+    with torch.no_grad():                                                # inference: from 64
+        assert select(BIG["x"][:4], [1] * 4, 64) is onednn.run_layer
+        assert select(BIG["x"][:4], [1] * 4, 63) is not onednn.run_layer
 
 
 @needs_onednn
@@ -208,7 +212,7 @@ def test_auto_falls_back_where_onednn_cannot_run(case, monkeypatch):
     """The layer function ``select_backend`` returns, and the results (against the float64
     reference), for every configuration oneDNN does not take, at a size where auto would
     otherwise pick it."""
-    B, Hb, T = 33, 32, 3                           # B·H above AUTO_MIN_BH
+    B, Hb, T = 33, 128, 3                          # B·H above every AUTO_MIN_BH
     kw = {"coupled": {"coupled": True}, "layer_norm": {"layer_norm": True},
           "greff_nfg": {"forget_gate": False}, "zoneout": {"zoneout": 0.2},
           "recurrent_dropout": {"recurrent_dropout": 0.3}}.get(case, {})

@@ -126,7 +126,8 @@ def select_backend(backend: str, cell: CellSpec, x: Tensor, batch_sizes: list[in
     if compiling or torch.jit.is_tracing():   # one custom op per layer: a general graph
         return _compiled(backend, cell, x, batch_sizes, projected, recording, masked)
     if backend == "auto" and onednn.preferred(cell, x, batch_sizes, hidden=hidden,
-                                              recording=recording, masked=masked):
+                                              projected=projected, recording=recording,
+                                              masked=masked):
         return onednn.run_layer
     if backend == "auto" and _native_can_run(cell, x, batch_sizes, projected, recording,
                                              masked):

@@ -67,12 +67,19 @@ INSTALL_HINT = ("pip install 'lstmkit[onednn]' (the wheels onednn-cpu-gomp and "
 
 KINDS = {"lstm": 0, "lbr_gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
 
-#: ``backend="auto"`` runs a layer of kind k here when its batch × hidden size B·H is at
-#: least AUTO_MIN_BH[k]: where oneDNN measured faster than auto's previous choice (torch's
-#: LSTM kernel for the plain LSTM, the C++ engine otherwise), fwd+bwd and no_grad, 1 and 2
-#: threads (benchmarks/onednn_bench.py; docs/onednn.md). Below, per-call costs dominate.
-AUTO_MIN_BH = {"lstm": 1024, "lstm_plain": 1024, "lbr_gru": 1024, "rnn_tanh": 1024,
-               "rnn_relu": 1024}
+#: ``backend="auto"`` runs a layer here when its batch × hidden size B·H is at least
+#: ``AUTO_MIN_BH[mode][kind]``: the sizes where oneDNN measured faster than auto's previous
+#: choice (torch's LSTM kernel for the plain LSTM, the C++ engine otherwise), 1 and 2
+#: threads, at (T, B, H) = (50, 1, 64), (100, 16, 128), (150, 64, 256)
+#: (benchmarks/onednn_bench.py; docs/onednn.md). "train": grad mode on (forward_training
+#: and oneDNN's backward, slow per step at B = 1 for the GRU and the projection);
+#: "infer": under ``torch.no_grad()``. Nothing below 64, the smallest size measured.
+AUTO_MIN_BH = {
+    "train": {"lstm": 4096, "lstm_peephole": 64, "lstm_proj": 1024, "lbr_gru": 1024,
+              "rnn_tanh": 64, "rnn_relu": 64},
+    "infer": {"lstm": 64, "lstm_peephole": 64, "lstm_proj": 64, "lbr_gru": 64,
+              "rnn_tanh": 64, "rnn_relu": 64},
+}
 
 
 class OneDNNUnavailable(ValueError):
@@ -189,18 +196,25 @@ def require(cell: CellSpec, x: Tensor, batch_sizes: list[int], *, recording: boo
 
 
 def preferred(cell: CellSpec, x: Tensor, batch_sizes: list[int], *, hidden: int | None,
-              recording: bool, masked: bool) -> bool:
+              projected: bool = False, recording: bool = False, masked: bool = False) -> bool:
     """``backend="auto"`` runs this call with oneDNN: a call it can take, of a size where
     it measured faster (:data:`AUTO_MIN_BH`; ``hidden`` None: unknown, no), the wheel
     installed and the extension built, not disabled by ``LSTMKIT_NO_ONEDNN``."""
-    kind = "lstm_plain" if cell.native else cell.onednn
-    if (kind not in AUTO_MIN_BH or hidden is None
-            or batch_sizes[0] * hidden < AUTO_MIN_BH[kind]
-            or os.environ.get(ENV_DISABLE_AUTO, "").strip().lower() not in ("", "0", "false",
-                                                                           "no")):
+    if cell.onednn is None or hidden is None or _env_disabled():
+        return False
+    if cell.onednn == "lstm":
+        kind = "lstm_proj" if projected else "lstm" if cell.native else "lstm_peephole"
+    else:
+        kind = cell.onednn
+    mode = "train" if torch.is_grad_enabled() else "infer"
+    if batch_sizes[0] * hidden < AUTO_MIN_BH[mode][kind]:
         return False
     return (unsupported(cell, x, batch_sizes, recording=recording, masked=masked) is None
             and installed() and _built())
+
+
+def _env_disabled() -> bool:
+    return os.environ.get(ENV_DISABLE_AUTO, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _built() -> bool:

@@ -52,6 +52,11 @@ dnnl::engine& cpu() {
   return engine;
 }
 
+dnnl::stream& stream() {              // in-order, synchronous with OpenMP: one per thread
+  thread_local dnnl::stream s(cpu());
+  return s;
+}
+
 // The sizes of one call; every memory descriptor follows from them.
 struct Config {
   int64_t kind, T, B, I, H, R;
@@ -142,15 +147,22 @@ PD make_backward(const Config& c) {
 
 // The primitives of one configuration, made once (creating a descriptor and fetching the
 // primitive from oneDNN's cache costs tens of microseconds).
+// The weight reorders too: creating a reorder costs as much as the whole forward of a small
+// layer (measured with ONEDNN_VERBOSE at (T, B, H) = (50, 1, 64)), running it microseconds.
+enum Slot { FWD_LAYER, FWD_ITER, FWD_PROJ, BWD_LAYER, BWD_ITER, BWD_PROJ,
+            DIFF_LAYER, DIFF_ITER, DIFF_PROJ, TRAIN_LAYER, TRAIN_ITER, TRAIN_PROJ };
+
 struct Prims {
   PD inference, training, backward;
   dnnl::primitive run_inference, run_training, run_backward;
+  std::map<int, dnnl::reorder> reorders;
 };
 
+std::mutex cache_lock;
+
 Prims& prims_of(const Config& c, bool need_backward) {
-  static std::mutex lock;
   static std::map<decltype(c.key()), Prims> cache;
-  std::lock_guard<std::mutex> guard(lock);
+  std::lock_guard<std::mutex> guard(cache_lock);
   Prims& p = cache[c.key()];
   if (!p.inference) {
     p.inference = make_forward(c, prop_kind::forward_inference);
@@ -191,11 +203,25 @@ memory wrap(const memory::desc& d, const at::Tensor& t) {
   return memory(d, cpu(), t.data_ptr());
 }
 
+// Copy ``from`` into ``to`` (layouts differ) with the reorder cached in ``slot`` of ``p``.
+void reorder(Prims& p, int slot, const memory& from, const memory& to, dnnl::stream& s) {
+  dnnl::reorder* r;
+  {
+    std::lock_guard<std::mutex> guard(cache_lock);
+    auto it = p.reorders.find(slot);
+    if (it == p.reorders.end())
+      it = p.reorders.emplace(slot, dnnl::reorder(from, to)).first;
+    r = &it->second;
+  }
+  r->execute(s, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
+}
+
 // ``user`` in the layout ``want`` (reordered into a new buffer unless it already is).
-memory in_layout(const memory& user, const memory::desc& want, dnnl::stream& s) {
+memory in_layout(Prims& p, int slot, const memory& user, const memory::desc& want,
+                 dnnl::stream& s) {
   if (user.get_desc() == want) return user;
   memory out(want, cpu());
-  dnnl::reorder(user, out).execute(s, const_cast<memory&>(user), out);
+  reorder(p, slot, user, out, s);
   return out;
 }
 
@@ -209,14 +235,15 @@ std::vector<at::Tensor> forward(int64_t kind, bool reverse, bool training, at::T
   Config c = config_of(kind, reverse, x, w_iter, peephole, projection);
   Prims& p = prims_of(c, false);
   const PD& pd = training ? p.training : p.inference;
-  dnnl::stream s(cpu());
+  dnnl::stream& s = stream();
 
   auto y = x.new_empty({c.T, c.B, c.R});
   auto hT = x.new_empty({c.B, c.R});
   auto cT = kind == LSTM ? x.new_empty({c.B, c.H}) : x.new_empty({0});
-  auto wl = in_layout(wrap(c.w_layer(tag::ldgoi), w_layer),
+  int base = training ? TRAIN_LAYER : FWD_LAYER;
+  auto wl = in_layout(p, base, wrap(c.w_layer(tag::ldgoi), w_layer),
                       pd.query_md(dnnl::query::exec_arg_md, DNNL_ARG_WEIGHTS_LAYER), s);
-  auto wi = in_layout(wrap(c.w_iter(tag::ldgoi), w_iter),
+  auto wi = in_layout(p, base + 1, wrap(c.w_iter(tag::ldgoi), w_iter),
                       pd.query_md(dnnl::query::exec_arg_md, DNNL_ARG_WEIGHTS_ITER), s);
   std::unordered_map<int, memory> args{
       {DNNL_ARG_SRC_LAYER, wrap(c.layer(c.I), x)},
@@ -232,7 +259,7 @@ std::vector<at::Tensor> forward(int64_t kind, bool reverse, bool training, at::T
     if (c.peephole) args[DNNL_ARG_WEIGHTS_PEEPHOLE] = wrap(c.w_peephole(), peephole);
     if (c.projection)
       args[DNNL_ARG_WEIGHTS_PROJECTION] =
-          in_layout(wrap(c.w_projection(tag::ldoi), projection),
+          in_layout(p, base + 2, wrap(c.w_projection(tag::ldoi), projection),
                     pd.query_md(dnnl::query::exec_arg_md, DNNL_ARG_WEIGHTS_PROJECTION), s);
   }
   auto workspace = x.new_empty({0}, x.options().dtype(at::kByte));
@@ -268,7 +295,7 @@ std::vector<at::Tensor> backward(int64_t kind, bool reverse, at::Tensor x, at::T
   Config c = config_of(kind, reverse, x, w_iter, peephole, projection);
   Prims& p = prims_of(c, true);
   const PD& pd = p.backward;
-  dnnl::stream s(cpu());
+  dnnl::stream& s = stream();
   auto weights_md = [&](int arg) { return pd.query_md(dnnl::query::exec_arg_md, arg); };
 
   auto dx = at::empty_like(x);
@@ -287,9 +314,9 @@ std::vector<at::Tensor> backward(int64_t kind, bool reverse, at::Tensor x, at::T
   std::unordered_map<int, memory> args{
       {DNNL_ARG_SRC_LAYER, wrap(c.layer(c.I), x)},
       {DNNL_ARG_SRC_ITER, wrap(c.iter(c.R), h0)},
-      {DNNL_ARG_WEIGHTS_LAYER, in_layout(wrap(c.w_layer(tag::ldgoi), w_layer),
+      {DNNL_ARG_WEIGHTS_LAYER, in_layout(p, BWD_LAYER, wrap(c.w_layer(tag::ldgoi), w_layer),
                                          weights_md(DNNL_ARG_WEIGHTS_LAYER), s)},
-      {DNNL_ARG_WEIGHTS_ITER, in_layout(wrap(c.w_iter(tag::ldgoi), w_iter),
+      {DNNL_ARG_WEIGHTS_ITER, in_layout(p, BWD_ITER, wrap(c.w_iter(tag::ldgoi), w_iter),
                                         weights_md(DNNL_ARG_WEIGHTS_ITER), s)},
       {DNNL_ARG_BIAS, wrap(c.bias(), bias)},
       {DNNL_ARG_DST_LAYER, wrap(c.layer(c.R), y)},
@@ -314,7 +341,7 @@ std::vector<at::Tensor> backward(int64_t kind, bool reverse, at::Tensor x, at::T
     }
     if (c.projection) {
       args[DNNL_ARG_WEIGHTS_PROJECTION] =
-          in_layout(wrap(c.w_projection(tag::ldoi), projection),
+          in_layout(p, BWD_PROJ, wrap(c.w_projection(tag::ldoi), projection),
                     weights_md(DNNL_ARG_WEIGHTS_PROJECTION), s);
       user_dwp = wrap(c.w_projection(tag::ldoi), dprojection);
       dwp = zeroed(weights_md(DNNL_ARG_DIFF_WEIGHTS_PROJECTION));
@@ -322,9 +349,9 @@ std::vector<at::Tensor> backward(int64_t kind, bool reverse, at::Tensor x, at::T
     }
   }
   p.run_backward.execute(s, args);
-  dnnl::reorder(dwl, user_dwl).execute(s, dwl, user_dwl);
-  dnnl::reorder(dwi, user_dwi).execute(s, dwi, user_dwi);
-  if (c.projection) dnnl::reorder(dwp, user_dwp).execute(s, dwp, user_dwp);
+  reorder(p, DIFF_LAYER, dwl, user_dwl, s);
+  reorder(p, DIFF_ITER, dwi, user_dwi, s);
+  if (c.projection) reorder(p, DIFF_PROJ, dwp, user_dwp, s);
   s.wait();
   return {dx, dh0, dc0, dw_layer, dw_iter, dbias, dpeephole, dprojection};
 }
