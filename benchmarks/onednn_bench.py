@@ -11,8 +11,8 @@ issue), lstmkit with ``backend="onednn"``, and lstmkit with ``backend="auto"`` a
 before the oneDNN backend (``LSTMKIT_NO_ONEDNN=1``: torch's LSTM kernel for the plain
 LSTM, the C++ engine otherwise). Modes: forward + backward (training step) and forward
 under ``torch.no_grad()``. Prints the minimum time of each and the ratios of the minima to
-torch.nn; on a shared, loaded machine the minima are the steadier: compare ratios, not
-absolute times. Writes the numbers, the machine's load average and ``--note`` as JSON.
+torch.nn as the median over rounds of the ratio within a round (steadier than a ratio of
+minima while the load of a shared machine drifts): compare ratios, not absolute times. Writes the numbers, the machine's load average and ``--note`` as JSON.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -92,16 +93,23 @@ def measure(cell: str, T: int, B: int, H: int, repeats: int) -> dict:
             for name, model in models.items():
                 times[name].append(_timed(fn, model, x, name))
         best = {name: min(ts) for name, ts in times.items()}
-        base = best["torch.nn"]
         result[mode] = {"min_ms": {k: round(v * 1e3, 4) for k, v in best.items()},
-                        "ratio_to_torch": {k: round(v / base, 3) for k, v in best.items()},
-                        "onednn_vs_auto_before": round(best["onednn"] / best["auto_before"], 3)}
+                        "ratio_to_torch": {k: _ratio(times[k], times["torch.nn"])
+                                           for k in times},
+                        "onednn_vs_auto_before": _ratio(times["onednn"], times["auto_before"])}
     return result
+
+
+def _ratio(a: list[float], b: list[float]) -> float:
+    """The median over rounds of a/b within a round (the runs of one round are adjacent in
+    time, so a load change on the shared machine hits both): steadier than a ratio of
+    minima when the load drifts."""
+    return round(statistics.median(x / y for x, y in zip(a, b)), 3)
 
 
 def _repeats_for(T: int, B: int, H: int, repeats: int) -> int:
     """Fewer repeats at the largest sizes (hundreds of ms per step)."""
-    return max(3, repeats // 3) if T * B * H * H > 1e8 else repeats
+    return max(5, repeats // 2) if T * B * H * H > 1e8 else repeats
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -132,8 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
                           f"{m['ratio_to_torch']['auto_before']:5.2f}x  onednn/auto-before "
                           f"{m['onednn_vs_auto_before']:5.2f}", flush=True)
     report = {
-        "what": "min time of repeats, float32, one layer, input size = H; ratios to torch.nn "
-                "in the same process (peephole against torch.nn.LSTM; proj: proj_size=H/2)",
+        "what": "min time of repeats, float32, one layer, input size = H; ratios: median over "
+                "interleaved rounds of the time ratio within the round, against torch.nn in "
+                "the same process (peephole against torch.nn.LSTM; proj: proj_size=H/2)",
         "note": args.note, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "loadavg_at_end": os.getloadavg(), "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
