@@ -10,9 +10,10 @@ GRU, RNN; the peephole LSTM, which torch.nn lacks, against torch.nn.LSTM as in t
 issue), lstmkit with ``backend="onednn"``, and lstmkit with ``backend="auto"`` as it was
 before the oneDNN backend (``LSTMKIT_NO_ONEDNN=1``: torch's LSTM kernel for the plain
 LSTM, the C++ engine otherwise). Modes: forward + backward (training step) and forward
-under ``torch.no_grad()``. Prints the minimum time of each and the ratios of the minima to
-torch.nn as the median over rounds of the ratio within a round (steadier than a ratio of
-minima while the load of a shared machine drifts): compare ratios, not absolute times. Writes the numbers, the machine's load average and ``--note`` as JSON.
+under ``torch.no_grad()``. Prints the minimum time of each and the ratios to torch.nn as
+the median over rounds of the ratio within a round (steadier than a ratio of minima while
+the load of a shared machine drifts): compare ratios, not absolute times. Writes the
+numbers, the machine's load average and ``--note`` as JSON.
 """
 
 from __future__ import annotations
