@@ -352,3 +352,21 @@ def test_torch_lstm_unchanged_with_our_onednn_loaded():
         for mine, torch_nn, exact in zip(*results):
             assert_close(torch_nn.double(), exact, "torch.nn.LSTM", TOL)
             assert_close(mine.double(), exact, "lstmkit onednn", TOL)
+
+
+@needs_onednn
+def test_thread_count_changes_between_calls():
+    """Primitives are made per thread count (oneDNN sizes them for it): the same numbers
+    after ``torch.set_num_threads`` changes, and as the reference."""
+    ref, ours = _twins("gru")
+    x = torch.randn(5, 8, I, dtype=torch.float64)
+    expected = ref(x)[0]
+    before = torch.get_num_threads()
+    try:
+        for threads in (2, 1, 2):
+            torch.set_num_threads(threads)
+            out, h = ours(x.float())
+            h.sum().backward()
+            assert_close(out.double(), expected, f"output with {threads} threads", TOL)
+    finally:
+        torch.set_num_threads(before)

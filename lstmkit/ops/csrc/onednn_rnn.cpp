@@ -29,6 +29,7 @@
 // whole forward at B = 1); oneDNN caches the compiled primitives itself.
 
 #include <torch/extension.h>
+#include <ATen/Parallel.h>
 
 #include <oneapi/dnnl/dnnl.hpp>
 
@@ -61,9 +62,12 @@ dnnl::stream& stream() {              // in-order, synchronous with OpenMP: one 
 struct Config {
   int64_t kind, T, B, I, H, R;
   bool reverse, peephole, projection;
+  // oneDNN sizes a primitive's work split and scratchpad for the OpenMP thread count at
+  // its creation: primitives made under another torch.set_num_threads are not reused
+  int64_t threads = at::get_num_threads();
 
   auto key() const {
-    return std::make_tuple(kind, T, B, I, H, R, reverse, peephole, projection);
+    return std::make_tuple(kind, T, B, I, H, R, reverse, peephole, projection, threads);
   }
   int64_t G() const { return kind == LSTM ? 4 : kind == GRU ? 3 : 1; }
   int64_t Gb() const { return kind == GRU ? 4 : G(); }
