@@ -113,6 +113,21 @@ def _repeats_for(T: int, B: int, H: int, repeats: int) -> int:
     return max(5, repeats // 2) if T * B * H * H > 1e8 else repeats
 
 
+def markdown(report: dict) -> str:
+    """The ratios as a table: per thread count, size and cell, oneDNN and auto-before
+    against torch.nn, fwd+bwd and no_grad forward."""
+    lines = ["| threads | (T, B, H) | cell | torch.nn fwd+bwd ms | onednn | auto-before | "
+             "torch.nn no_grad ms | onednn | auto-before |", "|---" * 9 + "|"]
+    for r in report["rows"]:
+        t, f = r["fwd+bwd"], r["no_grad fwd"]
+        lines.append(f"| {r['threads']} | ({r['T']}, {r['B']}, {r['H']}) | {r['cell']} | "
+                     f"{t['min_ms']['torch.nn']:.3g} | {t['ratio_to_torch']['onednn']:.2f}× | "
+                     f"{t['ratio_to_torch']['auto_before']:.2f}× | "
+                     f"{f['min_ms']['torch.nn']:.3g} | {f['ratio_to_torch']['onednn']:.2f}× | "
+                     f"{f['ratio_to_torch']['auto_before']:.2f}× |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
@@ -121,6 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--note", default="noisy, shared machine (other jobs running)")
     parser.add_argument("--out", default="benchmarks/results/onednn-bench-noisy.json")
+    parser.add_argument("--markdown", action="store_true", help="print the table of ratios")
     args = parser.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes]
     reason = onednn.unavailable_reason()
@@ -153,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    if args.markdown:
+        print(markdown(report))
     return report
 
 
