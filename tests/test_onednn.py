@@ -370,3 +370,19 @@ def test_thread_count_changes_between_calls():
             assert_close(out.double(), expected, f"output with {threads} threads", TOL)
     finally:
         torch.set_num_threads(before)
+
+
+@needs_onednn
+@pytest.mark.filterwarnings("ignore")          # trace's and dynamo's own warnings
+def test_trace_refused_and_compile_runs():
+    """torch.jit.trace cannot record the library call (a clear error); torch.compile runs
+    it as an opaque call (graph break) with the same numbers."""
+    m = lstmkit.GRU(I, 8, backend="onednn")
+    x = torch.randn(5, 3, I, requires_grad=True)
+    with pytest.raises(onednn.OneDNNUnavailable, match="torch.jit.trace"):
+        torch.jit.trace(m, x)
+    expected = m(x)[0]
+    out = torch.compile(m)(x)[0]
+    assert_close(out, expected, "compiled output", 0)
+    out.sum().backward()
+    assert x.grad is not None and m.weight_hh_l0.grad is not None

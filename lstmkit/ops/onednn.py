@@ -187,9 +187,10 @@ def unsupported(cell: CellSpec, x: Tensor, batch_sizes: list[int], *, recording:
 def require(cell: CellSpec, x: Tensor, batch_sizes: list[int], *, recording: bool = False,
             masked: bool = False) -> None:
     """Raise :class:`OneDNNUnavailable` unless ``backend="onednn"`` can run this call."""
-    reason = unsupported(cell, x, batch_sizes, recording=recording, masked=masked)
-    if reason is None and torch.jit.is_tracing():
+    if torch.jit.is_tracing():
         reason = "a torch.jit.trace cannot record it; trace with backend='auto'"
+    else:
+        reason = unsupported(cell, x, batch_sizes, recording=recording, masked=masked)
     if reason is not None:
         raise OneDNNUnavailable(f"backend='onednn' cannot run this layer: {reason}")
     module()
