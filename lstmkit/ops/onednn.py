@@ -69,10 +69,12 @@ KINDS = {"lstm": 0, "lbr_gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
 
 #: ``backend="auto"`` runs a layer here when its batch × hidden size B·H is at least
 #: ``AUTO_MIN_BH[mode][kind]``: the sizes where oneDNN measured faster than auto's previous
-#: choice (torch's LSTM kernel for the plain LSTM, the C++ engine otherwise), 1 and 2
-#: threads, at (T, B, H) = (50, 1, 64), (100, 16, 128), (150, 64, 256)
-#: (benchmarks/onednn_bench.py; docs/onednn.md). "train": grad mode on (forward_training
-#: and oneDNN's backward, slow per step at B = 1 for the GRU and the projection);
+#: choice (torch's LSTM kernel for the plain LSTM, the C++ engine otherwise) in one-thread
+#: runs at (T, B, H) = (50, 1, 64), (100, 16, 128), (150, 64, 256) on a shared machine
+#: (benchmarks/onednn_bench.py; docs/onednn.md; the two-thread runs there were noise).
+#: The plain LSTM ties with torch's own oneDNN kernel at B·H = 2048. "train": grad mode
+#: on (forward_training and oneDNN's backward, slow per step at B = 1 for the GRU and the
+#: projection);
 #: "infer": under ``torch.no_grad()``. Nothing below 64, the smallest size measured.
 AUTO_MIN_BH = {
     "train": {"lstm": 4096, "lstm_peephole": 64, "lstm_proj": 1024, "lbr_gru": 1024,
