@@ -1,0 +1,45 @@
+"""A Griffe extension for lstmkit's docstrings (``extensions:`` of mkdocstrings in mkdocs.yml).
+
+lstmkit's docstrings are written for ``help()`` and Sphinx alike: cross-references are
+reStructuredText roles (``:class:`torch.nn.LSTM```, ``:func:`~lstmkit.record```) and
+literal blocks follow ``::``. Rendered as Markdown the roles would show their markup. This
+extension turns each role into a code span of the name it names (``~`` keeps the last
+component, as in Sphinx) before mkdocstrings renders the docstring; the ``::`` blocks are
+indented, so Markdown already shows them as code.
+"""
+
+from __future__ import annotations
+
+import re
+
+import griffe
+
+ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|attr|data|exc|obj|const|ref):"
+                  r"`(?P<name>[^`]+)`")
+
+
+def _plain(m: re.Match) -> str:
+    name = m.group("name").strip()
+    if "<" in name and name.endswith(">"):        # :ref:`text <target>`
+        name = name[: name.index("<")].strip()
+    if name.startswith("~"):
+        name = name[1:].rsplit(".", 1)[-1]
+    return f"`{name}`"
+
+
+LITERAL = re.compile(r"(?m)(\S)[ ]?::[ ]*$")
+
+
+def rst_roles_to_code(text: str) -> str:
+    """``:role:`a.b.c``` → ```a.b.c```, ``:role:`~a.b.c``` → ```c```, and a line ending in
+    reST's literal-block marker ``::`` ends in one colon (the indented block after it is
+    already a Markdown code block)."""
+    return LITERAL.sub(r"\1:", ROLE.sub(_plain, text))
+
+
+class RstRoles(griffe.Extension):
+    """Rewrites reST roles in every docstring Griffe loads."""
+
+    def on_instance(self, *, obj: griffe.Object, **kwargs) -> None:
+        if obj.docstring is not None:
+            obj.docstring.value = rst_roles_to_code(obj.docstring.value)
