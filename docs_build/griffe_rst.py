@@ -10,6 +10,8 @@ indented, so Markdown already shows them as code.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
 
 import griffe
@@ -37,9 +39,41 @@ def rst_roles_to_code(text: str) -> str:
     return LITERAL.sub(r"\1:", ROLE.sub(_plain, text))
 
 
+def inherited_doc(path: str) -> str | None:
+    """The docstring that ``help()`` would show for the method at ``path`` when it has none
+    of its own, taken only from lstmkit's own base classes (never torch's ``forward`` text)."""
+    parts = path.split(".")
+    for i in range(len(parts) - 2, 0, -1):
+        try:
+            owner = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            for name in parts[i:-1]:
+                owner = getattr(owner, name)
+        except AttributeError:
+            return None
+        if not inspect.isclass(owner):
+            return None
+        for base in owner.__mro__[1:]:
+            if not base.__module__.startswith("lstmkit"):
+                continue
+            doc = getattr(base.__dict__.get(parts[-1]), "__doc__", None)
+            if doc and doc.strip():
+                return inspect.cleandoc(doc)
+        return None
+    return None
+
+
 class RstRoles(griffe.Extension):
-    """Rewrites reST roles in every docstring Griffe loads."""
+    """Rewrites reST roles in every docstring Griffe loads, and gives a method without a
+    docstring the one it overrides in an lstmkit base class."""
 
     def on_instance(self, *, obj: griffe.Object, **kwargs) -> None:
+        if obj.docstring is None and obj.is_function and obj.parent is not None \
+                and obj.parent.is_class:
+            doc = inherited_doc(obj.path)
+            if doc:
+                obj.docstring = griffe.Docstring(doc, parent=obj)
         if obj.docstring is not None:
             obj.docstring.value = rst_roles_to_code(obj.docstring.value)
