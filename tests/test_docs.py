@@ -316,3 +316,126 @@ def test_built_site_loads_nothing_from_other_hosts(site):
         bad += [f"{css.relative_to(out)}: {u}" for u in
                 re.findall(r"@import\s+['\"]((?:https?:)?//[^'\"]+)", text)]
     assert not bad, "external resources:\n" + "\n".join(bad[:40])
+
+
+# --------------------------------------------------------------------------- docstrings
+
+HIDDEN = {"forward", "extra_repr", "check_forward_args", "permute_hidden",
+          "get_expected_cell_size"}                  # mkdocs.yml's filters
+
+
+def _documented() -> list[str]:
+    """Every object an API page names (``::: x`` and its ``members:`` list)."""
+    out = []
+    for page in sorted((DOCS / "api").glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        for m in re.finditer(r"^::: (\S+)\n((?:    .*\n)*)", text, flags=re.M):
+            members = re.findall(r"^        - (\S+)", m.group(2), flags=re.M)
+            out += [f"{m.group(1)}.{x}" for x in members] if members else [m.group(1)]
+    return out
+
+
+def _resolve(path: str):
+    import importlib
+
+    parts = path.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(path)
+
+
+def test_every_documented_name_has_a_docstring():
+    """What the API pages show has a docstring: each named object, and each public method
+    and property a documented class defines (a method may take its docstring from the
+    lstmkit base class it overrides, as the reference shows it)."""
+    import inspect
+
+    sys.path.insert(0, str(ROOT / "docs_build"))
+    try:
+        from griffe_rst import inherited_doc
+    finally:
+        sys.path.remove(str(ROOT / "docs_build"))
+    names = _documented()
+    assert len(names) > 100, len(names)
+    missing = []
+    for name in names:
+        obj = _resolve(name)
+        if isinstance(obj, (str, int, float, tuple, list, dict)):
+            continue                                  # data (``__version__``, ``CORPORA``)
+        if not (obj.__doc__ or "").strip():
+            missing.append(name)
+        if not inspect.isclass(obj):
+            continue
+        for attr, raw in vars(obj).items():
+            if attr.startswith("_") or attr in HIDDEN:
+                continue
+            fn = raw.__func__ if isinstance(raw, (classmethod, staticmethod)) else raw
+            fn = fn.fget if isinstance(fn, property) else fn
+            if not callable(fn):
+                continue
+            if not (getattr(fn, "__doc__", None) or "").strip() and not inherited_doc(
+                    f"{obj.__module__}.{obj.__qualname__}.{attr}"):
+                missing.append(f"{name}.{attr}")
+    assert not missing, "no docstring: " + ", ".join(missing)
+
+
+# --------------------------------------------------------------------------- in a browser
+
+def test_site_renders_in_chromium_without_console_errors(site):
+    """Home, an API page and the comparison page, served over HTTP as a reader gets them,
+    in headless Chromium (the set-up of tests/test_report.py): no console error, the
+    navigation and the search box are there, and the search index loads (from the site)."""
+    import shutil
+
+    out, proc = site
+    assert proc.returncode == 0
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+        from selenium.webdriver.support.ui import WebDriverWait
+    except ImportError:
+        webdriver = None
+    if webdriver is None or not chromium or not driver:
+        if os.environ.get("CI"):
+            pytest.fail("the docs browser test needs chromium, chromium-driver and selenium")
+        pytest.skip("chromium, chromedriver or selenium not installed")
+    sys.path.insert(0, str(ROOT / "docs_build"))
+    try:
+        from screenshots import serve
+    finally:
+        sys.path.remove(str(ROOT / "docs_build"))
+    server, base = serve(out)
+    opts = webdriver.ChromeOptions()
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1200,900"):
+        opts.add_argument(flag)
+    opts.binary_location = chromium
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(service=Service(driver), options=opts)
+    try:
+        for path, heading in [("", "lstmkit"), ("api/modules/", "Modules and cells"),
+                              ("choosing-a-cell/", "Choosing a cell")]:
+            browser.get(base + path)
+            WebDriverWait(browser, 120).until(
+                lambda b: b.execute_script("return document.readyState") == "complete")
+            assert browser.find_element("css selector", "article h1").text == heading
+            assert browser.find_elements("css selector", "nav.md-nav")
+            assert browser.find_elements("css selector", "input.md-search__input")
+            errors = [e["message"] for e in browser.get_log("browser")
+                      if e["level"] == "SEVERE"]
+            assert not errors, f"{path or '/'}: {errors}"
+        # the search index is the site's own file, fetched from the same server
+        index = browser.execute_script(
+            "return fetch('../search/search_index.json').then(r => r.status)")
+        assert index == 200
+    finally:
+        browser.quit()
+        server.shutdown()
