@@ -32,6 +32,25 @@ def _plain(m: re.Match) -> str:
 LITERAL = re.compile(r"(?m)(\S)[ ]?::[ ]*$")
 
 
+RULE = re.compile(r"^\s*=+(\s+=+)+\s*$")
+
+
+def rst_tables_to_code(text: str) -> str:
+    """reST simple tables (``=====  =====`` rules above, below the header and at the end)
+    as fenced text blocks, so their columns stay aligned."""
+    lines, out, i = text.split("\n"), [], 0
+    while i < len(lines):
+        if RULE.match(lines[i]):
+            rules = [j for j in range(i, len(lines)) if RULE.match(lines[j])][:3]
+            if len(rules) == 3:
+                out += ["", "```text", *lines[i:rules[2] + 1], "```", ""]
+                i = rules[2] + 1
+                continue
+        out.append(lines[i])
+        i += 1
+    return "\n".join(out)
+
+
 def rst_roles_to_code(text: str) -> str:
     """``:role:`a.b.c``` → ```a.b.c```, ``:role:`~a.b.c``` → ```c```, and a line ending in
     reST's literal-block marker ``::`` ends in one colon (the indented block after it is
@@ -76,4 +95,4 @@ class RstRoles(griffe.Extension):
             if doc:
                 obj.docstring = griffe.Docstring(doc, parent=obj)
         if obj.docstring is not None:
-            obj.docstring.value = rst_roles_to_code(obj.docstring.value)
+            obj.docstring.value = rst_tables_to_code(rst_roles_to_code(obj.docstring.value))

@@ -439,3 +439,22 @@ def test_site_renders_in_chromium_without_console_errors(site):
     finally:
         browser.quit()
         server.shutdown()
+
+
+def test_docstring_markup_conversion_by_hand():
+    sys.path.insert(0, str(ROOT / "docs_build"))
+    try:
+        from griffe_rst import inherited_doc, rst_roles_to_code, rst_tables_to_code
+    finally:
+        sys.path.remove(str(ROOT / "docs_build"))
+    assert rst_roles_to_code("see :class:`torch.nn.LSTM` and :func:`~lstmkit.record`") == \
+        "see `torch.nn.LSTM` and `record`"
+    assert rst_roles_to_code(":py:meth:`a.b` :ref:`the text <target>`") == "`a.b` `the text`"
+    assert rst_roles_to_code("rows::\n\n    x = 1\nend ::\n") == "rows:\n\n    x = 1\nend:\n"
+    table = "intro\n===  ===\na    b\n===  ===\n1    2\n===  ===\nafter"
+    assert rst_tables_to_code(table) == (
+        "intro\n\n```text\n===  ===\na    b\n===  ===\n1    2\n===  ===\n```\n\nafter")
+    assert rst_tables_to_code("a\n=====\nb") == "a\n=====\nb"      # a heading rule, no table
+    # a method without a docstring takes its lstmkit base class's, never torch's
+    assert inherited_doc("lstmkit.data.synthetic.Copy.sample").startswith("``n`` sequences")
+    assert inherited_doc("lstmkit.nn.lstm.LSTM.forward") is None
