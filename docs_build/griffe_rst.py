@@ -51,6 +51,57 @@ def rst_tables_to_code(text: str) -> str:
     return "\n".join(out)
 
 
+TITLE = re.compile(r"^(?P<indent>\s*)(?P<title>[A-Z][\w ,()-]{0,38}[^:]):\s*$")
+ITEM = re.compile(r"^(?P<indent>\s+)(?P<names>\w+(?:,\s*\w+)*):\s+(?P<text>.*)$")
+OPEN = re.compile(r"^\s+\w+(?:,\s*\w+)*,\s*$")
+
+
+def definition_lists(text: str) -> str:
+    """A short title line ending in one colon ("Variant keywords:") followed by indented
+    ``name: text`` items (continuations indented further, a name list may wrap) becomes a
+    bold title and a Markdown list, one item per name; Markdown would otherwise run the
+    items together into one paragraph."""
+    lines, out, i = text.split("\n"), [], 0
+    while i < len(lines):
+        head = TITLE.match(lines[i])
+        first = ITEM.match(lines[i + 1]) if head and i + 1 < len(lines) else None
+        if not (head and first and len(first.group("indent")) > len(head.group("indent"))):
+            out.append(lines[i])
+            i += 1
+            continue
+        base = len(first.group("indent"))
+        items, j = [], i + 1
+        while j < len(lines) and lines[j].strip():
+            ind = len(lines[j]) - len(lines[j].lstrip())
+            if ind < base:
+                break
+            m = ITEM.match(lines[j]) if ind == base else None
+            if m:
+                names = m.group("names")
+                if items and items[-1][0].endswith(","):          # a name list that wrapped
+                    items[-1] = [items[-1][0] + " " + names, m.group("text")]
+                else:
+                    items.append([names, m.group("text")])
+            elif ind == base and OPEN.match(lines[j]):                # names, to be continued
+                items.append([lines[j].strip(), ""])
+            elif items:
+                items[-1][1] += " " + lines[j].strip()
+            else:
+                break
+            j += 1
+        if not items:
+            out.append(lines[i])
+            i += 1
+            continue
+        out += [f"**{head.group('title')}:**", ""]
+        for names, body in items:
+            code = ", ".join(f"`{n.strip()}`" for n in names.rstrip(",").split(",") if n.strip())
+            out.append(f"- {code}: {body}")
+        out.append("")
+        i = j
+    return "\n".join(out)
+
+
 def rst_roles_to_code(text: str) -> str:
     """``:role:`a.b.c``` → ```a.b.c```, ``:role:`~a.b.c``` → ```c```, and a line ending in
     reST's literal-block marker ``::`` ends in one colon (the indented block after it is
@@ -95,4 +146,5 @@ class RstRoles(griffe.Extension):
             if doc:
                 obj.docstring = griffe.Docstring(doc, parent=obj)
         if obj.docstring is not None:
-            obj.docstring.value = rst_tables_to_code(rst_roles_to_code(obj.docstring.value))
+            obj.docstring.value = rst_tables_to_code(
+                rst_roles_to_code(definition_lists(obj.docstring.value)))

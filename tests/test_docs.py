@@ -444,7 +444,12 @@ def test_site_renders_in_chromium_without_console_errors(site):
 def test_docstring_markup_conversion_by_hand():
     sys.path.insert(0, str(ROOT / "docs_build"))
     try:
-        from griffe_rst import inherited_doc, rst_roles_to_code, rst_tables_to_code
+        from griffe_rst import (
+            definition_lists,
+            inherited_doc,
+            rst_roles_to_code,
+            rst_tables_to_code,
+        )
     finally:
         sys.path.remove(str(ROOT / "docs_build"))
     assert rst_roles_to_code("see :class:`torch.nn.LSTM` and :func:`~lstmkit.record`") == \
@@ -455,6 +460,13 @@ def test_docstring_markup_conversion_by_hand():
     assert rst_tables_to_code(table) == (
         "intro\n\n```text\n===  ===\na    b\n===  ===\n1    2\n===  ===\n```\n\nafter")
     assert rst_tables_to_code("a\n=====\nb") == "a\n=====\nb"      # a heading rule, no table
+    doc = ("Intro.\n\nVariant keywords:\n    peephole: add p ⊙ c\n        to i.\n"
+           "    a, b,\n    c: the ablations.\n\nShapes: as torch.nn.")
+    assert definition_lists(doc) == (
+        "Intro.\n\n**Variant keywords:**\n\n- `peephole`: add p ⊙ c to i.\n"
+        "- `a`, `b`, `c`: the ablations.\n\n\nShapes: as torch.nn.")
+    code = "Equations (batch first)::\n\n    encoder:  (k_1 … k_S) = BiRNN(x)\n"
+    assert definition_lists(code) == code            # a literal block is left alone
     # a method without a docstring takes its lstmkit base class's, never torch's
     assert inherited_doc("lstmkit.data.synthetic.Copy.sample").startswith("``n`` sequences")
     assert inherited_doc("lstmkit.nn.lstm.LSTM.forward") is None
