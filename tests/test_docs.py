@@ -322,6 +322,7 @@ def test_built_site_loads_nothing_from_other_hosts(site):
 
 HIDDEN = {"forward", "extra_repr", "check_forward_args", "permute_hidden",
           "get_expected_cell_size"}                  # mkdocs.yml's filters
+INHERITED = ["from_torch", "to_torch", "layer_weights", "output_size", "num_directions"]
 
 
 def _documented() -> list[str]:
@@ -372,7 +373,8 @@ def test_every_documented_name_has_a_docstring():
             missing.append(name)
         if not inspect.isclass(obj):
             continue
-        for attr, raw in vars(obj).items():
+        inherited = {a: inspect.getattr_static(obj, a) for a in INHERITED if hasattr(obj, a)}
+        for attr, raw in {**inherited, **vars(obj)}.items():
             if attr.startswith("_") or attr in HIDDEN:
                 continue
             fn = raw.__func__ if isinstance(raw, (classmethod, staticmethod)) else raw
