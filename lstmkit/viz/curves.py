@@ -80,11 +80,14 @@ def plot_learning_curves(results: Sequence[dict], path: str | Path, *, metric: s
 
 def plot_gradient_flow(study: dict, path: str | Path) -> Path:
     """‖∂L/∂h_t‖ against t, log scale, per cell, at initialisation and after training
-    (:func:`lstmkit.train.experiment.gradient_flow_study`)."""
+    (:func:`lstmkit.train.experiment.gradient_flow_study`); a cell whose ``"trained"`` (or
+    ``"init"``) entry is None is left out of that panel."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100, sharey=True)
     for ax, when in zip(axes, ("init", "trained")):
         for cell, entry in study["cells"].items():
+            if entry.get(when) is None:                     # e.g. not trained
+                continue
             dh = entry[when]["dh"]
             line, = ax.semilogy(range(len(dh)), [max(v, 1e-30) for v in dh], label=f"{cell} h")
             if entry[when]["dc"] is not None:
