@@ -40,9 +40,10 @@ TEXT_CHARS = 2_000                         # characters of the validation split 
 WINDOW = 120                               # steps shown in the belt and gate plots
 FLOW_STEPS = 100                           # steps of the gradient-flow window
 F_RESET, C_RESET = 0.2, 0.5                # a reset: f_t < F_RESET while |c_{t-1}| > C_RESET
+F_CARRY, CARRY = 0.8, (10, 5, 3, 1, 0)     # ... after f > F_CARRY for `carry` steps before
 MAX_AGE_DAYS = 30                          # a run in runs/ older than this is not reused
-# the default tour model: a small `lstmkit train` run (about 1–2 minutes on 2 cores)
-TOUR_TRAINING = {"hidden": 128, "embed": 32, "steps": 1000}
+# the default tour model: a small `lstmkit train` run (about 2 minutes on 2 cores)
+TOUR_TRAINING = {"hidden": 128, "embed": 32, "steps": 2000}
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
@@ -158,20 +159,32 @@ def _record(model, ids: torch.Tensor):
 
 
 def find_reset_unit(f: np.ndarray, c: np.ndarray) -> dict:
-    """The unit whose cell state the forget gate wipes most often, by measurement.
+    """The unit whose cell state the forget gate wipes most often after carrying it, by
+    measurement.
 
     ``f`` and ``c`` (T, H) are one layer's forget gate and cell state over a text. A *reset*
-    of unit u at step t is ``f_t < F_RESET`` while ``|c_{t-1}| > C_RESET``: the gate lets
-    less than a fifth of a sizeable content through. The unit with the most resets is chosen
-    (ties: the larger total wiped content, Σ|c_{t-1}|·(1 − f_t) over its resets), and its
-    step with the largest wiped content |c_{t-1}|·(1 − f_t). If no unit has a reset (an
-    untrained model), the unit and step of the largest wiped content are taken instead."""
-    c_prev = np.vstack([np.zeros((1, c.shape[1])), c[:-1]])
+    of unit u at step t is ``f_t < F_RESET`` while ``|c_{t-1}| > C_RESET`` — the gate lets
+    less than a fifth of a sizeable content through — after the belt carried that content
+    for ``carry`` steps: ``f > F_CARRY`` at each of the ``carry`` steps before. ``carry`` is
+    the first of ``CARRY`` (10, 5, 3, 1, 0) for which some unit has a reset. The unit with
+    the most resets is chosen (ties: the larger content wiped, Σ|c_{t-1}|·(1 − f_t) over
+    its resets), and its reset with the largest wiped content |c_{t-1}|·(1 − f_t). If no unit
+    has a reset even with ``carry`` 0 (an untrained model), the unit and step of the largest
+    wiped content are taken instead."""
+    T, H = f.shape
+    c_prev = np.vstack([np.zeros((1, H)), c[:-1]])
     wiped = np.abs(c_prev) * (1 - f)                                       # (T, H)
-    resets = (f < F_RESET) & (np.abs(c_prev) > C_RESET)
+    wipes = (f < F_RESET) & (np.abs(c_prev) > C_RESET)
+    for carry in CARRY:
+        resets = wipes.copy()
+        for k in range(1, carry + 1):                  # f_{t-k} > F_CARRY, k = 1..carry
+            resets[k:] &= f[:-k] > F_CARRY
+            resets[:k] = False
+        if resets.any():
+            break
     counts = resets.sum(0)
     total = (wiped * resets).sum(0)
-    order = sorted(range(f.shape[1]), key=lambda u: (-counts[u], -total[u], u))
+    order = sorted(range(H), key=lambda u: (-counts[u], -total[u], u))
     if counts[order[0]] > 0:
         unit = order[0]
         step = int(np.argmax(np.where(resets[:, unit], wiped[:, unit], -1)))
@@ -179,11 +192,12 @@ def find_reset_unit(f: np.ndarray, c: np.ndarray) -> dict:
     else:
         step, unit = map(int, np.unravel_index(np.argmax(wiped), wiped.shape))
         rule = "no unit has a reset; largest wiped content"
-    ranking = [{"unit": int(u), "resets": int(counts[u]), "wiped": float(total[u])}
-               for u in order[:5]]
+        order = list(np.argsort(-wiped.max(0), kind="stable"))
+    ranking = [{"unit": int(u), "resets": int(counts[u]), "wiped": float(total[u]),
+                "largest": float(wiped[:, u].max())} for u in order[:5]]
     return {"unit": int(unit), "step": step, "rule": rule, "ranking": ranking,
-            "reset_steps": np.flatnonzero(resets[:, unit]).tolist(),
-            "f_reset": F_RESET, "c_reset": C_RESET}
+            "reset_steps": np.flatnonzero(resets[:, unit]).tolist(), "carry": carry,
+            "f_reset": F_RESET, "c_reset": C_RESET, "f_carry": F_CARRY}
 
 
 # -- one step by hand -------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def plot_unrolled(doc: dict, path: str | Path) -> Path:
                                    edgecolor="#33557a"))
         ax.text(x, 1.4, "LSTM", ha="center", va="center", fontsize=9)
         ax.annotate("", xy=(x, 1.0), xytext=(x, 0.55), arrowprops={"arrowstyle": "->"})
-        ax.text(x, 0.35, repr(doc["tokens"][s])[1:-1] or " ", ha="center", va="center",
+        ax.text(x, 0.35, char_label(doc["tokens"][s]), ha="center", va="center",
                 fontsize=11, family="monospace", bbox={"facecolor": "#fff6d6",
                                                         "edgecolor": "#e5c86b"})
         ax.text(x, 0.0, f"x_{s}", ha="center", fontsize=8, color="#555")
@@ -177,7 +177,8 @@ def _unrolled(doc: dict) -> list:
 def _belt(doc: dict) -> list:
     R, u = doc["reset"], doc["unit"]
     T, H = len(doc["tokens"]), doc["hidden"]
-    rank = [[str(r["unit"]), str(r["resets"]), f"{r['wiped']:.2f}"] for r in R["ranking"]]
+    rank = [[str(r["unit"]), str(r["resets"]), f"{r['wiped']:.2f}", f"{r['largest']:.3f}"]
+            for r in R["ranking"]]
     if R["rule"] == "most resets":
         chosen = (f"Unit {u} has the most resets, {len(R['reset_steps'])}; the top five "
                   "units:")
@@ -198,13 +199,17 @@ def _belt(doc: dict) -> list:
               "near 0."),
         ("p", f"**How unit {u} was chosen.** Over all {T:,} steps of the text and all {H} "
               f"units of layer {doc['layer']}, a *reset* of a unit is a step where its forget "
-              f"gate f_t < {R['f_reset']} while |c_{{t−1}}| > {R['c_reset']}: the gate lets "
-              "less than a fifth of a sizeable content through. " + chosen),
-        ("table", ["unit", "resets", "content wiped at its resets, Σ|c_{t−1}|(1 − f_t)"],
-         rank),
-        ("p", where + f" The chosen step is its largest wipe, step {t}: c_{{t−1}} = "
-                      f"{e['c_prev']:.3f}, f_t = {e['gates']['f']['value']:.3f}, "
-                      f"c_t = {e['c']:.3f}."),
+              f"gate f_t < {R['f_reset']} while |c_{{t−1}}| > {R['c_reset']} — the gate lets "
+              "less than a fifth of a sizeable content through — "
+              + (f"after the belt carried that content for {R['carry']} steps (f > "
+                 f"{R['f_carry']} at each of the {R['carry']} steps before; the longest "
+                 "carry of 10, 5, 3, 1 for which some unit has a reset). " if R["carry"] else
+                 "(no unit had one after carrying its content even one step). ") + chosen),
+        ("table", ["unit", "resets", "content wiped at its resets, Σ|c_{t−1}|(1 − f_t)",
+                   "largest single wipe"], rank),
+        ("p", where + (" " if where else "")
+         + f"The chosen step is its largest wipe, step {t}: c_{{t−1}} = {e['c_prev']:.3f}, "
+           f"f_t = {e['gates']['f']['value']:.3f}, c_t = {e['c']:.3f}."),
         ("img", "belt", f"unit {u}: cell state and forget gate over the text"),
         ("belt", None),
     ]
@@ -558,7 +563,7 @@ def render_markdown(doc: dict, image_dir: str = "") -> str:
             out.append("\n".join(lines))
         elif kind == "step":
             printed = doc["equations"]["printed"]
-            rows = step_rows(doc, lambda n: printed[n])
+            rows = step_rows(doc, printed.__getitem__)
             lines = ["| equation | with the numbers | result |", "|---|---|---|"]
             lines += [f"| {_md_cell(a)} | {_md_cell(b_)} | = {c} |" for a, b_, c in rows]
             e = doc["equations"]
