@@ -483,7 +483,8 @@ def measure(run, *, run_dir: str | Path, how: str = "", text: str | None = None,
         "variant_parameters": variant_parameters(cfg.embed if layer == 0 else cfg.hidden,
                                                  cfg.hidden),
         "results": variant_results(results) if results is not None and results.is_dir()
-        else {"missing": [f"the results folder {results}"]},
+        else {"missing": [f"the results folder {results}" if results is not None
+                          else "a results folder (none given)"]},
     }
 
 

@@ -278,3 +278,22 @@ def test_cli_trains_when_nothing_can_be_reused(tmp_path, capsys, monkeypatch):
     assert math.isfinite(json.loads((out / "tour.json").read_text())["equations"]["h"])
     assert lstmkit.count_parameters(load_run(trained[0]).model.rnn) == 4 * (16 * 16 + 16 * 8
                                                                            + 2 * 16)
+
+
+def test_two_layer_run_steps_from_the_layer_below(runs, tmp_path):
+    """In a stacked model the tour shows the last layer, whose x_t is the first layer's
+    h_t: the printed c_t, h_t agree with torch.nn.LSTM's on the same weights."""
+    tr.train_tour_model(tmp_path / "deep", **{**TINY, "layers": 2, "hidden": 8, "steps": 2})
+    doc = tr.measure(tr.check_run(tmp_path / "deep"), run_dir=tmp_path / "deep",
+                     results=None)
+    e, t, u = doc["equations"], doc["step"], doc["unit"]
+    assert doc["layer"] == e["layer"] == 1 and len(e["x"]) == 8
+    assert [L["i"] for L in doc["parameters"]["layers"]] == [8, 8]
+    run = load_run(tmp_path / "deep")
+    ref = run.model.rnn.to_torch().double()
+    ids = torch.as_tensor(run.vocab.encode(doc["text"]))
+    with torch.no_grad():
+        _, (h_n, c_n) = ref(run.model.embed.weight.double()[ids[: t + 1]][None])
+    assert abs(float(c_n[1, 0, u]) - float(e["printed"]["c_t"])) <= 1e-5
+    assert abs(float(h_n[1, 0, u]) - float(e["printed"]["h_t"])) <= 1e-5
+    assert doc["results"] == {"missing": ["a results folder (none given)"]}
