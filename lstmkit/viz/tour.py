@@ -189,6 +189,10 @@ def _belt(doc: dict) -> list:
                   f"trained), so the unit and step with the largest wiped content "
                   f"|c_{{t−1}}|·(1 − f_t) were taken: unit {u}. The top five units:")
         where = ""
+    known = next((c for c in doc["interpretable"] if c["unit"] == u and c["feature"]), None)
+    if known:
+        where += (f" Unit {u} is also one of the units of section 1 that follow a feature of "
+                  f"the text: {known['feature']}, r = {known['r']:+.3f}.")
     t = doc["step"]
     e = doc["equations"]
     return [
@@ -384,7 +388,9 @@ def _quality(R: dict) -> list:
                  f"{v['parameters']:,}", f"{v['seconds'] / 60:.1f} min"]
                 for k, v in tx["rows"].items()]
         blocks += [("p", f"**Quality on text** (bits per character, lower is better; one seed "
-                         f"each), {tx['setup']}, from `{tx['file']}`:"),
+                         f"each), {tx['setup']}, from `{tx['file']}`; the training times "
+                         "are wall times as recorded on a shared machine, not a speed "
+                         "comparison (the speed table above is one):"),
                    ("table", ["cell", "validation BPC", "test BPC", "parameters",
                               "training time"], rows)]
     if par:
@@ -416,10 +422,12 @@ def _quality(R: dict) -> list:
 def _files(doc: dict) -> list:
     run = doc["run"]["dir"]
     return [("h2", "Files"),
-            ("p", f"Made with `lstmkit tour {run}`. Beside this page: `tour.json` (every "
-                  "number, the printed ones as printed), the PNGs, and `report.html`, the "
-                  "`lstmkit inspect` viewer of the same text (any unit, the top-5 predictions "
-                  "on hover, every gate's heatmap).")]
+            ("p", f"Made by `lstmkit tour` from the run `{run}`. It writes into one folder: "
+                  "`tour.html` (this page, self-contained), `tour.md` (the same as Markdown), "
+                  "the PNGs, `tour.json` (every number, the printed ones as printed, and the "
+                  "vectors of the step), and `report.html`, the `lstmkit inspect` viewer of "
+                  "the same text (any unit, the top-5 predictions on hover, every gate's "
+                  "heatmap).")]
 
 
 def blocks(doc: dict) -> list:
