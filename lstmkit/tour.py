@@ -42,7 +42,7 @@ FLOW_STEPS = 100                           # steps of the gradient-flow window
 F_RESET, C_RESET = 0.2, 0.5                # a reset: f_t < F_RESET while |c_{t-1}| > C_RESET
 F_CARRY, CARRY = 0.8, (10, 5, 3, 1, 0)     # ... after f > F_CARRY for `carry` steps before
 MAX_AGE_DAYS = 30                          # a run in runs/ older than this is not reused
-# the default tour model: a small `lstmkit train` run (about 2 minutes on 2 cores)
+# the default tour model: a small `lstmkit train` run (48 s of CPU time on the 2-core dev machine)
 TOUR_TRAINING = {"hidden": 128, "embed": 32, "steps": 2000}
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 

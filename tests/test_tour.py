@@ -261,6 +261,8 @@ def test_cli_reuses_a_recent_run_and_rejects_bad_ones(runs, tmp_path, capsys, mo
     assert "a gru model" in capsys.readouterr().err
     assert main(["tour", str(tmp_path / "missing")]) == 2
     assert "run directory not found" in capsys.readouterr().err
+    assert main(["tour", str(runs / "tiny"), "--train"]) == 2
+    assert "cannot go with RUN_DIR" in capsys.readouterr().err
 
 
 def test_cli_trains_when_nothing_can_be_reused(tmp_path, capsys, monkeypatch):
