@@ -249,7 +249,11 @@ def test_cli_reuses_a_recent_run_and_rejects_bad_ones(runs, tmp_path, capsys, mo
     cfg = json.loads((runs / "tiny" / "config.json").read_text())
     (bad / "config.json").write_text(json.dumps({**cfg, "cell": "gru"}))
     (bad / "checkpoints" / "best.pt").write_bytes(b"x")
+    other = runs / "zz-own-data"                # suitable cell, but not the built-in corpus
+    shutil.copytree(runs / "tiny", other)
+    (other / "config.json").write_text(json.dumps({**cfg, "data": ["book.txt"]}))
     time.sleep(0.01)
+    (other / "checkpoints" / "best.pt").touch()
     assert tr.find_recent_run(runs).path.parents[1] == runs / "tiny"
     assert tr.find_recent_run(runs, max_age_days=0) is None
     out = tmp_path / "page"
