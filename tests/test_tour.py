@@ -304,3 +304,13 @@ def test_two_layer_run_steps_from_the_layer_below(runs, tmp_path):
     assert abs(float(c_n[1, 0, u]) - float(e["printed"]["c_t"])) <= 1e-5
     assert abs(float(h_n[1, 0, u]) - float(e["printed"]["h_t"])) <= 1e-5
     assert doc["results"] == {"missing": ["a results folder (none given)"]}
+
+
+def test_inline_markup_of_the_page():
+    from lstmkit.viz.tour import _ch, _code, _inline_html
+
+    assert _inline_html(f"read {_ch('`')} then {_code(chr(39) + 'a`b' + chr(39))} <x>") == \
+        "read <code>`</code> then <code>&#x27;a`b&#x27;</code> &lt;x&gt;"
+    assert _inline_html("**How** a *reset*: b_i* + b_h*") == \
+        "<b>How</b> a <i>reset</i>: b_i* + b_h*"
+    assert _ch(" ") == "`␣`" and _ch("\n") == "`\\n`"

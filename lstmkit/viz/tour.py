@@ -456,17 +456,22 @@ def step_rows(doc: dict, num) -> list[list[str]]:
 
 
 # -- rendering --------------------------------------------------------------------------------
+def _emphasis(escaped: str) -> str:
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escaped)
+    return re.sub(r"(?<![\w*])\*(\S.*?)\*(?![\w*])", r"<i>\1</i>", escaped)
+
+
 def _inline_html(text: str) -> str:
-    out, parts = [], re.split(r"(``? ?.+?(?<!`) ?``?)", text)
-    for p in parts:
-        m = re.fullmatch(r"(``?) ?(.+?) ?\1", p) if p.startswith("`") else None
-        if m:
-            out.append(f"<code>{html.escape(m.group(2))}</code>")
-        else:
-            e = html.escape(p)
-            e = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", e)
-            out.append(re.sub(r"(?<![\w*])\*(\S.*?)\*(?![\w*])", r"<i>\1</i>", e))
-    return "".join(out)
+    """`code` (any number of backticks as the fence, as in Markdown), **bold** and *italic*
+    of a paragraph or cell, as HTML; everything else escaped."""
+    out, pos = [], 0
+    for m in re.finditer(r"(`+)(.+?)(?<!`)\1(?!`)", text):
+        out.append(_emphasis(html.escape(text[pos:m.start()])))
+        code = m.group(2)[1:-1] if len(m.group(1)) > 1 and m.group(2).startswith(" ") \
+            and m.group(2).endswith(" ") else m.group(2)
+        out.append(f"<code>{html.escape(code)}</code>")
+        pos = m.end()
+    return "".join(out) + _emphasis(html.escape(text[pos:]))
 
 
 def _belt_html(doc: dict) -> str:
