@@ -384,6 +384,7 @@ class CRF(nn.Module):
         return crf
 
     def reset_parameters(self) -> None:
+        """Draw the start, end and transition scores anew from U(−0.1, 0.1), as pytorch-crf does."""
         for p in (self.start_transitions, self.end_transitions, self.transitions):
             nn.init.uniform_(p, -0.1, 0.1)
 

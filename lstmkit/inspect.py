@@ -50,10 +50,13 @@ class LayerRecord:
         raise AttributeError(f"LayerRecord has no {key!r}; it holds {list(tensors or [])}")
 
     def keys(self) -> list[str]:
+        """The names of the recorded tensors: the gates, then ``c`` (where the cell has one) and
+        ``h``."""
         return list(self.tensors)
 
     @property
     def gates(self) -> dict[str, Tensor]:
+        """The gate tensors alone (everything recorded except ``c`` and ``h``), by name."""
         return {k: v for k, v in self.tensors.items() if k not in ("c", "h")}
 
 
@@ -67,6 +70,9 @@ class Recording:
 
     def add(self, module: RecurrentBase, layer: int, direction: int,
             trace: list[dict[str, Tensor]], seq: Sequence) -> None:
+        """Append the record of one layer and direction from its per-step ``trace`` (called by the
+        modules while recording; padded steps of packed input become NaN, the batch is put back
+        in the caller's order)."""
         T, B = seq.steps, seq.batch
         mask = torch.zeros(T, B, dtype=torch.bool)
         for t, n in enumerate(seq.batch_sizes):
@@ -90,6 +96,7 @@ class Recording:
                                        family, tensors, mask))
 
     def clear(self) -> None:
+        """Forget every record (the block keeps recording into the emptied list)."""
         self.layers.clear()
 
     def steps(self, module: str = "") -> LayerRecord:

@@ -21,6 +21,8 @@
                                   order): cells × seeds, results table and curves
     lstmkit gradient-flow         ‖∂L/∂h_t‖ over t for RNN, GRU and LSTM
     lstmkit inspect RUN_DIR       an HTML page of a trained model's gates and cells
+    lstmkit tour [RUN_DIR]        "Understanding LSTM networks" with a real trained model:
+                                  an HTML page (+ PNGs, Markdown) of its gates and numbers
     lstmkit music train | evaluate | sample
                                   Bach chorales (music21's corpus) as 88-key piano rolls:
                                   NLL per time step, sampling to MIDI
@@ -39,6 +41,7 @@ import sys
 from collections.abc import Sequence
 
 from . import bench, demo, experiment, inspect, music, seq2seq, tag, tasks, train
+from . import tour as tour_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (demo, bench, train, tasks, tag, seq2seq, experiment, inspect, music):
         module.add_parsers(sub)
+    tour_cmd.add_parsers(sub)
     return parser
 
 

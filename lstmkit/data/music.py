@@ -83,13 +83,17 @@ class ChoraleSet:
 
     @property
     def frames(self) -> int:
+        """The total number of time steps (grid frames) over all pieces."""
         return sum(len(r) for r in self.rolls)
 
     def subset(self, index: list[int]) -> ChoraleSet:
+        """A new set of the pieces at ``index``, in that order, on the same grid."""
         return ChoraleSet([self.names[i] for i in index], [self.rolls[i] for i in index],
                           self.grid)
 
     def sha256(self) -> str:
+        """A SHA-256 over the grid, every piece's name and its roll: equal sets have equal
+        digests."""
         h = hashlib.sha256(f"grid={self.grid}".encode())
         for name, roll in zip(self.names, self.rolls):
             h.update(name.encode() + b"\0")
@@ -181,6 +185,8 @@ def cache_dir() -> Path:
 
 
 def cache_path(grid: float, directory: str | Path | None = None) -> Path:
+    """The cache file of the parsed rolls for ``grid``, named by the cache format, music21's version
+    and the grid, under ``directory`` (default :func:`cache_dir`)."""
     m21 = _music21()
     directory = Path(directory) if directory is not None else cache_dir()
     return (directory / "music" /

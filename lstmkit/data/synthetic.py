@@ -79,6 +79,7 @@ class Task(ABC):
             yield self.sample(batch_size, gen)
 
     def describe(self) -> str:
+        """The first line of the task's docstring: its one-line description."""
         return (self.__doc__ or "").strip().split("\n")[0]
 
 
@@ -320,6 +321,8 @@ TASKS: dict[str, type[Task]] = {t.name: t for t in (Adding1997, Adding2016, Copy
 
 
 def make_task(name: str, T: int) -> Task:
+    """The task registered as ``name`` (see ``TASKS``) with sequence length ``T``; an unknown name
+    raises ValueError listing the tasks."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; the tasks are {', '.join(TASKS)}")
     return TASKS[name](T)

@@ -46,6 +46,7 @@ class Corpus:
 
     @property
     def sha256(self) -> str:
+        """A SHA-256 of the corpus text (UTF-8): runs record it to tell which data they saw."""
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
 
@@ -148,6 +149,9 @@ class Vocabulary:
 
     @classmethod
     def build(cls, text: str, kind: str = "char", max_size: int | None = None) -> Vocabulary:
+        """The vocabulary of ``text``: every character (``kind="char"``), or the ``max_size − 1``
+        most frequent words, punctuation marks and newlines (``kind="word"``); index 0 is
+        ``<unk>``."""
         if kind == "char":
             return cls(kind, [UNK] + sorted(set(text)))
         counts = Counter(_WORD.findall(text))
@@ -155,6 +159,7 @@ class Vocabulary:
         return cls(kind, [UNK] + words)
 
     def split(self, text: str) -> list[str]:
+        """``text`` as tokens: its characters, or its words, punctuation marks and newlines."""
         return list(text) if self.kind == "char" else _WORD.findall(text)
 
     def encode(self, text: str) -> np.ndarray:
@@ -168,6 +173,8 @@ class Vocabulary:
         return np.where(self._cps[pos] == cps, self._ids[pos], 0)
 
     def decode(self, ids: Sequence[int] | np.ndarray | Tensor) -> str:
+        """The text of token ids (a list, array or tensor): characters joined as they are (``<unk>``
+        shown as U+FFFD), words joined by spaces except at line starts."""
         ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
         if self.kind == "char":
             return "".join("\ufffd" if i == 0 else self.tokens[i] for i in ids)
@@ -182,10 +189,12 @@ class Vocabulary:
         return sorted({t for t in self.split(text) if t not in self._index})
 
     def to_json(self) -> str:
+        """The vocabulary as JSON (``kind`` and ``tokens``), as stored in a run's ``vocab.json``."""
         return json.dumps({"kind": self.kind, "tokens": self.tokens}, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> Vocabulary:
+        """The vocabulary that :meth:`to_json` wrote."""
         d = json.loads(text)
         return cls(d["kind"], d["tokens"])
 

@@ -37,10 +37,12 @@ class SequenceSet:
 
     @property
     def channels(self) -> int:
+        """The number of channels C (1 for a univariate set)."""
         return self.sequences[0].shape[1]
 
     @property
     def lengths(self) -> list[int]:
+        """Each sequence's length L_i, in order."""
         return [s.shape[0] for s in self.sequences]
 
 
@@ -166,18 +168,23 @@ class Standardizer:
 
     @classmethod
     def fit(cls, data: SequenceSet) -> Standardizer:
+        """Per-channel mean and standard deviation over every step of every sequence of ``data``; a
+        constant channel gets a standard deviation of 1."""
         allv = np.concatenate(data.sequences, axis=0).astype(np.float64)
         std = allv.std(axis=0)
         return cls(allv.mean(axis=0), np.where(std > 0, std, 1.0))
 
     def apply(self, data: SequenceSet) -> list[np.ndarray]:
+        """The sequences of ``data`` standardised per channel, as float32 arrays."""
         return [((s - self.mean) / self.std).astype(np.float32) for s in data.sequences]
 
     def to_dict(self) -> dict:
+        """The statistics as plain lists, for JSON; :meth:`from_dict` reads them back."""
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> Standardizer:
+        """The standardiser that :meth:`to_dict` wrote."""
         return cls(np.asarray(d["mean"]), np.asarray(d["std"]))
 
 

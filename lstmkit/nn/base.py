@@ -83,6 +83,7 @@ class RecurrentBase(nn.RNNBase):
     # -- parameters ---------------------------------------------------------------------
     @property
     def num_directions(self) -> int:
+        """2 if ``bidirectional`` else 1, as torch.nn's recurrent modules count directions."""
         return 2 if self.bidirectional else 1
 
     @property
@@ -141,6 +142,7 @@ class RecurrentBase(nn.RNNBase):
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
+        """The parameters of each layer and direction, as torch.nn's ``all_weights``."""
         return [[getattr(self, n) for n in names] for names in self._all_weights]
 
     @property

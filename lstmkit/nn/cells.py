@@ -80,6 +80,7 @@ class RecurrentCell(nn.RNNCellBase):
 
     @property
     def output_size(self) -> int:
+        """Size of h: ``hidden_size`` (a cell has no projection)."""
         return self.hidden_size
 
     def reset_parameters(self) -> None:

@@ -89,6 +89,7 @@ class ClockworkRNN(RecurrentBase):
 
     @property
     def num_modules(self) -> int:
+        """The number g of modules, i.e. of clock periods."""
         return len(self.periods)
 
     def _mask(self, device, dtype) -> Tensor:

@@ -191,6 +191,7 @@ class GridLSTM(nn.Module):
                                 if self.bias else None)
 
     def reset_parameters(self) -> None:
+        """Draw every parameter from U(−1/√H, 1/√H), torch.nn.LSTM's initialisation."""
         bound = self.hidden_size ** -0.5
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)

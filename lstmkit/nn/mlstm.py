@@ -129,6 +129,7 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
 
     @property
     def num_directions(self) -> int:
+        """2 if ``bidirectional`` else 1, as torch.nn's recurrent modules count directions."""
         return 2 if self.bidirectional else 1
 
     def reset_parameters(self) -> None:

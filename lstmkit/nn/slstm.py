@@ -46,10 +46,12 @@ class sLSTM(FamilyModule):  # noqa: N801 - the paper's name
 
     @property
     def num_heads(self) -> int:
+        """The number of heads K: the recurrent weights are K blocks of (H/K)² on the diagonal."""
         return int(self.cell.option("num_heads"))
 
     @property
     def head_size(self) -> int:
+        """The size H/K of one head."""
         return self.hidden_size // self.num_heads
 
     def _build_parameters(self, factory: dict) -> None:

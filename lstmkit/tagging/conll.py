@@ -53,10 +53,12 @@ class Sentence(tuple):
 
     @property
     def tokens(self) -> list[str]:
+        """The tokens of the sentence (the first field)."""
         return self[0]
 
     @property
     def tags(self) -> list[str]:
+        """The tags of the sentence, one per token (the second field)."""
         return self[1]
 
 

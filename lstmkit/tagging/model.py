@@ -69,15 +69,19 @@ class Vocab:
         return (symbol.lower() if self.lower else symbol) in self.stoi
 
     def index(self, symbol: str) -> int:
+        """The index of ``symbol`` (lower-cased first if the vocabulary is), ``<unk>``'s for an
+        unknown one; KeyError if the vocabulary has no ``<unk>``."""
         i = self.stoi.get(symbol.lower() if self.lower else symbol, self.unk)
         if i is None:
             raise KeyError(f"Vocab: {symbol!r} is not in the vocabulary (which has no {UNK})")
         return i
 
     def encode(self, symbols: Iterable[str]) -> list[int]:
+        """The indices of ``symbols`` (see :meth:`index`)."""
         return [self.index(s) for s in symbols]
 
     def decode(self, indices: Iterable[int]) -> list[str]:
+        """The symbols at ``indices``."""
         return [self.itos[i] for i in indices]
 
     def to_dict(self) -> dict:
@@ -86,6 +90,7 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, d: dict) -> Vocab:
+        """The vocabulary that :meth:`to_dict` wrote."""
         return cls(d["itos"], d.get("lower", False))
 
 
@@ -157,6 +162,7 @@ class Batch:
     mask: Tensor
 
     def to(self, device: torch.device | str) -> Batch:
+        """The same batch with every tensor moved to ``device``."""
         def move(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device)
         return Batch(move(self.words), move(self.chars), move(self.tags), move(self.lengths),

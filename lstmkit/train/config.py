@@ -131,6 +131,8 @@ class TrainConfig(RunConfig):
         self.validate()
 
     def validate(self) -> None:
+        """Raise ValueError naming the first invalid field (an unknown cell, tokens, schedule or
+        implementation, a size or rate out of range, keywords that do not fit the cell)."""
         def need(ok: bool, what: str) -> None:
             if not ok:
                 raise ValueError(f"invalid training configuration: {what}")

@@ -80,13 +80,17 @@ def plot_learning_curves(results: Sequence[dict], path: str | Path, *, metric: s
 
 def plot_gradient_flow(study: dict, path: str | Path) -> Path:
     """‖∂L/∂h_t‖ against t, log scale, per cell, at initialisation and after training
-    (:func:`lstmkit.train.experiment.gradient_flow_study`)."""
+    (:func:`lstmkit.train.experiment.gradient_flow_study`); a cell whose ``"trained"`` (or
+    ``"init"``) entry is None is left out of that panel."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100, sharey=True)
     for ax, when in zip(axes, ("init", "trained")):
-        for cell, entry in study["cells"].items():
+        for k, (cell, entry) in enumerate(study["cells"].items()):
+            if entry.get(when) is None:                     # e.g. not trained
+                continue
             dh = entry[when]["dh"]
-            line, = ax.semilogy(range(len(dh)), [max(v, 1e-30) for v in dh], label=f"{cell} h")
+            line, = ax.semilogy(range(len(dh)), [max(v, 1e-30) for v in dh], label=f"{cell} h",
+                                color=f"C{k}")              # one colour per cell in both panels
             if entry[when]["dc"] is not None:
                 ax.semilogy(range(len(dh)), [max(v, 1e-30) for v in entry[when]["dc"]], "--",
                             color=line.get_color(), label=f"{cell} c")
@@ -95,5 +99,7 @@ def plot_gradient_flow(study: dict, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("‖∂L/∂state_t‖")
     axes[1].legend()
+    if any(entry.get("trained") is None for entry in study["cells"].values()):
+        axes[0].legend()                                    # cells the right panel lacks
     fig.suptitle(f"gradient flow: {study['task']}, T = {study['T']}, loss at the last step")
     return save(fig, path)

@@ -51,3 +51,44 @@ def plot_saturation(layer, path: str | Path, *, batch_index: int = 0) -> Path:
         ax.set(xlim=(0, 1), ylim=(0, 1), title=f"gate {g}", xlabel="left-saturated")
     axes[0, 0].set_ylabel("right-saturated")
     return save(fig, path)
+
+
+def char_label(token: str) -> str:
+    """A token as a tick label: newline as ``\\n``, space as ``·``, tab as ``\\t``."""
+    return token.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "·")
+
+
+def plot_unit_over_text(tokens, series: dict, path: str | Path, *, marks=(),
+                        focus: int | None = None, title: str = "") -> Path:
+    """One panel per entry of ``series`` (name → values, one per token), the characters read
+    as the x-axis labels: a unit's gates and states over a text. Gates (i, f, o, r, z) are
+    drawn on [0, 1], g, h and tanh(c) on [−1, 1]; ``marks`` (token indices) are shaded,
+    ``focus`` is outlined."""
+    plt = _pyplot()
+    n = len(tokens)
+    fig, axes = plt.subplots(len(series), 1, figsize=(min(22, 2 + 0.16 * n), 1.5 * len(series)
+                                                      + 0.9), dpi=100, sharex=True,
+                             squeeze=False)
+    xs = np.arange(n)
+    for ax, (name, values) in zip(axes[:, 0], series.items()):
+        v = np.asarray(values, dtype=float)
+        for m in marks:
+            ax.axvspan(m - 0.5, m + 0.5, color="#f4a6a6", alpha=0.6, linewidth=0)
+        if focus is not None:
+            ax.axvspan(focus - 0.5, focus + 0.5, fill=False, edgecolor="black", linewidth=1.2)
+        ax.plot(xs, v, "-o", markersize=2.5, linewidth=1)
+        base = name.split("_")[0]
+        if base in ("i", "f", "o", "r", "z"):
+            ax.set_ylim(-0.05, 1.05)
+        elif base in ("g", "h") or name.startswith("tanh"):
+            ax.set_ylim(-1.05, 1.05)
+        ax.axhline(0, color="grey", linewidth=0.5)
+        ax.set_ylabel(name, rotation=0, ha="right", va="center")
+        ax.grid(alpha=0.25, axis="y")
+    ax = axes[-1, 0]
+    ax.set_xticks(xs)
+    ax.set_xticklabels([char_label(t) for t in tokens], fontsize=7, family="monospace")
+    ax.set_xlim(-0.6, n - 0.4)
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)

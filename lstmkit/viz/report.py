@@ -175,6 +175,7 @@ def language_model_report(model, vocab, text: str, *, layer: int = -1, top_k: in
 
 
 def write_json(report: dict, path: str | Path) -> Path:
+    """Write ``report`` as JSON (UTF-8) to ``path``; returns the path."""
     path = Path(path)
     path.write_text(json.dumps(report, ensure_ascii=False))
     return path
@@ -198,6 +199,8 @@ def render_html(report: dict) -> str:
 
 
 def write_html(report: dict, path: str | Path) -> Path:
+    """Write ``report``'s self-contained HTML page (:func:`render_html`) to ``path``; returns the
+    path."""
     path = Path(path)
     path.write_text(render_html(report), encoding="utf-8")
     return path
