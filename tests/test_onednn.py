@@ -29,6 +29,7 @@ VARIANTS = {
     "gru_nobias": lambda **kw: lstmkit.GRU(I, H, bias=False, **kw),
     "rnn_tanh": lambda **kw: lstmkit.RNN(I, H, **kw),
     "rnn_relu": lambda **kw: lstmkit.RNN(I, H, nonlinearity="relu", **kw),
+    "rnn_tanh_nobias": lambda **kw: lstmkit.RNN(I, H, bias=False, **kw),
 }
 FORMS = {                   # (module keywords, initial states given)
     "plain": ({}, False),
