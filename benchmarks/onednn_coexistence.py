@@ -32,11 +32,11 @@ import torch
 from lstmkit.ops import onednn
 
 CHILD = """
-import re, torch
+import json, re, torch
 from lstmkit.ops import onednn
 onednn.module()
 maps = open('/proc/self/maps').read()
-print('GOMP', sorted(set(re.findall(r'\\S*libgomp\\S*', maps))))
+print('GOMP', json.dumps(sorted(set(re.findall(r'\\S*libgomp\\S*', maps)))))
 """
 
 
@@ -75,7 +75,7 @@ def bindings(libdnnl: Path) -> dict:
         counts[m.group(1)] += 1
     gomp = re.search(r"GOMP (.*)", child.stdout)
     return {"libdnnl_binds_to": dict(counts.most_common()),
-            "openmp_runtimes_mapped": eval(gomp.group(1)) if gomp else None}  # noqa: S307
+            "openmp_runtimes_mapped": json.loads(gomp.group(1)) if gomp else None}
 
 
 def main(argv: list[str] | None = None) -> dict:
