@@ -130,10 +130,10 @@ def parse_report(text: str) -> tuple[dict[str, float], list[tuple[float, str, st
     shares = dict.fromkeys(CATEGORIES, 0.0)
     top = []
     for line in text.splitlines():
-        m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[.\]\s+(.*)$", line)
+        m = re.match(r"\s*([\d.]+)%\s+(.+?)\s+\[(.)\]\s+(.*)$", line)
         if not m:
             continue
-        pct, dso, sym = float(m.group(1)), m.group(2), m.group(3).strip()
+        pct, dso, sym = float(m.group(1)), m.group(2), m.group(4).strip()
         shares[category(dso, sym)] += pct
         top.append((pct, dso, sym))
     shares["below 0.01% each"] = max(0.0, 100 - sum(shares.values()))

@@ -183,34 +183,14 @@ class WeightGemm<float> {
  public:
   WeightGemm(const float* W, bool transposed, int64_t max_m, int64_t n, int64_t k,
              int64_t ldw = 0)
-      : W_(W), transposed_(transposed), n_(n), k_(k), ldw_(ldw ? ldw : (transposed ? k : n)) {
-    if (!W || max_m <= 0) return;
-    kind_ = choose_gemm(max_m, n, k, ldw_ == (transposed ? k : n));
-    if (kind_ == GemmKind::kBrgemm) {
-      if (transposed) {                                 // B = Wᵀ (k×n), once per call
-        right_.resize(k * n);
-        constexpr int64_t kTile = 32;
-        for (int64_t i0 = 0; i0 < n; i0 += kTile)
-          for (int64_t j0 = 0; j0 < k; j0 += kTile)
-            for (int64_t i = i0; i < std::min(n, i0 + kTile); ++i)
-              for (int64_t j = j0; j < std::min(k, j0 + kTile); ++j)
-                right_[j * n + i] = W[i * ldw_ + j];
-        B_ = right_.data();
-        ldb_ = n;
-      } else {
-        B_ = W;
-        ldb_ = ldw_;
-      }
-    } else if (kind_ == GemmKind::kPacked) {
-      const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, max_m, n, k);
-      right_.resize(bytes / sizeof(float) + 1);
-      cblas_sgemm_pack(kRowMajor, kBMatrix, transposed ? kTrans : kNoTrans, max_m, n, k, 1.0f,
-                       W, ldw_, right_.data());
-    }
+      : W_(W), transposed_(transposed), n_(n), k_(k), ldw_(ldw ? ldw : (transposed ? k : n)),
+        max_m_(max_m) {
+    if (W && max_m > 0) kind_ = choose_gemm(max_m, n, k, ldw_ == (transposed ? k : n));
   }
   void operator()(int64_t m, const float* A, int64_t lda, float beta, float* C,
                   int64_t ldc) const {
     if (m == 0) return;
+    if (!ready_) prepare();               // on first use: a cell builds some it never calls
     if (kind_ == GemmKind::kBrgemm && (beta == 0.0f || beta == 1.0f)) {
       at::native::cpublas::brgemm(m, n_, k_, lda, ldb_, ldc, beta != 0.0f, A, B_, C, false);
     } else if (kind_ == GemmKind::kPacked) {
@@ -227,13 +207,47 @@ class WeightGemm<float> {
   }
 
  private:
+  // brgemm: the (k×n) row-major right operand (Wᵀ copied in 32×32 tiles if transposed);
+  // packed: MKL's packed W. Once per object, i.e. once per layer call.
+  void prepare() const {
+    ready_ = true;
+    if (kind_ == GemmKind::kBrgemm) {
+      if (!transposed_) {
+        B_ = W_;
+        ldb_ = ldw_;
+        return;
+      }
+      const int64_t n = n_, k = k_;
+      right_.resize(k * n);
+      constexpr int64_t kTile = 32;
+      for (int64_t i0 = 0; i0 < n; i0 += kTile) {
+        const int64_t i1 = std::min(n, i0 + kTile);
+        for (int64_t j0 = 0; j0 < k; j0 += kTile) {
+          const int64_t j1 = std::min(k, j0 + kTile);
+          for (int64_t i = i0; i < i1; ++i) {
+            const float* row = W_ + i * ldw_;
+            for (int64_t j = j0; j < j1; ++j) right_[j * n + i] = row[j];
+          }
+        }
+      }
+      B_ = right_.data();
+      ldb_ = n;
+    } else if (kind_ == GemmKind::kPacked) {
+      const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, max_m_, n_, k_);
+      right_.resize(bytes / sizeof(float) + 1);
+      cblas_sgemm_pack(kRowMajor, kBMatrix, transposed_ ? kTrans : kNoTrans, max_m_, n_, k_,
+                       1.0f, W_, ldw_, right_.data());
+    }
+  }
+
   const float* W_;
   bool transposed_;
-  int64_t n_, k_, ldw_;
+  int64_t n_, k_, ldw_, max_m_;
   GemmKind kind_ = GemmKind::kBlas;
-  std::vector<float> right_;          // brgemm: the (k×n) right operand; packed: MKL's buffer
-  const float* B_ = nullptr;
-  int64_t ldb_ = 0;
+  mutable bool ready_ = false;
+  mutable std::vector<float> right_;
+  mutable const float* B_ = nullptr;
+  mutable int64_t ldb_ = 0;
 };
 
 // (first row, active rows) of every step, in processing order (reversed for `reverse`).
