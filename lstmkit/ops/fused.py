@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.autograd.function import Function
 
 from ..cells.base import WEIGHT_FIELDS, CellSpec, Chunk, Grads, LayerWeights, State
+from . import gemm
 from .masks import StepMasks, row_sequences
 from .reference import Trace
 
@@ -251,9 +252,21 @@ def _zones(cell: CellSpec, masks: StepMasks) -> list[Tensor | None]:
     return zones + [None] * (len(cell.states) - len(zones))
 
 
+def _engine_module(call: Call):
+    """The compiled extension when ``call`` runs the C++ loop (its large GEMMs then run on
+    the engine's brgemm too, see :mod:`lstmkit.ops.gemm`), else None."""
+    from .extension import CppKernels
+    return call.kernels.module if isinstance(call.kernels, CppKernels) else None
+
+
 def layer_forward(call: Call, inp: Inputs) -> tuple[list[Tensor], list[Tensor], Kept]:
     """Forward of one layer and direction: returns the visible state sequences (the first
     is the output), the final states of the module's states, and what backward keeps."""
+    with gemm.using_engine(_engine_module(call)):
+        return _layer_forward(call, inp)
+
+
+def _layer_forward(call: Call, inp: Inputs) -> tuple[list[Tensor], list[Tensor], Kept]:
     cell, fused, w = call.cell, call.cell.fused, inp.w
     H, R = _hidden_size(cell, w), inp.states0[0].shape[1]
     widths = _widths(cell, H, R)
@@ -277,6 +290,12 @@ def layer_backward(call: Call, inp: Inputs, kept: Kept, dseqs: list[Tensor | Non
                    dfinals: list[Tensor | None], needs: Inputs) -> Inputs:
     """BPTT of :func:`layer_forward`: the gradients of ``inp`` (None where ``needs`` says
     no gradient is wanted), given those of the visible sequences and final states."""
+    with gemm.using_engine(_engine_module(call)):
+        return _layer_backward(call, inp, kept, dseqs, dfinals, needs)
+
+
+def _layer_backward(call: Call, inp: Inputs, kept: Kept, dseqs: list[Tensor | None],
+                    dfinals: list[Tensor | None], needs: Inputs) -> Inputs:
     cell, fused, w = call.cell, call.cell.fused, inp.w
     batch_sizes = list(call.batch_sizes)
     H, R = _hidden_size(cell, w), inp.states0[0].shape[1]
@@ -313,7 +332,7 @@ def layer_backward(call: Call, inp: Inputs, kept: Kept, dseqs: list[Tensor | Non
                       zoned)
         fused.chunk_grads(cell, chunk, w, kept.aux, g)
         if dw_hr is not None:
-            dw_hr.addmm_(dH.t(), kept.m[rows])
+            gemm.matmul_into(dw_hr, dH.t(), kept.m[rows], accumulate=True)
     n = cell.n_states
     dstates = tuple(d if need else None for d, need in zip(dcarry[:n], needs.states0))
     dw = LayerWeights(*(g.w[k] for k in WEIGHT_FIELDS), extra=tuple(g.extra))

@@ -135,6 +135,10 @@ constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMa
 // of up to kBrgemmMaxWork multiply-adds per step (above it MKL's threaded GEMM), see
 // docs/performance.md.
 enum class GemmKind { kBlas, kPacked, kBrgemm };
+// brgemm keeps a row block of A in cache across the whole K: with K = 4096 (LSTM H = 1024,
+// backward) one call took 10.7 ms against MKL's 7.9, cut into K blocks of 2048 2.5 ms
+// (benchmarks/small_gemm_probe.py, one thread; noisy).
+constexpr int64_t kKBlock = 2048;
 constexpr int64_t kBrgemmMaxWork = int64_t(1) << 62;
 
 inline bool mkl_pack_available() {
@@ -192,7 +196,9 @@ class WeightGemm<float> {
     if (m == 0) return;
     if (!ready_) prepare();               // on first use: a cell builds some it never calls
     if (kind_ == GemmKind::kBrgemm && (beta == 0.0f || beta == 1.0f)) {
-      at::native::cpublas::brgemm(m, n_, k_, lda, ldb_, ldc, beta != 0.0f, A, B_, C, false);
+      for (int64_t k0 = 0; k0 < k_; k0 += kKBlock)                  // K in cache-sized blocks
+        at::native::cpublas::brgemm(m, n_, std::min(kKBlock, k_ - k0), lda, ldb_, ldc,
+                                    beta != 0.0f || k0 > 0, A + k0, B_ + k0 * ldb_, C, false);
     } else if (kind_ == GemmKind::kPacked) {
       cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, m, n_, k_, A, lda, right_.data(),
                           ldw_, beta, C, ldc);
@@ -249,6 +255,64 @@ class WeightGemm<float> {
   mutable const float* B_ = nullptr;
   mutable int64_t ldb_ = 0;
 };
+
+// ---- the large GEMMs of a layer call ---------------------------------------------------------
+// C (m×n, row-major, ldc) = C·[accumulate] + op(A) · op(B), float32. op(A)(i, p) is
+// A[i·a_row + p·a_col] (a_col = 1: row-major in place; else A is copied row-major once), and
+// op(B)(p, j) = B[p·b_row + j·b_col] likewise. Run as brgemm micro-kernels on blocks of
+// kBigRows × kBigCols of C (K in kKBlock blocks), the blocks split over torch's threads,
+// column blocks outermost so that each thread's B panel stays in cache.
+constexpr int64_t kBigRows = 64, kBigCols = 256;
+
+inline void row_major_copy(int64_t rows, int64_t cols, const float* X, int64_t x_row,
+                           int64_t x_col, float* out) {
+  constexpr int64_t kTile = 32;
+  at::parallel_for(0, (rows + kTile - 1) / kTile, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t i0 = b0 * kTile; i0 < std::min(rows, b1 * kTile); i0 += kTile)
+      for (int64_t j0 = 0; j0 < cols; j0 += kTile)
+        for (int64_t j = j0; j < std::min(cols, j0 + kTile); ++j)
+          for (int64_t i = i0; i < std::min(rows, i0 + kTile); ++i)
+            out[i * cols + j] = X[i * x_row + j * x_col];
+  });
+}
+
+inline void big_gemm(int64_t m, int64_t n, int64_t k, const float* A, int64_t a_row,
+                     int64_t a_col, const float* B, int64_t b_row, int64_t b_col,
+                     bool accumulate, float* C, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < m; ++i) std::fill(C + i * ldc, C + i * ldc + n, 0.0f);
+    return;
+  }
+  std::vector<float> a_copy, b_copy;
+  const float* a = A;
+  const float* b = B;
+  int64_t lda = a_row, ldb = b_row;
+  if (a_col != 1) {
+    a_copy.resize(m * k);
+    row_major_copy(m, k, A, a_row, a_col, a_copy.data());
+    a = a_copy.data();
+    lda = k;
+  }
+  if (b_col != 1) {
+    b_copy.resize(k * n);
+    row_major_copy(k, n, B, b_row, b_col, b_copy.data());
+    b = b_copy.data();
+    ldb = n;
+  }
+  const int64_t mb = (m + kBigRows - 1) / kBigRows, nb = (n + kBigCols - 1) / kBigCols;
+  at::parallel_for(0, mb * nb, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t i0 = (t % mb) * kBigRows, j0 = (t / mb) * kBigCols;
+      const int64_t rows = std::min(kBigRows, m - i0), cols = std::min(kBigCols, n - j0);
+      for (int64_t k0 = 0; k0 < k; k0 += kKBlock)
+        at::native::cpublas::brgemm(rows, cols, std::min(kKBlock, k - k0), lda, ldb, ldc,
+                                    accumulate || k0 > 0, a + i0 * lda + k0,
+                                    b + k0 * ldb + j0, C + i0 * ldc + j0, false);
+    }
+  });
+}
 
 // (first row, active rows) of every step, in processing order (reversed for `reverse`).
 using Rows = std::vector<std::pair<int64_t, int64_t>>;
