@@ -131,15 +131,17 @@ constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMa
 //    5.5 vs 9.5 ms.
 //  * kPacked / kBlas: MKL, which splits a GEMM over torch's threads.
 // LSTMKIT_GEMM=blas|brgemm forces one (blas: MKL, packed from kPackMinElements on, as before
-// brgemm was used); unset or auto: brgemm with one thread, and with several threads for GEMMs
-// of up to kBrgemmMaxWork multiply-adds per step (above it MKL's threaded GEMM), see
-// docs/performance.md.
+// brgemm was used; it also sends the layer's large GEMMs back to torch, see
+// lstmkit/ops/gemm.py); unset or auto: brgemm. With several threads a per-step product of at
+// least kSplitWork multiply-adds is cut into column blocks, one per thread (at::parallel_for);
+// smaller ones run on the calling thread (one thread was faster than two for the small
+// per-step GEMMs, docs/performance.md).
 enum class GemmKind { kBlas, kPacked, kBrgemm };
 // brgemm keeps a row block of A in cache across the whole K: with K = 4096 (LSTM H = 1024,
 // backward) one call took 10.7 ms against MKL's 7.9, cut into K blocks of 2048 2.5 ms
 // (benchmarks/small_gemm_probe.py, one thread; noisy).
 constexpr int64_t kKBlock = 2048;
-constexpr int64_t kBrgemmMaxWork = int64_t(1) << 62;
+constexpr int64_t kSplitWork = int64_t(1) << 22;
 
 inline bool mkl_pack_available() {
   return cblas_sgemm_pack_get_size && cblas_sgemm_pack && cblas_sgemm_compute;
@@ -153,9 +155,7 @@ inline GemmKind choose_gemm(int64_t max_m, int64_t n, int64_t k, bool dense) {
   const GemmKind mkl = (n * k >= kPackMinElements && dense && mkl_pack_available())
                            ? GemmKind::kPacked : GemmKind::kBlas;
   if (mode == "blas") return mkl;
-  if (mode == "brgemm") return GemmKind::kBrgemm;
-  if (at::get_num_threads() <= 1 || max_m * n * k <= kBrgemmMaxWork) return GemmKind::kBrgemm;
-  return mkl;
+  return GemmKind::kBrgemm;
 }
 
 // C (m×n, row-major) = beta·C + A (m×k) · op(W), for a weight W used at every step:
@@ -190,15 +190,26 @@ class WeightGemm<float> {
       : W_(W), transposed_(transposed), n_(n), k_(k), ldw_(ldw ? ldw : (transposed ? k : n)),
         max_m_(max_m) {
     if (W && max_m > 0) kind_ = choose_gemm(max_m, n, k, ldw_ == (transposed ? k : n));
+    const int64_t threads = at::get_num_threads();
+    if (threads > 1 && max_m * n * k >= kSplitWork && n >= 128)
+      parts_ = std::min<int64_t>(threads, n / 64);
   }
   void operator()(int64_t m, const float* A, int64_t lda, float beta, float* C,
                   int64_t ldc) const {
     if (m == 0) return;
     if (!ready_) prepare();               // on first use: a cell builds some it never calls
     if (kind_ == GemmKind::kBrgemm && (beta == 0.0f || beta == 1.0f)) {
-      for (int64_t k0 = 0; k0 < k_; k0 += kKBlock)                  // K in cache-sized blocks
-        at::native::cpublas::brgemm(m, n_, std::min(kKBlock, k_ - k0), lda, ldb_, ldc,
-                                    beta != 0.0f || k0 > 0, A + k0, B_ + k0 * ldb_, C, false);
+      if (parts_ <= 1) {
+        brgemm_cols(m, 0, n_, A, lda, beta, C, ldc);
+      } else {                                     // one block of columns per thread
+        const int64_t width = ((n_ + parts_ - 1) / parts_ + 15) / 16 * 16;
+        at::parallel_for(0, parts_, 1, [&](int64_t p0, int64_t p1) {
+          for (int64_t p = p0; p < p1; ++p) {
+            const int64_t j0 = p * width;
+            if (j0 < n_) brgemm_cols(m, j0, std::min(width, n_ - j0), A, lda, beta, C, ldc);
+          }
+        });
+      }
     } else if (kind_ == GemmKind::kPacked) {
       cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, m, n_, k_, A, lda, right_.data(),
                           ldw_, beta, C, ldc);
@@ -213,6 +224,15 @@ class WeightGemm<float> {
   }
 
  private:
+  // columns [j0, j0 + cols) of C, K in cache-sized blocks
+  void brgemm_cols(int64_t m, int64_t j0, int64_t cols, const float* A, int64_t lda, float beta,
+                   float* C, int64_t ldc) const {
+    for (int64_t k0 = 0; k0 < k_; k0 += kKBlock)
+      at::native::cpublas::brgemm(m, cols, std::min(kKBlock, k_ - k0), lda, ldb_, ldc,
+                                  beta != 0.0f || k0 > 0, A + k0, B_ + k0 * ldb_ + j0,
+                                  C + j0, false);
+  }
+
   // brgemm: the (k×n) row-major right operand (Wᵀ copied in 32×32 tiles if transposed);
   // packed: MKL's packed W. Once per object, i.e. once per layer call.
   void prepare() const {
@@ -250,6 +270,7 @@ class WeightGemm<float> {
   bool transposed_;
   int64_t n_, k_, ldw_, max_m_;
   GemmKind kind_ = GemmKind::kBlas;
+  int64_t parts_ = 1;                  // column blocks split over threads
   mutable bool ready_ = false;
   mutable std::vector<float> right_;
   mutable const float* B_ = nullptr;
