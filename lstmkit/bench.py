@@ -204,11 +204,31 @@ def train_step(module: nn.Module, inp: Inputs) -> None:
 
 
 # -- timing -----------------------------------------------------------------------------
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = {"name": "wall"}
+
+
+@contextlib.contextmanager
+def using_clock(name: str) -> Iterator[None]:
+    """Time with ``name`` inside this block: ``"wall"`` (default) or ``"cpu"``, the CPU time
+    of the process (on a loaded machine, with one thread, the work done rather than the
+    waiting for a core; with several threads it adds up their times)."""
+    if name not in CLOCKS:
+        raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {name!r}")
+    saved = _clock["name"]
+    _clock["name"] = name
+    try:
+        yield
+    finally:
+        _clock["name"] = saved
+
+
 def _time_ms(fn: Callable[[], object]) -> float:
     gc.collect()
-    start = time.perf_counter()
+    clock = CLOCKS[_clock["name"]]
+    start = clock()
     fn()
-    return 1e3 * (time.perf_counter() - start)
+    return 1e3 * (clock() - start)
 
 
 def measure_times(tasks: dict[str, dict[str, Callable[[], object]]], repeats: int,
@@ -624,7 +644,8 @@ def environment(backend: str, repeats: int, peak: dict | None = None) -> dict:
             "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(), "backend": backend, "repeats": repeats,
             "warmup": WARMUP, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "extra_backends": extra_backends()}
+            "extra_backends": extra_backends(), "clock": _clock["name"],
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     if peak is not None:
         meta["sgemm_peak"] = peak
     return meta
@@ -633,11 +654,19 @@ def environment(backend: str, repeats: int, peak: dict | None = None) -> dict:
 def run_benchmark(configs: Sequence[Config], *, backend: str = "fused_cpp", repeats: int = 5,
                   reference: bool | None = None,
                   on_result: Callable[[dict], None] | None = None,
-                  peak: dict | None = None, inference: bool = False) -> dict:
+                  peak: dict | None = None, inference: bool = False,
+                  clock: str = "wall") -> dict:
     """Benchmark every configuration (``inference``: forward only, with onnxruntime);
     ``on_result`` sees each row as it is done. ``peak``: the :func:`sgemm_peak` measured
     before (None: measure it now); it is measured again at the end (``sgemm_peak_after``
-    in the metadata: how much the machine's speed drifted during the run)."""
+    in the metadata: how much the machine's speed drifted during the run). ``clock``: see
+    :func:`using_clock` (the peak passed in should be measured with the same clock)."""
+    with using_clock(clock):
+        return _run_benchmark(configs, backend, repeats, reference, on_result, peak,
+                              inference)
+
+
+def _run_benchmark(configs, backend, repeats, reference, on_result, peak, inference) -> dict:
     peak = peak or sgemm_peak()
     meta = environment(backend, repeats, peak)
     meta["kind"] = "inference" if inference else "training"
@@ -758,7 +787,8 @@ def format_row(r: dict) -> str:
 def format_meta(meta: dict) -> str:
     text = (f"lstmkit {meta['lstmkit']} (backend={meta['backend']}) vs torch {meta['torch']}; "
             f"{meta['cpu_model']}, {meta['threads']} threads; float32; median of "
-            f"{meta['repeats']} runs after {meta['warmup']} warm-up, interleaved")
+            f"{meta['repeats']} runs after {meta['warmup']} warm-up, interleaved; "
+            f"{meta.get('clock', 'wall')} clock")
     peak = meta.get("sgemm_peak")
     if peak:
         text += (f"\nsgemm peak ({peak['n']}³ torch.mm, {peak['threads']} threads, best of "

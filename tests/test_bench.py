@@ -292,3 +292,14 @@ def test_cli_bench_inference(capsys, monkeypatch, tmp_path):
     assert data["meta"]["sgemm_peak_after"]["gflop_per_s"] > 0
     row = data["results"][0]
     assert row["impls"]["onnxruntime"]["max_err"] < 1e-5
+
+
+def test_cpu_clock(small_peak):
+    with pytest.raises(ValueError, match="clock must be one of"):
+        with bench.using_clock("sundial"):
+            pass
+    data = bench.run_benchmark([TINY], repeats=1, reference=False, peak=small_peak,
+                               clock="cpu")
+    assert data["meta"]["clock"] == "cpu" and "cpu clock" in bench.format_meta(data["meta"])
+    assert data["results"][0]["impls"]["lstmkit"]["fb_ms"] > 0
+    assert bench._clock["name"] == "wall"                   # restored afterwards

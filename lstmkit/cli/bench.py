@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scans", action="store_true",
                         help="instead: minGRU and minLSTM trained by their scan against their "
                              "sequential loop and torch.nn.GRU/LSTM of the same size")
+    parser.add_argument("--clock", choices=tuple(bench.CLOCKS), default="wall",
+                        help="wall time, or cpu: CPU time of the process (with one thread on "
+                             "a loaded machine: the work, not the waiting; sums threads)")
     parser.add_argument("--inference", action="store_true",
                         help="instead: forward only (no_grad) against torch.nn and "
                              "onnxruntime on the same weights (LSTM, peephole, GRU, RNN)")
@@ -58,11 +61,13 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     reference = {"auto": None, "all": True, "none": False}[args.reference]
-    peak = bench.sgemm_peak()
-    print(bench.format_meta(bench.environment(args.backend, args.repeats, peak)))
+    with bench.using_clock(args.clock):
+        peak = bench.sgemm_peak()
+        print(bench.format_meta(bench.environment(args.backend, args.repeats, peak)))
     print(bench.format_header(args.inference), flush=True)
     data = bench.run_benchmark(configs, backend=args.backend, repeats=args.repeats,
                                reference=reference, peak=peak, inference=args.inference,
+                               clock=args.clock,
                                on_result=lambda r: print(bench.format_row(r), flush=True))
     print(bench.INFERENCE_FOOTNOTE if args.inference else bench.FOOTNOTE)
     after = data["meta"]["sgemm_peak_after"]["gflop_per_s"]
