@@ -125,10 +125,9 @@ constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMa
 //    to the BLAS where oneDNN's micro-kernels are unavailable. The weight is laid out once per
 //    call as its (k×n) row-major right operand (transposed if needed), the kernel for each
 //    (m, n, k) is generated once per process. It runs on the calling thread only.
-//    Measured here (AMD EPYC with AVX-512, one thread, same process; MKL takes its generic
-//    AVX2 "zen" kernels on this CPU): 16×128·128×512 20 µs vs MKL sgemm 38 µs and MKL packed
-//    59 µs; 64×256·256×1024 309 vs 712 µs; 16×512·512×128 13 vs 56 µs; 32×1024·1024×4096
-//    5.5 vs 9.5 ms.
+//    Measured here (AMD EPYC with AVX-512, one thread; MKL runs its generic "zen" path on
+//    this CPU; benchmarks/small_gemm_probe.py, noisy): 16×128·128×512 17 µs vs MKL sgemm
+//    37 µs and MKL packed 45 µs; 16×512·512×128 17 vs 50 µs; 64×256·256×1024 309 vs 624 µs.
 //  * kPacked / kBlas: MKL, which splits a GEMM over torch's threads.
 // LSTMKIT_GEMM=blas|brgemm forces one (blas: MKL, packed from kPackMinElements on, as before
 // brgemm was used; it also sends the layer's large GEMMs back to torch, see
@@ -147,7 +146,7 @@ inline bool mkl_pack_available() {
   return cblas_sgemm_pack_get_size && cblas_sgemm_pack && cblas_sgemm_compute;
 }
 
-inline GemmKind choose_gemm(int64_t max_m, int64_t n, int64_t k, bool dense) {
+inline GemmKind choose_gemm(int64_t n, int64_t k, bool dense) {
   const char* env = std::getenv("LSTMKIT_GEMM");
   const std::string mode = env ? env : "auto";
   TORCH_CHECK(mode == "auto" || mode == "blas" || mode == "brgemm" || mode.empty(),
@@ -189,7 +188,7 @@ class WeightGemm<float> {
              int64_t ldw = 0)
       : W_(W), transposed_(transposed), n_(n), k_(k), ldw_(ldw ? ldw : (transposed ? k : n)),
         max_m_(max_m) {
-    if (W && max_m > 0) kind_ = choose_gemm(max_m, n, k, ldw_ == (transposed ? k : n));
+    if (W && max_m > 0) kind_ = choose_gemm(n, k, ldw_ == (transposed ? k : n));
     const int64_t threads = at::get_num_threads();
     if (threads > 1 && max_m * n * k >= kSplitWork && n >= 128)
       parts_ = std::min<int64_t>(threads, n / 64);
