@@ -428,7 +428,7 @@ def _try_backend(module: nn.Module, run: Callable[[], object]) -> str | None:
     """None if ``run()`` works, else why not (an extra backend may not take every row)."""
     try:
         run()
-    except (ValueError, RuntimeError, NotImplementedError, TypeError) as e:
+    except (ValueError, RuntimeError, NotImplementedError, TypeError, ImportError, OSError) as e:
         return f"{module.backend} cannot run this row: {type(e).__name__}: {e}"[:300]
     return None
 
