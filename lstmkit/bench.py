@@ -12,7 +12,22 @@ For each configuration (cell, T, B, I = H) it measures, in one process:
   (``backend="reference"``, the same weights in float64);
 * the GEMM share: the time of the same GEMMs alone (the input projection, the per-step
   recurrent GEMMs forward and backward, the weight/input-gradient GEMMs) over lstmkit's
-  forward+backward time.
+  forward+backward time;
+* the share of the machine's float32 GEMM peak each implementation reaches: the training
+  FLOPs 3·2·N·G·H·(I + H) of the row (N = T·B rows; :func:`train_gflop`) over its time, against
+  the rate of one 2048³ ``torch.mm`` measured in the same run at the same thread count
+  (:func:`sgemm_peak`).
+
+With ``inference=True`` (``lstmkit bench --inference``) it times the forward pass alone
+under ``torch.no_grad()`` (:func:`bench_inference_config`): lstmkit, torch.nn and
+onnxruntime's CPU session on the same weights (exported by
+:func:`lstmkit.interop.onnx.export_module`, intra-op threads = torch's threads), with the
+error of each against the float64 reference and its share of the GEMM peak (2·N·G·H·(I + H)
+FLOPs).
+
+Any extra lstmkit backend named in :data:`EXTRA_BACKENDS` (``"onednn"``) that
+``lstmkit.ops.BACKENDS`` lists at run time is timed as one more implementation: the same
+lstmkit module with ``backend`` set to it.
 
 Implementations: lstmkit (``backend="fused_cpp"`` or ``"fused_py"``), torch.nn (the same
 configuration where torch.nn has it; torch.nn.LSTM of the same size for peephole and
@@ -21,6 +36,7 @@ T·B·H <= 100·16·128).
 
     python benchmarks/run.py [--quick] [--only S] [--repeats N] [--threads N] [--json PATH]
     lstmkit bench ...                               (the same options)
+    lstmkit bench --inference ...                   (forward only, with onnxruntime)
 """
 
 from __future__ import annotations
@@ -34,7 +50,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 
 import torch
@@ -43,10 +59,13 @@ from torch._C._profiler import _EventType  # the profiler event tree: every allo
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import lstmkit
+from lstmkit import ops
 
 REFERENCE_LIMIT = 100 * 16 * 128        # T·B·H up to which the reference loop runs by default
 BACKENDS = ("fused_cpp", "fused_py")
+EXTRA_BACKENDS = ("onednn",)            # timed as a column when lstmkit.ops.BACKENDS has it
 WARMUP = 2
+PEAK_N = 2048                           # the sgemm whose rate is the peak: PEAK_N³
 
 
 @dataclass(frozen=True)
@@ -185,11 +204,31 @@ def train_step(module: nn.Module, inp: Inputs) -> None:
 
 
 # -- timing -----------------------------------------------------------------------------
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = {"name": "wall"}
+
+
+@contextlib.contextmanager
+def using_clock(name: str) -> Iterator[None]:
+    """Time with ``name`` inside this block: ``"wall"`` (default) or ``"cpu"``, the CPU time
+    of the process (on a loaded machine, with one thread, the work done rather than the
+    waiting for a core; with several threads it adds up their times)."""
+    if name not in CLOCKS:
+        raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {name!r}")
+    saved = _clock["name"]
+    _clock["name"] = name
+    try:
+        yield
+    finally:
+        _clock["name"] = saved
+
+
 def _time_ms(fn: Callable[[], object]) -> float:
     gc.collect()
-    start = time.perf_counter()
+    clock = CLOCKS[_clock["name"]]
+    start = clock()
     fn()
-    return 1e3 * (time.perf_counter() - start)
+    return 1e3 * (clock() - start)
 
 
 def measure_times(tasks: dict[str, dict[str, Callable[[], object]]], repeats: int,
@@ -255,6 +294,59 @@ def train_gflop(cfg: Config, batch_sizes: Sequence[int]) -> float:
     if cfg.proj:
         flop += 3 * 2 * sum(batch_sizes) * cfg.H * Ho
     return flop / 1e9
+
+
+def infer_gflop(cfg: Config, batch_sizes: Sequence[int]) -> float:
+    """The forward pass alone: a third of :func:`train_gflop` (2·N·G·H·(I + H_out))."""
+    return train_gflop(cfg, batch_sizes) / 3
+
+
+def baseline_config(cfg: Config) -> Config:
+    """What torch.nn runs for ``cfg``: the same, or the plain LSTM of the same size."""
+    return cfg if cfg.torch_has_it else replace(cfg, variant="")
+
+
+_peaks: dict[tuple[int, int], dict] = {}
+
+
+def sgemm_peak(n: int | None = None, repeats: int = 3, cached: bool = False) -> dict:
+    """The machine's float32 GEMM rate at torch's current thread count: the fastest of
+    ``repeats`` ``torch.mm`` of two n×n matrices into a preallocated output (one warm-up
+    first), as 2·n³ FLOPs over its time. ``cached``: reuse an earlier measurement at the same
+    thread count and size (one per process). ``n``: default :data:`PEAK_N`."""
+    n = PEAK_N if n is None else n
+    if n < 1 or repeats < 1:
+        raise ValueError(f"sgemm_peak needs n >= 1 and repeats >= 1, got n={n}, "
+                         f"repeats={repeats}")
+    key = (torch.get_num_threads(), n)
+    if cached and key in _peaks:
+        return _peaks[key]
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    out = torch.empty(n, n)
+    torch.mm(a, b, out=out)
+    runs = [_time_ms(partial(torch.mm, a, b, out=out)) for _ in range(repeats)]
+    best = min(runs)
+    _peaks[key] = peak = {"n": n, "threads": key[0], "ms": best, "ms_runs": runs,
+                          "gflop_per_s": 2 * n ** 3 / best / 1e6}
+    return peak
+
+
+def pct_of_peak(gflop: float, ms: float, peak_gflop_per_s: float) -> float:
+    """The rate ``gflop`` in ``ms`` milliseconds as a percentage of the peak rate."""
+    return 100 * gflop / (ms / 1e3) / peak_gflop_per_s
+
+
+def extra_backends() -> list[str]:
+    """The backends of :data:`EXTRA_BACKENDS` this lstmkit has (``lstmkit.ops.BACKENDS``)."""
+    return [b for b in EXTRA_BACKENDS if b in ops.BACKENDS]
+
+
+def backend_twin(module: nn.Module, backend: str) -> nn.Module:
+    """A copy of the lstmkit ``module`` (same weights) running ``backend``."""
+    twin = copy.deepcopy(module)
+    twin.backend = backend
+    return twin
 
 
 # -- memory -----------------------------------------------------------------------------
@@ -327,26 +419,49 @@ def _impl_result(times: dict[str, list[float]], module: nn.Module, inp: Inputs,
 
 def _describe(module: nn.Module) -> str:
     package = "lstmkit" if type(module) in _LSTMKIT.values() else "torch.nn"
-    return f"{package}.{type(module).__name__}({module.extra_repr()})"
+    backend = getattr(module, "backend", None)
+    extra = f", backend={backend!r}" if package == "lstmkit" and backend else ""
+    return f"{package}.{type(module).__name__}({module.extra_repr()}{extra})"
+
+
+def _try_backend(module: nn.Module, run: Callable[[], object]) -> str | None:
+    """None if ``run()`` works, else why not (an extra backend may not take every row)."""
+    try:
+        run()
+    except (ValueError, RuntimeError, NotImplementedError, TypeError, ImportError, OSError) as e:
+        return f"{module.backend} cannot run this row: {type(e).__name__}: {e}"[:300]
+    return None
 
 
 def bench_config(cfg: Config, *, backend: str = "fused_cpp", repeats: int = 5,
-                 warmup: int = WARMUP, reference: bool | None = None) -> dict:
+                 warmup: int = WARMUP, reference: bool | None = None,
+                 peak: dict | None = None) -> dict:
     """Every measurement for one configuration, as a JSON-ready dict.
 
     ``reference``: time the float32 reference loop too (None: only for small configs).
+    ``peak``: the :func:`sgemm_peak` the percentages refer to (None: measure it now, once
+    per process and thread count).
     """
+    peak = peak or sgemm_peak(cached=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LSTM with projections is not supported")
-        return _bench_config(cfg, backend, repeats, warmup, reference)
+        return _bench_config(cfg, backend, repeats, warmup, reference, peak)
 
 
 def _bench_config(cfg: Config, backend: str, repeats: int, warmup: int,
-                  reference: bool | None) -> dict:
+                  reference: bool | None, peak: dict) -> dict:
     ours, baseline = build_models(cfg, backend)
     inp = make_inputs(cfg)
     expected = forward(reference_twin(ours, torch.float64), inp.as_dtype(torch.float64))
     models = {"lstmkit": ours, "torch": baseline}
+    skipped = {}
+    for extra in extra_backends():
+        twin = backend_twin(ours, extra)
+        why = _try_backend(twin, partial(train_step, twin, inp))
+        if why is None:
+            models[extra] = twin
+        else:
+            skipped[extra] = {"skipped": True, "reason": why}
     if cfg.small if reference is None else reference:
         models["reference"] = reference_twin(ours, torch.float32)
     buffers = gemm_buffers(cfg, inp.batch_sizes)
@@ -359,25 +474,156 @@ def _bench_config(cfg: Config, backend: str, repeats: int, warmup: int,
     impls["torch"]["same_function"] = cfg.torch_has_it
     impls.setdefault("reference", {"skipped": True,
                                    "reason": f"T·B·H > {REFERENCE_LIMIT} (use --reference all)"})
-    return _summarise(cfg, backend, impls, times["gemm"]["fb"], inp.batch_sizes)
+    impls.update(skipped)
+    return _summarise(cfg, backend, impls, times["gemm"]["fb"], inp.batch_sizes, peak)
 
 
 def _summarise(cfg: Config, backend: str, impls: dict, gemm_runs: list[float],
-               batch_sizes: list[int]) -> dict:
+               batch_sizes: list[int], peak: dict) -> dict:
     ours = impls["lstmkit"]
     gemm_ms = statistics.median(gemm_runs)
     ref = impls["reference"]
     gflop = train_gflop(cfg, batch_sizes)
+    rate = peak["gflop_per_s"]
+    for name, impl in impls.items():
+        if impl.get("skipped"):
+            continue
+        # torch.nn runs the plain LSTM for a variant row: its own FLOPs
+        impl["train_gflop"] = (train_gflop(baseline_config(cfg), batch_sizes)
+                               if name == "torch" else gflop)
+        impl["pct_of_peak"] = pct_of_peak(impl["train_gflop"], impl["fb_ms"], rate)
+    ratios = {"lstmkit_over_torch_fb": ours["fb_ms"] / impls["torch"]["fb_ms"],
+              "lstmkit_over_torch_fwd": ours["fwd_ms"] / impls["torch"]["fwd_ms"],
+              "lstmkit_over_reference_fb": (None if ref.get("skipped")
+                                            else ours["fb_ms"] / ref["fb_ms"]),
+              "lstmkit_over_torch_peak_mb": ours["peak_mb"] / impls["torch"]["peak_mb"]}
+    for extra in extra_backends():
+        e = impls.get(extra, {"skipped": True})
+        ratios[f"{extra}_over_torch_fb"] = (None if e.get("skipped")
+                                            else e["fb_ms"] / impls["torch"]["fb_ms"])
     return {
         "name": cfg.name, "config": asdict(cfg), "backend": backend, "rows": sum(batch_sizes),
         "impls": impls,
         "gemm": {"ms": gemm_ms, "ms_runs": gemm_runs, "share": gemm_ms / ours["fb_ms"]},
         "train_gflop": gflop, "lstmkit_gflop_per_s": gflop / (ours["fb_ms"] / 1e3),
-        "ratios": {"lstmkit_over_torch_fb": ours["fb_ms"] / impls["torch"]["fb_ms"],
-                   "lstmkit_over_torch_fwd": ours["fwd_ms"] / impls["torch"]["fwd_ms"],
-                   "lstmkit_over_reference_fb": (None if ref.get("skipped")
-                                                 else ours["fb_ms"] / ref["fb_ms"])},
+        "sgemm_peak_gflop_per_s": rate,
+        "ratios": ratios,
     }
+
+
+# -- forward only (inference) ----------------------------------------------------------
+INFERENCE_MATRIX = (
+    Config("lstm", 50, 1, 64), Config("lstm", 100, 16, 128), Config("lstm", 150, 64, 256),
+    Config("lstm", 100, 16, 128, variant="peephole"),
+    Config("lstm", 150, 64, 256, variant="peephole"),
+    Config("gru", 100, 16, 128), Config("gru", 150, 64, 256),
+    Config("rnn", 100, 16, 128), Config("rnn", 150, 64, 256),
+)
+INFERENCE_QUICK = (
+    Config("lstm", 50, 1, 64), Config("lstm", 100, 16, 128),
+    Config("lstm", 100, 16, 128, variant="peephole"), Config("gru", 100, 16, 128),
+    Config("rnn", 100, 16, 128),
+)
+
+
+def onnxruntime_runner(module: nn.Module, x: Tensor) -> tuple[Callable[[], object] | None, str]:
+    """(a function running ``module``'s forward in onnxruntime on ``x``, "") — the module
+    exported by :func:`lstmkit.interop.onnx.export_module` (same weights), one CPU session
+    with intra-op threads = torch's threads — or (None, why not)."""
+    try:
+        import onnxruntime as ort
+
+        from lstmkit.interop import onnx as lk_onnx
+    except ImportError as e:
+        return None, f"onnxruntime or onnx is not installed ({e}); pip install onnx onnxruntime"
+    import tempfile
+    from pathlib import Path
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            model = lk_onnx.export_module(module, Path(folder) / "model.onnx").read_bytes()
+    except ValueError as e:                  # no ONNX operator for it (e.g. a projection)
+        return None, f"no ONNX export: {e}"[:300]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    feed = {"input": x.detach().contiguous().numpy()}
+    return partial(session.run, ["output"], feed), ""
+
+
+def bench_inference_config(cfg: Config, *, backend: str = "fused_cpp", repeats: int = 5,
+                           warmup: int = WARMUP, peak: dict | None = None) -> dict:
+    """Forward-only times (``torch.no_grad()``) of one configuration, as a JSON-ready dict:
+    lstmkit, torch.nn (plain LSTM of the same size for a variant, marked), onnxruntime on the
+    same weights and any :func:`extra_backends`, interleaved as in :func:`measure_times`;
+    each with its error against the float64 reference and its share of the sgemm peak."""
+    if cfg.packed:
+        raise ValueError(f"the inference benchmark takes padded input; {cfg.name} is packed")
+    peak = peak or sgemm_peak(cached=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LSTM with projections is not supported")
+        ours, baseline = build_models(cfg, backend)
+        x = make_inputs(cfg).leaf.detach()
+        expected = forward(reference_twin(ours, torch.float64), x.double())
+        models: dict[str, nn.Module] = {"lstmkit": ours, "torch": baseline}
+        impls: dict[str, dict] = {}
+        for extra in extra_backends():
+            twin = backend_twin(ours, extra)
+            why = _try_backend(twin, partial(forward, twin, x))
+            if why is None:
+                models[extra] = twin
+            else:
+                impls[extra] = {"skipped": True, "reason": why}
+        tasks = {n: {"fwd": partial(forward, m, x)} for n, m in models.items()}
+        ort_run, why = onnxruntime_runner(ours, x)
+        if ort_run is not None:
+            tasks["onnxruntime"] = {"fwd": ort_run}
+        else:
+            impls["onnxruntime"] = {"skipped": True, "reason": why}
+        times = measure_times(tasks, repeats, warmup)
+        for name, m in models.items():
+            same = name != "torch" or cfg.torch_has_it
+            err = (forward(m, x).double() - expected).abs().max().item() if same else None
+            impls[name] = {"module": _describe(m), "max_err": err}
+        if ort_run is not None:
+            out = torch.from_numpy(ort_run()[0]).reshape(expected.shape)
+            impls["onnxruntime"] = {"module": f"onnxruntime {_ort_version()} CPU session of "
+                                              f"{_describe(ours)}",
+                                    "max_err": (out.double() - expected).abs().max().item()}
+    gflop = infer_gflop(cfg, [cfg.B] * cfg.T)
+    rate = peak["gflop_per_s"]
+    for name, runs in times.items():
+        impl = impls[name]
+        impl["fwd_ms_runs"] = runs["fwd"]
+        impl["fwd_ms"] = statistics.median(runs["fwd"])
+        impl["infer_gflop"] = (infer_gflop(baseline_config(cfg), [cfg.B] * cfg.T)
+                               if name == "torch" else gflop)
+        impl["pct_of_peak"] = pct_of_peak(impl["infer_gflop"], impl["fwd_ms"], rate)
+    impls["torch"]["same_function"] = cfg.torch_has_it
+    ours_ms = impls["lstmkit"]["fwd_ms"]
+    ratios = {f"lstmkit_over_{n}": (None if impls[n].get("skipped")
+                                    else ours_ms / impls[n]["fwd_ms"])
+              for n in ("torch", "onnxruntime")}
+    for extra in extra_backends():
+        for n in ("torch", "onnxruntime"):
+            ok = not impls[extra].get("skipped") and not impls[n].get("skipped")
+            ratios[f"{extra}_over_{n}"] = (impls[extra]["fwd_ms"] / impls[n]["fwd_ms"]
+                                           if ok else None)
+    return {"name": cfg.name, "config": asdict(cfg), "backend": backend, "rows": cfg.T * cfg.B,
+            "kind": "inference", "infer_gflop": gflop, "sgemm_peak_gflop_per_s": rate,
+            "impls": impls, "ratios": ratios}
+
+
+def _ort_version() -> str:
+    import onnxruntime
+    return onnxruntime.__version__
+
+
+def select_inference_configs(quick: bool = False, only: str | None = None) -> list[Config]:
+    """The inference matrix (or its quick part), keeping the rows whose name contains
+    ``only``."""
+    configs = INFERENCE_QUICK if quick else INFERENCE_MATRIX
+    return [c for c in configs if not only or only.lower() in c.name.lower()]
 
 
 # -- the whole run ----------------------------------------------------------------------
@@ -392,64 +638,178 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(backend: str, repeats: int) -> dict:
-    return {"lstmkit": lstmkit.__version__, "torch": torch.__version__,
+def environment(backend: str, repeats: int, peak: dict | None = None) -> dict:
+    meta = {"lstmkit": lstmkit.__version__, "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(), "backend": backend, "repeats": repeats,
-            "warmup": WARMUP, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "warmup": WARMUP, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "extra_backends": extra_backends(), "clock": _clock["name"],
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    if peak is not None:
+        meta["sgemm_peak"] = peak
+    return meta
 
 
 def run_benchmark(configs: Sequence[Config], *, backend: str = "fused_cpp", repeats: int = 5,
                   reference: bool | None = None,
-                  on_result: Callable[[dict], None] | None = None) -> dict:
-    """Benchmark every configuration; ``on_result`` sees each row as it is done."""
-    meta = environment(backend, repeats)
+                  on_result: Callable[[dict], None] | None = None,
+                  peak: dict | None = None, inference: bool = False,
+                  clock: str = "wall") -> dict:
+    """Benchmark every configuration (``inference``: forward only, with onnxruntime);
+    ``on_result`` sees each row as it is done. ``peak``: the :func:`sgemm_peak` measured
+    before (None: measure it now); it is measured again at the end (``sgemm_peak_after``
+    in the metadata: how much the machine's speed drifted during the run). ``clock``: see
+    :func:`using_clock` (the peak passed in should be measured with the same clock)."""
+    with using_clock(clock):
+        return _run_benchmark(configs, backend, repeats, reference, on_result, peak,
+                              inference)
+
+
+def _run_benchmark(configs, backend, repeats, reference, on_result, peak, inference) -> dict:
+    peak = peak or sgemm_peak()
+    meta = environment(backend, repeats, peak)
+    meta["kind"] = "inference" if inference else "training"
     results = []
     for cfg in configs:
-        results.append(bench_config(cfg, backend=backend, repeats=repeats,
-                                    reference=reference))
+        if inference:
+            results.append(bench_inference_config(cfg, backend=backend, repeats=repeats,
+                                                  peak=peak))
+        else:
+            results.append(bench_config(cfg, backend=backend, repeats=repeats,
+                                        reference=reference, peak=peak))
         if on_result is not None:
             on_result(results[-1])
+    meta["sgemm_peak_after"] = sgemm_peak(n=peak["n"])
     return {"meta": meta, "results": results}
 
 
 # -- the table --------------------------------------------------------------------------
-COLUMNS = (("config", 30), ("lk fwd ms", 10), ("lk f+b ms", 10), ("torch f+b ms", 13),
-           ("lk/torch", 9), ("lk/ref", 8), ("peak MB lk/torch", 17), ("max err", 9),
-           ("gemm share", 10))
+def _ms(impl: dict, key: str, star: str = "") -> str:
+    return "skipped" if impl.get("skipped") else f"{impl[key]:.2f}{star}"
 
 
-def format_header() -> str:
-    head = "  ".join(f"{name:>{w}}" if i else f"{name:<{w}}"
-                     for i, (name, w) in enumerate(COLUMNS))
+def _ratio(x: float | None, digits: int = 2) -> str:
+    return "skipped" if x is None else f"{x:.{digits}f}"
+
+
+def _pct(impl: dict) -> str:
+    if impl.get("skipped"):
+        return "skipped"
+    pct = impl["pct_of_peak"]
+    return f"{pct:.1f}%" if pct < 10 else f"{pct:.0f}%"
+
+
+def _star(r: dict) -> str:
+    return "" if r["impls"]["torch"]["same_function"] else "*"
+
+
+Column = tuple[str, int, Callable[[dict], str]]
+
+
+def columns(extras: Sequence[str] | None = None) -> list[Column]:
+    """The training table's columns: (header, width, cell of a result); one f+b time and
+    ratio per extra backend (default: :func:`extra_backends`)."""
+    extras = extra_backends() if extras is None else extras
+    lk = lambda r: r["impls"]["lstmkit"]                                   # noqa: E731
+    th = lambda r: r["impls"]["torch"]                                     # noqa: E731
+    cols: list[Column] = [
+        ("config", 30, lambda r: r["name"]),
+        ("lk fwd ms", 10, lambda r: f"{lk(r)['fwd_ms']:.2f}"),
+        ("lk f+b ms", 10, lambda r: f"{lk(r)['fb_ms']:.2f}"),
+        ("torch f+b ms", 13, lambda r: _ms(th(r), "fb_ms", _star(r))),
+        ("lk/torch", 9, lambda r: _ratio(r["ratios"]["lstmkit_over_torch_fb"])),
+    ]
+    for e in extras:
+        cols += [(f"{e} f+b ms", max(10, len(e) + 7),
+                  lambda r, e=e: _ms(r["impls"].get(e, {"skipped": True}), "fb_ms")),
+                 (f"{e}/torch", max(9, len(e) + 6),
+                  lambda r, e=e: _ratio(r["ratios"].get(f"{e}_over_torch_fb")))]
+    cols += [
+        ("lk/ref", 8, lambda r: _ratio(r["ratios"]["lstmkit_over_reference_fb"], 3)),
+        ("lk %pk", 7, lambda r: _pct(lk(r))),
+        ("torch %pk", 9, lambda r: _pct(th(r))),
+        ("peak MB lk/torch", 17, lambda r: f"{lk(r)['peak_mb']:.1f}/{th(r)['peak_mb']:.1f}"),
+        ("mem lk/torch", 12, lambda r: _ratio(r["ratios"]["lstmkit_over_torch_peak_mb"])),
+        ("max err", 9, lambda r: f"{lk(r)['max_err']:.1e}"),
+        ("gemm share", 10, lambda r: f"{r['gemm']['share']:.0%}"),
+    ]
+    return cols
+
+
+def inference_columns(extras: Sequence[str] | None = None) -> list[Column]:
+    """The inference table's columns (see :func:`columns`)."""
+    extras = extra_backends() if extras is None else extras
+    imp = lambda r, n: r["impls"].get(n, {"skipped": True})                # noqa: E731
+    cols: list[Column] = [
+        ("config", 30, lambda r: r["name"]),
+        ("lk ms", 8, lambda r: _ms(imp(r, "lstmkit"), "fwd_ms")),
+        ("torch ms", 9, lambda r: _ms(imp(r, "torch"), "fwd_ms", _star(r))),
+        ("ort ms", 8, lambda r: _ms(imp(r, "onnxruntime"), "fwd_ms")),
+    ]
+    cols += [(f"{e} ms", max(8, len(e) + 3), lambda r, e=e: _ms(imp(r, e), "fwd_ms"))
+             for e in extras]
+    cols += [
+        ("lk/torch", 9, lambda r: _ratio(r["ratios"]["lstmkit_over_torch"])),
+        ("lk/ort", 7, lambda r: _ratio(r["ratios"]["lstmkit_over_onnxruntime"])),
+    ]
+    cols += [(f"{e}/ort", max(7, len(e) + 4),
+              lambda r, e=e: _ratio(r["ratios"].get(f"{e}_over_onnxruntime")))
+             for e in extras]
+    cols += [
+        ("lk %pk", 7, lambda r: _pct(imp(r, "lstmkit"))),
+        ("torch %pk", 9, lambda r: _pct(imp(r, "torch"))),
+        ("ort %pk", 8, lambda r: _pct(imp(r, "onnxruntime"))),
+        ("lk err", 8, lambda r: f"{imp(r, 'lstmkit')['max_err']:.1e}"),
+        ("ort err", 8, lambda r: ("skipped" if imp(r, "onnxruntime").get("skipped")
+                                  else f"{imp(r, 'onnxruntime')['max_err']:.1e}")),
+    ]
+    return cols
+
+
+def _line(cells: Sequence[str], cols: Sequence[Column]) -> str:
+    return "  ".join(f"{c:>{w}}" if i else f"{c:<{w}}"
+                     for i, (c, (_, w, _f)) in enumerate(zip(cells, cols)))
+
+
+def format_header(inference: bool = False) -> str:
+    cols = inference_columns() if inference else columns()
+    head = _line([name for name, _, _ in cols], cols)
     return head + "\n" + "-" * len(head)
 
 
 def format_row(r: dict) -> str:
-    ours, theirs = r["impls"]["lstmkit"], r["impls"]["torch"]
-    ref_ratio = r["ratios"]["lstmkit_over_reference_fb"]
-    star = "" if theirs["same_function"] else "*"
-    cells = (r["name"], f"{ours['fwd_ms']:.2f}", f"{ours['fb_ms']:.2f}",
-             f"{theirs['fb_ms']:.2f}{star}", f"{r['ratios']['lstmkit_over_torch_fb']:.2f}",
-             "skipped" if ref_ratio is None else f"{ref_ratio:.3f}",
-             f"{ours['peak_mb']:.1f}/{theirs['peak_mb']:.1f}", f"{ours['max_err']:.1e}",
-             f"{r['gemm']['share']:.0%}")
-    return "  ".join(f"{c:>{w}}" if i else f"{c:<{w}}"
-                     for i, (c, (_, w)) in enumerate(zip(cells, COLUMNS)))
+    """One result as a table line (training or inference, by the result's kind)."""
+    cols = inference_columns() if r.get("kind") == "inference" else columns()
+    return _line([cell(r) for _, _, cell in cols], cols)
 
 
 def format_meta(meta: dict) -> str:
-    return (f"lstmkit {meta['lstmkit']} (backend={meta['backend']}) vs torch {meta['torch']}; "
+    text = (f"lstmkit {meta['lstmkit']} (backend={meta['backend']}) vs torch {meta['torch']}; "
             f"{meta['cpu_model']}, {meta['threads']} threads; float32; median of "
-            f"{meta['repeats']} runs after {meta['warmup']} warm-up, interleaved")
+            f"{meta['repeats']} runs after {meta['warmup']} warm-up, interleaved; "
+            f"{meta.get('clock', 'wall')} clock")
+    peak = meta.get("sgemm_peak")
+    if peak:
+        text += (f"\nsgemm peak ({peak['n']}³ torch.mm, {peak['threads']} threads, best of "
+                 f"{len(peak['ms_runs'])}): {peak['gflop_per_s']:.1f} GFLOP/s")
+    return text
 
 
 FOOTNOTE = ("fwd: forward under no_grad; f+b: forward+backward of (out*g).sum(), input "
             "requires grad; lk/ref: lstmkit over the float32 reference loop (f+b);\n"
-            "peak MB: memory torch allocates during one training step (profiler); max err: "
-            "lstmkit output vs the float64 reference loop;\n"
-            "gemm share: the step's GEMMs alone (torch.mm) over lstmkit f+b; "
+            "%pk: training FLOPs 3·2·N·G·H·(I+H) over the f+b time, as a share of the sgemm "
+            "peak above;\n"
+            "peak MB: memory torch allocates during one training step (profiler); mem lk/torch: "
+            "their ratio; max err: lstmkit output vs the float64 reference loop;\n"
+            "gemm share: the step's GEMMs alone through torch.mm (MKL) over lstmkit f+b (above "
+            "100%: lstmkit's GEMMs run on oneDNN's kernels, faster than MKL's);\n"
             "* torch.nn.LSTM of the same size (torch.nn has no such variant);\n"
             "torch.nn runs oneDNN for plain padded LSTM only: GRU, RNN, proj and packed "
             "take its per-step autograd path")
+
+INFERENCE_FOOTNOTE = (
+    "forward only under torch.no_grad(), median ms; ort: onnxruntime CPU session of the same "
+    "weights (lstmkit.interop.onnx),\nintra-op threads = torch's; %pk: 2·N·G·H·(I+H) FLOPs "
+    "over the time, as a share of the sgemm peak above; err: max |output − float64 "
+    "reference|;\n* torch.nn.LSTM of the same size (torch.nn has no such variant)")

@@ -133,3 +133,173 @@ def test_scan_rows_time_the_scan_against_its_loop_and_torch_nn(tmp_path, capsys,
                  "--json", str(path)]) == 0
     assert "minLSTM" in capsys.readouterr().out
     assert {r["cell"] for r in json.loads(path.read_text())["scans"]} == {"minLSTM"}
+
+
+# -- % of peak, memory ratio, inference, extra backends -----------------------------------
+@pytest.fixture(scope="module")
+def small_peak():
+    return bench.sgemm_peak(n=128, repeats=1)
+
+
+def test_sgemm_peak_is_the_rate_of_its_fastest_run():
+    p = bench.sgemm_peak(n=64, repeats=2)
+    assert p["n"] == 64 and len(p["ms_runs"]) == 2 and p["ms"] == min(p["ms_runs"])
+    assert p["gflop_per_s"] == pytest.approx(2 * 64 ** 3 / (p["ms"] / 1e3) / 1e9)
+    assert p["threads"] >= 1
+    assert bench.sgemm_peak(n=64, cached=True) is bench.sgemm_peak(n=64, cached=True)
+    with pytest.raises(ValueError, match="n >= 1"):
+        bench.sgemm_peak(n=0)
+
+
+def test_percent_of_peak_from_time_and_flops(small_peak):
+    cfg = bench.Config("lstm", 5, 2, 8, variant="coupled")
+    r = bench.bench_config(cfg, repeats=1, warmup=0, reference=False, peak=small_peak)
+    rate = small_peak["gflop_per_s"]
+    assert r["sgemm_peak_gflop_per_s"] == rate
+    # 3 · 2·T·B·G·H·(I + H): lstmkit's coupled LSTM has G = 3, torch.nn's plain LSTM G = 4
+    assert r["impls"]["lstmkit"]["train_gflop"] == pytest.approx(3 * 2 * 10 * 3 * 8 * 16 / 1e9)
+    assert r["impls"]["torch"]["train_gflop"] == pytest.approx(3 * 2 * 10 * 4 * 8 * 16 / 1e9)
+    for name in ("lstmkit", "torch"):
+        impl = r["impls"][name]
+        expected = 100 * impl["train_gflop"] / (impl["fb_ms"] / 1e3) / rate
+        assert impl["pct_of_peak"] == pytest.approx(expected)
+    shown = _cells(bench.format_row(r), bench.columns())
+    assert float(shown["lk %pk"].rstrip("%")) == pytest.approx(
+        r["impls"]["lstmkit"]["pct_of_peak"], abs=0.51)
+    assert float(shown["torch %pk"].rstrip("%")) == pytest.approx(
+        r["impls"]["torch"]["pct_of_peak"], abs=0.51)
+
+
+def _cells(line: str, cols) -> dict[str, str]:
+    """A table line cut into its fixed-width columns (two spaces apart)."""
+    cells, pos = {}, 0
+    for name, width, _ in cols:
+        cells[name] = line[pos:pos + width].strip()
+        pos += width + 2
+    return cells
+
+
+def test_memory_ratio_column(tiny_result):
+    r = tiny_result
+    ours, theirs = r["impls"]["lstmkit"], r["impls"]["torch"]
+    assert r["ratios"]["lstmkit_over_torch_peak_mb"] == pytest.approx(
+        ours["peak_mb"] / theirs["peak_mb"])
+    shown = _cells(bench.format_row(r), bench.columns())
+    assert float(shown["mem lk/torch"]) == pytest.approx(
+        r["ratios"]["lstmkit_over_torch_peak_mb"], abs=0.006)
+    assert "mem lk/torch" in bench.format_header()
+
+
+INFER = [bench.Config("lstm", 5, 2, 8), bench.Config("lstm", 5, 2, 8, variant="peephole"),
+         bench.Config("gru", 5, 2, 8), bench.Config("rnn", 4, 3, 8)]
+
+
+@pytest.mark.parametrize("cfg", INFER, ids=lambda c: c.name)
+def test_inference_rows_against_torch_and_onnxruntime(cfg, small_peak):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    r = bench.bench_inference_config(cfg, repeats=2, warmup=0, peak=small_peak)
+    assert r["kind"] == "inference" and r["name"] == cfg.name
+    impls = r["impls"]
+    assert {"lstmkit", "torch", "onnxruntime"} <= set(impls)
+    # every implementation's output against the float64 reference loop
+    assert impls["lstmkit"]["max_err"] < 1e-5
+    assert impls["onnxruntime"]["max_err"] < 1e-5
+    if cfg.variant:
+        assert impls["torch"]["max_err"] is None and not impls["torch"]["same_function"]
+    else:
+        assert impls["torch"]["max_err"] < 1e-5
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cfg.cell]
+    gflop = 2 * cfg.T * cfg.B * G * cfg.H * 2 * cfg.H / 1e9
+    assert r["infer_gflop"] == pytest.approx(gflop)
+    for name in ("lstmkit", "torch", "onnxruntime"):
+        impl = impls[name]
+        assert len(impl["fwd_ms_runs"]) == 2 and impl["fwd_ms"] > 0
+        assert impl["pct_of_peak"] == pytest.approx(
+            100 * impl["infer_gflop"] / (impl["fwd_ms"] / 1e3) / small_peak["gflop_per_s"])
+    assert r["ratios"]["lstmkit_over_onnxruntime"] == pytest.approx(
+        impls["lstmkit"]["fwd_ms"] / impls["onnxruntime"]["fwd_ms"])
+    assert r["ratios"]["lstmkit_over_torch"] == pytest.approx(
+        impls["lstmkit"]["fwd_ms"] / impls["torch"]["fwd_ms"])
+    line = bench.format_row(r)
+    assert line.startswith(cfg.name) and f"{impls['onnxruntime']['fwd_ms']:.2f}" in line
+    json.dumps(r)
+
+
+def test_inference_without_an_onnx_operator_skips_onnxruntime(small_peak):
+    pytest.importorskip("onnxruntime")
+    cfg = bench.Config("lstm", 4, 2, 8, proj=4)
+    r = bench.bench_inference_config(cfg, repeats=1, warmup=0, peak=small_peak)
+    assert r["impls"]["onnxruntime"]["skipped"]
+    assert "proj" in r["impls"]["onnxruntime"]["reason"]
+    assert r["ratios"]["lstmkit_over_onnxruntime"] is None
+    assert r["impls"]["lstmkit"]["max_err"] < 1e-5
+    assert "skipped" in bench.format_row(r)
+
+
+def test_inference_refuses_packed_input():
+    with pytest.raises(ValueError, match="padded"):
+        bench.bench_inference_config(bench.Config("gru", 4, 2, 8, packed=True), repeats=1)
+
+
+def test_an_extra_backend_becomes_a_column(monkeypatch, small_peak):
+    # "onednn" is not in this lstmkit: pretend it is (the name passes check_backend and then
+    # runs the fused path), and see it timed, checked and printed by name
+    from lstmkit import ops
+    monkeypatch.setattr(ops, "BACKENDS", (*ops.BACKENDS, "onednn"))
+    assert bench.extra_backends() == ["onednn"]
+    r = bench.bench_config(TINY, repeats=1, warmup=0, reference=False, peak=small_peak)
+    e = r["impls"]["onednn"]
+    assert "backend='onednn'" in e["module"] and e["max_err"] < 1e-5 and e["fb_ms"] > 0
+    assert r["ratios"]["onednn_over_torch_fb"] == pytest.approx(
+        e["fb_ms"] / r["impls"]["torch"]["fb_ms"])
+    assert "onednn f+b ms" in bench.format_header() and "onednn/torch" in bench.format_header()
+    assert f"{e['fb_ms']:.2f}" in bench.format_row(r)
+    ri = bench.bench_inference_config(TINY, repeats=1, warmup=0, peak=small_peak)
+    assert ri["impls"]["onednn"]["max_err"] < 1e-5 and "onednn ms" in bench.format_header(True)
+
+
+def test_an_extra_backend_that_cannot_run_a_row_is_skipped(monkeypatch, small_peak):
+    from lstmkit import ops
+    monkeypatch.setattr(ops, "BACKENDS", (*ops.BACKENDS, "onednn"))
+    select = ops.select_backend
+
+    def no_onednn(backend, *args, **kwargs):
+        if backend == "onednn":
+            raise ValueError("backend 'onednn' has no RNN with relu")
+        return select(backend, *args, **kwargs)
+    monkeypatch.setattr(ops, "select_backend", no_onednn)
+    r = bench.bench_config(bench.Config("rnn", 4, 2, 8), repeats=1, warmup=0, reference=False,
+                           peak=small_peak)
+    assert r["impls"]["onednn"]["skipped"] and "relu" in r["impls"]["onednn"]["reason"]
+    assert r["ratios"]["onednn_over_torch_fb"] is None
+    assert "skipped" in bench.format_row(r)
+
+
+def test_cli_bench_inference(capsys, monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(bench, "INFERENCE_QUICK", (TINY,))
+    monkeypatch.setattr(bench, "PEAK_N", 128)
+    assert main(["bench", "--inference", "--only", "nothing", "--quick"]) == 2
+    assert "LSTM (5,2,8)" in capsys.readouterr().out
+    path = tmp_path / "inf.json"
+    assert main(["bench", "--inference", "--quick", "--repeats", "1", "--json",
+                 str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "ort ms" in text and "sgemm peak (128³" in text and "LSTM (5,2,8)" in text
+    data = json.loads(path.read_text())
+    assert data["meta"]["kind"] == "inference" and data["meta"]["sgemm_peak"]["n"] == 128
+    assert data["meta"]["sgemm_peak_after"]["gflop_per_s"] > 0
+    row = data["results"][0]
+    assert row["impls"]["onnxruntime"]["max_err"] < 1e-5
+
+
+def test_cpu_clock(small_peak):
+    with pytest.raises(ValueError, match="clock must be one of"):
+        with bench.using_clock("sundial"):
+            pass
+    data = bench.run_benchmark([TINY], repeats=1, reference=False, peak=small_peak,
+                               clock="cpu")
+    assert data["meta"]["clock"] == "cpu" and "cpu clock" in bench.format_meta(data["meta"])
+    assert data["results"][0]["impls"]["lstmkit"]["fb_ms"] > 0
+    assert bench._clock["name"] == "wall"                   # restored afterwards

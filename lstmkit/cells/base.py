@@ -264,9 +264,10 @@ class FusedCell:
                 ) -> tuple[Tensor, tuple]:
         """The input side of every step at once: returns ``a`` (N, G·H) and what
         :meth:`chunk_grads` needs of this computation."""
+        # the engine's GEMM while a C++ layer runs (lstmkit.ops.gemm)
+        from ..ops import gemm
         b = None if w.b_ih is None else w.b_ih + w.b_hh
-        xw = torch.mm(x, w.w_ih.t()) if b is None else torch.addmm(b, x, w.w_ih.t())
-        return xw, ()
+        return gemm.addmm(b, x, w.w_ih.t()), ()
 
     def loop_weights(self, spec: CellSpec, w: LayerWeights) -> list[Tensor | None]:
         """The tensors the step uses at every step, contiguous, in the order the C++
@@ -299,18 +300,20 @@ class FusedCell:
                     g: Grads) -> None:
         """Add this chunk's part of every gradient that sums over rows (and write ``dx``
         of its rows)."""
+        from ..ops import gemm
         self.input_grads(c, w, c.dA, g)
         if g.w["w_hh"] is not None:
-            g.w["w_hh"].addmm_(c.dA.t(), c.h_in)
+            gemm.matmul_into(g.w["w_hh"], c.dA.t(), c.h_in, accumulate=True)
 
     @staticmethod
     def input_grads(c: Chunk, w: LayerWeights, dA: Tensor, g: Grads,
                     b_hh: bool = True) -> None:
         """dx = dA W_ih, dW_ih += dAᵀ x, db_ih += Σ dA (and db_hh: both biases folded)."""
+        from ..ops import gemm
         if g.dx is not None:
-            torch.mm(dA, w.w_ih, out=g.dx[c.r0:c.r1])
+            gemm.matmul_into(g.dx[c.r0:c.r1], dA, w.w_ih)
         if g.w["w_ih"] is not None:
-            g.w["w_ih"].addmm_(dA.t(), c.x)
+            gemm.matmul_into(g.w["w_ih"], dA.t(), c.x, accumulate=True)
         if g.w["b_ih"] is not None or (b_hh and g.w["b_hh"] is not None):
             db = dA.sum(0)
             g.add("b_ih", db)

@@ -87,8 +87,9 @@ class GRUFused(FusedCell):
     cpp = "gru"
 
     def project(self, spec, x, w, side):
-        xw = torch.mm(x, w.w_ih.t()) if w.b_ih is None else torch.addmm(w.b_ih, x, w.w_ih.t())
-        return xw, ()                                           # b_hh enters in the loop
+        # the engine's GEMM while a C++ layer runs (lstmkit.ops.gemm)
+        from ..ops import gemm
+        return gemm.addmm(w.b_ih, x, w.w_ih.t()), ()            # b_hh enters in the loop
 
     def loop_weights(self, spec, w):
         return [w.w_hh.contiguous(), None if w.b_hh is None else w.b_hh.contiguous()]
@@ -149,7 +150,8 @@ class GRUFused(FusedCell):
             dA_h = c.grads[0]
             self.input_grads(c, w, c.dA, g, b_hh=False)
             if g.w["w_hh"] is not None:
-                g.w["w_hh"].addmm_(dA_h.t(), c.h_in)
+                from ..ops import gemm
+                gemm.matmul_into(g.w["w_hh"], dA_h.t(), c.h_in, accumulate=True)
             if g.w["b_hh"] is not None:
                 g.add("b_hh", dA_h.sum(0))
             return

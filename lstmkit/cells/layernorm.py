@@ -199,8 +199,10 @@ class LNLSTMFused(FusedCell):
     cpp = "ln_lstm"
 
     def project(self, spec, x, w, side):
+        # the engine's GEMM while a C++ layer runs (lstmkit.ops.gemm)
+        from ..ops import gemm
         alpha_ih, beta_ih, _, beta_hh, _, _ = w.extra
-        xw = torch.mm(x, w.w_ih.t())                                      # (N, 4H)
+        xw = gemm.addmm(None, x, w.w_ih.t())                              # (N, 4H)
         shift = beta_ih + beta_hh if w.b_ih is None else beta_ih + beta_hh + w.b_ih + w.b_hh
         ax, mean, rstd = _ln_all(xw, alpha_ih, shift)
         return ax, (xw, mean, rstd)
@@ -254,12 +256,13 @@ class LNLSTMFused(FusedCell):
         dHW, dY = c.grads
         h_hat, _, c_hat, _ = c.saved
         dxw, d_aih = _ln_all_backward(c.dA, xw[rows], mean[rows], rstd[rows], w.extra[0])
+        from ..ops import gemm
         if g.dx is not None:
-            torch.mm(dxw, w.w_ih, out=g.dx[rows])
+            gemm.matmul_into(g.dx[rows], dxw, w.w_ih)
         if g.w["w_ih"] is not None:
-            g.w["w_ih"].addmm_(dxw.t(), c.x)
+            gemm.matmul_into(g.w["w_ih"], dxw.t(), c.x, accumulate=True)
         if g.w["w_hh"] is not None:
-            g.w["w_hh"].addmm_(dHW.t(), c.h_in)
+            gemm.matmul_into(g.w["w_hh"], dHW.t(), c.h_in, accumulate=True)
         db = c.dA.sum(0)                      # ∂L/∂ of b_ih, b_hh, β_ih and β_hh alike
         for name in ("b_ih", "b_hh"):
             g.add(name, db)

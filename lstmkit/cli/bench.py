@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scans", action="store_true",
                         help="instead: minGRU and minLSTM trained by their scan against their "
                              "sequential loop and torch.nn.GRU/LSTM of the same size")
+    parser.add_argument("--clock", choices=tuple(bench.CLOCKS), default="wall",
+                        help="wall time, or cpu: CPU time of the process (with one thread on "
+                             "a loaded machine: the work, not the waiting; sums threads)")
+    parser.add_argument("--inference", action="store_true",
+                        help="instead: forward only (no_grad) against torch.nn and "
+                             "onnxruntime on the same weights (LSTM, peephole, GRU, RNN)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -46,20 +52,26 @@ def run_from_args(args: argparse.Namespace) -> int:
         return _run_variants(args)
     if args.scans:
         return _run_scans(args)
-    configs = bench.select_configs(args.quick, args.only)
+    select = bench.select_inference_configs if args.inference else bench.select_configs
+    configs = select(args.quick, args.only)
     if not configs:
-        names = ", ".join(c.name for c in (bench.QUICK if args.quick else bench.MATRIX))
+        names = ", ".join(c.name for c in select(args.quick))
         print(f"no configuration matches --only {args.only!r}; the names are: {names}")
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     reference = {"auto": None, "all": True, "none": False}[args.reference]
-    print(bench.format_meta(bench.environment(args.backend, args.repeats)))
-    print(bench.format_header(), flush=True)
+    with bench.using_clock(args.clock):
+        peak = bench.sgemm_peak()
+        print(bench.format_meta(bench.environment(args.backend, args.repeats, peak)))
+    print(bench.format_header(args.inference), flush=True)
     data = bench.run_benchmark(configs, backend=args.backend, repeats=args.repeats,
-                               reference=reference,
+                               reference=reference, peak=peak, inference=args.inference,
+                               clock=args.clock,
                                on_result=lambda r: print(bench.format_row(r), flush=True))
-    print(bench.FOOTNOTE)
+    print(bench.INFERENCE_FOOTNOTE if args.inference else bench.FOOTNOTE)
+    after = data["meta"]["sgemm_peak_after"]["gflop_per_s"]
+    print(f"sgemm peak at the end of the run: {after:.1f} GFLOP/s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=1) + "\n")

@@ -39,7 +39,7 @@ from types import ModuleType
 CSRC = Path(__file__).parent / "csrc"
 ENGINE = "engine"
 CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math",
-          "-fopenmp-simd", "-std=c++17"]
+          "-fopenmp", "-std=c++17"]   # OpenMP: at::parallel_for (torch's own libgomp.so.1)
 ENV_DISABLE = "LSTMKIT_NO_EXTENSION"
 
 _lock = threading.Lock()

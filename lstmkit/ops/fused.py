@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.autograd.function import Function
 
 from ..cells.base import WEIGHT_FIELDS, CellSpec, Chunk, Grads, LayerWeights, State
+from . import gemm
 from .masks import StepMasks, row_sequences
 from .reference import Trace
 
@@ -72,16 +73,38 @@ def backward_chunks(batch_sizes: list[int], reverse: bool) -> list[tuple[int, in
 
     Backward runs the loop chunk by chunk, carrying the state gradients from one chunk to
     the next, and does the weight-gradient GEMMs of each chunk before the next, so the gate
-    gradients of only one chunk are alive at a time: memory O(N/chunks) instead of O(N)."""
-    N = sum(batch_sizes)
+    gradients of only one chunk are alive at a time: memory O(N/chunks) instead of O(N).
+
+    With padded input cut into several chunks, the step that starts from the initial states
+    (the first, or the last in reverse) is a chunk of its own: every other chunk's previous
+    states are then a view of the state sequence, and the initial one needs no copy of a
+    whole chunk's rows with the initial states in front (see :class:`PrevRows`)."""
+    N, T = sum(batch_sizes), len(batch_sizes)
     target = max(MIN_CHUNK_ROWS, -(-N // MAX_CHUNKS))
-    chunks, t0, r0, rows = [], 0, 0, 0
-    for t, n in enumerate(batch_sizes):
+    padded = T > 1 and batch_sizes[-1] == batch_sizes[0]
+    if padded and N > target and MAX_CHUNKS > 2:
+        B = batch_sizes[0]
+        rest = max(MIN_CHUNK_ROWS, -(-(N - B) // (MAX_CHUNKS - 1)))
+        if reverse:
+            inner = _cut(batch_sizes[:-1], rest, 0, 0)
+            return [*inner, (T - 1, T, N - B, N)]
+        inner = _cut(batch_sizes[1:], rest, 1, B)
+        return [*inner[::-1], (0, 1, 0, B)]
+    chunks = _cut(batch_sizes, target, 0, 0)
+    return chunks if reverse else chunks[::-1]
+
+
+def _cut(batch_sizes: list[int], target: int, t_start: int,
+         r_start: int) -> list[tuple[int, int, int, int]]:
+    """Consecutive chunks of at least ``target`` rows (the last may be shorter), in time
+    order, for steps numbered from ``t_start`` and rows from ``r_start``."""
+    chunks, t0, r0, rows = [], t_start, r_start, r_start
+    for t, n in enumerate(batch_sizes, start=t_start):
         rows += n
-        if rows - r0 >= target or t == len(batch_sizes) - 1:
+        if rows - r0 >= target or t == t_start + len(batch_sizes) - 1:
             chunks.append((t0, t + 1, r0, rows))
             t0, r0 = t + 1, rows
-    return chunks if reverse else chunks[::-1]
+    return chunks
 
 
 def _prev_of(flat: Tensor, initial: Tensor, prev: Tensor, r0: int, r1: int) -> Tensor:
@@ -114,8 +137,12 @@ class PrevRows:
             return _prev_of(flat, initial, self.index, r0, r1)
         B, N = self.B, self.N
         if not self.reverse:
-            return flat[r0 - B:r1 - B] if r0 >= B else torch.cat([initial, flat[:r1 - B]])
-        return flat[r0 + B:r1 + B] if r1 + B <= N else torch.cat([flat[r0 + B:], initial])
+            if r0 >= B:
+                return flat[r0 - B:r1 - B]
+            return initial.contiguous() if r1 <= B else torch.cat([initial, flat[:r1 - B]])
+        if r1 + B <= N:
+            return flat[r0 + B:r1 + B]
+        return initial.contiguous() if r0 + B >= N else torch.cat([flat[r0 + B:], initial])
 
 
 def _is_batched(t: Tensor | None) -> bool:
@@ -225,9 +252,21 @@ def _zones(cell: CellSpec, masks: StepMasks) -> list[Tensor | None]:
     return zones + [None] * (len(cell.states) - len(zones))
 
 
+def _engine_module(call: Call):
+    """The compiled extension when ``call`` runs the C++ loop (its large GEMMs then run on
+    the engine's brgemm too, see :mod:`lstmkit.ops.gemm`), else None."""
+    from .extension import CppKernels
+    return call.kernels.module if isinstance(call.kernels, CppKernels) else None
+
+
 def layer_forward(call: Call, inp: Inputs) -> tuple[list[Tensor], list[Tensor], Kept]:
     """Forward of one layer and direction: returns the visible state sequences (the first
     is the output), the final states of the module's states, and what backward keeps."""
+    with gemm.using_engine(_engine_module(call)):
+        return _layer_forward(call, inp)
+
+
+def _layer_forward(call: Call, inp: Inputs) -> tuple[list[Tensor], list[Tensor], Kept]:
     cell, fused, w = call.cell, call.cell.fused, inp.w
     H, R = _hidden_size(cell, w), inp.states0[0].shape[1]
     widths = _widths(cell, H, R)
@@ -251,6 +290,12 @@ def layer_backward(call: Call, inp: Inputs, kept: Kept, dseqs: list[Tensor | Non
                    dfinals: list[Tensor | None], needs: Inputs) -> Inputs:
     """BPTT of :func:`layer_forward`: the gradients of ``inp`` (None where ``needs`` says
     no gradient is wanted), given those of the visible sequences and final states."""
+    with gemm.using_engine(_engine_module(call)):
+        return _layer_backward(call, inp, kept, dseqs, dfinals, needs)
+
+
+def _layer_backward(call: Call, inp: Inputs, kept: Kept, dseqs: list[Tensor | None],
+                    dfinals: list[Tensor | None], needs: Inputs) -> Inputs:
     cell, fused, w = call.cell, call.cell.fused, inp.w
     batch_sizes = list(call.batch_sizes)
     H, R = _hidden_size(cell, w), inp.states0[0].shape[1]
@@ -270,6 +315,7 @@ def layer_backward(call: Call, inp: Inputs, kept: Kept, dseqs: list[Tensor | Non
     loop_w = fused.loop_weights(cell, w)
     dw_hr = g.w["w_hr"]
     for t0, t1, r0, r1 in backward_chunks(batch_sizes, call.reverse):
+        prev = dA = grads = dH = h_in = chunk = None    # free the last chunk's buffers first
         prev = [prev_of(s, s0, r0, r1) for s, s0 in zip(kept.seqs, initial)]
         dA = gates.new_empty(r1 - r0, gates.shape[1])
         grads = fused.grad_buffers(cell, r1 - r0, gates, H, list(inp.side))
@@ -286,7 +332,7 @@ def layer_backward(call: Call, inp: Inputs, kept: Kept, dseqs: list[Tensor | Non
                       zoned)
         fused.chunk_grads(cell, chunk, w, kept.aux, g)
         if dw_hr is not None:
-            dw_hr.addmm_(dH.t(), kept.m[rows])
+            gemm.matmul_into(dw_hr, dH.t(), kept.m[rows], accumulate=True)
     n = cell.n_states
     dstates = tuple(d if need else None for d, need in zip(dcarry[:n], needs.states0))
     dw = LayerWeights(*(g.w[k] for k in WEIGHT_FIELDS), extra=tuple(g.extra))

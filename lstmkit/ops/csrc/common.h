@@ -5,12 +5,16 @@
 
 #pragma once
 
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 #include <torch/extension.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -115,6 +119,44 @@ void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k
 constexpr int64_t kPackMinElements = 1 << 20;
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
 
+// How a float32 weight GEMM runs at each step:
+//  * kBrgemm: ATen's batch-reduce GEMM (at::native::cpublas::brgemm), which runs oneDNN's
+//    micro-kernel generated at run time for the CPU it finds (AVX2, AVX-512, …) and falls back
+//    to the BLAS where oneDNN's micro-kernels are unavailable. The weight is laid out once per
+//    call as its (k×n) row-major right operand (transposed if needed), the kernel for each
+//    (m, n, k) is generated once per process. It runs on the calling thread only.
+//    Measured here (AMD EPYC with AVX-512, one thread; MKL runs its generic "zen" path on
+//    this CPU; benchmarks/small_gemm_probe.py, noisy): 16×128·128×512 17 µs vs MKL sgemm
+//    37 µs and MKL packed 45 µs; 16×512·512×128 17 vs 50 µs; 64×256·256×1024 309 vs 624 µs.
+//  * kPacked / kBlas: MKL, which splits a GEMM over torch's threads.
+// LSTMKIT_GEMM=blas|brgemm forces one (blas: MKL, packed from kPackMinElements on, as before
+// brgemm was used; it also sends the layer's large GEMMs back to torch, see
+// lstmkit/ops/gemm.py); unset or auto: brgemm. With several threads a per-step product of at
+// least kSplitWork multiply-adds is cut into column blocks, one per thread (at::parallel_for);
+// smaller ones run on the calling thread (one thread was faster than two for the small
+// per-step GEMMs, docs/performance.md).
+enum class GemmKind { kBlas, kPacked, kBrgemm };
+// brgemm keeps a row block of A in cache across the whole K: with K = 4096 (LSTM H = 1024,
+// backward) one call took 10.7 ms against MKL's 7.9, cut into K blocks of 2048 2.5 ms
+// (benchmarks/small_gemm_probe.py, one thread; noisy).
+constexpr int64_t kKBlock = 2048;
+constexpr int64_t kSplitWork = int64_t(1) << 22;
+
+inline bool mkl_pack_available() {
+  return cblas_sgemm_pack_get_size && cblas_sgemm_pack && cblas_sgemm_compute;
+}
+
+inline GemmKind choose_gemm(int64_t n, int64_t k, bool dense) {
+  const char* env = std::getenv("LSTMKIT_GEMM");
+  const std::string mode = env ? env : "auto";
+  TORCH_CHECK(mode == "auto" || mode == "blas" || mode == "brgemm" || mode.empty(),
+              "lstmkit engine: LSTMKIT_GEMM must be auto, blas or brgemm, got '", mode, "'");
+  const GemmKind mkl = (n * k >= kPackMinElements && dense && mkl_pack_available())
+                           ? GemmKind::kPacked : GemmKind::kBlas;
+  if (mode == "blas") return mkl;
+  return GemmKind::kBrgemm;
+}
+
 // C (m×n, row-major) = beta·C + A (m×k) · op(W), for a weight W used at every step:
 // op(W) = Wᵀ with W stored (n×k) when `transposed`, else W stored (k×n); W's rows are
 // `ldw` apart (0: dense). m ≤ max_m. A null W (or max_m = 0) makes an unused object.
@@ -144,20 +186,31 @@ class WeightGemm<float> {
  public:
   WeightGemm(const float* W, bool transposed, int64_t max_m, int64_t n, int64_t k,
              int64_t ldw = 0)
-      : W_(W), transposed_(transposed), n_(n), k_(k), ldw_(ldw ? ldw : (transposed ? k : n)) {
-    if (W && n * k >= kPackMinElements && max_m > 0 && ldw_ == (transposed ? k : n) &&
-        cblas_sgemm_pack_get_size && cblas_sgemm_pack && cblas_sgemm_compute) {
-      const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, max_m, n, k);
-      packed_.resize(bytes / sizeof(float) + 1);
-      cblas_sgemm_pack(kRowMajor, kBMatrix, transposed ? kTrans : kNoTrans, max_m, n, k, 1.0f,
-                       W, ldw_, packed_.data());
-    }
+      : W_(W), transposed_(transposed), n_(n), k_(k), ldw_(ldw ? ldw : (transposed ? k : n)),
+        max_m_(max_m) {
+    if (W && max_m > 0) kind_ = choose_gemm(n, k, ldw_ == (transposed ? k : n));
+    const int64_t threads = at::get_num_threads();
+    if (threads > 1 && max_m * n * k >= kSplitWork && n >= 128)
+      parts_ = std::min<int64_t>(threads, n / 64);
   }
   void operator()(int64_t m, const float* A, int64_t lda, float beta, float* C,
                   int64_t ldc) const {
     if (m == 0) return;
-    if (!packed_.empty()) {
-      cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, m, n_, k_, A, lda, packed_.data(),
+    if (!ready_) prepare();               // on first use: a cell builds some it never calls
+    if (kind_ == GemmKind::kBrgemm && (beta == 0.0f || beta == 1.0f)) {
+      if (parts_ <= 1) {
+        brgemm_cols(m, 0, n_, A, lda, beta, C, ldc);
+      } else {                                     // one block of columns per thread
+        const int64_t width = ((n_ + parts_ - 1) / parts_ + 15) / 16 * 16;
+        at::parallel_for(0, parts_, 1, [&](int64_t p0, int64_t p1) {
+          for (int64_t p = p0; p < p1; ++p) {
+            const int64_t j0 = p * width;
+            if (j0 < n_) brgemm_cols(m, j0, std::min(width, n_ - j0), A, lda, beta, C, ldc);
+          }
+        });
+      }
+    } else if (kind_ == GemmKind::kPacked) {
+      cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, m, n_, k_, A, lda, right_.data(),
                           ldw_, beta, C, ldc);
     } else {
       cols(m, n_, A, lda, beta, C, ldc);
@@ -170,11 +223,116 @@ class WeightGemm<float> {
   }
 
  private:
+  // columns [j0, j0 + cols) of C, K in cache-sized blocks
+  void brgemm_cols(int64_t m, int64_t j0, int64_t cols, const float* A, int64_t lda, float beta,
+                   float* C, int64_t ldc) const {
+    for (int64_t k0 = 0; k0 < k_; k0 += kKBlock)
+      at::native::cpublas::brgemm(m, cols, std::min(kKBlock, k_ - k0), lda, ldb_, ldc,
+                                  beta != 0.0f || k0 > 0, A + k0, B_ + k0 * ldb_ + j0,
+                                  C + j0, false);
+  }
+
+  // brgemm: the (k×n) row-major right operand (Wᵀ copied in 32×32 tiles if transposed);
+  // packed: MKL's packed W. Once per object, i.e. once per layer call.
+  void prepare() const {
+    ready_ = true;
+    if (kind_ == GemmKind::kBrgemm) {
+      if (!transposed_) {
+        B_ = W_;
+        ldb_ = ldw_;
+        return;
+      }
+      const int64_t n = n_, k = k_;
+      right_.resize(k * n);
+      constexpr int64_t kTile = 32;
+      for (int64_t i0 = 0; i0 < n; i0 += kTile) {
+        const int64_t i1 = std::min(n, i0 + kTile);
+        for (int64_t j0 = 0; j0 < k; j0 += kTile) {
+          const int64_t j1 = std::min(k, j0 + kTile);
+          for (int64_t i = i0; i < i1; ++i) {
+            const float* row = W_ + i * ldw_;
+            for (int64_t j = j0; j < j1; ++j) right_[j * n + i] = row[j];
+          }
+        }
+      }
+      B_ = right_.data();
+      ldb_ = n;
+    } else if (kind_ == GemmKind::kPacked) {
+      const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, max_m_, n_, k_);
+      right_.resize(bytes / sizeof(float) + 1);
+      cblas_sgemm_pack(kRowMajor, kBMatrix, transposed_ ? kTrans : kNoTrans, max_m_, n_, k_,
+                       1.0f, W_, ldw_, right_.data());
+    }
+  }
+
   const float* W_;
   bool transposed_;
-  int64_t n_, k_, ldw_;
-  std::vector<float> packed_;
+  int64_t n_, k_, ldw_, max_m_;
+  GemmKind kind_ = GemmKind::kBlas;
+  int64_t parts_ = 1;                  // column blocks split over threads
+  mutable bool ready_ = false;
+  mutable std::vector<float> right_;
+  mutable const float* B_ = nullptr;
+  mutable int64_t ldb_ = 0;
 };
+
+// ---- the large GEMMs of a layer call ---------------------------------------------------------
+// C (m×n, row-major, ldc) = C·[accumulate] + op(A) · op(B), float32. op(A)(i, p) is
+// A[i·a_row + p·a_col] (a_col = 1: row-major in place; else A is copied row-major once), and
+// op(B)(p, j) = B[p·b_row + j·b_col] likewise. Run as brgemm micro-kernels on blocks of
+// kBigRows × kBigCols of C (K in kKBlock blocks), the blocks split over torch's threads,
+// column blocks outermost so that each thread's B panel stays in cache.
+constexpr int64_t kBigRows = 64, kBigCols = 256;
+
+inline void row_major_copy(int64_t rows, int64_t cols, const float* X, int64_t x_row,
+                           int64_t x_col, float* out) {
+  constexpr int64_t kTile = 32;
+  at::parallel_for(0, (rows + kTile - 1) / kTile, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t i0 = b0 * kTile; i0 < std::min(rows, b1 * kTile); i0 += kTile)
+      for (int64_t j0 = 0; j0 < cols; j0 += kTile)
+        for (int64_t j = j0; j < std::min(cols, j0 + kTile); ++j)
+          for (int64_t i = i0; i < std::min(rows, i0 + kTile); ++i)
+            out[i * cols + j] = X[i * x_row + j * x_col];
+  });
+}
+
+inline void big_gemm(int64_t m, int64_t n, int64_t k, const float* A, int64_t a_row,
+                     int64_t a_col, const float* B, int64_t b_row, int64_t b_col,
+                     bool accumulate, float* C, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < m; ++i) std::fill(C + i * ldc, C + i * ldc + n, 0.0f);
+    return;
+  }
+  std::vector<float> a_copy, b_copy;
+  const float* a = A;
+  const float* b = B;
+  int64_t lda = a_row, ldb = b_row;
+  if (a_col != 1) {
+    a_copy.resize(m * k);
+    row_major_copy(m, k, A, a_row, a_col, a_copy.data());
+    a = a_copy.data();
+    lda = k;
+  }
+  if (b_col != 1) {
+    b_copy.resize(k * n);
+    row_major_copy(k, n, B, b_row, b_col, b_copy.data());
+    b = b_copy.data();
+    ldb = n;
+  }
+  const int64_t mb = (m + kBigRows - 1) / kBigRows, nb = (n + kBigCols - 1) / kBigCols;
+  at::parallel_for(0, mb * nb, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t i0 = (t % mb) * kBigRows, j0 = (t / mb) * kBigCols;
+      const int64_t rows = std::min(kBigRows, m - i0), cols = std::min(kBigCols, n - j0);
+      for (int64_t k0 = 0; k0 < k; k0 += kKBlock)
+        at::native::cpublas::brgemm(rows, cols, std::min(kKBlock, k - k0), lda, ldb, ldc,
+                                    accumulate || k0 > 0, a + i0 * lda + k0,
+                                    b + k0 * ldb + j0, C + i0 * ldc + j0, false);
+    }
+  });
+}
 
 // (first row, active rows) of every step, in processing order (reversed for `reverse`).
 using Rows = std::vector<std::pair<int64_t, int64_t>>;

@@ -121,6 +121,25 @@ void backward(const std::string& family, int64_t H, std::vector<double> opts, Te
   });
 }
 
+// out (=, or += with accumulate) a @ b for float32 CPU matrices, through big_gemm
+// (common.h): a and b may be transposed views (one of their strides 1), out has unit column
+// stride. lstmkit/ops/gemm.py calls it for a layer's large GEMMs.
+void mm_into(Tensor out, Tensor a, Tensor b, bool accumulate) {
+  TORCH_CHECK(out.dim() == 2 && a.dim() == 2 && b.dim() == 2, "lstmkit mm_into: 2-d tensors");
+  TORCH_CHECK(out.scalar_type() == at::kFloat && a.scalar_type() == at::kFloat &&
+                  b.scalar_type() == at::kFloat,
+              "lstmkit mm_into: float32 tensors");
+  TORCH_CHECK(a.size(1) == b.size(0) && out.size(0) == a.size(0) && out.size(1) == b.size(1),
+              "lstmkit mm_into: shapes ", a.sizes(), " @ ", b.sizes(), " into ", out.sizes());
+  TORCH_CHECK(out.size(1) <= 1 || out.stride(1) == 1, "lstmkit mm_into: out's rows must be dense");
+  auto unit = [](const Tensor& t) { return t.size(1) <= 1 || t.stride(1) == 1 || t.size(0) <= 1 ||
+                                           t.stride(0) == 1; };
+  TORCH_CHECK(unit(a) && unit(b), "lstmkit mm_into: a and b must be row- or column-major");
+  big_gemm(a.size(0), b.size(1), a.size(1), a.data_ptr<float>(), a.stride(0), a.stride(1),
+           b.data_ptr<float>(), b.stride(0), b.stride(1), accumulate, out.data_ptr<float>(),
+           out.size(0) > 1 ? out.stride(0) : out.size(1));
+}
+
 std::vector<std::string> families() {
   std::vector<std::string> names;
   for (const auto& [name, _] : cell_registry()) names.push_back(name);
@@ -136,6 +155,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward);
   m.def("backward", &backward);
   m.def("families", &families);
+  m.def("mm_into", &mm_into);
   m.def("minrnn_forward", &minrnn_forward);
   m.def("minrnn_backward", &minrnn_backward);
 }

@@ -1,0 +1,102 @@
+"""The engine's GEMMs (lstmkit/ops/gemm.py, csrc/common.h): brgemm against torch's matmul,
+the MKL switch, and a layer on each path against the float64 reference loop."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import lstmkit
+from lstmkit.ops import cpp_kernels, gemm
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    kernels = cpp_kernels(required=False)
+    if kernels is None:
+        pytest.skip("the C++ extension is unavailable")
+    return kernels.module
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 9), (130, 300, 520), (3, 2500, 70)])
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_mm_into_equals_matmul(engine, shape, ta, tb):
+    M, K, N = shape
+    g = torch.Generator().manual_seed(M + K + N)
+    a, b = torch.randn(M, K, generator=g), torch.randn(K, N, generator=g)
+    A = a.t().contiguous().t() if ta else a                      # column-major views
+    B = b.t().contiguous().t() if tb else b
+    expected = (a.double() @ b.double())
+    out = torch.full((M, N), 7.0)
+    engine.mm_into(out, A, B, False)
+    tol = 2e-6 * K ** 0.5 * expected.abs().max().item()
+    assert (out.double() - expected).abs().max().item() < tol
+    engine.mm_into(out, A, B, True)                              # accumulate
+    assert (out.double() - 2 * expected).abs().max().item() < 2 * tol
+
+
+def test_mm_into_writes_into_a_row_block(engine):
+    out = torch.zeros(10, 6)
+    a, b = torch.randn(4, 3), torch.randn(3, 6)
+    engine.mm_into(out[3:7], a, b, False)
+    assert torch.allclose(out[3:7], a @ b, atol=1e-5)
+    assert out[:3].abs().sum() == 0 and out[7:].abs().sum() == 0
+
+
+def test_mm_into_checks(engine):
+    with pytest.raises(RuntimeError, match="float32"):
+        engine.mm_into(torch.zeros(2, 2, dtype=torch.float64), torch.zeros(2, 2),
+                       torch.zeros(2, 2), False)
+    with pytest.raises(RuntimeError, match="shapes"):
+        engine.mm_into(torch.zeros(2, 2), torch.zeros(2, 3), torch.zeros(2, 2), False)
+    with pytest.raises(RuntimeError, match="row- or column-major"):
+        engine.mm_into(torch.zeros(2, 2), torch.zeros(4, 4)[::2, ::2], torch.zeros(2, 2), False)
+
+
+def test_matmul_into_takes_torch_outside_a_layer_or_for_float64(engine):
+    a, b = torch.randn(3, 4, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    out = torch.empty(3, 5, dtype=torch.float64)
+    with gemm.using_engine(engine):                              # float64: torch
+        gemm.matmul_into(out, a, b)
+    assert torch.equal(out, a @ b)
+    x, w, bias = torch.randn(6, 4), torch.randn(8, 4), torch.randn(8)
+    torch.testing.assert_close(gemm.addmm(bias, x, w.t()), torch.addmm(bias, x, w.t()))
+    with gemm.using_engine(engine):
+        torch.testing.assert_close(gemm.addmm(bias, x, w.t()), torch.addmm(bias, x, w.t()))
+        torch.testing.assert_close(gemm.addmm(None, x, w.t()), x @ w.t())
+
+
+def test_a_bad_lstmkit_gemm_value_is_refused(engine, monkeypatch):
+    monkeypatch.setenv("LSTMKIT_GEMM", "fastest")
+    m = lstmkit.LSTM(8, 8, backend="fused_cpp")
+    with pytest.raises(RuntimeError, match="LSTMKIT_GEMM must be auto, blas or brgemm"):
+        m(torch.randn(3, 2, 8))
+
+
+@pytest.mark.parametrize("mode", ["blas", "brgemm"])
+@pytest.mark.parametrize("make", [
+    lambda: lstmkit.LSTM(24, 40, proj_size=16, backend="fused_cpp"),
+    lambda: lstmkit.GRU(24, 40, bidirectional=True, backend="fused_cpp"),
+    lambda: lstmkit.LSTM(24, 40, num_layers=2, peephole=True, backend="fused_cpp"),
+], ids=["lstm-proj", "gru-bi", "lstm-peephole-2"])
+def test_both_gemm_paths_match_the_float64_reference(engine, monkeypatch, mode, make):
+    monkeypatch.setenv("LSTMKIT_GEMM", mode)
+    torch.manual_seed(0)
+    m = make()
+    ref = copy.deepcopy(m).double()
+    ref.backend = "reference"
+    x = torch.randn(30, 33, 24, requires_grad=True)             # 990 rows: several chunks
+    y = m(x)[0]
+    (y * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+    xr = x.detach().double().requires_grad_()
+    yr = ref(xr)[0]
+    (yr * torch.linspace(-1, 1, yr.shape[-1], dtype=torch.float64)).sum().backward()
+    assert (y.double() - yr).abs().max() < 1e-5
+    assert (x.grad.double() - xr.grad).abs().max() < 1e-5
+    for (name, p), q in zip(m.named_parameters(), ref.parameters()):
+        assert (p.grad.double() - q.grad).abs().max() < 1e-4, name
