@@ -60,6 +60,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .base import register
+
 CELL_OUTPUTS = ("paper", "standard")
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid,
                "identity": lambda a: a}
@@ -294,7 +296,7 @@ class Grid2DFused:
     dw_hh = dAᵀ H^t_prev (no priority) or [da_timeᵀ H^t_prev; da_depthᵀ H^t_new].
     """
 
-    cpp = None                 # no C++ functor: the torch loop runs it
+    cpp = "grid_lstm"          # csrc/cells/grid_lstm.h: the same step in C++
     output_in_gates = False
 
     def __init__(self, paper: bool, priority_depth: bool):
@@ -314,7 +316,7 @@ class Grid2DFused:
         return [like.new_empty(rows, H)]
 
     def cpp_options(self, spec):
-        return []
+        return [float(self.paper), float(self.priority_depth)]
 
     def forward_step(self, spec, s) -> None:
         (w_hh,) = s.w
@@ -362,12 +364,17 @@ class Grid2DFused:
 
 
 def grid2d_spec(cell_output: str = "paper", priority_depth: bool = False):
-    """The engine's :class:`~lstmkit.cells.base.CellSpec` of a 2-D grid layer. It is not
-    registered as an engine family (it has no C++ functor and no custom op); the
-    GridLSTM module runs it with :func:`lstmkit.ops.fused.run_layer` on the torch loop."""
+    """The engine's :class:`~lstmkit.cells.base.CellSpec` of a 2-D grid layer, registered as
+    the family ``grid_lstm``: every backend of :func:`lstmkit.ops.select_backend` runs it
+    (the C++ step is ``csrc/cells/grid_lstm.h``; the custom op ``lstmkit::grid_lstm_layer``
+    serves ``torch.compile``). The GridLSTM module calls it once per layer, the depth
+    vectors of the layer below as input and side input."""
     from functools import partial
 
     from .base import CellSpec, StateSpec
+    if cell_output not in CELL_OUTPUTS:
+        raise ValueError(f"grid_lstm: cell_output must be 'paper' or 'standard', got "
+                         f"{cell_output!r}")
     return CellSpec(
         family="grid_lstm",
         step=partial(grid2d_step, cell_output=cell_output, priority_depth=priority_depth),
@@ -376,3 +383,6 @@ def grid2d_spec(cell_output: str = "paper", priority_depth: bool = False):
         states=tuple(StateSpec(n, lambda H, R: H) for n in GRID_STATES),
         fused=Grid2DFused(cell_output == "paper", priority_depth),
         layer_link=1)
+
+
+register("grid_lstm", grid2d_spec)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from .. import ops
 from ..cells.grid import (
     ACTIVATIONS,
     CELL_OUTPUTS,
@@ -20,13 +21,11 @@ from ..cells.grid import (
     grid_block,
     grid_layer_weights,
 )
-from ..ops import fused as fused_ops
-from ..ops import loops
 from . import checks
 
 _DIMS = {"time-depth": ("time", "depth"), "2d": ("time", "depth"), "depth": ("depth",),
          "1d": ("depth",)}
-_BACKENDS = ("auto", "reference", "fused", "fused_py")
+_BACKENDS = ("auto", "reference", "fused", "fused_py", "fused_cpp")
 
 
 def _names(value: object, what: str) -> tuple[str, ...]:
@@ -150,7 +149,7 @@ class GridLSTM(nn.Module):
         self.bias, self.batch_first, self.dropout, self.tied = bias, batch_first, dropout, tied
         self.cell_output, self.activation = cell_output, activation
         self.backend = self._check_backend(backend)
-        if backend in ("fused", "fused_py") and self.fused_supported:
+        if backend in ("fused", "fused_py", "fused_cpp") and self.fused_supported:
             raise ValueError(f"GridLSTM: backend={backend!r} cannot run this configuration: "
                              f"{self.fused_supported}; use 'auto' or 'reference'")
         d, D = hidden_size, len(self.dims)
@@ -165,10 +164,6 @@ class GridLSTM(nn.Module):
 
     @staticmethod
     def _check_backend(backend: str) -> str:
-        if backend == "fused_cpp":
-            raise ValueError("GridLSTM has no C++ kernel (backend='fused_cpp'); its fused step "
-                             "runs on the engine's torch loop: use backend='fused_py', "
-                             "'fused' or 'auto'")
         if backend not in _BACKENDS:
             raise ValueError(f"GridLSTM: backend must be one of {', '.join(_BACKENDS)}, got "
                              f"{backend!r}")
@@ -232,7 +227,7 @@ class GridLSTM(nn.Module):
             h0, m0 = checks.prepare_hx(name, hx, seq, [(L, d), (L, d)], ("h_0", "c_0"),
                                        self.weight_in)
             if self._use_fused(recorder, hd):
-                out, states = self._time_depth_fused(hd, seq, h0, m0)
+                out, states = self._time_depth_fused(hd, seq, h0, m0, recorder)
             else:
                 out, states = self._time_depth(hd, seq, h0, m0, recorder)
         return self._format(seq, out, states)
@@ -286,27 +281,33 @@ class GridLSTM(nn.Module):
         return hd, (torch.stack(finals_h), torch.stack(finals_m))
 
     def _use_fused(self, recorder, x: Tensor) -> bool:
-        if self.backend == "reference" or self.fused_supported is not None:
-            return False
-        if self.backend == "auto":
-            return (recorder is None and not torch.compiler.is_compiling()
-                    and not fused_ops._is_batched(x))
-        return True
+        """The engine runs the 2-D grid (every backend but "reference", for the
+        configurations its step covers); else the autograd loop over the block equations."""
+        return self.backend != "reference" and self.fused_supported is None
 
-    def _time_depth_fused(self, hd: Tensor, seq: checks.Sequence, h0: Tensor, m0: Tensor):
-        """The same grid, each layer one call of the engine's autograd Function
-        (:func:`lstmkit.ops.fused.run_layer`) with the fused step of
-        :class:`lstmkit.cells.grid.Grid2DFused` on the engine's torch loop."""
+    def _time_depth_fused(self, hd: Tensor, seq: checks.Sequence, h0: Tensor, m0: Tensor,
+                          recorder=None):
+        """The same grid on the engine: each layer one call of the layer function that
+        :func:`lstmkit.ops.select_backend` picks for the family ``grid_lstm``
+        (:class:`lstmkit.cells.grid.Grid2DFused` and ``csrc/cells/grid_lstm.h``: the C++
+        step by default, the torch loop for ``"fused_py"``, the custom op under
+        ``torch.compile``, the reference loop of the family's step under vmap)."""
         spec = grid2d_spec(self.cell_output, self.priority == ("depth",))
+        run = ops.select_backend(self.backend, spec, hd, seq.batch_sizes,
+                                 recording=recorder is not None)
         md = torch.zeros_like(hd)
         finals_h, finals_m = [], []
         for layer in range(self.num_layers):
             (w_t, b_t), (w_d, b_d) = self.block_weights(layer)
             w = grid_layer_weights(w_t, b_t, w_d, b_d)
             zeros = h0.new_zeros(h0.shape[1:])
-            _, finals, _, seqs = fused_ops.run_layer(
-                spec, hd, seq.batch_sizes, (zeros, zeros, h0[layer], m0[layer]), w,
-                kernels=loops, side=(md,), sequences=True)
+            _, finals, trace, seqs = run(spec, hd, seq.batch_sizes,
+                                         (zeros, zeros, h0[layer], m0[layer]), w,
+                                         side=(md,), sequences=True,
+                                         record=recorder is not None)
+            if recorder is not None:          # the engine's "h" of a step is h^d'
+                recorder.add(self, layer, 0, [{**{k: v for k, v in step.items() if k != "h"},
+                                               "h_depth": step["h"]} for step in trace], seq)
             hd, md = seqs[0], seqs[1]
             finals_h.append(finals[2])
             finals_m.append(finals[3])
