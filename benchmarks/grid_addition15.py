@@ -81,6 +81,9 @@ def main() -> None:
     ap.add_argument("--until", default=None, help="UTC HH:MM at which the grid run stops")
     ap.add_argument("--minutes-grid", type=float, default=60.0,
                     help="time limit of the grid run when --until is not given")
+    ap.add_argument("--cells", nargs="+", default=["lstm", "grid-tied"])
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the finished runs already in --out (add the new ones)")
     ap.add_argument("--quick", action="store_true", help="a smoke run (T = 3, tiny budget)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -90,6 +93,8 @@ def main() -> None:
         args.out = args.out.with_name(args.out.stem + "_quick.json")
     torch.set_num_threads(1)
     results: list[dict] = []
+    if args.keep and args.out.exists():
+        results = json.loads(args.out.read_text())["runs"]
     started = time.perf_counter()
 
     def write(partial: dict | None = None) -> None:
@@ -100,7 +105,7 @@ def main() -> None:
             "started_utc": START, "total_seconds": time.perf_counter() - started,
             "runs": results, "running": partial}, separators=(",", ":")) + "\n")
 
-    for cell in ("lstm", "grid-tied"):
+    for cell in args.cells:
         cfg = ExperimentConfig("addition", T=args.digits, cell=cell, hidden=args.hidden,
                                layers=args.layers, lr=args.lr, budget=args.budget,
                                seed=args.seed)
@@ -117,6 +122,7 @@ def main() -> None:
         params = count_parameters(SequenceModel(task, cfg.cell, cfg.hidden, cfg.layers))
         r = run(cfg, deadline, write)
         r["parameters"] = params
+        r["lstmkit_backend"] = "auto (the C++ step of grid_lstm; LSTM: torch's oneDNN kernel)"
         results.append(r)
         t = r["test"]
         print(f"addition T={cfg.T} {cell:9s} seed {cfg.seed} params {params:,d} seen "
