@@ -6,7 +6,7 @@ process.
 
     OMP_NUM_THREADS=1 python benchmarks/grid_speed.py [--T 50 --B 32 --H 128 --L 3]
 
-Prints milliseconds per forward+backward and ratios to the stacked LSTM; writes
+Prints CPU milliseconds (one thread) per forward+backward and ratios to the stacked LSTM; writes
 ``benchmarks/results/grid_speed.json``. Measured on a shared machine: rerun on a quiet one.
 """
 
@@ -24,10 +24,13 @@ import lstmkit
 
 
 def once(model, x) -> float:
-    start = time.perf_counter()
+    """CPU seconds of this process for one forward+backward: with one thread this is the
+    work done, whatever share of the shared machine the process got (wall-clock time on a
+    loaded machine counts the time others ran too)."""
+    start = time.process_time()
     out, _ = model(x)
     out.sum().backward()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def timed(models: dict, x, repeats: int) -> dict[str, float]:
@@ -60,7 +63,7 @@ def main() -> None:
     rows = timed(models, x, args.repeats)
     base = rows["lstm (stacked, fused C++)"]
     print(f"T={args.T} B={args.B} H={args.H} L={args.L}, 1 thread, best of {args.repeats} "
-          "rounds, models taking turns (shared, noisy machine)")
+          "rounds, models taking turns, CPU time of one thread (shared, noisy machine)")
     for label, ms in rows.items():
         print(f"  {label:34s} {ms:8.1f} ms   ×{ms / base:5.2f} of the stacked LSTM")
     for kw in ("", " priority=depth"):
@@ -68,7 +71,7 @@ def main() -> None:
         print(f"  C++ step{kw}: {py / cpp:.2f}× faster than the torch loop (fused_py)")
     out = Path(__file__).parent / "results" / (args.out or "grid_speed.json")
     out.write_text(json.dumps({"config": vars(args), "ms": rows,
-                               "note": "shared, noisy machine (load average "
+                               "note": "CPU ms of one thread; shared, noisy machine (load average "
                                        f"{os.getloadavg()[0]:.1f} at the end)"},
                               indent=1) + "\n")
 
