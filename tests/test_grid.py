@@ -244,9 +244,9 @@ def test_tied_equals_untied_with_copied_weights():
             untied.weight_in.copy_(tied.weight_in)
             untied.bias_in.copy_(tied.bias_in)
         x = torch.randn(4, 2, 3, dtype=D64)
-        (o1, s1), (o2, s2) = tied(x), untied(x)
-        torch.testing.assert_close(o1, o2, rtol=0, atol=0)
-        torch.testing.assert_close(s1, s2, rtol=0, atol=0)
+        (o1, s1), (o2, s2) = tied(x), untied(x)     # (the tied 1-D grid: one engine call;
+        torch.testing.assert_close(o1, o2, rtol=0, atol=1e-12)   # the untied: the block loop)
+        torch.testing.assert_close(s1, s2, rtol=0, atol=1e-12)
         assert lstmkit.count_parameters(untied) > lstmkit.count_parameters(tied)
 
 
@@ -514,8 +514,10 @@ def test_fused_backend_errors():
             torch.randn(2, 1, 3, dtype=torch.bfloat16))
     with pytest.raises(ValueError, match="not time"):
         lstmkit.GridLSTM(3, 4, priority="time", backend="fused_cpp")
-    with pytest.raises(ValueError, match="no time loop"):
+    with pytest.raises(ValueError, match="untied 1-D grid"):
         lstmkit.GridLSTM(3, 4, dims="depth", backend="fused")
+    with pytest.raises(ValueError, match="LSTM transforms"):
+        lstmkit.GridLSTM(3, 4, dims="depth", tied=True, non_lstm="depth", backend="fused_cpp")
     with pytest.raises(ValueError, match="not time"):
         lstmkit.GridLSTM(3, 4, priority="time", backend="fused_py")
     with pytest.raises(ValueError, match="LSTM transforms in both"):
@@ -622,3 +624,54 @@ def test_compile_equals_eager():
     want, got = m(x), compiled(x)
     for a, b in zip((want[0], *want[1]), (got[0], *got[1])):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+# -- the tied 1-D grid on the engine (a recurrence over depth) -------------------------------------
+@pytest.mark.parametrize("form", ["paper", "standard"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_1d_tied_fused_equals_reference(form, bias, chunked, monkeypatch):
+    """The tied 1-D grid as one engine call (both loops) equals the autograd loop over the
+    block equations: outputs, final states and every gradient, on packed input."""
+    if chunked:
+        monkeypatch.setattr("lstmkit.ops.fused.MIN_CHUNK_ROWS", 1)
+    m = grid(3, 4, 5, dims="depth", tied=True, cell_output=form, bias=bias)
+    x = pack_sequence([torch.randn(n, 3, dtype=D64) for n in (4, 6, 2)], enforce_sorted=False)
+    results = {}
+    for backend in ("reference", "fused_py", "fused_cpp"):
+        m.backend = backend
+        data = x.data.detach().clone().requires_grad_()
+        out, (h, c) = m(torch.nn.utils.rnn.PackedSequence(data, x.batch_sizes, x.sorted_indices,
+                                                          x.unsorted_indices))
+        g = torch.Generator().manual_seed(4)
+        loss = sum((t * torch.randn(t.shape, generator=g, dtype=D64)).sum()
+                   for t in (out.data, h, c))
+        m.zero_grad()
+        loss.backward()
+        results[backend] = [out.data, h, c, data.grad,
+                            *(q.grad.clone() for q in m.parameters())]
+    for fused in ("fused_py", "fused_cpp"):
+        for a, b in zip(results["reference"], results[fused], strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["fused_py", "fused_cpp"])
+def test_1d_tied_fused_gradcheck(backend):
+    m = grid(2, 3, 4, dims="depth", tied=True, backend=backend)
+    names = [n for n, _ in m.named_parameters()]
+    x = torch.randn(3, 2, 2, dtype=D64, requires_grad=True)
+
+    def f(x, *ps):
+        out, (h, c) = torch.func.functional_call(m, dict(zip(names, ps)), (x,))
+        return out, h, c
+    assert torch.autograd.gradcheck(f, (x, *m.parameters()), atol=1e-7)
+
+
+def test_1d_tied_auto_is_one_engine_call(monkeypatch):
+    from lstmkit.ops import fused
+    calls = []
+    real = fused.run_layer
+    monkeypatch.setattr(fused, "run_layer", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    m = grid(3, 4, 6, dims="depth", tied=True)
+    m(torch.randn(5, 2, 3, dtype=D64))
+    assert calls == [[10] * 6]              # 5 steps × 2 sequences = 10 rows, 6 layers deep

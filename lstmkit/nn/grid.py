@@ -20,6 +20,7 @@ from ..cells.grid import (
     grid2d_spec,
     grid_block,
     grid_layer_weights,
+    grid_spec,
 )
 from . import checks
 
@@ -172,8 +173,10 @@ class GridLSTM(nn.Module):
     @property
     def fused_supported(self) -> str | None:
         """None if the fused step computes this configuration, else why not."""
-        if self.dims != ("time", "depth"):
-            return "the 1-D grid has no time loop (its layers are one batched GEMM each)"
+        if self.dims != ("time", "depth") and not self.tied:
+            return ("the untied 1-D grid has a weight per layer, which one engine call (one "
+                    "weight along its loop) cannot take; its layers are one batched GEMM "
+                    "each, by autograd")
         if self.non_lstm:
             return "the fused step has LSTM transforms in both dimensions"
         if self.priority == ("time",):
@@ -233,6 +236,9 @@ class GridLSTM(nn.Module):
         return self._format(seq, out, states)
 
     def _depth_only(self, h: Tensor, seq: checks.Sequence, recorder):
+        if (self._use_fused(recorder, h) and recorder is None
+                and not (self.dropout and self.training)):
+            return self._depth_only_fused(h, seq)
         m = torch.zeros_like(h)
         lstm = "depth" not in self.non_lstm
         for layer in range(self.num_layers):
@@ -246,6 +252,22 @@ class GridLSTM(nn.Module):
                 h = F.dropout(h, self.dropout, training=True)
         last = _last_rows(seq.batch_sizes, h.device)
         return h, (h[last].unsqueeze(0), m[last].unsqueeze(0))
+
+    def _depth_only_fused(self, h: Tensor, seq: checks.Sequence):
+        """The tied 1-D grid as one engine call: a recurrence over depth of the family
+        ``grid_lstm`` with ``dims=1`` (:class:`lstmkit.cells.grid.Grid1DFused`), every input
+        row one sequence of num_layers steps, from (h_0, 0) with no other input."""
+        from ..cells.base import LayerWeights
+        spec = grid_spec(self.cell_output, dims=1)
+        N, L, d = h.shape[0], self.num_layers, self.hidden_size
+        layout = [N] * L
+        run = ops.select_backend(self.backend, spec, h, layout)
+        ((w, b),) = self.block_weights(0)
+        x = h.new_zeros(N * L, 0)                          # no input beyond h_0
+        lw = LayerWeights(h.new_zeros(4 * d, 0), w, b, None)
+        _, (h_L, m_L), _ = run(spec, x, layout, (h, torch.zeros_like(h)), lw)
+        last = _last_rows(seq.batch_sizes, h.device)
+        return h_L, (h_L[last].unsqueeze(0), m_L[last].unsqueeze(0))
 
     def _time_depth(self, hd: Tensor, seq: checks.Sequence, h0: Tensor, m0: Tensor, recorder):
         md: Tensor | None = torch.zeros_like(hd)

@@ -100,21 +100,38 @@ struct GridLSTMCell {
   static constexpr bool kDirectH = false;    // h^d'_{t−1} is not read at all
 
   explicit GridLSTMCell(const Layer<T>& L)
-      : d(L.H), paper(L.opts.at(0) != 0), priority(L.opts.at(1) != 0), W(L.w[0]),
-        m_low(static_cast<const T*>(L.side.at(0))),
+      : d(L.H), paper(L.opts.at(0) != 0), priority(L.opts.at(1) != 0),
+        one_dim(L.opts.size() > 2 && L.opts[2] != 0), W(L.w[0]),
+        m_low(L.side.empty() ? nullptr : static_cast<const T*>(L.side[0])),
         dm_low(L.grads.empty() ? nullptr : L.grads[0]),
-        both(W, true, L.B, 8 * L.H, L.H), time_rows(W, true, L.B, 4 * L.H, L.H),
-        depth_rows(W + 4 * L.H * L.H, true, L.B, 4 * L.H, L.H),
-        back_both(W, false, L.B, L.H, 8 * L.H), back_time(W, false, L.B, L.H, 4 * L.H),
-        back_depth(W + 4 * L.H * L.H, false, L.B, L.H, 4 * L.H),
+        // (1-D: W is (4d, d) and only time_rows/back_time exist; null W: unused objects)
+        both(one_dim ? nullptr : W, true, L.B, 8 * L.H, L.H),
+        time_rows(W, true, L.B, 4 * L.H, L.H),
+        depth_rows(one_dim ? nullptr : W + 4 * L.H * L.H, true, L.B, 4 * L.H, L.H),
+        back_both(one_dim ? nullptr : W, false, L.B, L.H, 8 * L.H),
+        back_time(W, false, L.B, L.H, 4 * L.H),
+        back_depth(one_dim ? nullptr : W + 4 * L.H * L.H, false, L.B, L.H, 4 * L.H),
         dh_time(priority ? L.B * L.H : 0) {
-    TORCH_CHECK(L.A == 8 * d && L.n_states == 4 && L.R == d,
-                "grid_lstm: a must be (N, 8d) with four states of width d");
+    if (one_dim) {
+      TORCH_CHECK(L.A == 4 * d && L.n_states == 2 && L.R == d,
+                  "grid_lstm (1-D): a must be (N, 4d) with two states of width d");
+    } else {
+      TORCH_CHECK(L.A == 8 * d && L.n_states == 4 && L.R == d && m_low,
+                  "grid_lstm: a must be (N, 8d) with four states of width d and a side input");
+    }
     TORCH_CHECK(!L.w_hr && !L.h_drop && !L.zone[0] && !L.zone[1] && !L.zone[2] && !L.zone[3],
                 "grid_lstm: no projection, recurrent dropout or zoneout");
   }
 
   void forward(FwdStep<T>& s) {
+    if (one_dim) {
+      time_rows(s.n, s.h_in, d, T(1), s.a, 4 * d);                    // a += h_{l−1} Wᵀ
+      if (paper) grid_transform<T, true>(s.n, d, s.a, 4 * d, s.prev[1], s.next[0], s.ld0,
+                                         s.next[1]);
+      else grid_transform<T, false>(s.n, d, s.a, 4 * d, s.prev[1], s.next[0], s.ld0,
+                                    s.next[1]);
+      return;
+    }
     if (paper) step<true>(s);
     else step<false>(s);
   }
@@ -132,6 +149,17 @@ struct GridLSTMCell {
   }
 
   void backward(BwdStep<T>& s) {
+    if (one_dim) {
+      const int64_t n = s.n;
+      if (paper) grid_transform_backward<T, true>(n, d, s.gates, 4 * d, s.prev[1], s.next[1],
+                                                  s.next[0], s.ld0, s.dnext[0], s.ld0,
+                                                  s.dnext[1], s.dA, s.dprev[1]);
+      else grid_transform_backward<T, false>(n, d, s.gates, 4 * d, s.prev[1], s.next[1],
+                                             s.next[0], s.ld0, s.dnext[0], s.ld0, s.dnext[1],
+                                             s.dA, s.dprev[1]);
+      back_time(n, s.dA, 4 * d, s.beta0, s.dh_in, d);                  // ∂L/∂ĥ = dA W
+      return;
+    }
     if (paper) back<true>(s);
     else back<false>(s);
   }
@@ -164,7 +192,7 @@ struct GridLSTMCell {
   }
 
   int64_t d;
-  bool paper, priority;
+  bool paper, priority, one_dim;
   const T* W;
   const T* m_low;
   T* dm_low;
