@@ -47,7 +47,8 @@ def timed(models: dict, x, repeats: int) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for name, default in (("T", 50), ("B", 32), ("H", 128), ("L", 3), ("repeats", 7)):
+    for name, default in (("T", 50), ("B", 32), ("H", 128), ("L", 3), ("repeats", 7),
+                          ("bits", 10), ("depth", 8)):
         ap.add_argument(f"--{name}", type=int, default=default)
     ap.add_argument("--out", help="file name under benchmarks/results (grid_speed.json)")
     args = ap.parse_args()
@@ -69,11 +70,29 @@ def main() -> None:
     for kw in ("", " priority=depth"):
         py, cpp = rows[f"grid 2-D fused_py{kw}"], rows[f"grid 2-D fused_cpp{kw}"]
         print(f"  C++ step{kw}: {py / cpp:.2f}× faster than the torch loop (fused_py)")
+    one_d = parity_speed(args)
     out = Path(__file__).parent / "results" / (args.out or "grid_speed.json")
-    out.write_text(json.dumps({"config": vars(args), "ms": rows,
+    out.write_text(json.dumps({"config": vars(args), "ms": rows, "ms_1d_parity": one_d,
                                "note": "CPU ms of one thread; shared, noisy machine (load average "
                                        f"{os.getloadavg()[0]:.1f} at the end)"},
                               indent=1) + "\n")
+
+
+def parity_speed(args) -> dict[str, float]:
+    """The tied 1-D grid (the parity network: k bits at once, --bits, --depth layers,
+    width --H, batch --B): one engine call over depth (C++ or torch loop) against the
+    autograd loop over the block equations."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 2, (1, args.B, args.bits)).float()
+    models = {f"grid 1-D tied {b}": lstmkit.GridLSTM(args.bits, args.H, args.depth,
+                                                      dims="depth", tied=True, backend=b)
+              for b in ("reference", "fused_py", "fused_cpp")}
+    rows = timed(models, x, args.repeats)
+    base = rows["grid 1-D tied reference"]
+    print(f"1-D tied grid, k={args.bits} bits, B={args.B}, H={args.H}, {args.depth} layers:")
+    for label, ms in rows.items():
+        print(f"  {label:34s} {ms:8.2f} ms   ×{base / ms:5.2f} faster than the reference")
+    return rows
 
 
 if __name__ == "__main__":
