@@ -2,8 +2,10 @@ r"""``lstmkit.GridLSTM``: Grid LSTM networks (Kalchbrenner, Danihelka & Graves 2
 arXiv:1507.01526) in the 1-D (depth) and 2-D (time × depth) forms, with torch.nn.LSTM's call.
 
 The blocks are :func:`lstmkit.cells.grid.grid_block` (the paper's equations); this module
-arranges them into a grid and runs it by autograd (see the class docstring for why there is
-no fused kernel).
+arranges them into a grid. The 2-D grid (one engine call per layer) and the tied 1-D grid
+(one engine call for the whole depth) run on the engine as the cell family ``grid_lstm``
+(:func:`lstmkit.cells.grid.grid_spec`, C++ step ``ops/csrc/cells/grid_lstm.h``); the other
+configurations run the autograd loop over the blocks (see the class docstring).
 """
 
 from __future__ import annotations
@@ -87,12 +89,17 @@ class GridLSTM(nn.Module):
     PackedSequence (any order); ``dropout`` applies to h^d between layers (not to m^d).
     Not offered: ``bidirectional`` (a direction is one more grid dimension; use two
     modules), ``proj_size``, the regularisers of the LSTM family. ``backend``:
-    "reference" runs the autograd loop over the blocks; "fused_py" (and "fused") runs each
-    2-D layer as one call of the engine's autograd Function with the hand-derived BPTT of
-    :class:`lstmkit.cells.grid.Grid2DFused` on the engine's torch loop (LSTM transforms in
-    both dimensions, no priority or depth priority; other configurations raise); "auto"
-    takes it where it runs and not recording, else the reference loop. There is no C++ step
-    ("fused_cpp" raises), and the 1-D form has no time loop at all. ``lstmkit.record``
+    "reference" runs the autograd loop over the blocks; every other backend runs the engine
+    (:func:`lstmkit.ops.select_backend` with the family ``grid_lstm``): each 2-D layer is one
+    call of the engine's autograd Function with the hand-derived BPTT of
+    :class:`lstmkit.cells.grid.Grid2DFused` — its C++ step for "fused_cpp" and, on CPU
+    float32/float64, for "fused" and "auto"; the torch loop for "fused_py"; the custom op
+    ``lstmkit::grid_lstm_layer`` under ``torch.compile``. It covers LSTM transforms in both
+    dimensions with no priority or depth priority; other configurations raise with an
+    explicit fused backend and run the block loop with "auto". The tied 1-D grid runs as one
+    engine call over depth (:class:`lstmkit.cells.grid.Grid1DFused`; recording and dropout
+    in training take the block loop); the untied and non-LSTM 1-D grids always run the block
+    loop (one batched GEMM per layer). ``lstmkit.record``
     gives per layer the gates ``u_time, f_time, c_time, o_time, u_depth, …`` and the vectors
     ``h_time, m_time, h_depth, m_depth`` (the new ones, [T, B, d]); ``lstmkit.summary`` the
     parameter table.
