@@ -609,11 +609,13 @@ def test_record_through_the_engine_equals_the_reference_record(backend):
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-12, equal_nan=True)
 
 
-def test_compile_equals_eager():
-    """torch.compile runs each layer as the custom op lstmkit::grid_lstm_layer."""
+@pytest.mark.parametrize("kw", [{}, {"dims": "depth", "tied": True}], ids=["2d", "1d-tied"])
+def test_compile_equals_eager(kw):
+    """torch.compile runs each layer (the tied 1-D grid: its whole depth) as the custom op
+    lstmkit::grid_lstm_layer; outputs and states equal eager."""
     import torch._dynamo as dynamo
     torch.manual_seed(3)
-    m = lstmkit.GridLSTM(3, 4, 2)
+    m = lstmkit.GridLSTM(3, 4, 2, **kw)
     x = torch.randn(6, 2, 3)
     dynamo.reset()
     explained = dynamo.explain(m)(x)
