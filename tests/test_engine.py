@@ -316,6 +316,7 @@ def test_summary_lists_every_parameter(variant):
 
 def test_every_family_has_its_kernels_and_op():
     cells = [_build(v, "auto").cell for v in VARIANTS]
+    cells.append(lstmkit.cells.grid.grid2d_spec())   # GridLSTM: its own module (test_grid.py)
     assert {c.family for c in cells} == set(families())
     cpp = ops.cpp_kernels(required=True).module
     assert {c.fused.cpp for c in cells if c.scan is None} == set(cpp.families())

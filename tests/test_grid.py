@@ -244,9 +244,9 @@ def test_tied_equals_untied_with_copied_weights():
             untied.weight_in.copy_(tied.weight_in)
             untied.bias_in.copy_(tied.bias_in)
         x = torch.randn(4, 2, 3, dtype=D64)
-        (o1, s1), (o2, s2) = tied(x), untied(x)
-        torch.testing.assert_close(o1, o2, rtol=0, atol=0)
-        torch.testing.assert_close(s1, s2, rtol=0, atol=0)
+        (o1, s1), (o2, s2) = tied(x), untied(x)     # (the tied 1-D grid: one engine call;
+        torch.testing.assert_close(o1, o2, rtol=0, atol=1e-12)   # the untied: the block loop)
+        torch.testing.assert_close(s1, s2, rtol=0, atol=1e-12)
         assert lstmkit.count_parameters(untied) > lstmkit.count_parameters(tied)
 
 
@@ -330,7 +330,7 @@ def test_dropout_between_layers_only_in_training():
     ({"non_lstm": "time"}, "non_lstm='time' is not offered"),
     ({"cell_output": "tanh"}, "cell_output must be"),
     ({"activation": "gelu"}, "activation"),
-    ({"backend": "fused_cpp"}, "no C\\+\\+ kernel"),
+    ({"backend": "fused_cpp", "non_lstm": "depth"}, "LSTM transforms in both"),
     ({"backend": "cuda"}, "backend must be"),
     ({"bidirectional": True}, "bidirectional"),
     ({"dropout": 2.0}, "dropout"),
@@ -429,14 +429,15 @@ def test_fused_equals_reference(kw, packed, chunked, monkeypatch):
         x = pack_sequence([torch.randn(n, 3, dtype=D64) for n in (4, 6, 2)],
                           enforce_sorted=False)
     results = {}
-    for backend in ("reference", "fused_py"):
+    for backend in ("reference", "fused_py", "fused_cpp"):
         m.backend = backend
         if packed:
             results[backend] = _run_packed(m, x, hx)
         else:
             results[backend] = _run_all(m, x, hx)
-    for a, b in zip(results["reference"], results["fused_py"], strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    for fused in ("fused_py", "fused_cpp"):
+        for a, b in zip(results["reference"], results[fused], strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
 def _run_packed(m, packed, hx):
@@ -454,37 +455,48 @@ def _run_packed(m, packed, hx):
             *(q.grad.clone() for q in m.parameters())]
 
 
-def test_fused_step_equals_its_engine_reference_step():
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("layout", [[3] * 5, [3, 3, 2, 1, 1]], ids=["padded", "packed"])
+@pytest.mark.parametrize("form", ["paper", "standard"])
+def test_fused_step_equals_its_engine_reference_step(reverse, layout, form):
     """The spec's reference step (the block equations) through the engine's reference loop
-    equals its fused step through the engine's autograd Function, side gradient included."""
+    equals its fused step through the engine's autograd Function on both loops (torch and
+    C++), side gradient included, in both directions (the engine's reverse pass: what a
+    bidirectional grid layer would run) and on a packed layout."""
     from lstmkit.cells.grid import grid2d_spec, grid_layer_weights
-    from lstmkit.ops import fused, loops, reference
+    from lstmkit.ops import cpp_kernels, fused, loops, reference
     torch.manual_seed(6)
-    d, B, T = 4, 3, 5
+    d, B, N = 4, 3, sum(layout)
+    cpp = cpp_kernels(required=True)
     for priority in (False, True):
-        spec = grid2d_spec("paper", priority)
+        spec = grid2d_spec(form, priority)
         w = grid_layer_weights(torch.randn(4 * d, 2 * d, dtype=D64, requires_grad=True),
                                torch.randn(4 * d, dtype=D64, requires_grad=True),
                                torch.randn(4 * d, 2 * d, dtype=D64, requires_grad=True),
                                torch.randn(4 * d, dtype=D64, requires_grad=True))
-        x = torch.randn(T * B, d, dtype=D64, requires_grad=True)
-        side = torch.randn(T * B, d, dtype=D64, requires_grad=True)
+        x = torch.randn(N, d, dtype=D64, requires_grad=True)
+        side = torch.randn(N, d, dtype=D64, requires_grad=True)
         s0 = tuple(torch.randn(B, d, dtype=D64, requires_grad=True) for _ in range(4))
         outs = {}
         for name, run in (("ref", reference.run_layer),
-                          ("fused", lambda *a, **k: fused.run_layer(*a, kernels=loops, **k))):
-            _, finals, _, seqs = run(spec, x, [B] * T, s0, w, side=(side,), sequences=True)
+                          ("py", lambda *a, **k: fused.run_layer(*a, kernels=loops, **k)),
+                          ("cpp", lambda *a, **k: fused.run_layer(*a, kernels=cpp, **k))):
+            _, finals, _, seqs = run(spec, x, layout, s0, w, side=(side,), sequences=True,
+                                     reverse=reverse)
             loss = sum((t * torch.sin(torch.arange(t.numel(), dtype=D64)).view_as(t)).sum()
                        for t in (*seqs, *finals))
             grads = torch.autograd.grad(loss, [x, side, *s0[2:], w.w_ih, w.w_hh, w.b_ih])
             # (h^d, m^d of step 0 are never read: no gradient)
             outs[name] = [*seqs, *finals, *grads]
-        for a, b in zip(outs["ref"], outs["fused"], strict=True):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+        for fused_name in ("py", "cpp"):
+            for a, b in zip(outs["ref"], outs[fused_name], strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
-def test_fused_gradcheck():
-    m = grid(2, 3, 2, priority="depth", backend="fused_py")
+@pytest.mark.parametrize("backend", ["fused_py", "fused_cpp"])
+@pytest.mark.parametrize("kw", [{"priority": "depth"}, {"cell_output": "standard"}])
+def test_fused_gradcheck(backend, kw):
+    m = grid(2, 3, 2, backend=backend, **kw)
     names = [n for n, _ in m.named_parameters()]
     x = torch.randn(3, 2, 2, dtype=D64, requires_grad=True)
     h0 = torch.randn(2, 2, 3, dtype=D64, requires_grad=True)
@@ -497,10 +509,15 @@ def test_fused_gradcheck():
 
 
 def test_fused_backend_errors():
-    with pytest.raises(ValueError, match="no C\\+\\+ kernel"):
-        lstmkit.GridLSTM(3, 4, backend="fused_cpp")
-    with pytest.raises(ValueError, match="no time loop"):
+    with pytest.raises(ValueError, match="float32/float64"):
+        lstmkit.GridLSTM(3, 4, backend="fused_cpp", dtype=torch.bfloat16)(
+            torch.randn(2, 1, 3, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="not time"):
+        lstmkit.GridLSTM(3, 4, priority="time", backend="fused_cpp")
+    with pytest.raises(ValueError, match="untied 1-D grid"):
         lstmkit.GridLSTM(3, 4, dims="depth", backend="fused")
+    with pytest.raises(ValueError, match="LSTM transforms"):
+        lstmkit.GridLSTM(3, 4, dims="depth", tied=True, non_lstm="depth", backend="fused_cpp")
     with pytest.raises(ValueError, match="not time"):
         lstmkit.GridLSTM(3, 4, priority="time", backend="fused_py")
     with pytest.raises(ValueError, match="LSTM transforms in both"):
@@ -559,3 +576,104 @@ def test_fused_double_backward_equals_reference():
         res[backend] = (g, gg)
     for a, b in zip(res["reference"], res["fused_py"]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_auto_runs_the_cpp_step(monkeypatch):
+    """"auto" (float32/float64 on the CPU) runs the family's C++ step through the engine."""
+    from lstmkit.ops import extension
+    kernels = extension.cpp_kernels(required=True)
+    seen = []
+    real = kernels.forward
+    monkeypatch.setattr(kernels, "forward", lambda cell, *a: seen.append(cell.fused.cpp)
+                        or real(cell, *a))
+    m = grid(3, 4, 2, tied=True)
+    m(torch.randn(5, 2, 3, dtype=D64))
+    assert seen == ["grid_lstm", "grid_lstm"]                # one engine call per layer
+
+
+@pytest.mark.parametrize("backend", ["fused_py", "fused_cpp"])
+def test_record_through_the_engine_equals_the_reference_record(backend):
+    """lstmkit.record on the engine path (the saved gates and states of the fused layer)
+    gives the same names and values as the reference loop over the block equations."""
+    m = grid(3, 4, 2, priority="depth")
+    x = pack_sequence([torch.randn(n, 3, dtype=D64) for n in (5, 3)])
+    recs = {}
+    for b in ("reference", backend):
+        m.backend = b
+        with lstmkit.record(m) as rec:
+            m(x)
+        recs[b] = rec.layers
+    for a, b in zip(recs["reference"], recs[backend], strict=True):
+        assert set(a.keys()) == set(b.keys())
+        for k in a.keys():
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("kw", [{}, {"dims": "depth", "tied": True}], ids=["2d", "1d-tied"])
+def test_compile_equals_eager(kw):
+    """torch.compile runs each layer (the tied 1-D grid: its whole depth) as the custom op
+    lstmkit::grid_lstm_layer; outputs and states equal eager."""
+    import torch._dynamo as dynamo
+    torch.manual_seed(3)
+    m = lstmkit.GridLSTM(3, 4, 2, **kw)
+    x = torch.randn(6, 2, 3)
+    dynamo.reset()
+    explained = dynamo.explain(m)(x)
+    used = {str(n.target) for gm in explained.graphs for n in gm.graph.nodes
+            if n.op == "call_function"}
+    assert any("grid_lstm_layer" in op for op in used), used
+    compiled = torch.compile(m, backend="aot_eager")
+    want, got = m(x), compiled(x)
+    for a, b in zip((want[0], *want[1]), (got[0], *got[1])):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+# -- the tied 1-D grid on the engine (a recurrence over depth) -------------------------------------
+@pytest.mark.parametrize("form", ["paper", "standard"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_1d_tied_fused_equals_reference(form, bias, chunked, monkeypatch):
+    """The tied 1-D grid as one engine call (both loops) equals the autograd loop over the
+    block equations: outputs, final states and every gradient, on packed input."""
+    if chunked:
+        monkeypatch.setattr("lstmkit.ops.fused.MIN_CHUNK_ROWS", 1)
+    m = grid(3, 4, 5, dims="depth", tied=True, cell_output=form, bias=bias)
+    x = pack_sequence([torch.randn(n, 3, dtype=D64) for n in (4, 6, 2)], enforce_sorted=False)
+    results = {}
+    for backend in ("reference", "fused_py", "fused_cpp"):
+        m.backend = backend
+        data = x.data.detach().clone().requires_grad_()
+        out, (h, c) = m(torch.nn.utils.rnn.PackedSequence(data, x.batch_sizes, x.sorted_indices,
+                                                          x.unsorted_indices))
+        g = torch.Generator().manual_seed(4)
+        loss = sum((t * torch.randn(t.shape, generator=g, dtype=D64)).sum()
+                   for t in (out.data, h, c))
+        m.zero_grad()
+        loss.backward()
+        results[backend] = [out.data, h, c, data.grad,
+                            *(q.grad.clone() for q in m.parameters())]
+    for fused in ("fused_py", "fused_cpp"):
+        for a, b in zip(results["reference"], results[fused], strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["fused_py", "fused_cpp"])
+def test_1d_tied_fused_gradcheck(backend):
+    m = grid(2, 3, 4, dims="depth", tied=True, backend=backend)
+    names = [n for n, _ in m.named_parameters()]
+    x = torch.randn(3, 2, 2, dtype=D64, requires_grad=True)
+
+    def f(x, *ps):
+        out, (h, c) = torch.func.functional_call(m, dict(zip(names, ps)), (x,))
+        return out, h, c
+    assert torch.autograd.gradcheck(f, (x, *m.parameters()), atol=1e-7)
+
+
+def test_1d_tied_auto_is_one_engine_call(monkeypatch):
+    from lstmkit.ops import fused
+    calls = []
+    real = fused.run_layer
+    monkeypatch.setattr(fused, "run_layer", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    m = grid(3, 4, 6, dims="depth", tied=True)
+    m(torch.randn(5, 2, 3, dtype=D64))
+    assert calls == [[10] * 6]              # 5 steps × 2 sequences = 10 rows, 6 layers deep

@@ -7,6 +7,7 @@ family is one more module on the registration line below.
 from . import (  # noqa: F401
     clockwork,
     depth_gated,
+    grid,
     gru,
     layernorm,
     lstm,

@@ -60,6 +60,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .base import register
+
 CELL_OUTPUTS = ("paper", "standard")
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid,
                "identity": lambda a: a}
@@ -294,7 +296,7 @@ class Grid2DFused:
     dw_hh = dAᵀ H^t_prev (no priority) or [da_timeᵀ H^t_prev; da_depthᵀ H^t_new].
     """
 
-    cpp = None                 # no C++ functor: the torch loop runs it
+    cpp = "grid_lstm"          # csrc/cells/grid_lstm.h: the same step in C++
     output_in_gates = False
 
     def __init__(self, paper: bool, priority_depth: bool):
@@ -314,7 +316,7 @@ class Grid2DFused:
         return [like.new_empty(rows, H)]
 
     def cpp_options(self, spec):
-        return []
+        return [float(self.paper), float(self.priority_depth)]
 
     def forward_step(self, spec, s) -> None:
         (w_hh,) = s.w
@@ -361,13 +363,103 @@ class Grid2DFused:
         return dict(zip(GRID_ROWS, gates.split(H, dim=1)))
 
 
-def grid2d_spec(cell_output: str = "paper", priority_depth: bool = False):
-    """The engine's :class:`~lstmkit.cells.base.CellSpec` of a 2-D grid layer. It is not
-    registered as an engine family (it has no C++ functor and no custom op); the
-    GridLSTM module runs it with :func:`lstmkit.ops.fused.run_layer` on the torch loop."""
+# -- the 1-D (depth) tied grid on the engine's loop -----------------------------------------------
+# With one dimension the block is (h', m') = LSTM(h, m, W): a tied 1-D grid of L layers is
+# this transform run for L steps from h_0 = W_in x + b_in, m_0 = 0, with no other input. On
+# the engine it is a recurrence over depth: every input row (every step of every sequence)
+# is one "sequence" of L steps (batch_sizes = [N] * L), x is empty (N·L, 0), the states are
+# (h, m), w_hh = W (4d, d), b_ih = b (4d,) or None, w_ih = (4d, 0), b_hh = None.
+GRID1D_STATES = ("h_depth", "m_depth")
+GRID1D_ROWS = tuple(f"{g}_depth" for g in GATES)
+
+
+def grid1d_step(x_t: Tensor, state, w, *, h_in: Tensor | None = None,
+                cell_output: str = "paper"):
+    """One layer of the tied 1-D grid in the engine's step form (the reference):
+    ``state`` = (h, m), ``x_t`` (n, 0) (nothing: its projection is just the bias)."""
+    h, m = state
+    h_in = h if h_in is None else h_in
+    a = F.linear(x_t, w.w_ih, w.b_ih) + F.linear(h_in, w.w_hh)
+    a_u, a_f, a_c, a_o = a.chunk(4, dim=-1)
+    g_u, g_f, g_o, g_c = a_u.sigmoid(), a_f.sigmoid(), a_o.sigmoid(), a_c.tanh()
+    m_new = g_f * m + g_u * g_c
+    h_new = torch.tanh(g_o * m_new) if cell_output == "paper" else g_o * torch.tanh(m_new)
+    return (h_new, m_new), {"u_depth": g_u, "f_depth": g_f, "c_depth": g_c, "o_depth": g_o}
+
+
+class Grid1DFused(Grid2DFused):
+    """The fused step of the tied 1-D grid: a += ĥ w_hhᵀ (ĥ = h_{l−1}, the engine's own
+    recurrent input), the LSTM transform pointwise (:func:`_lstm_forward`); backward
+    :func:`_lstm_backward`, ∂L/∂h_{l−1} = dA w_hh, and the engine's default weight gradients
+    (dW_hh = dAᵀ Ĥ_prev, db = Σ dA). The C++ step is the same functor as the 2-D grid's
+    (``csrc/cells/grid_lstm.h`` with its option one_dim)."""
+
+    def __init__(self, paper: bool):
+        super().__init__(paper, False)
+
+    def grad_buffers(self, spec, rows, like, H, side):
+        return []
+
+    def cpp_options(self, spec):
+        return [float(self.paper), 0.0, 1.0]
+
+    def forward_step(self, spec, s) -> None:
+        (w_hh,) = s.w
+        s.a.addmm_(s.h_in, w_hh.t())
+        _lstm_forward(s.a, s.prev[1], s.next[0], s.next[1], self.paper)
+
+    def backward_step(self, spec, s):
+        (w_hh,) = s.w
+        dm = _lstm_backward(s.gates, s.dA, s.prev[1], s.next[1], s.next[0], s.dnext[0],
+                            s.dnext[1], self.paper)
+        return [None, dm], s.dA @ w_hh
+
+    def chunk_grads(self, spec, c, w, aux, g) -> None:
+        from .base import FusedCell
+        FusedCell.input_grads(c, w, c.dA, g, b_hh=False)          # db = Σ dA (dx: empty)
+        if g.w["w_hh"] is not None:
+            g.w["w_hh"].addmm_(c.dA.t(), c.h_in)                  # dW = dAᵀ H_{l−1}
+
+    def trace_gates(self, spec, gates, H):
+        return dict(zip(GRID1D_ROWS, gates.split(H, dim=1)))
+
+
+def grid_spec(cell_output: str = "paper", priority_depth: bool = False, dims: int = 2):
+    """The engine's :class:`~lstmkit.cells.base.CellSpec` of a grid layer (the family
+    ``grid_lstm``): ``dims=2`` one layer of the 2-D time × depth grid
+    (:func:`grid2d_spec`), ``dims=1`` the whole tied 1-D grid as a recurrence over depth
+    (see :class:`Grid1DFused`)."""
+    if dims == 2:
+        return grid2d_spec(cell_output, priority_depth)
+    if dims != 1 or priority_depth:
+        raise ValueError(f"grid_lstm: dims must be 1 or 2 (priority only with 2), got "
+                         f"dims={dims!r}, priority_depth={priority_depth!r}")
+    if cell_output not in CELL_OUTPUTS:
+        raise ValueError(f"grid_lstm: cell_output must be 'paper' or 'standard', got "
+                         f"{cell_output!r}")
     from functools import partial
 
     from .base import CellSpec, StateSpec
+    return CellSpec(
+        family="grid_lstm", step=partial(grid1d_step, cell_output=cell_output),
+        gate_rows=GRID1D_ROWS, gates=GRID1D_ROWS, n_states=2,
+        options=(("cell_output", cell_output), ("priority_depth", False), ("dims", 1)),
+        states=tuple(StateSpec(n, lambda H, R: H) for n in GRID1D_STATES),
+        fused=Grid1DFused(cell_output == "paper"))
+
+
+def grid2d_spec(cell_output: str = "paper", priority_depth: bool = False):
+    """The engine's :class:`~lstmkit.cells.base.CellSpec` of a 2-D grid layer, registered as
+    the family ``grid_lstm``: every backend of :func:`lstmkit.ops.select_backend` runs it
+    (the C++ step is ``csrc/cells/grid_lstm.h``; the custom op ``lstmkit::grid_lstm_layer``
+    serves ``torch.compile``). The GridLSTM module calls it once per layer, the depth
+    vectors of the layer below as input and side input."""
+    from functools import partial
+
+    from .base import CellSpec, StateSpec
+    if cell_output not in CELL_OUTPUTS:
+        raise ValueError(f"grid_lstm: cell_output must be 'paper' or 'standard', got "
+                         f"{cell_output!r}")
     return CellSpec(
         family="grid_lstm",
         step=partial(grid2d_step, cell_output=cell_output, priority_depth=priority_depth),
@@ -376,3 +468,6 @@ def grid2d_spec(cell_output: str = "paper", priority_depth: bool = False):
         states=tuple(StateSpec(n, lambda H, R: H) for n in GRID_STATES),
         fused=Grid2DFused(cell_output == "paper", priority_depth),
         layer_link=1)
+
+
+register("grid_lstm", grid_spec)

@@ -2,8 +2,10 @@ r"""``lstmkit.GridLSTM``: Grid LSTM networks (Kalchbrenner, Danihelka & Graves 2
 arXiv:1507.01526) in the 1-D (depth) and 2-D (time × depth) forms, with torch.nn.LSTM's call.
 
 The blocks are :func:`lstmkit.cells.grid.grid_block` (the paper's equations); this module
-arranges them into a grid and runs it by autograd (see the class docstring for why there is
-no fused kernel).
+arranges them into a grid. The 2-D grid (one engine call per layer) and the tied 1-D grid
+(one engine call for the whole depth) run on the engine as the cell family ``grid_lstm``
+(:func:`lstmkit.cells.grid.grid_spec`, C++ step ``ops/csrc/cells/grid_lstm.h``); the other
+configurations run the autograd loop over the blocks (see the class docstring).
 """
 
 from __future__ import annotations
@@ -13,20 +15,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from .. import ops
 from ..cells.grid import (
     ACTIVATIONS,
     CELL_OUTPUTS,
     grid2d_spec,
     grid_block,
     grid_layer_weights,
+    grid_spec,
 )
-from ..ops import fused as fused_ops
-from ..ops import loops
 from . import checks
 
 _DIMS = {"time-depth": ("time", "depth"), "2d": ("time", "depth"), "depth": ("depth",),
          "1d": ("depth",)}
-_BACKENDS = ("auto", "reference", "fused", "fused_py")
+_BACKENDS = ("auto", "reference", "fused", "fused_py", "fused_cpp")
 
 
 def _names(value: object, what: str) -> tuple[str, ...]:
@@ -87,12 +89,17 @@ class GridLSTM(nn.Module):
     PackedSequence (any order); ``dropout`` applies to h^d between layers (not to m^d).
     Not offered: ``bidirectional`` (a direction is one more grid dimension; use two
     modules), ``proj_size``, the regularisers of the LSTM family. ``backend``:
-    "reference" runs the autograd loop over the blocks; "fused_py" (and "fused") runs each
-    2-D layer as one call of the engine's autograd Function with the hand-derived BPTT of
-    :class:`lstmkit.cells.grid.Grid2DFused` on the engine's torch loop (LSTM transforms in
-    both dimensions, no priority or depth priority; other configurations raise); "auto"
-    takes it where it runs and not recording, else the reference loop. There is no C++ step
-    ("fused_cpp" raises), and the 1-D form has no time loop at all. ``lstmkit.record``
+    "reference" runs the autograd loop over the blocks; every other backend runs the engine
+    (:func:`lstmkit.ops.select_backend` with the family ``grid_lstm``): each 2-D layer is one
+    call of the engine's autograd Function with the hand-derived BPTT of
+    :class:`lstmkit.cells.grid.Grid2DFused` — its C++ step for "fused_cpp" and, on CPU
+    float32/float64, for "fused" and "auto"; the torch loop for "fused_py"; the custom op
+    ``lstmkit::grid_lstm_layer`` under ``torch.compile``. It covers LSTM transforms in both
+    dimensions with no priority or depth priority; other configurations raise with an
+    explicit fused backend and run the block loop with "auto". The tied 1-D grid runs as one
+    engine call over depth (:class:`lstmkit.cells.grid.Grid1DFused`; recording and dropout
+    in training take the block loop); the untied and non-LSTM 1-D grids always run the block
+    loop (one batched GEMM per layer). ``lstmkit.record``
     gives per layer the gates ``u_time, f_time, c_time, o_time, u_depth, …`` and the vectors
     ``h_time, m_time, h_depth, m_depth`` (the new ones, [T, B, d]); ``lstmkit.summary`` the
     parameter table.
@@ -150,7 +157,7 @@ class GridLSTM(nn.Module):
         self.bias, self.batch_first, self.dropout, self.tied = bias, batch_first, dropout, tied
         self.cell_output, self.activation = cell_output, activation
         self.backend = self._check_backend(backend)
-        if backend in ("fused", "fused_py") and self.fused_supported:
+        if backend in ("fused", "fused_py", "fused_cpp") and self.fused_supported:
             raise ValueError(f"GridLSTM: backend={backend!r} cannot run this configuration: "
                              f"{self.fused_supported}; use 'auto' or 'reference'")
         d, D = hidden_size, len(self.dims)
@@ -165,10 +172,6 @@ class GridLSTM(nn.Module):
 
     @staticmethod
     def _check_backend(backend: str) -> str:
-        if backend == "fused_cpp":
-            raise ValueError("GridLSTM has no C++ kernel (backend='fused_cpp'); its fused step "
-                             "runs on the engine's torch loop: use backend='fused_py', "
-                             "'fused' or 'auto'")
         if backend not in _BACKENDS:
             raise ValueError(f"GridLSTM: backend must be one of {', '.join(_BACKENDS)}, got "
                              f"{backend!r}")
@@ -177,8 +180,10 @@ class GridLSTM(nn.Module):
     @property
     def fused_supported(self) -> str | None:
         """None if the fused step computes this configuration, else why not."""
-        if self.dims != ("time", "depth"):
-            return "the 1-D grid has no time loop (its layers are one batched GEMM each)"
+        if self.dims != ("time", "depth") and not self.tied:
+            return ("the untied 1-D grid has a weight per layer, which one engine call (one "
+                    "weight along its loop) cannot take; its layers are one batched GEMM "
+                    "each, by autograd")
         if self.non_lstm:
             return "the fused step has LSTM transforms in both dimensions"
         if self.priority == ("time",):
@@ -233,12 +238,15 @@ class GridLSTM(nn.Module):
             h0, m0 = checks.prepare_hx(name, hx, seq, [(L, d), (L, d)], ("h_0", "c_0"),
                                        self.weight_in)
             if self._use_fused(recorder, hd):
-                out, states = self._time_depth_fused(hd, seq, h0, m0)
+                out, states = self._time_depth_fused(hd, seq, h0, m0, recorder)
             else:
                 out, states = self._time_depth(hd, seq, h0, m0, recorder)
         return self._format(seq, out, states)
 
     def _depth_only(self, h: Tensor, seq: checks.Sequence, recorder):
+        if (self._use_fused(recorder, h) and recorder is None
+                and not (self.dropout and self.training)):
+            return self._depth_only_fused(h, seq)
         m = torch.zeros_like(h)
         lstm = "depth" not in self.non_lstm
         for layer in range(self.num_layers):
@@ -252,6 +260,22 @@ class GridLSTM(nn.Module):
                 h = F.dropout(h, self.dropout, training=True)
         last = _last_rows(seq.batch_sizes, h.device)
         return h, (h[last].unsqueeze(0), m[last].unsqueeze(0))
+
+    def _depth_only_fused(self, h: Tensor, seq: checks.Sequence):
+        """The tied 1-D grid as one engine call: a recurrence over depth of the family
+        ``grid_lstm`` with ``dims=1`` (:class:`lstmkit.cells.grid.Grid1DFused`), every input
+        row one sequence of num_layers steps, from (h_0, 0) with no other input."""
+        from ..cells.base import LayerWeights
+        spec = grid_spec(self.cell_output, dims=1)
+        N, L, d = h.shape[0], self.num_layers, self.hidden_size
+        layout = [N] * L
+        run = ops.select_backend(self.backend, spec, h, layout)
+        ((w, b),) = self.block_weights(0)
+        x = h.new_zeros(N * L, 0)                          # no input beyond h_0
+        lw = LayerWeights(h.new_zeros(4 * d, 0), w, b, None)
+        _, (h_L, m_L), _ = run(spec, x, layout, (h, torch.zeros_like(h)), lw)
+        last = _last_rows(seq.batch_sizes, h.device)
+        return h_L, (h_L[last].unsqueeze(0), m_L[last].unsqueeze(0))
 
     def _time_depth(self, hd: Tensor, seq: checks.Sequence, h0: Tensor, m0: Tensor, recorder):
         md: Tensor | None = torch.zeros_like(hd)
@@ -287,27 +311,33 @@ class GridLSTM(nn.Module):
         return hd, (torch.stack(finals_h), torch.stack(finals_m))
 
     def _use_fused(self, recorder, x: Tensor) -> bool:
-        if self.backend == "reference" or self.fused_supported is not None:
-            return False
-        if self.backend == "auto":
-            return (recorder is None and not torch.compiler.is_compiling()
-                    and not fused_ops._is_batched(x))
-        return True
+        """The engine runs the 2-D grid (every backend but "reference", for the
+        configurations its step covers); else the autograd loop over the block equations."""
+        return self.backend != "reference" and self.fused_supported is None
 
-    def _time_depth_fused(self, hd: Tensor, seq: checks.Sequence, h0: Tensor, m0: Tensor):
-        """The same grid, each layer one call of the engine's autograd Function
-        (:func:`lstmkit.ops.fused.run_layer`) with the fused step of
-        :class:`lstmkit.cells.grid.Grid2DFused` on the engine's torch loop."""
+    def _time_depth_fused(self, hd: Tensor, seq: checks.Sequence, h0: Tensor, m0: Tensor,
+                          recorder=None):
+        """The same grid on the engine: each layer one call of the layer function that
+        :func:`lstmkit.ops.select_backend` picks for the family ``grid_lstm``
+        (:class:`lstmkit.cells.grid.Grid2DFused` and ``csrc/cells/grid_lstm.h``: the C++
+        step by default, the torch loop for ``"fused_py"``, the custom op under
+        ``torch.compile``, the reference loop of the family's step under vmap)."""
         spec = grid2d_spec(self.cell_output, self.priority == ("depth",))
+        run = ops.select_backend(self.backend, spec, hd, seq.batch_sizes,
+                                 recording=recorder is not None)
         md = torch.zeros_like(hd)
         finals_h, finals_m = [], []
         for layer in range(self.num_layers):
             (w_t, b_t), (w_d, b_d) = self.block_weights(layer)
             w = grid_layer_weights(w_t, b_t, w_d, b_d)
             zeros = h0.new_zeros(h0.shape[1:])
-            _, finals, _, seqs = fused_ops.run_layer(
-                spec, hd, seq.batch_sizes, (zeros, zeros, h0[layer], m0[layer]), w,
-                kernels=loops, side=(md,), sequences=True)
+            _, finals, trace, seqs = run(spec, hd, seq.batch_sizes,
+                                         (zeros, zeros, h0[layer], m0[layer]), w,
+                                         side=(md,), sequences=True,
+                                         record=recorder is not None)
+            if recorder is not None:          # the engine's "h" of a step is h^d'
+                recorder.add(self, layer, 0, [{**{k: v for k, v in step.items() if k != "h"},
+                                               "h_depth": step["h"]} for step in trace], seq)
             hd, md = seqs[0], seqs[1]
             finals_h.append(finals[2])
             finals_m.append(finals[3])
