@@ -100,3 +100,34 @@ def test_both_gemm_paths_match_the_float64_reference(engine, monkeypatch, mode, 
     assert (x.grad.double() - xr.grad).abs().max() < 1e-5
     for (name, p), q in zip(m.named_parameters(), ref.parameters()):
         assert (p.grad.double() - q.grad).abs().max() < 1e-4, name
+
+
+def test_addmm_of_one_row_leaves_the_bias_alone(engine):
+    """A one-row input once made ``bias.expand(1, n).contiguous()`` — the bias itself — the
+    output, so the GEMM accumulated into the parameter (GRU's b_ih at T = B = 1)."""
+    x, w, bias = torch.randn(1, 4), torch.randn(8, 4), torch.randn(8)
+    before = bias.clone()
+    with gemm.using_engine(engine):
+        out = gemm.addmm(bias, x, w.t())
+    torch.testing.assert_close(out, torch.addmm(before, x, w.t()))
+    assert torch.equal(bias, before)
+
+
+@pytest.mark.parametrize("make", [lambda: lstmkit.GRU(16, 8, backend="fused_cpp"),
+                                  lambda: lstmkit.LSTM(16, 8, backend="fused_cpp"),
+                                  lambda: lstmkit.RNN(16, 8, backend="fused_cpp")],
+                         ids=["gru", "lstm", "rnn"])
+def test_one_row_calls_repeat_and_keep_the_parameters(engine, make):
+    """T = B = 1, called three times: the same output each time, equal to the float64
+    reference, and no parameter changed."""
+    torch.manual_seed(0)
+    m = make()
+    saved = copy.deepcopy(m.state_dict())
+    ref = copy.deepcopy(m).double()
+    ref.backend = "reference"
+    x = torch.randn(1, 1, 16)
+    want = ref(x.double())[0]
+    for _ in range(3):
+        assert (m(x)[0].double() - want).abs().max() < 1e-6
+    for name, value in m.state_dict().items():
+        assert torch.equal(value, saved[name]), name

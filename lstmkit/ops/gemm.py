@@ -66,7 +66,10 @@ def addmm(bias: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
     if bias is None:
         out = a.new_empty(a.shape[0], b.shape[1])
         return matmul_into(out, a, b)
-    out = bias.expand(a.shape[0], b.shape[1]).contiguous()
+    # a new tensor: .contiguous() of a one-row expand is the bias itself, which the
+    # accumulation would then overwrite
+    out = a.new_empty(a.shape[0], b.shape[1])
+    out.copy_(bias.expand_as(out))
     return matmul_into(out, a, b, accumulate=True)
 
 
