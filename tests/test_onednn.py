@@ -387,3 +387,54 @@ def test_trace_refused_and_compile_runs():
     assert_close(out, expected, "compiled output", 0)
     out.sum().backward()
     assert x.grad is not None and m.weight_hh_l0.grad is not None
+
+
+@needs_onednn
+@pytest.mark.parametrize("make", [
+    lambda **kw: lstmkit.LSTM(64, 64, **kw),
+    lambda **kw: lstmkit.LSTM(64, 64, peephole=True, proj_size=32, **kw),
+    lambda **kw: lstmkit.GRU(64, 64, bidirectional=True, **kw),
+    lambda **kw: lstmkit.RNN(64, 64, **kw),
+], ids=["lstm", "lstm-peephole-proj", "gru-bi", "rnn"])
+def test_onednn_equals_reference_at_a_realistic_size(make, spy):
+    """oneDNN picks other kernels at realistic sizes than at H = 5: (T, B, H) = (3, 16, 64),
+    torch's default initialisation, outputs and every gradient against float64."""
+    torch.manual_seed(0)
+    ours = make(backend="onednn")
+    ref = make(backend="reference", dtype=torch.float64)
+    ref.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
+    x = torch.randn(3, 16, 64, requires_grad=True)
+    xr = x.detach().double().requires_grad_()
+    out, st = ours(x)
+    out_r, st_r = ref(xr)
+    _backward_with_random_grads(out, as_tuple(st), seed=3)
+    _backward_with_random_grads(out_r, as_tuple(st_r), seed=3)
+    assert_close(out.double(), out_r, "output", 1e-5)
+    assert_close(x.grad.double(), xr.grad, "grad input", 1e-5)
+    mine = dict(ours.named_parameters())
+    for name, p in ref.named_parameters():
+        assert_close(mine[name].grad.double(), p.grad, f"grad {name}", 1e-4)
+    assert spy.backward_calls == ours.num_layers * ours.num_directions
+
+
+@needs_onednn
+def test_onednn_refuses_tensors_of_the_wrong_size():
+    """The extension checks every tensor against the primitive's descriptor (module callers
+    always pass the right sizes; onednn.run_layer is public)."""
+    m = onednn.module()
+    T, B, Hs = 2, 2, 4
+    x = torch.randn(T, B, Hs)
+    h0 = torch.zeros(B, Hs)
+    c0 = torch.zeros(B, Hs)
+    w_l, w_i, bias = torch.randn(4 * Hs, Hs), torch.randn(4 * Hs, Hs), torch.zeros(4 * Hs)
+    empty = torch.empty(0)
+    kind = onednn.KINDS["lstm"]
+    y = m.forward(kind, False, False, x, h0, c0, w_l, w_i, bias, empty, empty)[0]
+    assert y.shape == (T, B, Hs)
+    with pytest.raises(RuntimeError, match="expects"):
+        m.forward(kind, False, False, x, h0, c0, w_l, w_i, torch.zeros(1), empty, empty)
+    with pytest.raises(RuntimeError, match="expects"):
+        m.forward(kind, False, False, x, torch.zeros(1, Hs), c0, w_l, w_i, bias, empty, empty)
+    with pytest.raises(RuntimeError, match="W_hh must be"):
+        m.forward(kind, False, False, x, h0, c0, w_l, torch.randn(4 * Hs + 1, Hs), bias,
+                  empty, empty)

@@ -40,6 +40,9 @@ CSRC = Path(__file__).parent / "csrc"
 ENGINE = "engine"
 CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math",
           "-fopenmp", "-std=c++17"]   # OpenMP: at::parallel_for (torch's own libgomp.so.1)
+# linked with OpenMP too, so the .so names libgomp.so.1 itself (the one torch has loaded)
+# instead of relying on torch having loaded it with RTLD_GLOBAL
+LDFLAGS = ["-fopenmp"]
 ENV_DISABLE = "LSTMKIT_NO_EXTENSION"
 
 _lock = threading.Lock()
@@ -93,7 +96,7 @@ def build_key(name: str = ENGINE, options: BuildOptions | None = None) -> str:
     for path in _sources_of(name):
         digest.update(path.relative_to(CSRC).as_posix().encode())
         digest.update(path.read_bytes())
-    for part in (" ".join(CFLAGS), platform.machine(), _cpu_flags(), sys.version,
+    for part in (" ".join(CFLAGS), " ".join(LDFLAGS), platform.machine(), _cpu_flags(), sys.version,
                  torch.__version__, str(Path(torch.__file__).resolve().parent)):
         digest.update(part.encode())
     if options is not None:
@@ -148,7 +151,7 @@ def _build(name: str, options: BuildOptions | None = None) -> ModuleType:
               "about a minute, once", file=sys.stderr, flush=True)
     return load(name=module, sources=[str(source)], extra_cflags=CFLAGS,
                 extra_include_paths=[str(source.parent), *options.include_paths],
-                extra_ldflags=list(options.ldflags), build_directory=str(folder),
+                extra_ldflags=[*LDFLAGS, *options.ldflags], build_directory=str(folder),
                 verbose=os.environ.get("LSTMKIT_VERBOSE_BUILD") == "1")
 
 

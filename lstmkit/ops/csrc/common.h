@@ -10,6 +10,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -148,7 +149,10 @@ inline bool mkl_pack_available() {
 
 inline GemmKind choose_gemm(int64_t n, int64_t k, bool dense) {
   const char* env = std::getenv("LSTMKIT_GEMM");
-  const std::string mode = env ? env : "auto";
+  std::string mode = env ? env : "auto";           // as lstmkit/ops/gemm.py reads it:
+  const auto first = mode.find_first_not_of(" \t\n");   // trimmed, any case
+  mode = first == std::string::npos ? "" : mode.substr(first, mode.find_last_not_of(" \t\n") - first + 1);
+  for (auto& ch : mode) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
   TORCH_CHECK(mode == "auto" || mode == "blas" || mode == "brgemm" || mode.empty(),
               "lstmkit engine: LSTMKIT_GEMM must be auto, blas or brgemm, got '", mode, "'");
   const GemmKind mkl = (n * k >= kPackMinElements && dense && mkl_pack_available())

@@ -4,6 +4,8 @@
 // lstmkit/ops/extension.py's CppKernels: the family by name and options, absent tensors as
 // empty ones).
 
+#include <ATen/MemoryOverlap.h>
+
 #include "engine.h"
 
 #include "cells.inc"
@@ -129,8 +131,15 @@ void mm_into(Tensor out, Tensor a, Tensor b, bool accumulate) {
   TORCH_CHECK(out.scalar_type() == at::kFloat && a.scalar_type() == at::kFloat &&
                   b.scalar_type() == at::kFloat,
               "lstmkit mm_into: float32 tensors");
+  TORCH_CHECK(out.device().is_cpu() && a.device().is_cpu() && b.device().is_cpu(),
+              "lstmkit mm_into: CPU tensors");
   TORCH_CHECK(a.size(1) == b.size(0) && out.size(0) == a.size(0) && out.size(1) == b.size(1),
               "lstmkit mm_into: shapes ", a.sizes(), " @ ", b.sizes(), " into ", out.sizes());
+  // out is written: it must not overlap itself (an expanded bias) or a and b
+  TORCH_CHECK(at::has_internal_overlap(out) != at::MemOverlap::Yes,
+              "lstmkit mm_into: out overlaps itself (an expanded tensor)");
+  at::assert_no_overlap(out, a);
+  at::assert_no_overlap(out, b);
   TORCH_CHECK(out.size(1) <= 1 || out.stride(1) == 1, "lstmkit mm_into: out's rows must be dense");
   auto unit = [](const Tensor& t) { return t.size(1) <= 1 || t.stride(1) == 1 || t.size(0) <= 1 ||
                                            t.stride(0) == 1; };

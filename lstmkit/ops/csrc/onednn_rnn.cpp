@@ -167,6 +167,11 @@ std::mutex cache_lock;
 Prims& prims_of(const Config& c, bool need_backward) {
   static std::map<decltype(c.key()), Prims> cache;
   std::lock_guard<std::mutex> guard(cache_lock);
+  // bounded: every new (T, B) adds an entry (bucketed or variable-length training, serving);
+  // past kMaxCached configurations start again (the Python caller holds the GIL for the
+  // whole call, so no other call holds a reference into the cache meanwhile)
+  constexpr size_t kMaxCached = 256;
+  if (cache.size() >= kMaxCached && cache.find(c.key()) == cache.end()) cache.clear();
   Prims& p = cache[c.key()];
   if (!p.inference) {
     p.inference = make_forward(c, prop_kind::forward_inference);
@@ -187,6 +192,8 @@ Config config_of(int64_t kind, bool reverse, const at::Tensor& x, const at::Tens
   TORCH_CHECK(x.dim() == 3, "oneDNN RNN: x must be (T, B, I), got ", x.sizes());
   Config c{kind, x.size(0), x.size(1), x.size(2), 0, w_iter.size(1), reverse,
            peephole.numel() > 0, projection.numel() > 0};
+  TORCH_CHECK(w_iter.dim() == 2 && w_iter.size(0) % c.G() == 0 && w_iter.size(0) > 0,
+              "oneDNN RNN: W_hh must be (G·H, R) with G = ", c.G(), ", got ", w_iter.sizes());
   c.H = w_iter.size(0) / c.G();
   TORCH_CHECK(c.projection || c.R == c.H, "oneDNN RNN: W_hh must be (G·H, H) without a "
               "projection, got ", w_iter.sizes());
@@ -204,6 +211,11 @@ void check_f32(const std::vector<at::Tensor>& ts) {
 }
 
 memory wrap(const memory::desc& d, const at::Tensor& t) {
+  // every tensor handed to oneDNN holds exactly what its descriptor says (a wrong size
+  // would be read or written out of bounds)
+  TORCH_CHECK(static_cast<size_t>(t.nbytes()) == d.get_size(), "oneDNN RNN: a tensor of shape ",
+              t.sizes(), " (", t.nbytes(), " bytes) where the primitive expects ", d.get_size(),
+              " bytes");
   return memory(d, cpu(), t.data_ptr());
 }
 
