@@ -420,8 +420,10 @@ def _impl_result(times: dict[str, list[float]], module: nn.Module, inp: Inputs,
 def _describe(module: nn.Module) -> str:
     package = "lstmkit" if type(module) in _LSTMKIT.values() else "torch.nn"
     backend = getattr(module, "backend", None)
-    extra = f", backend={backend!r}" if package == "lstmkit" and backend else ""
-    return f"{package}.{type(module).__name__}({module.extra_repr()}{extra})"
+    shown = module.extra_repr()
+    extra = (f", backend={backend!r}" if package == "lstmkit" and backend
+             and "backend=" not in shown else "")
+    return f"{package}.{type(module).__name__}({shown}{extra})"
 
 
 def _try_backend(module: nn.Module, run: Callable[[], object]) -> str | None:
