@@ -19,7 +19,6 @@ machine compare the ratios, not the times.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -45,24 +44,6 @@ ROWS = (
 MODES = ("blas", "brgemm")
 
 
-def measure(tasks: dict, repeats: int, clock) -> dict:
-    """:func:`lstmkit.bench.measure_times` (one warm-up) with the given clock."""
-    for fns in tasks.values():
-        for fn in fns.values():
-            fn()
-    names = list(tasks)
-    times = {n: {label: [] for label in tasks[n]} for n in names}
-    for r in range(repeats):
-        k = r % len(names)
-        for n in names[k:] + names[:k]:
-            for label, fn in tasks[n].items():
-                gc.collect()
-                start = clock()
-                fn()
-                times[n][label].append(1e3 * (clock() - start))
-    return times
-
-
 def run_row(cfg: bench.Config, repeats: int, clock: str = "wall") -> dict:
     ours, baseline = bench.build_models(cfg, "fused_cpp")
     inp = bench.make_inputs(cfg)
@@ -74,7 +55,8 @@ def run_row(cfg: bench.Config, repeats: int, clock: str = "wall") -> dict:
         return step
     tasks = {"torch": {"fb": lambda: bench.train_step(baseline, inp)},
              **{m: {"fb": ours_in(m)} for m in MODES}}
-    times = measure(tasks, repeats, time.process_time if clock == "cpu" else time.perf_counter)
+    with bench.using_clock(clock):
+        times = bench.measure_times(tasks, repeats, warmup=1)
     os.environ.pop("LSTMKIT_GEMM", None)
     runs = {k: v["fb"] for k, v in times.items()}
     med = {k: statistics.median(v) for k, v in runs.items()}

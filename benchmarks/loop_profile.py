@@ -151,7 +151,7 @@ def profile(cell: str, T: int, B: int, H: int, seconds: float, python: str) -> d
             pass
         perf = subprocess.Popen(["perf", "record", "-q", "-F", "1999", "-o", str(data),
                                  "-p", str(proc.pid)], stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
+        time.sleep(0.5)                   # perf attaches to the pid before the timed spin starts
         proc.stdin.write("\n")
         proc.stdin.flush()
         timing = json.loads(proc.stdout.readline())

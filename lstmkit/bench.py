@@ -426,13 +426,24 @@ def _describe(module: nn.Module) -> str:
     return f"{package}.{type(module).__name__}({shown}{extra})"
 
 
-def _try_backend(module: nn.Module, run: Callable[[], object]) -> str | None:
-    """None if ``run()`` works, else why not (an extra backend may not take every row)."""
-    try:
-        run()
-    except (ValueError, RuntimeError, NotImplementedError, TypeError, ImportError, OSError) as e:
-        return f"{module.backend} cannot run this row: {type(e).__name__}: {e}"[:300]
-    return None
+def _extra_twins(ours: nn.Module, run: Callable[[nn.Module], object]
+                 ) -> tuple[dict[str, nn.Module], dict[str, dict]]:
+    """Twins of ``ours`` on every extra backend (:func:`extra_backends`) that can run this row
+    (``run(twin)`` once), and the reason for each one that cannot: an explicit backend
+    refuses a configuration it does not take with a ``ValueError`` (e.g. oneDNN's
+    ``OneDNNUnavailable``), a missing extension with ``ExtensionUnavailable``."""
+    from .ops.extension import ExtensionUnavailable
+    models, skipped = {}, {}
+    for extra in extra_backends():
+        twin = backend_twin(ours, extra)
+        try:
+            run(twin)
+        except (ValueError, ExtensionUnavailable) as e:
+            skipped[extra] = {"skipped": True, "reason": f"{extra} cannot run this row: "
+                              f"{type(e).__name__}: {e}"[:300]}
+        else:
+            models[extra] = twin
+    return models, skipped
 
 
 def bench_config(cfg: Config, *, backend: str = "fused_cpp", repeats: int = 5,
@@ -455,15 +466,8 @@ def _bench_config(cfg: Config, backend: str, repeats: int, warmup: int,
     ours, baseline = build_models(cfg, backend)
     inp = make_inputs(cfg)
     expected = forward(reference_twin(ours, torch.float64), inp.as_dtype(torch.float64))
-    models = {"lstmkit": ours, "torch": baseline}
-    skipped = {}
-    for extra in extra_backends():
-        twin = backend_twin(ours, extra)
-        why = _try_backend(twin, partial(train_step, twin, inp))
-        if why is None:
-            models[extra] = twin
-        else:
-            skipped[extra] = {"skipped": True, "reason": why}
+    extras, skipped = _extra_twins(ours, lambda twin: train_step(twin, inp))
+    models = {"lstmkit": ours, "torch": baseline, **extras}
     if cfg.small if reference is None else reference:
         models["reference"] = reference_twin(ours, torch.float32)
     buffers = gemm_buffers(cfg, inp.batch_sizes)
@@ -567,15 +571,8 @@ def bench_inference_config(cfg: Config, *, backend: str = "fused_cpp", repeats: 
         ours, baseline = build_models(cfg, backend)
         x = make_inputs(cfg).leaf.detach()
         expected = forward(reference_twin(ours, torch.float64), x.double())
-        models: dict[str, nn.Module] = {"lstmkit": ours, "torch": baseline}
-        impls: dict[str, dict] = {}
-        for extra in extra_backends():
-            twin = backend_twin(ours, extra)
-            why = _try_backend(twin, partial(forward, twin, x))
-            if why is None:
-                models[extra] = twin
-            else:
-                impls[extra] = {"skipped": True, "reason": why}
+        extras, impls = _extra_twins(ours, lambda twin: forward(twin, x))
+        models: dict[str, nn.Module] = {"lstmkit": ours, "torch": baseline, **extras}
         tasks = {n: {"fwd": partial(forward, m, x)} for n, m in models.items()}
         ort_run, why = onnxruntime_runner(ours, x)
         if ort_run is not None:

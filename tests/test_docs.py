@@ -393,35 +393,18 @@ def test_site_renders_in_chromium_without_console_errors(site):
     """Home, an API page and the comparison page, served over HTTP as a reader gets them,
     in headless Chromium (the set-up of tests/test_report.py): no console error, the
     navigation and the search box are there, and the search index loads (from the site)."""
-    import shutil
+    from test_report import _browser  # the set-up of the report's browser tests
 
     out, proc = site
     assert proc.returncode == 0
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-        from selenium.webdriver.support.ui import WebDriverWait
-    except ImportError:
-        webdriver = None
-    if webdriver is None or not chromium or not driver:
-        if os.environ.get("CI"):
-            pytest.fail("the docs browser test needs chromium, chromium-driver and selenium")
-        pytest.skip("chromium, chromedriver or selenium not installed")
     sys.path.insert(0, str(ROOT / "docs_build"))
     try:
         from screenshots import serve
     finally:
         sys.path.remove(str(ROOT / "docs_build"))
+    browser = _browser()                # skips (fails in CI) without Chromium or selenium
+    from selenium.webdriver.support.ui import WebDriverWait
     server, base = serve(out)
-    opts = webdriver.ChromeOptions()
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1200,900"):
-        opts.add_argument(flag)
-    opts.binary_location = chromium
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = webdriver.Chrome(service=Service(driver), options=opts)
     try:
         for path, heading in [("", "lstmkit"), ("api/modules/", "Modules and cells"),
                               ("choosing-a-cell/", "Choosing a cell")]:

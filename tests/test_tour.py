@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -252,8 +252,9 @@ def test_cli_reuses_a_recent_run_and_rejects_bad_ones(runs, tmp_path, capsys, mo
     other = runs / "zz-own-data"                # suitable cell, but not the built-in corpus
     shutil.copytree(runs / "tiny", other)
     (other / "config.json").write_text(json.dumps({**cfg, "data": ["book.txt"]}))
-    time.sleep(0.01)
-    (other / "checkpoints" / "best.pt").touch()
+    newer = (runs / "tiny" / "checkpoints" / "best.pt").stat().st_mtime + 60
+    for run in (bad, other):                    # both newer than the suitable run
+        os.utime(run / "checkpoints" / "best.pt", (newer, newer))
     assert tr.find_recent_run(runs).path.parents[1] == runs / "tiny"
     assert tr.find_recent_run(runs, max_age_days=0) is None
     out = tmp_path / "page"
