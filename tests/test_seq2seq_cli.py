@@ -278,3 +278,45 @@ def test_training_without_stress(tmp_path, capsys):
     capsys.readouterr()
     assert main(["seq2seq", "evaluate", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["stress"] is False
+
+
+def test_bucketed_batches_are_a_shuffled_length_sorted_pool(data, tmp_path):
+    """``bucket`` = k: the k batches of a pool hold exactly the pool's draw, each a run of
+    the pool sorted by source then target length, served in a random order; ``bucket`` = 1
+    draws each batch alone. Either way a batch is a function of the seed and the step only."""
+    from lstmkit.train.seq2seq import Seq2SeqConfig, Seq2SeqTrainer
+
+    cfg = dict(data=str(data["pairs"]), hidden=8, embed=4, batch=8, steps=1, quiet=True)
+    tr = Seq2SeqTrainer(Seq2SeqConfig(bucket=4, **cfg), tmp_path / "b")
+    pairs, n = tr.train_set.pairs, len(tr.train_set.pairs)
+    for pool in range(3):
+        batches = [tr.batch_indices(4 * pool + i) for i in range(4)]
+        assert all(len(b) == 8 for b in batches)
+        g = torch.Generator().manual_seed(7_919 * pool + 1)         # seed 0
+        drawn = torch.randint(n, (32,), generator=g).tolist()
+        assert sorted(sum(batches, [])) == sorted(drawn)
+        lengths = [[(len(pairs[i][0]), len(pairs[i][1])) for i in b] for b in batches]
+        assert all(x == sorted(x) for x in lengths)
+        runs = sorted(lengths)                                       # batches don't overlap
+        assert all(a[-1] <= b[0] for a, b in zip(runs, runs[1:]))
+    order = [sorted(range(4), key=lambda i: lengths_of(tr, 4 * p + i)) for p in range(6)
+             for lengths_of in [lambda t, s: sum(len(pairs[i][1]) for i in t.batch_indices(s))]]
+    assert len({tuple(o) for o in order}) > 1                        # not always short first
+    assert tr.batch_indices(5) == Seq2SeqTrainer(Seq2SeqConfig(bucket=4, **cfg),
+                                                 tmp_path / "b2").batch_indices(5)
+    plain = Seq2SeqTrainer(Seq2SeqConfig(bucket=1, **cfg), tmp_path / "p")
+    g = torch.Generator().manual_seed(3)
+    assert plain.batch_indices(3) == torch.randint(n, (8,), generator=g).tolist()
+
+
+def test_a_run_saved_before_bucketing_resumes_with_random_batches(data, tmp_path):
+    from lstmkit.train.seq2seq import resume_seq2seq_config
+
+    out = tmp_path / "old"
+    assert main(["seq2seq", "train", "--data", str(data["pairs"]), "--steps", "2",
+                 "--bucket", "3", "--out", str(out), *SMALL]) == 0
+    assert resume_seq2seq_config(out, {}).bucket == 3
+    saved = json.loads((out / "config.json").read_text())
+    del saved["bucket"]
+    (out / "config.json").write_text(json.dumps(saved))
+    assert resume_seq2seq_config(out, {"steps": 4}).bucket == 1

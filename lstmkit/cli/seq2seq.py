@@ -65,6 +65,9 @@ def add_parsers(sub) -> None:
     opt.add_argument("--steps", type=positive_int, default=S, help="optimizer steps (4000)")
     opt.add_argument("--batch", type=positive_int, default=S,
                      help="pairs per step, over all processes (64)")
+    opt.add_argument("--bucket", type=positive_int, default=S, metavar="K",
+                     help="draw K batches at once and sort them by length, so that a batch "
+                          "holds pairs of similar length (32; 1: purely random batches)")
     add_schedule_options(opt, lr=3e-3, warmup=20)
     dec = tr.add_argument_group("decoding")
     dec.add_argument("--beam", type=positive_int, default=S,
