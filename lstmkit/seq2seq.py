@@ -153,20 +153,33 @@ class Seq2Seq(nn.Module):
 
     # -- training ----------------------------------------------------------------------------
     def loss(self, src: Tensor, src_lengths: Tensor, tgt: Tensor, tgt_lengths: Tensor,
-             reduction: str = "mean") -> Tensor:
+             reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
         """Teacher-forced cross-entropy of tgt[:, 1:] given tgt[:, :-1], over real tokens
         only (positions < tgt_lengths − 1). ``"mean"``: mean over all tokens of the batch;
-        ``"sum"``: their sum; ``"none"``: each sentence's token mean (B,)."""
+        ``"sum"``: their sum; ``"none"``: each sentence's token mean (B,).
+
+        ``label_smoothing`` ε (Szegedy et al. 2016): each token's loss is
+        −(1 − ε) log p(y_t) − ε · mean_v log p(v), the mean over the symbols the model can
+        emit (not pad or bos), as ``F.cross_entropy(label_smoothing=ε)`` over those symbols.
+        """
         tgt_lengths = self._check_seq("tgt", tgt, tgt_lengths, 2)
         if tgt.shape[0] != src.shape[0]:
             raise Seq2SeqInputError(f"Seq2Seq: src has {src.shape[0]} sentences, "
                                     f"tgt {tgt.shape[0]}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise Seq2SeqInputError(f"Seq2Seq: label_smoothing must be in [0, 1), "
+                                    f"got {label_smoothing}")
         keys, projected, mask, state, feed = self.encode(src, src_lengths)
         memory = (keys, projected, mask)
         steps = []
+        allowed = int((~self.banned).sum())
         for t in range(tgt.shape[1] - 1):
             logp, state, feed, _ = self.step(tgt[:, t], state, feed, memory)
-            steps.append(logp.gather(1, tgt[:, t + 1: t + 2]).squeeze(1))  # (B,)
+            target = logp.gather(1, tgt[:, t + 1: t + 2]).squeeze(1)      # (B,)
+            if label_smoothing:
+                uniform = logp.masked_fill(self.banned, 0.0).sum(1) / allowed
+                target = (1.0 - label_smoothing) * target + label_smoothing * uniform
+            steps.append(target)
         logp = torch.stack(steps, dim=1)                                 # (B, T-1)
         n = (tgt_lengths - 1).to(tgt.device)
         real = torch.arange(logp.shape[1], device=tgt.device)[None, :] < n[:, None]

@@ -53,6 +53,31 @@ def test_padded_batch_equals_each_sentence_alone(config):
     assert m.greedy(junk_src, sl, max_len=7) == greedy
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_label_smoothing_is_torch_cross_entropys_over_the_emitted_symbols(eps):
+    """The smoothed loss equals F.cross_entropy(label_smoothing=ε) on the decoder's log
+    probabilities restricted to the symbols it can emit (pad and bos have p = 0)."""
+    import torch.nn.functional as F
+
+    m = _model(**CONFIGS[1])
+    src, sl, tgt, tl = _batch()
+    keys, projected, mask, state, feed = m.encode(src, sl)
+    allowed = torch.tensor([v for v in range(9) if v not in (PAD, BOS)])
+    per_token = []
+    for t in range(tgt.shape[1] - 1):
+        logp, state, feed, _ = m.step(tgt[:, t], state, feed, (keys, projected, mask))
+        target = torch.searchsorted(allowed, tgt[:, t + 1].clamp(min=EOS))
+        per_token.append(F.cross_entropy(logp[:, allowed], target, reduction="none",
+                                         label_smoothing=eps))
+    per_token = torch.stack(per_token, 1)
+    real = torch.arange(tgt.shape[1] - 1)[None, :] < (tl - 1)[:, None]
+    want = (per_token * real).sum() / real.sum()
+    torch.testing.assert_close(m.loss(src, sl, tgt, tl, label_smoothing=eps), want,
+                               rtol=1e-12, atol=1e-12)
+    with pytest.raises(Seq2SeqInputError, match="label_smoothing must be in"):
+        m.loss(src, sl, tgt, tl, label_smoothing=1.0)
+
+
 VARIANTS = [("lstm", dict(peephole=True)), ("lstm", dict(layer_norm=True)),
             ("gru", dict(reset_after=False))]
 

@@ -65,6 +65,8 @@ def add_parsers(sub) -> None:
     opt.add_argument("--steps", type=positive_int, default=S, help="optimizer steps (4000)")
     opt.add_argument("--batch", type=positive_int, default=S,
                      help="pairs per step, over all processes (64)")
+    opt.add_argument("--label-smoothing", type=float, default=S, metavar="EPS",
+                     help="label smoothing of the training loss, in [0, 1) (0)")
     opt.add_argument("--bucket", type=positive_int, default=S, metavar="K",
                      help="draw K batches at once and sort them by length, so that a batch "
                           "holds pairs of similar length (32; 1: purely random batches)")

