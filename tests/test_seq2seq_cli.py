@@ -320,3 +320,11 @@ def test_a_run_saved_before_bucketing_resumes_with_random_batches(data, tmp_path
     del saved["bucket"]
     (out / "config.json").write_text(json.dumps(saved))
     assert resume_seq2seq_config(out, {"steps": 4}).bucket == 1
+
+
+def test_label_smoothing_out_of_range_is_refused(data, tmp_path, capsys):
+    out = tmp_path / "ls"
+    assert main(["seq2seq", "train", "--data", str(data["pairs"]), "--label-smoothing", "1",
+                 "--out", str(out), *SMALL]) == 2
+    assert "label_smoothing must be in [0, 1), got 1.0" in capsys.readouterr().err
+    assert not out.exists()
