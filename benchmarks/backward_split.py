@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from lstmkit import bench
+
 
 def measure(sizes: list[tuple[int, int, int, int]], reps: int) -> list[dict]:
     import torch
@@ -54,16 +56,16 @@ def measure(sizes: list[tuple[int, int, int, int]], reps: int) -> list[dict]:
         torch.manual_seed(0)
         m = lstmkit.LSTM(I, H, backend="fused")
         x = torch.randn(T, B, I, requires_grad=True)
-        steps = []
-        for i in range(reps + 3):
-            if i == 3:
-                parts.clear()
-            t0 = time.perf_counter()
+
+        def step(m=m, x=x):
             out, _ = m(x)
             out.sum().backward()
-            if i >= 3:
-                steps.append(time.perf_counter() - t0)
-        rows.append({"size": [T, B, I, H], "step_ms": 1e3 * statistics.median(steps),
+
+        task = {"step": {"lk": step}}
+        bench.measure_times(task, 0)                  # warm-up only
+        parts.clear()
+        steps = bench.measure_times(task, reps, warmup=0)["step"]["lk"]
+        rows.append({"size": [T, B, I, H], "step_ms": statistics.median(steps),
                      **{k: 1e3 * v / reps for k, v in parts.items()}})
     return rows
 

@@ -172,7 +172,7 @@ class Seq2Seq(nn.Module):
         keys, projected, mask, state, feed = self.encode(src, src_lengths)
         memory = (keys, projected, mask)
         steps = []
-        allowed = int((~self.banned).sum())
+        allowed = int((~self.banned).sum()) if label_smoothing else 0
         for t in range(tgt.shape[1] - 1):
             logp, state, feed, _ = self.step(tgt[:, t], state, feed, memory)
             target = logp.gather(1, tgt[:, t + 1: t + 2]).squeeze(1)      # (B,)

@@ -299,8 +299,10 @@ def test_bucketed_batches_are_a_shuffled_length_sorted_pool(data, tmp_path):
         assert all(x == sorted(x) for x in lengths)
         runs = sorted(lengths)                                       # batches don't overlap
         assert all(a[-1] <= b[0] for a, b in zip(runs, runs[1:]))
-    order = [sorted(range(4), key=lambda i: lengths_of(tr, 4 * p + i)) for p in range(6)
-             for lengths_of in [lambda t, s: sum(len(pairs[i][1]) for i in t.batch_indices(s))]]
+    def total(step):
+        return sum(len(pairs[i][1]) for i in tr.batch_indices(step))
+
+    order = [sorted(range(4), key=lambda i: total(4 * p + i)) for p in range(6)]
     assert len({tuple(o) for o in order}) > 1                        # not always short first
     assert tr.batch_indices(5) == Seq2SeqTrainer(Seq2SeqConfig(bucket=4, **cfg),
                                                  tmp_path / "b2").batch_indices(5)

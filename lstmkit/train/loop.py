@@ -95,7 +95,9 @@ def shutdown_distributed() -> None:
 def resume_run_config(run_dir: str | Path, overrides: dict, config_class: Any,
                       resumable: tuple[str, ...]) -> Any:
     """The configuration saved in ``run_dir``, with the fields of ``overrides`` that may
-    change on resume (``resumable``); a different value of any other field is an error."""
+    change on resume (``resumable``); a different value of any other field is an error.
+    A field the saved file lacks takes ``config_class.ABSENT_MEANS[field]`` if given (what
+    runs saved before the field existed did), else the field's default."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not an lstmkit run directory (no config.json)")
@@ -103,6 +105,8 @@ def resume_run_config(run_dir: str | Path, overrides: dict, config_class: Any,
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    for k, v in getattr(config_class, "ABSENT_MEANS", {}).items():
+        cfg.setdefault(k, v)          # what the run did before the field existed
     defaults = {f.name: f.default for f in dataclasses.fields(config_class)
                 if f.default is not dataclasses.MISSING}   # a field newer than the run's file
     fixed = sorted(k for k, v in overrides.items()
