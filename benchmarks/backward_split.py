@@ -5,9 +5,11 @@ each route of those large GEMMs, each route in its own process.
     PYTHONPATH=<checkout> python benchmarks/backward_split.py [--sizes 9,128,64,256 ...]
         [--reps N] [--threads K]
 
-Routes: ``default`` (per-step GEMMs and large GEMMs on the engine's brgemm), ``blas``
-(``LSTMKIT_GEMM=blas``: everything on MKL) and ``hybrid`` (per-step GEMMs on brgemm, the
-large GEMMs on torch's ``mm``, i.e. MKL: :func:`lstmkit.ops.gemm._engine` made to decline).
+Routes: ``auto`` (the default: each class of GEMM on the route measured faster on this
+machine, :mod:`lstmkit.ops.gemm`), ``brgemm`` (``LSTMKIT_GEMM=brgemm``: per-step and large
+GEMMs on the engine's brgemm), ``blas`` (``LSTMKIT_GEMM=blas``: everything on MKL) and
+``hybrid`` (per-step GEMMs on brgemm, the large GEMMs on torch's ``mm``, i.e. MKL:
+:func:`lstmkit.ops.gemm._engine` made to decline).
 Sizes are (T, B, I, H) of a one-layer ``lstmkit.LSTM(backend="fused")``, float32, loss
 ``out.sum()``. Prints, per route and size, the median wall time of a step and the mean time
 inside each part (wall clock: run it on a quiet machine). Which route is fastest was
@@ -26,6 +28,8 @@ import sys
 import time
 
 from lstmkit import bench
+
+ROUTES = ("auto", "brgemm", "blas", "hybrid")
 
 
 def measure(sizes: list[tuple[int, int, int, int]], reps: int) -> list[dict]:
@@ -76,7 +80,7 @@ def main() -> None:
                                                   "150,64,256,256"])
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--route", choices=["default", "blas", "hybrid"], help=argparse.SUPPRESS)
+    p.add_argument("--route", choices=ROUTES, help=argparse.SUPPRESS)
     args = p.parse_args()
     sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes]
     if any(len(s) != 4 or min(s) < 1 for s in sizes):
@@ -86,11 +90,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         print(json.dumps(measure(sizes, args.reps)))
         return
-    for route in ("default", "blas", "hybrid"):
+    for route in ROUTES:
         env = {**os.environ, "BACKWARD_SPLIT_ROUTE": route}
         env.pop("LSTMKIT_GEMM", None)
-        if route == "blas":
-            env["LSTMKIT_GEMM"] = "blas"
+        if route != "auto":
+            env["LSTMKIT_GEMM"] = "blas" if route == "blas" else "brgemm"
         done = subprocess.run([sys.executable, __file__, "--route", route, "--reps",
                                str(args.reps), "--threads", str(args.threads), "--sizes",
                                *args.sizes], env=env, check=True, capture_output=True,

@@ -647,6 +647,9 @@ def environment(backend: str, repeats: int, peak: dict | None = None) -> dict:
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     if peak is not None:
         meta["sgemm_peak"] = peak
+    if backend.startswith("fused"):
+        from lstmkit.ops import gemm
+        meta["gemm"] = gemm.describe()
     return meta
 
 
@@ -792,7 +795,24 @@ def format_meta(meta: dict) -> str:
     if peak:
         text += (f"\nsgemm peak ({peak['n']}³ torch.mm, {peak['threads']} threads, best of "
                  f"{len(peak['ms_runs'])}): {peak['gflop_per_s']:.1f} GFLOP/s")
+    if meta.get("gemm"):
+        text += "\n" + format_gemm(meta["gemm"])
     return text
+
+
+def format_gemm(gemm: dict) -> str:
+    """One line: which library the C++ loop's GEMMs run on (see :mod:`lstmkit.ops.gemm`)."""
+    if gemm["mode"] != "auto":
+        return f"GEMMs: LSTMKIT_GEMM={gemm['mode']}"
+    routes = gemm.get("routes")
+    if routes is None:
+        return "GEMMs: auto (the C++ extension is unavailable)"
+    names = {"step_one_thread": "per-step on one thread", "step_split": "per-step split",
+             "large": "large"}
+    parts = [f"{names[c]} {'MKL' if routes[c] == 'blas' else 'brgemm'} "
+             f"({routes['ratios'][c]:.2f})" for c in names if c in routes.get("ratios", {})]
+    return ("GEMMs (auto, measured on this machine; brgemm time / MKL time): "
+            + ", ".join(parts))
 
 
 FOOTNOTE = ("fwd: forward under no_grad; f+b: forward+backward of (out*g).sum(), input "
@@ -802,7 +822,7 @@ FOOTNOTE = ("fwd: forward under no_grad; f+b: forward+backward of (out*g).sum(),
             "peak MB: memory torch allocates during one training step (profiler); mem lk/torch: "
             "their ratio; max err: lstmkit output vs the float64 reference loop;\n"
             "gemm share: the step's GEMMs alone through torch.mm (MKL) over lstmkit f+b (above "
-            "100%: lstmkit's GEMMs run on oneDNN's kernels, faster than MKL's);\n"
+            "100%: lstmkit's GEMMs run on brgemm, faster than MKL's here);\n"
             "* torch.nn.LSTM of the same size (torch.nn has no such variant);\n"
             "torch.nn runs oneDNN for plain padded LSTM only: GRU, RNN, proj and packed "
             "take its per-step autograd path")

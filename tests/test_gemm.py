@@ -4,6 +4,7 @@ the MKL switch, and a layer on each path against the float64 reference loop."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -131,3 +132,123 @@ def test_one_row_calls_repeat_and_keep_the_parameters(engine, make):
         assert (m(x)[0].double() - want).abs().max() < 1e-6
     for name, value in m.state_dict().items():
         assert torch.equal(value, saved[name]), name
+
+
+# -- the measured routes (LSTMKIT_GEMM=auto) ---------------------------------------------
+def _standin(engine, folder):
+    """The engine's functions under a stand-in module whose file lies in ``folder``: its
+    routes file is then ``folder/gemm-routes.json``, not the real build's."""
+    import types
+    return types.SimpleNamespace(__file__=str(folder / "engine.so"), mm_into=engine.mm_into,
+                                 gemm_probe=engine.gemm_probe,
+                                 set_gemm_routes=engine.set_gemm_routes)
+
+
+@pytest.mark.parametrize("brgemm", [True, False])
+def test_gemm_probe_times_the_product(engine, brgemm):
+    import time
+    t0 = time.perf_counter()
+    seconds = engine.gemm_probe(brgemm, 16, 64, 32, True, 200)
+    outside = time.perf_counter() - t0
+    assert 0 < seconds and 200 * seconds <= outside         # seconds per call, not in total
+    with pytest.raises(RuntimeError, match="must be positive"):
+        engine.gemm_probe(brgemm, 0, 64, 32, True, 5)
+
+
+def test_set_gemm_routes_round_trips(engine):
+    before = engine.gemm_routes()
+    try:
+        engine.set_gemm_routes(False, True)
+        assert engine.gemm_routes() == [False, True]
+        engine.set_gemm_routes(True, False)
+        assert engine.gemm_routes() == [True, False]
+    finally:
+        engine.set_gemm_routes(*before)
+        gemm._applied.clear()
+
+
+def test_calibration_is_stored_and_read_back(engine, tmp_path, monkeypatch):
+    monkeypatch.setattr(gemm, "ROUNDS", 1)
+    module = _standin(engine, tmp_path)
+    rng = torch.get_rng_state()
+    threads = torch.get_num_threads()
+    found = gemm.routes(module)
+    assert torch.equal(torch.get_rng_state(), rng)               # global RNG untouched
+    assert torch.get_num_threads() == threads
+    assert found["threads"] == threads
+    for c in gemm.CLASSES:
+        assert found[c] == ("brgemm" if found["ratios"][c] < 1 else "blas")
+        assert found["ratios"][c] > 0
+    stored = json.loads((tmp_path / gemm.ROUTES_FILE).read_text())
+    assert stored[str(threads)] == found
+    # another process (here: the in-process memo forgotten) reads the file, measures nothing
+    gemm._routes.clear()
+    monkeypatch.setattr(gemm, "calibrate", lambda *a, **k: pytest.fail("measured again"))
+    assert gemm.routes(module) == found
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"2": {"format": 1}}', ""])
+def test_a_corrupt_routes_file_is_measured_again_and_replaced(engine, tmp_path, monkeypatch,
+                                                              content):
+    monkeypatch.setattr(gemm, "ROUNDS", 1)
+    monkeypatch.setattr(gemm, "_routes", {})
+    (tmp_path / gemm.ROUTES_FILE).write_text(content)
+    found = gemm.routes(_standin(engine, tmp_path), threads=2)
+    assert found["threads"] == 2 and all(found[c] in ("brgemm", "blas") for c in gemm.CLASSES)
+    assert json.loads((tmp_path / gemm.ROUTES_FILE).read_text())["2"] == found
+
+
+def test_an_unwritable_folder_keeps_the_routes_in_memory(engine, tmp_path, monkeypatch):
+    monkeypatch.setattr(gemm, "ROUNDS", 1)
+    monkeypatch.setattr(gemm, "_routes", {})
+    module = _standin(engine, tmp_path / "absent")              # no such folder
+    found = gemm.routes(module)
+    assert not (tmp_path / "absent").exists()
+    assert gemm.routes(module) is found
+
+
+def test_calibration_runs_real_tensors_under_fake_tensor_mode(engine, tmp_path, monkeypatch):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    monkeypatch.setattr(gemm, "ROUNDS", 1)
+    with FakeTensorMode():
+        found = gemm.calibrate(_standin(engine, tmp_path), threads=1)
+    assert all(found[c] in ("brgemm", "blas") for c in gemm.CLASSES)
+
+
+ROUTE_SETS = [("brgemm", "brgemm", "brgemm"), ("blas", "blas", "blas"),
+              ("brgemm", "blas", "blas"), ("blas", "brgemm", "brgemm")]
+
+
+@pytest.mark.parametrize("chosen", ROUTE_SETS, ids="-".join)
+def test_each_measured_route_set_runs_and_matches_the_float64_reference(engine, monkeypatch,
+                                                                        chosen):
+    """With LSTMKIT_GEMM unset, a layer runs the routes stored for the machine: the engine
+    is given the per-step ones, the large GEMMs go to the engine only on brgemm, and the
+    result matches the float64 reference either way."""
+    monkeypatch.delenv("LSTMKIT_GEMM", raising=False)
+    threads = torch.get_num_threads()
+    entry = {"format": gemm.FORMAT, "threads": threads, **dict(zip(gemm.CLASSES, chosen))}
+    monkeypatch.setattr(gemm, "_routes", {(gemm._key(engine), threads): entry})
+    monkeypatch.setattr(gemm, "_applied", {})
+    before = engine.gemm_routes()
+    try:
+        with gemm.using_engine(engine):
+            assert engine.gemm_routes() == [chosen[0] == "brgemm", chosen[1] == "brgemm"]
+            assert (gemm._engine(torch.zeros(2, 2)) is engine) == (chosen[2] == "brgemm")
+        torch.manual_seed(0)
+        m = lstmkit.LSTM(24, 40, num_layers=2, peephole=True, backend="fused_cpp")
+        ref = copy.deepcopy(m).double()
+        ref.backend = "reference"
+        x = torch.randn(30, 33, 24, requires_grad=True)
+        y = m(x)[0]
+        y.sum().backward()
+        xr = x.detach().double().requires_grad_()
+        yr = ref(xr)[0]
+        yr.sum().backward()
+        assert (y.double() - yr).abs().max() < 1e-5
+        assert (x.grad.double() - xr.grad).abs().max() < 1e-5
+        for (name, p), q in zip(m.named_parameters(), ref.parameters()):
+            assert (p.grad.double() - q.grad).abs().max() < 1e-4, name
+    finally:
+        engine.set_gemm_routes(*before)
+        gemm._applied.clear()

@@ -1,46 +1,272 @@
-"""The large GEMMs of a fused layer call (the input projection ``x W_ihᵀ``, the input
-gradient ``dA W_ih`` and the weight gradients ``dAᵀ x``, ``dAᵀ ĥ``), run by the C++ engine's
-blocked brgemm (``mm_into`` in ``csrc/engine.cpp``, ``big_gemm`` in ``csrc/common.h``:
-oneDNN's micro-kernels, picked at run time for the CPU, split over torch's threads) while
-a layer runs on the C++ loop, else by torch.
+"""The GEMMs of a fused layer call on the C++ loop, and which library runs them.
 
-Why: torch's float32 ``mm`` goes to MKL, which on AMD CPUs runs its AVX2 kernels even where
-the CPU has AVX-512; oneDNN's kernels use what the CPU has (see docs/performance.md).
+Two kinds of product run there: the per-step products with the recurrent weights (inside the
+C++ loop, ``WeightGemm`` in ``csrc/common.h``) and the large GEMMs of the call (the input
+projection ``x W_ihᵀ``, the input gradient ``dA W_ih`` and the weight gradients ``dAᵀ x``,
+``dAᵀ ĥ``, through :func:`matmul_into` and :func:`addmm` here). Each can run on ATen's
+brgemm (oneDNN's micro-kernels, generated at run time for the CPU: the engine's
+``big_gemm`` and ``mm_into``) or on MKL (torch's ``mm``).
 
-:func:`using_engine` is entered by :mod:`lstmkit.ops.fused` around a layer call whose loop is
-the C++ extension; :func:`matmul_into` (and :func:`addmm`) take the engine's path only then,
-for float32 CPU tensors, and when ``LSTMKIT_GEMM`` is not ``blas``. Anything else (the torch
-loop backend, float64, other devices, tracing) runs torch's own ops, unchanged.
+Which is faster depends on the machine, and not only on its instruction set: brgemm was 2×
+faster for the per-step products on one AVX-512 EPYC, MKL 1.2× faster for the large GEMMs
+on another of the same kind, and faster for both on an AVX2 one (docs/performance.md). So
+with ``LSTMKIT_GEMM`` unset or ``auto`` the route of each class — per-step products run on
+one thread, per-step products split over the threads, large GEMMs — is **measured**: the
+first fused layer call of a process times both routes on a few shapes of each class
+(:func:`calibrate`, under a second) and keeps the faster. The result is stored beside the
+compiled extension (``gemm-routes.json``, per thread count), so later processes on the
+machine read it instead of measuring again: every process of a machine computes with the
+same routes, so results stay reproducible between runs (a resumed training, say). Delete
+that file, or call :func:`calibrate` with ``save=True``, to measure again.
+
+``LSTMKIT_GEMM=blas`` puts everything on MKL (MKL's packed GEMM for per-step weights of
+≥ 1M elements), ``LSTMKIT_GEMM=brgemm`` everything on brgemm; nothing is measured then.
+
+:func:`using_engine` is entered by :mod:`lstmkit.ops.fused` around a layer call whose loop
+is the C++ extension; :func:`matmul_into` (and :func:`addmm`) take the engine's path only
+then, for float32 CPU tensors, and when the large-GEMM route is brgemm. Anything else (the
+torch loop backend, float64, other devices, tracing) runs torch's own ops, unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+MODES = ("auto", "blas", "brgemm")
+ROUTES_FILE = "gemm-routes.json"
+CLASSES = ("step_one_thread", "step_split", "large")   # the classes a route is chosen for
+FORMAT = 1                                             # of a stored measurement
+
+# Shapes timed for each class. Per-step: (m, n, k, W transposed) as the LSTM loop runs
+# them: forward h·W_hhᵀ and backward dA·W_hh at (B, H) = (16, 128) and (1, 64) on one
+# thread (m·n·k < 2²² multiply-adds, kSplitWork in csrc/common.h), (64, 256) split over the
+# threads. Large: (N = T·B rows, H, I) of an LSTM layer (4H gate columns): its projection,
+# input gradient and weight gradient.
+STEP_SHAPES = {"step_one_thread": ((16, 512, 128, True), (16, 128, 512, False),
+                                   (1, 256, 64, True)),
+               "step_split": ((64, 1024, 256, True), (64, 256, 1024, False))}
+LARGE_SHAPES = ((1024, 128, 128), (2048, 256, 256))
+ROUNDS = 5                       # interleaved rounds; the least time of each route counts
+
 _state = threading.local()
+_lock = threading.Lock()
+_routes: dict[tuple[str, int], dict] = {}       # (extension, threads) -> routes
+_applied: dict[str, tuple[int, tuple[bool, bool]]] = {}   # extension -> what it was given
+
+
+def mode() -> str:
+    """``LSTMKIT_GEMM`` as read here and by the engine: trimmed, any case, unset = auto."""
+    value = os.environ.get("LSTMKIT_GEMM", "").strip().lower() or "auto"
+    if value not in MODES:
+        raise RuntimeError(f"lstmkit engine: LSTMKIT_GEMM must be auto, blas or brgemm, "
+                           f"got '{value}'")
+    return value
 
 
 @contextlib.contextmanager
 def using_engine(module) -> Iterator[None]:
-    """Within this block (one layer call), :func:`matmul_into` runs on ``module``'s
-    ``mm_into`` (the compiled engine), or on torch if ``module`` is None."""
+    """Within this block (one layer call), the loop's per-step products run on the routes
+    chosen for this machine, and :func:`matmul_into` on ``module``'s ``mm_into`` (the
+    compiled engine) if the large GEMMs' route is brgemm, else on torch (also if ``module``
+    is None)."""
     saved = getattr(_state, "module", None)
-    _state.module = module
+    _state.module = _prepare(module) if module is not None else None
     try:
         yield
     finally:
         _state.module = saved
 
 
+def _prepare(module):
+    """Give the engine its per-step routes for the current thread count; return ``module``
+    if the large GEMMs go to it, else None."""
+    chosen = mode()
+    if chosen == "blas":
+        return None
+    if chosen == "brgemm":
+        return module
+    r = routes(module)
+    step = (r["step_one_thread"] == "brgemm", r["step_split"] == "brgemm")
+    key, threads = _key(module), torch.get_num_threads()
+    if _applied.get(key) != (threads, step):
+        module.set_gemm_routes(*step)
+        _applied[key] = (threads, step)
+    return module if r["large"] == "brgemm" else None
+
+
+def describe() -> dict:
+    """What a fused C++ layer's GEMMs run on now: ``{"mode": LSTMKIT_GEMM}`` and, in auto
+    mode, ``"routes"`` (:func:`routes`, measured now if this machine has none stored; None
+    when the C++ extension is unavailable). For benchmark reports."""
+    from .extension import ENGINE, cpp_module
+    chosen = mode()
+    if chosen != "auto":
+        return {"mode": chosen}
+    module = cpp_module(ENGINE, required=False)
+    return {"mode": chosen, "routes": None if module is None else routes(module)}
+
+
+def _key(module) -> str:
+    return str(getattr(module, "__file__", None) or id(module))
+
+
+def routes_file(module) -> Path | None:
+    """Where the measured routes of ``module`` (the compiled engine) are kept: beside its
+    shared library, in its build folder (None if it has no file)."""
+    path = getattr(module, "__file__", None)
+    return Path(path).parent / ROUTES_FILE if path else None
+
+
+def routes(module, threads: int | None = None) -> dict:
+    """The routes for ``threads`` threads (default: torch's current count): for each class
+    of :data:`CLASSES`, ``"brgemm"`` or ``"blas"`` (MKL), with the measurement behind them
+    (``"ratios"``: brgemm's time over MKL's, the geometric mean over the class's shapes).
+    Read from :func:`routes_file` if it holds them, else measured by :func:`calibrate` and
+    stored there."""
+    threads = threads or torch.get_num_threads()
+    key = (_key(module), threads)
+    found = _routes.get(key)
+    if found is None:
+        with _lock:
+            found = _routes.get(key)
+            if found is None:
+                found = _load(module, threads)
+                if found is None:
+                    found = calibrate(module, threads, save=True)
+                _routes[key] = found
+    return found
+
+
+def _valid(entry: object) -> bool:
+    return (isinstance(entry, dict) and entry.get("format") == FORMAT
+            and all(entry.get(c) in ("brgemm", "blas") for c in CLASSES))
+
+
+def _load(module, threads: int) -> dict | None:
+    path = routes_file(module)
+    try:
+        entry = json.loads(path.read_text()).get(str(threads)) if path else None
+    except (OSError, ValueError, AttributeError):   # absent, unreadable or corrupt: measure
+        return None
+    return entry if _valid(entry) else None
+
+
+def _store(module, threads: int, entry: dict) -> None:
+    """Add ``entry`` for ``threads`` to the routes file (written whole, then renamed into
+    place, so that a reader never sees half a file); a folder that cannot be written is
+    left alone (the routes then hold for this process only)."""
+    path = routes_file(module)
+    if path is None:
+        return
+    try:
+        try:
+            stored = json.loads(path.read_text())
+            stored = stored if isinstance(stored, dict) else {}
+        except (OSError, ValueError):
+            stored = {}
+        stored[str(threads)] = entry
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".gemm-routes-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(stored, f, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def calibrate(module, threads: int | None = None, save: bool = False) -> dict:
+    """Time both routes of every class on ``module`` (the compiled engine) with ``threads``
+    threads (default: torch's current count); return the routes (as :func:`routes` does).
+    ``save``: store them in :func:`routes_file` and use them from now on in this process.
+
+    Each shape is timed :data:`ROUNDS` times per route, the routes interleaved, and the
+    least time counts; a class goes to brgemm if the geometric mean over its shapes of
+    brgemm's time over MKL's is below 1. Runs outside any tensor mode (fake tensors,
+    tracing), without autograd, and draws from its own generator: the global random state
+    is untouched."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    threads = threads or torch.get_num_threads()
+    before = torch.get_num_threads()
+    start = time.perf_counter()
+    with _disable_current_modes(), torch.no_grad():
+        torch.set_num_threads(threads)
+        try:
+            ratios = {name: _step_ratio(module, shapes) for name, shapes in STEP_SHAPES.items()}
+            ratios["large"] = _large_ratio(module)
+        finally:
+            torch.set_num_threads(before)
+    entry = {"format": FORMAT, "threads": threads,
+             **{c: "brgemm" if ratios[c] < 1 else "blas" for c in CLASSES},
+             "ratios": {c: round(ratios[c], 4) for c in CLASSES},
+             "seconds": round(time.perf_counter() - start, 3),
+             "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if save:
+        _store(module, threads, entry)
+        _routes[(_key(module), threads)] = entry
+        _applied.pop(_key(module), None)
+    return entry
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def _step_ratio(module, shapes) -> float:
+    ratios = []
+    for m, n, k, transposed in shapes:
+        reps = int(min(2000, max(5, 2e7 // (m * n * k))))
+        best = {True: math.inf, False: math.inf}
+        for _ in range(ROUNDS):
+            for brgemm in (True, False):
+                best[brgemm] = min(best[brgemm],
+                                   module.gemm_probe(brgemm, m, n, k, transposed, reps))
+        ratios.append(best[True] / best[False])
+    return _geomean(ratios)
+
+
+def _large_ratio(module) -> float:
+    g = torch.Generator().manual_seed(0)
+    ratios = []
+    for N, H, I in LARGE_SHAPES:
+        x, w = torch.randn(N, I, generator=g), torch.randn(4 * H, I, generator=g)
+        dA = torch.randn(N, 4 * H, generator=g)
+        a, dx, dw = torch.empty(N, 4 * H), torch.empty(N, I), torch.zeros(4 * H, I)
+        products = ((a, x, w.t(), False), (dx, dA, w, False), (dw, dA.t(), x, True))
+
+        def run(brgemm: bool, products=products) -> float:
+            t0 = time.perf_counter()
+            for out, p, q, acc in products:
+                if brgemm:
+                    module.mm_into(out, p, q, acc)
+                elif acc:
+                    out.addmm_(p, q)
+                else:
+                    torch.mm(p, q, out=out)
+            return time.perf_counter() - t0
+
+        run(True), run(False)                              # kernels generated, caches warm
+        best = {True: math.inf, False: math.inf}
+        for _ in range(ROUNDS):
+            for brgemm in (True, False):
+                best[brgemm] = min(best[brgemm], run(brgemm))
+        ratios.append(best[True] / best[False])
+    return _geomean(ratios)
+
+
 def _engine(*tensors: Tensor):
     module = getattr(_state, "module", None)
-    if module is None or os.environ.get("LSTMKIT_GEMM", "").strip().lower() == "blas":
+    if module is None:
         return None
     for t in tensors:
         if t.dtype != torch.float32 or t.device.type != "cpu" or t.dim() != 2:

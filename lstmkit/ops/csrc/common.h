@@ -10,6 +10,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cmath>
 #include <cstdint>
@@ -132,10 +133,14 @@ constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMa
 //  * kPacked / kBlas: MKL, which splits a GEMM over torch's threads.
 // LSTMKIT_GEMM=blas|brgemm forces one (blas: MKL, packed from kPackMinElements on, as before
 // brgemm was used; it also sends the layer's large GEMMs back to torch, see
-// lstmkit/ops/gemm.py); unset or auto: brgemm. With several threads a per-step product of at
-// least kSplitWork multiply-adds is cut into column blocks, one per thread (at::parallel_for);
-// smaller ones run on the calling thread (one thread was faster than two for the small
-// per-step GEMMs, docs/performance.md).
+// lstmkit/ops/gemm.py). Unset or auto: the route measured faster on this machine for the
+// product's size class (g_step_route below), brgemm until one is set. Which is faster
+// differs between machines (brgemm 2x faster on one AVX-512 EPYC, MKL faster on an AVX2
+// one: docs/performance.md), so lstmkit/ops/gemm.py times both (gemm_probe) once per
+// machine and thread count and sets the result (set_gemm_routes) before a layer runs.
+// With several threads a per-step product of at least kSplitWork multiply-adds is cut into
+// column blocks, one per thread (at::parallel_for); smaller ones run on the calling thread
+// (one thread was faster than two for the small per-step GEMMs, docs/performance.md).
 enum class GemmKind { kBlas, kPacked, kBrgemm };
 // brgemm keeps a row block of A in cache across the whole K: with K = 4096 (LSTM H = 1024,
 // backward) one call took 10.7 ms against MKL's 7.9, cut into K blocks of 2048 2.5 ms
@@ -147,7 +152,16 @@ inline bool mkl_pack_available() {
   return cblas_sgemm_pack_get_size && cblas_sgemm_pack && cblas_sgemm_compute;
 }
 
-inline GemmKind choose_gemm(int64_t n, int64_t k, bool dense) {
+// Size classes of a per-step product (m rows at most): 0 runs on one thread, 1 may be split
+// over the threads (WeightGemm's parts_).
+inline int step_class(int64_t max_m, int64_t n, int64_t k) {
+  return max_m * n * k >= kSplitWork ? 1 : 0;
+}
+// The LSTMKIT_GEMM=auto route of each size class: 1 brgemm, 0 MKL (set_gemm_routes).
+inline std::atomic<int> g_step_route[2] = {1, 1};
+
+// `force`: 1 brgemm, 0 MKL, -1 as LSTMKIT_GEMM says (gemm_probe forces one to time it).
+inline GemmKind choose_gemm(int64_t max_m, int64_t n, int64_t k, bool dense, int force = -1) {
   const char* env = std::getenv("LSTMKIT_GEMM");
   std::string mode = env ? env : "auto";           // as lstmkit/ops/gemm.py reads it:
   const auto first = mode.find_first_not_of(" \t\n");   // trimmed, any case
@@ -157,8 +171,12 @@ inline GemmKind choose_gemm(int64_t n, int64_t k, bool dense) {
               "lstmkit engine: LSTMKIT_GEMM must be auto, blas or brgemm, got '", mode, "'");
   const GemmKind mkl = (n * k >= kPackMinElements && dense && mkl_pack_available())
                            ? GemmKind::kPacked : GemmKind::kBlas;
-  if (mode == "blas") return mkl;
-  return GemmKind::kBrgemm;
+  bool brgemm;
+  if (force >= 0) brgemm = force == 1;
+  else if (mode == "blas") brgemm = false;
+  else if (mode == "brgemm") brgemm = true;
+  else brgemm = g_step_route[step_class(max_m, n, k)].load(std::memory_order_relaxed) != 0;
+  return brgemm ? GemmKind::kBrgemm : mkl;
 }
 
 // C (m×n, row-major) = beta·C + A (m×k) · op(W), for a weight W used at every step:
@@ -188,11 +206,12 @@ class WeightGemm {
 template <>
 class WeightGemm<float> {
  public:
+  // force: see choose_gemm
   WeightGemm(const float* W, bool transposed, int64_t max_m, int64_t n, int64_t k,
-             int64_t ldw = 0)
+             int64_t ldw = 0, int force = -1)
       : W_(W), transposed_(transposed), n_(n), k_(k), ldw_(ldw ? ldw : (transposed ? k : n)),
         max_m_(max_m) {
-    if (W && max_m > 0) kind_ = choose_gemm(n, k, ldw_ == (transposed ? k : n));
+    if (W && max_m > 0) kind_ = choose_gemm(max_m, n, k, ldw_ == (transposed ? k : n), force);
     const int64_t threads = at::get_num_threads();
     if (threads > 1 && max_m * n * k >= kSplitWork && n >= 128)
       parts_ = std::min<int64_t>(threads, n / 64);

@@ -6,6 +6,8 @@
 
 #include <ATen/MemoryOverlap.h>
 
+#include <chrono>
+
 #include "engine.h"
 
 #include "cells.inc"
@@ -149,6 +151,36 @@ void mm_into(Tensor out, Tensor a, Tensor b, bool accumulate) {
            out.size(0) > 1 ? out.stride(0) : out.size(1));
 }
 
+// The LSTMKIT_GEMM=auto routes of the per-step GEMMs (common.h's g_step_route): for products
+// run on one thread and for those split over the threads, true = brgemm, false = MKL.
+// lstmkit/ops/gemm.py sets them from its measurements (gemm_probe) before a layer runs.
+void set_gemm_routes(bool one_thread_brgemm, bool split_brgemm) {
+  g_step_route[0].store(one_thread_brgemm ? 1 : 0, std::memory_order_relaxed);
+  g_step_route[1].store(split_brgemm ? 1 : 0, std::memory_order_relaxed);
+}
+
+std::vector<bool> gemm_routes() {
+  return {g_step_route[0].load(std::memory_order_relaxed) != 0,
+          g_step_route[1].load(std::memory_order_relaxed) != 0};
+}
+
+// Seconds per call of the per-step product C (m×n) = C + A (m×k)·op(W) as a layer's loop runs
+// it (WeightGemm, op(W) = Wᵀ with W (n×k) when `transposed`), on brgemm or on MKL: `reps`
+// calls after one untimed call (which lays W out and generates the kernel).
+double gemm_probe(bool brgemm, int64_t m, int64_t n, int64_t k, bool transposed, int64_t reps) {
+  TORCH_CHECK(m > 0 && n > 0 && k > 0 && reps > 0, "lstmkit gemm_probe: m, n, k and reps must "
+              "be positive, got ", m, ", ", n, ", ", k, ", ", reps);
+  std::vector<float> a(m * k), w(n * k), c(m * n, 0.0f);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>((i * 7 % 13) - 6) * 0.01f;
+  for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>((i * 5 % 11) - 5) * 0.01f;
+  const WeightGemm<float> gemm(w.data(), transposed, m, n, k, 0, brgemm ? 1 : 0);
+  gemm(m, a.data(), k, 1.0f, c.data(), n);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t r = 0; r < reps; ++r) gemm(m, a.data(), k, 1.0f, c.data(), n);
+  const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+  return dt.count() / static_cast<double>(reps);
+}
+
 std::vector<std::string> families() {
   std::vector<std::string> names;
   for (const auto& [name, _] : cell_registry()) names.push_back(name);
@@ -165,6 +197,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &backward);
   m.def("families", &families);
   m.def("mm_into", &mm_into);
+  m.def("set_gemm_routes", &set_gemm_routes);
+  m.def("gemm_routes", &gemm_routes);
+  m.def("gemm_probe", &gemm_probe);
   m.def("minrnn_forward", &minrnn_forward);
   m.def("minrnn_backward", &minrnn_backward);
 }
