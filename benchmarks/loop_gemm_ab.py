@@ -1,7 +1,8 @@
-"""Before/after in one process: the fused C++ loop with its per-step GEMMs through MKL
+"""Before/after in one process: the fused C++ loop with its GEMMs through MKL
 (``LSTMKIT_GEMM=blas``: the loop's GEMMs as they were, sgemm or MKL's packed GEMM from 1M
-weight elements on) and through ATen's brgemm (``LSTMKIT_GEMM=brgemm``: oneDNN's
-micro-kernels), beside torch.nn, interleaved.
+weight elements on), through ATen's brgemm (``LSTMKIT_GEMM=brgemm``: oneDNN's
+micro-kernels) and on the routes measured for this machine (``auto``, the default; see
+lstmkit/ops/gemm.py), beside torch.nn, interleaved.
 
     PYTHONPATH=<checkout> python benchmarks/loop_gemm_ab.py [--repeats 7] [--threads N]
         [--clock wall|cpu] [--only S] [--json PATH]
@@ -11,8 +12,8 @@ float32, I = H, one warm-up of each, then ``--repeats`` rounds in which the thre
 turn (the first rotating). ``--clock cpu`` times the CPU time of the process instead of the
 wall time: on a loaded machine, with one thread, it counts the work done rather than the
 waiting for a core (with several threads it adds up the threads' times). It prints the
-medians and the ratios brgemm/blas, blas/torch and brgemm/torch (of the medians).
-``LSTMKIT_GEMM`` is read each time a layer starts, so one module serves both. On a shared
+medians and the ratios to torch and auto/best (auto over the better of blas and brgemm).
+``LSTMKIT_GEMM`` is read each time a layer starts, so one module serves all three. On a shared
 machine compare the ratios, not the times.
 """
 
@@ -41,7 +42,7 @@ ROWS = (
     bench.Config("rnn", 100, 16, 128), bench.Config("rnn", 150, 64, 256),
     bench.Config("lstm", 100, 16, 128, proj=64),
 )
-MODES = ("blas", "brgemm")
+MODES = ("blas", "brgemm", "auto")
 
 
 def run_row(cfg: bench.Config, repeats: int, clock: str = "wall") -> dict:
@@ -63,8 +64,8 @@ def run_row(cfg: bench.Config, repeats: int, clock: str = "wall") -> dict:
     return {"name": cfg.name, "torch_same_function": cfg.torch_has_it, "ms_runs": runs,
             "median_ms": med, "min_ms": {k: min(v) for k, v in runs.items()},
             "brgemm_over_blas": med["brgemm"] / med["blas"],
-            "blas_over_torch": med["blas"] / med["torch"],
-            "brgemm_over_torch": med["brgemm"] / med["torch"]}
+            "auto_over_best": med["auto"] / min(med["blas"], med["brgemm"]),
+            **{f"{m}_over_torch": med[m] / med["torch"] for m in MODES}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,15 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="rows whose name contains this")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--note", default="", help="recorded in the JSON (e.g. how quiet "
+                        "the machine was)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="LSTM with projections is not supported")
     rows = [c for c in ROWS if not args.only or args.only.lower() in c.name.lower()]
+    from lstmkit.ops import gemm
+    routes = gemm.describe()                      # measured now if this machine has none
+    if routes.get("routes"):
+        print(bench.format_gemm(routes))
     print(f"{torch.get_num_threads()} threads; fused_cpp f+b ms, {args.clock} clock (median of "
           f"{args.repeats}, interleaved); * torch.nn.LSTM of the same size")
-    print(f"{'config':<30}{'torch':>10}{'blas':>10}{'brgemm':>10}{'brgemm/blas':>13}"
-          f"{'blas/torch':>12}{'brgemm/torch':>14}")
+    print(f"{'config':<30}{'torch':>10}{'blas':>10}{'brgemm':>10}{'auto':>10}{'blas/torch':>12}"
+          f"{'brgemm/torch':>14}{'auto/torch':>12}{'auto/best':>11}")
     results = []
     for cfg in rows:
         r = run_row(cfg, args.repeats, args.clock)
@@ -90,15 +97,16 @@ def main(argv: list[str] | None = None) -> int:
         m = r["median_ms"]
         star = "" if cfg.torch_has_it else "*"
         print(f"{cfg.name:<30}{m['torch']:>9.2f}{star or ' '}{m['blas']:>10.2f}"
-              f"{m['brgemm']:>10.2f}{r['brgemm_over_blas']:>13.2f}{r['blas_over_torch']:>12.2f}"
-              f"{r['brgemm_over_torch']:>14.2f}", flush=True)
+              f"{m['brgemm']:>10.2f}{m['auto']:>10.2f}{r['blas_over_torch']:>12.2f}"
+              f"{r['brgemm_over_torch']:>14.2f}{r['auto_over_torch']:>12.2f}"
+              f"{r['auto_over_best']:>11.2f}", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         meta = {"torch": torch.__version__, "platform": platform.platform(),
                 "cpu_model": bench.cpu_model(), "threads": torch.get_num_threads(),
                 "repeats": args.repeats, "clock": args.clock,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "load_average": os.getloadavg(), "note": "shared, noisy machine"}
+                "load_average": os.getloadavg(), "note": args.note, "gemm": routes}
         args.json.write_text(json.dumps({"meta": meta, "rows": results}, indent=1) + "\n")
         print(f"wrote {args.json}")
     return 0

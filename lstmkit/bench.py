@@ -807,8 +807,8 @@ def format_gemm(gemm: dict) -> str:
     routes = gemm.get("routes")
     if routes is None:
         return "GEMMs: auto (the C++ extension is unavailable)"
-    names = {"step_one_thread": "per-step on one thread", "step_split": "per-step split",
-             "large": "large"}
+    names = {"step_tiny": "per-step tiny", "step_small": "small", "step_large": "large",
+             "large": "layer GEMMs"}
     parts = [f"{names[c]} {'MKL' if routes[c] == 'blas' else 'brgemm'} "
              f"({routes['ratios'][c]:.2f})" for c in names if c in routes.get("ratios", {})]
     return ("GEMMs (auto, measured on this machine; brgemm time / MKL time): "

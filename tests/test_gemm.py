@@ -158,12 +158,14 @@ def test_gemm_probe_times_the_product(engine, brgemm):
 def test_set_gemm_routes_round_trips(engine):
     before = engine.gemm_routes()
     try:
-        engine.set_gemm_routes(False, True)
-        assert engine.gemm_routes() == [False, True]
-        engine.set_gemm_routes(True, False)
-        assert engine.gemm_routes() == [True, False]
+        engine.set_gemm_routes([False, True, False])
+        assert engine.gemm_routes() == [False, True, False]
+        engine.set_gemm_routes([True, False, True])
+        assert engine.gemm_routes() == [True, False, True]
+        with pytest.raises(RuntimeError, match="one route per size class"):
+            engine.set_gemm_routes([True, False])
     finally:
-        engine.set_gemm_routes(*before)
+        engine.set_gemm_routes(before)
         gemm._applied.clear()
 
 
@@ -177,7 +179,7 @@ def test_calibration_is_stored_and_read_back(engine, tmp_path, monkeypatch):
     assert torch.get_num_threads() == threads
     assert found["threads"] == threads
     for c in gemm.CLASSES:
-        assert found[c] == ("brgemm" if found["ratios"][c] < 1 else "blas")
+        assert found[c] == ("brgemm" if found["ratios"][c] < gemm.BRGEMM_MARGIN else "blas")
         assert found["ratios"][c] > 0
     stored = json.loads((tmp_path / gemm.ROUTES_FILE).read_text())
     assert stored[str(threads)] == found
@@ -215,8 +217,8 @@ def test_calibration_runs_real_tensors_under_fake_tensor_mode(engine, tmp_path, 
     assert all(found[c] in ("brgemm", "blas") for c in gemm.CLASSES)
 
 
-ROUTE_SETS = [("brgemm", "brgemm", "brgemm"), ("blas", "blas", "blas"),
-              ("brgemm", "blas", "blas"), ("blas", "brgemm", "brgemm")]
+ROUTE_SETS = [("brgemm",) * 4, ("blas",) * 4, ("brgemm", "blas", "blas", "blas"),
+              ("blas", "brgemm", "blas", "brgemm"), ("blas", "blas", "brgemm", "blas")]
 
 
 @pytest.mark.parametrize("chosen", ROUTE_SETS, ids="-".join)
@@ -233,22 +235,27 @@ def test_each_measured_route_set_runs_and_matches_the_float64_reference(engine, 
     before = engine.gemm_routes()
     try:
         with gemm.using_engine(engine):
-            assert engine.gemm_routes() == [chosen[0] == "brgemm", chosen[1] == "brgemm"]
-            assert (gemm._engine(torch.zeros(2, 2)) is engine) == (chosen[2] == "brgemm")
-        torch.manual_seed(0)
-        m = lstmkit.LSTM(24, 40, num_layers=2, peephole=True, backend="fused_cpp")
-        ref = copy.deepcopy(m).double()
-        ref.backend = "reference"
-        x = torch.randn(30, 33, 24, requires_grad=True)
-        y = m(x)[0]
-        y.sum().backward()
-        xr = x.detach().double().requires_grad_()
-        yr = ref(xr)[0]
-        yr.sum().backward()
-        assert (y.double() - yr).abs().max() < 1e-5
-        assert (x.grad.double() - xr.grad).abs().max() < 1e-5
-        for (name, p), q in zip(m.named_parameters(), ref.parameters()):
-            assert (p.grad.double() - q.grad).abs().max() < 1e-4, name
+            assert engine.gemm_routes() == [c == "brgemm" for c in chosen[:3]]
+            assert (gemm._engine(torch.zeros(2, 2)) is engine) == (chosen[3] == "brgemm")
+        # per-step products of each size class: (B, H) = (2, 16) tiny, (33, 64) small,
+        # (64, 256) large (4H·H·B multiply-adds against 2¹⁸ and 2²²)
+        for B, H in ((2, 16), (33, 64), (64, 256)):
+            torch.manual_seed(0)
+            m = lstmkit.LSTM(24, H, num_layers=2, peephole=True, backend="fused_cpp")
+            ref = copy.deepcopy(m).double()
+            ref.backend = "reference"
+            x = torch.randn(6, B, 24, requires_grad=True)
+            y = m(x)[0]
+            y.sum().backward()
+            xr = x.detach().double().requires_grad_()
+            yr = ref(xr)[0]
+            yr.sum().backward()
+            pairs = [("output", y, yr), ("input grad", x.grad, xr.grad)] + [
+                (name, p.grad, q.grad) for (name, p), q in zip(m.named_parameters(),
+                                                                ref.parameters())]
+            for name, got, want in pairs:
+                scale = max(1.0, want.abs().max().item())
+                assert (got.double() - want).abs().max() < 2e-6 * scale, (B, H, name)
     finally:
-        engine.set_gemm_routes(*before)
+        engine.set_gemm_routes(before)
         gemm._applied.clear()

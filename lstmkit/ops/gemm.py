@@ -10,10 +10,11 @@ brgemm (oneDNN's micro-kernels, generated at run time for the CPU: the engine's
 Which is faster depends on the machine, and not only on its instruction set: brgemm was 2×
 faster for the per-step products on one AVX-512 EPYC, MKL 1.2× faster for the large GEMMs
 on another of the same kind, and faster for both on an AVX2 one (docs/performance.md). So
-with ``LSTMKIT_GEMM`` unset or ``auto`` the route of each class — per-step products run on
-one thread, per-step products split over the threads, large GEMMs — is **measured**: the
-first fused layer call of a process times both routes on a few shapes of each class
-(:func:`calibrate`, under a second) and keeps the faster. The result is stored beside the
+with ``LSTMKIT_GEMM`` unset or ``auto`` the route of each class — per-step products by size
+(tiny: a batch of one or a few rows; small; large, which brgemm splits over the threads) and
+the large GEMMs of a call — is **measured**: the first fused layer call of a process times
+both routes on a few shapes of each class (:func:`calibrate`, about a second) and keeps the
+faster (MKL in a near-tie). The result is stored beside the
 compiled extension (``gemm-routes.json``, per thread count), so later processes on the
 machine read it instead of measuring again: every process of a machine computes with the
 same routes, so results stay reproducible between runs (a resumed training, say). Delete
@@ -45,24 +46,30 @@ from torch import Tensor
 
 MODES = ("auto", "blas", "brgemm")
 ROUTES_FILE = "gemm-routes.json"
-CLASSES = ("step_one_thread", "step_split", "large")   # the classes a route is chosen for
-FORMAT = 1                                             # of a stored measurement
+STEP_CLASSES = ("step_tiny", "step_small", "step_large")   # as step_class in common.h
+CLASSES = (*STEP_CLASSES, "large")             # the classes a route is chosen for
+FORMAT = 3                                     # of a stored measurement
+# brgemm is chosen where its time is under this share of MKL's. In a near-tie the probe
+# misleads: the small class measured 0.98 on an AVX2 EPYC, yet a layer ran 4–15 % slower
+# with it on brgemm than on MKL (benchmarks/loop_gemm_ab.py, (100,16,128) rows), so MKL,
+# torch's own library, keeps a tie.
+BRGEMM_MARGIN = 0.95
 
 # Shapes timed for each class. Per-step: (m, n, k, W transposed) as the LSTM loop runs
-# them: forward h·W_hhᵀ and backward dA·W_hh at (B, H) = (16, 128) and (1, 64) on one
-# thread (m·n·k < 2²² multiply-adds, kSplitWork in csrc/common.h), (64, 256) split over the
-# threads. Large: (N = T·B rows, H, I) of an LSTM layer (4H gate columns): its projection,
-# input gradient and weight gradient.
-STEP_SHAPES = {"step_one_thread": ((16, 512, 128, True), (16, 128, 512, False),
-                                   (1, 256, 64, True)),
-               "step_split": ((64, 1024, 256, True), (64, 256, 1024, False))}
+# them, forward h·W_hhᵀ and backward dA·W_hh, at (B, H) = (1, 64) and (2, 128) for tiny
+# (m·n·k < 2¹⁸ multiply-adds, kTinyWork in csrc/common.h), (16, 128) for small (< 2²²,
+# kSplitWork) and (64, 256) for large. Large GEMMs: (N = T·B rows, H, I) of an LSTM layer
+# (4H gate columns): its projection, input gradient and weight gradient.
+STEP_SHAPES = {"step_tiny": ((1, 256, 64, True), (1, 64, 256, False), (2, 512, 128, True)),
+               "step_small": ((16, 512, 128, True), (16, 128, 512, False)),
+               "step_large": ((64, 1024, 256, True), (64, 256, 1024, False))}
 LARGE_SHAPES = ((1024, 128, 128), (2048, 256, 256))
 ROUNDS = 5                       # interleaved rounds; the least time of each route counts
 
 _state = threading.local()
 _lock = threading.Lock()
 _routes: dict[tuple[str, int], dict] = {}       # (extension, threads) -> routes
-_applied: dict[str, tuple[int, tuple[bool, bool]]] = {}   # extension -> what it was given
+_applied: dict[str, tuple[int, list[bool]]] = {}   # extension -> what it was given
 
 
 def mode() -> str:
@@ -97,10 +104,10 @@ def _prepare(module):
     if chosen == "brgemm":
         return module
     r = routes(module)
-    step = (r["step_one_thread"] == "brgemm", r["step_split"] == "brgemm")
+    step = [r[c] == "brgemm" for c in STEP_CLASSES]
     key, threads = _key(module), torch.get_num_threads()
     if _applied.get(key) != (threads, step):
-        module.set_gemm_routes(*step)
+        module.set_gemm_routes(step)
         _applied[key] = (threads, step)
     return module if r["large"] == "brgemm" else None
 
@@ -191,9 +198,9 @@ def calibrate(module, threads: int | None = None, save: bool = False) -> dict:
 
     Each shape is timed :data:`ROUNDS` times per route, the routes interleaved, and the
     least time counts; a class goes to brgemm if the geometric mean over its shapes of
-    brgemm's time over MKL's is below 1. Runs outside any tensor mode (fake tensors,
-    tracing), without autograd, and draws from its own generator: the global random state
-    is untouched."""
+    brgemm's time over MKL's is below :data:`BRGEMM_MARGIN`. Runs outside any tensor mode
+    (fake tensors, tracing), without autograd, and draws from its own generator: the global
+    random state is untouched."""
     from torch.utils._python_dispatch import _disable_current_modes
 
     threads = threads or torch.get_num_threads()
@@ -207,7 +214,7 @@ def calibrate(module, threads: int | None = None, save: bool = False) -> dict:
         finally:
             torch.set_num_threads(before)
     entry = {"format": FORMAT, "threads": threads,
-             **{c: "brgemm" if ratios[c] < 1 else "blas" for c in CLASSES},
+             **{c: "brgemm" if ratios[c] < BRGEMM_MARGIN else "blas" for c in CLASSES},
              "ratios": {c: round(ratios[c], 4) for c in CLASSES},
              "seconds": round(time.perf_counter() - start, 3),
              "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -151,17 +151,21 @@ void mm_into(Tensor out, Tensor a, Tensor b, bool accumulate) {
            out.size(0) > 1 ? out.stride(0) : out.size(1));
 }
 
-// The LSTMKIT_GEMM=auto routes of the per-step GEMMs (common.h's g_step_route): for products
-// run on one thread and for those split over the threads, true = brgemm, false = MKL.
-// lstmkit/ops/gemm.py sets them from its measurements (gemm_probe) before a layer runs.
-void set_gemm_routes(bool one_thread_brgemm, bool split_brgemm) {
-  g_step_route[0].store(one_thread_brgemm ? 1 : 0, std::memory_order_relaxed);
-  g_step_route[1].store(split_brgemm ? 1 : 0, std::memory_order_relaxed);
+// The LSTMKIT_GEMM=auto routes of the per-step GEMMs (common.h's g_step_route), one per
+// size class (tiny, small, large), true = brgemm, false = MKL. lstmkit/ops/gemm.py sets them
+// from its measurements (gemm_probe) before a layer runs.
+void set_gemm_routes(const std::vector<bool>& brgemm) {
+  TORCH_CHECK(brgemm.size() == kStepClasses, "lstmkit set_gemm_routes: one route per size "
+              "class (", kStepClasses, "), got ", brgemm.size());
+  for (int c = 0; c < kStepClasses; ++c)
+    g_step_route[c].store(brgemm[c] ? 1 : 0, std::memory_order_relaxed);
 }
 
 std::vector<bool> gemm_routes() {
-  return {g_step_route[0].load(std::memory_order_relaxed) != 0,
-          g_step_route[1].load(std::memory_order_relaxed) != 0};
+  std::vector<bool> brgemm;
+  for (int c = 0; c < kStepClasses; ++c)
+    brgemm.push_back(g_step_route[c].load(std::memory_order_relaxed) != 0);
+  return brgemm;
 }
 
 // Seconds per call of the per-step product C (m×n) = C + A (m×k)·op(W) as a layer's loop runs
