@@ -14,7 +14,8 @@ The samples are sorted by shared object and symbol into
   them through the BLAS (``LSTMKIT_GEMM=blas``);
 * ``gemm oneDNN``: oneDNN's code (``dnnl``/``brgemm`` symbols and the JIT-generated kernels it
   runs from anonymous memory, which perf cannot name): the per-step recurrent GEMMs when the
-  loop runs them through ``at::native::cpublas::brgemm`` (the default, see ``common.h``);
+  loop runs them through ``at::native::cpublas::brgemm`` (``LSTMKIT_GEMM=brgemm``, or where
+  the measured routes chose it, see ``lstmkit/ops/gemm.py``);
 * ``loop + pointwise``: the extension itself (the time loop and every cell's pointwise step);
 * ``alloc, page faults, copies``: the kernel's page clearing and faults, mmap/munmap, libc's
   malloc/free/memcpy/memset;
@@ -202,10 +203,13 @@ def main(argv: list[str] | None = None) -> int:
         import platform
 
         import torch
+
+        from lstmkit.ops import gemm
         args.json.parent.mkdir(parents=True, exist_ok=True)
         meta = {"torch": torch.__version__, "platform": platform.platform(),
                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                 "lstmkit_gemm": os.environ.get("LSTMKIT_GEMM"),
+                "gemm_routes": gemm.describe(),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "note": "shared, noisy machine unless stated otherwise"}
         args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")

@@ -647,7 +647,7 @@ def environment(backend: str, repeats: int, peak: dict | None = None) -> dict:
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     if peak is not None:
         meta["sgemm_peak"] = peak
-    if backend.startswith("fused"):
+    if backend in ("auto", "fused", "fused_cpp"):          # those that run the C++ loop
         from lstmkit.ops import gemm
         meta["gemm"] = gemm.describe()
     return meta

@@ -59,7 +59,8 @@ def test_mm_into_checks(engine):
         engine.mm_into(torch.zeros(2, 2), torch.zeros(4, 4)[::2, ::2], torch.zeros(2, 2), False)
 
 
-def test_matmul_into_takes_torch_outside_a_layer_or_for_float64(engine):
+def test_matmul_into_takes_torch_outside_a_layer_or_for_float64(engine, monkeypatch):
+    monkeypatch.setenv("LSTMKIT_GEMM", "brgemm")                # the engine's path in a layer
     a, b = torch.randn(3, 4, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
     out = torch.empty(3, 5, dtype=torch.float64)
     with gemm.using_engine(engine):                              # float64: torch
@@ -103,9 +104,11 @@ def test_both_gemm_paths_match_the_float64_reference(engine, monkeypatch, mode, 
         assert (p.grad.double() - q.grad).abs().max() < 1e-4, name
 
 
-def test_addmm_of_one_row_leaves_the_bias_alone(engine):
+@pytest.mark.parametrize("mode", ["blas", "brgemm"])
+def test_addmm_of_one_row_leaves_the_bias_alone(engine, monkeypatch, mode):
     """A one-row input once made ``bias.expand(1, n).contiguous()`` — the bias itself — the
     output, so the GEMM accumulated into the parameter (GRU's b_ih at T = B = 1)."""
+    monkeypatch.setenv("LSTMKIT_GEMM", mode)
     x, w, bias = torch.randn(1, 4), torch.randn(8, 4), torch.randn(8)
     before = bias.clone()
     with gemm.using_engine(engine):
@@ -118,9 +121,11 @@ def test_addmm_of_one_row_leaves_the_bias_alone(engine):
                                   lambda: lstmkit.LSTM(16, 8, backend="fused_cpp"),
                                   lambda: lstmkit.RNN(16, 8, backend="fused_cpp")],
                          ids=["gru", "lstm", "rnn"])
-def test_one_row_calls_repeat_and_keep_the_parameters(engine, make):
+@pytest.mark.parametrize("mode", ["blas", "brgemm"])
+def test_one_row_calls_repeat_and_keep_the_parameters(engine, monkeypatch, make, mode):
     """T = B = 1, called three times: the same output each time, equal to the float64
     reference, and no parameter changed."""
+    monkeypatch.setenv("LSTMKIT_GEMM", mode)
     torch.manual_seed(0)
     m = make()
     saved = copy.deepcopy(m.state_dict())
@@ -135,9 +140,10 @@ def test_one_row_calls_repeat_and_keep_the_parameters(engine, make):
 
 
 # -- the measured routes (LSTMKIT_GEMM=auto) ---------------------------------------------
-def _standin(engine, folder):
+def _standin(engine, folder, monkeypatch):
     """The engine's functions under a stand-in module whose file lies in ``folder``: its
-    routes file is then ``folder/gemm-routes.json``, not the real build's."""
+    routes file is then ``folder/gemm-routes.json`` (the session's override unset)."""
+    monkeypatch.delenv(gemm.ROUTES_ENV, raising=False)
     import types
     return types.SimpleNamespace(__file__=str(folder / "engine.so"), mm_into=engine.mm_into,
                                  gemm_probe=engine.gemm_probe,
@@ -171,7 +177,8 @@ def test_set_gemm_routes_round_trips(engine):
 
 def test_calibration_is_stored_and_read_back(engine, tmp_path, monkeypatch):
     monkeypatch.setattr(gemm, "ROUNDS", 1)
-    module = _standin(engine, tmp_path)
+    monkeypatch.setattr(gemm, "_routes", {})
+    module = _standin(engine, tmp_path, monkeypatch)
     rng = torch.get_rng_state()
     threads = torch.get_num_threads()
     found = gemm.routes(module)
@@ -182,38 +189,92 @@ def test_calibration_is_stored_and_read_back(engine, tmp_path, monkeypatch):
         assert found[c] == ("brgemm" if found["ratios"][c] < gemm.BRGEMM_MARGIN else "blas")
         assert found["ratios"][c] > 0
     stored = json.loads((tmp_path / gemm.ROUTES_FILE).read_text())
-    assert stored[str(threads)] == found
+    assert stored[gemm._entry(threads)] == found
+    assert gemm._entry(threads).endswith(f"/{threads}")
     # another process (here: the in-process memo forgotten) reads the file, measures nothing
     gemm._routes.clear()
     monkeypatch.setattr(gemm, "calibrate", lambda *a, **k: pytest.fail("measured again"))
     assert gemm.routes(module) == found
 
 
-@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"2": {"format": 1}}', ""])
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", "old", ""])
 def test_a_corrupt_routes_file_is_measured_again_and_replaced(engine, tmp_path, monkeypatch,
                                                               content):
     monkeypatch.setattr(gemm, "ROUNDS", 1)
     monkeypatch.setattr(gemm, "_routes", {})
+    if content == "old":                                       # an older format's entry
+        content = json.dumps({gemm._entry(2): {"format": 1, "step_split": "blas"}})
     (tmp_path / gemm.ROUTES_FILE).write_text(content)
-    found = gemm.routes(_standin(engine, tmp_path), threads=2)
+    found = gemm.routes(_standin(engine, tmp_path, monkeypatch), threads=2)
     assert found["threads"] == 2 and all(found[c] in ("brgemm", "blas") for c in gemm.CLASSES)
-    assert json.loads((tmp_path / gemm.ROUTES_FILE).read_text())["2"] == found
+    assert json.loads((tmp_path / gemm.ROUTES_FILE).read_text())[gemm._entry(2)] == found
 
 
 def test_an_unwritable_folder_keeps_the_routes_in_memory(engine, tmp_path, monkeypatch):
     monkeypatch.setattr(gemm, "ROUNDS", 1)
     monkeypatch.setattr(gemm, "_routes", {})
-    module = _standin(engine, tmp_path / "absent")              # no such folder
+    (tmp_path / "file").write_text("")                         # a file where a folder should be
+    module = _standin(engine, tmp_path / "file", monkeypatch)
     found = gemm.routes(module)
-    assert not (tmp_path / "absent").exists()
+    assert (tmp_path / "file").read_text() == ""
     assert gemm.routes(module) is found
+
+
+def test_the_routes_file_can_be_named_by_the_environment(engine, tmp_path, monkeypatch):
+    monkeypatch.setattr(gemm, "ROUNDS", 1)
+    monkeypatch.setattr(gemm, "_routes", {})
+    module = _standin(engine, tmp_path / "build", monkeypatch)
+    monkeypatch.setenv(gemm.ROUTES_ENV, str(tmp_path / "mine.json"))
+    assert gemm.routes_file(module) == tmp_path / "mine.json"
+    found = gemm.routes(module, threads=1)
+    assert json.loads((tmp_path / "mine.json").read_text())[gemm._entry(1)] == found
+    assert not (tmp_path / "build").exists()
+
+
+def test_a_new_calibration_reaches_the_engine(engine, tmp_path, monkeypatch):
+    """calibrate(save=True) replaces the routes in use: the next layer call gives the
+    engine the new ones."""
+    monkeypatch.delenv("LSTMKIT_GEMM", raising=False)
+    monkeypatch.setenv(gemm.ROUTES_ENV, str(tmp_path / "routes.json"))
+    threads = torch.get_num_threads()
+    key = (gemm._key(engine), threads)
+    monkeypatch.setattr(gemm, "_routes", {key: {"format": gemm.FORMAT, "threads": threads,
+                                                **dict.fromkeys(gemm.CLASSES, "blas")}})
+    monkeypatch.setattr(gemm, "_applied", {})
+    monkeypatch.setattr(gemm, "_step_ratio", lambda module, shapes: 0.5)   # brgemm "wins"
+    monkeypatch.setattr(gemm, "_large_ratio", lambda module: 2.0)
+    before = engine.gemm_routes()
+    try:
+        with gemm.using_engine(engine):
+            assert engine.gemm_routes() == [False, False, False]
+        gemm.calibrate(engine, save=True)
+        with gemm.using_engine(engine):
+            assert engine.gemm_routes() == [True, True, True]
+            assert gemm._engine(torch.zeros(2, 2)) is None          # large GEMMs: MKL
+    finally:
+        engine.set_gemm_routes(before)
+        gemm._applied.clear()
+
+
+def test_the_step_classes_agree_with_the_engine(engine):
+    """Every shape calibrated for a per-step class falls in that class of the C++ loop."""
+    for index, name in enumerate(gemm.STEP_CLASSES):
+        for m, n, k, _ in gemm.STEP_SHAPES[name]:
+            assert engine.step_class(m, n, k) == index, (name, m, n, k)
+
+
+def test_a_near_tie_is_measured_again_and_the_median_counts(monkeypatch):
+    ratios = iter([0.9, 1.2, 0.7])
+    assert gemm._measured(lambda: next(ratios)) == 0.9
+    ratios = iter([0.5, 2.0])
+    assert gemm._measured(lambda: next(ratios)) == 0.5                 # far from the margin
 
 
 def test_calibration_runs_real_tensors_under_fake_tensor_mode(engine, tmp_path, monkeypatch):
     from torch._subclasses.fake_tensor import FakeTensorMode
     monkeypatch.setattr(gemm, "ROUNDS", 1)
     with FakeTensorMode():
-        found = gemm.calibrate(_standin(engine, tmp_path), threads=1)
+        found = gemm.calibrate(_standin(engine, tmp_path, monkeypatch), threads=1)
     assert all(found[c] in ("brgemm", "blas") for c in gemm.CLASSES)
 
 

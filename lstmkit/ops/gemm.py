@@ -9,16 +9,18 @@ brgemm (oneDNN's micro-kernels, generated at run time for the CPU: the engine's
 
 Which is faster depends on the machine, and not only on its instruction set: brgemm was 2×
 faster for the per-step products on one AVX-512 EPYC, MKL 1.2× faster for the large GEMMs
-on another of the same kind, and faster for both on an AVX2 one (docs/performance.md). So
-with ``LSTMKIT_GEMM`` unset or ``auto`` the route of each class — per-step products by size
-(tiny: a batch of one or a few rows; small; large, which brgemm splits over the threads) and
-the large GEMMs of a call — is **measured**: the first fused layer call of a process times
-both routes on a few shapes of each class (:func:`calibrate`, about a second) and keeps the
-faster (MKL in a near-tie). The result is stored beside the
-compiled extension (``gemm-routes.json``, per thread count), so later processes on the
-machine read it instead of measuring again: every process of a machine computes with the
-same routes, so results stay reproducible between runs (a resumed training, say). Delete
-that file, or call :func:`calibrate` with ``save=True``, to measure again.
+on another of the same kind, and on an AVX2 one MKL was faster for all but the per-step
+products of a batch of one or two rows (docs/performance.md). So with ``LSTMKIT_GEMM``
+unset or ``auto`` the route of each class — per-step products by size (tiny: a batch of
+one or a few rows; small; large, which brgemm splits over the threads) and the large GEMMs
+of a call — is **measured**: the first fused layer call of a process times both routes on a
+few shapes of each class (:func:`calibrate`, about a second) and keeps the faster (MKL in a
+near-tie). The result is stored beside the compiled extension (``gemm-routes.json``, per
+host and thread count; ``$LSTMKIT_GEMM_ROUTES`` names another file), so later processes on
+the machine read it instead of measuring again: every process of a machine computes with
+the same routes, so results stay reproducible between runs (a resumed training, say).
+Delete that file, or call :func:`calibrate` with ``save=True``, to measure again. A
+measurement taken while the machine was busy may choose worse; measure again when quiet.
 
 ``LSTMKIT_GEMM=blas`` puts everything on MKL (MKL's packed GEMM for per-step weights of
 ≥ 1M elements), ``LSTMKIT_GEMM=brgemm`` everything on brgemm; nothing is measured then.
@@ -35,6 +37,7 @@ import contextlib
 import json
 import math
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -46,7 +49,8 @@ from torch import Tensor
 
 MODES = ("auto", "blas", "brgemm")
 ROUTES_FILE = "gemm-routes.json"
-STEP_CLASSES = ("step_tiny", "step_small", "step_large")   # as step_class in common.h
+ROUTES_ENV = "LSTMKIT_GEMM_ROUTES"     # a routes file to use instead (the tests set one)
+STEP_CLASSES = ("step_tiny", "step_small", "step_large")   # step_class in common.h: 0, 1, 2
 CLASSES = (*STEP_CLASSES, "large")             # the classes a route is chosen for
 FORMAT = 3                                     # of a stored measurement
 # brgemm is chosen where its time is under this share of MKL's. In a near-tie the probe
@@ -54,27 +58,34 @@ FORMAT = 3                                     # of a stored measurement
 # with it on brgemm than on MKL (benchmarks/loop_gemm_ab.py, (100,16,128) rows), so MKL,
 # torch's own library, keeps a tie.
 BRGEMM_MARGIN = 0.95
+# A class whose first ratio falls in this band around the margin is measured twice more and
+# the median counts: single calibrations of one class spread over 0.93–1.19 on a quiet
+# machine.
+RECHECK = (0.8, 1.1)
 
 # Shapes timed for each class. Per-step: (m, n, k, W transposed) as the LSTM loop runs
 # them, forward h·W_hhᵀ and backward dA·W_hh, at (B, H) = (1, 64) and (2, 128) for tiny
 # (m·n·k < 2¹⁸ multiply-adds, kTinyWork in csrc/common.h), (16, 128) for small (< 2²²,
-# kSplitWork) and (64, 256) for large. Large GEMMs: (N = T·B rows, H, I) of an LSTM layer
+# kSplitWork) and (64, 256) and (32, 512) for large (the latter on MKL's packed GEMM, which
+# takes weights of ≥ 1M elements). Large GEMMs: (N = T·B rows, H, I) of an LSTM layer
 # (4H gate columns): its projection, input gradient and weight gradient.
 STEP_SHAPES = {"step_tiny": ((1, 256, 64, True), (1, 64, 256, False), (2, 512, 128, True)),
                "step_small": ((16, 512, 128, True), (16, 128, 512, False)),
-               "step_large": ((64, 1024, 256, True), (64, 256, 1024, False))}
+               "step_large": ((64, 1024, 256, True), (64, 256, 1024, False),
+                              (32, 2048, 512, True), (32, 512, 2048, False))}
 LARGE_SHAPES = ((1024, 128, 128), (2048, 256, 256))
 ROUNDS = 5                       # interleaved rounds; the least time of each route counts
 
 _state = threading.local()
-_lock = threading.Lock()
+_lock = threading.RLock()
 _routes: dict[tuple[str, int], dict] = {}       # (extension, threads) -> routes
 _applied: dict[str, tuple[int, list[bool]]] = {}   # extension -> what it was given
 
 
 def mode() -> str:
-    """``LSTMKIT_GEMM`` as read here and by the engine: trimmed, any case, unset = auto."""
-    value = os.environ.get("LSTMKIT_GEMM", "").strip().lower() or "auto"
+    """``LSTMKIT_GEMM`` as read here and by the engine: trimmed of spaces, tabs and
+    newlines, any case, unset = auto."""
+    value = os.environ.get("LSTMKIT_GEMM", "").strip(" \t\n").lower() or "auto"
     if value not in MODES:
         raise RuntimeError(f"lstmkit engine: LSTMKIT_GEMM must be auto, blas or brgemm, "
                            f"got '{value}'")
@@ -106,9 +117,10 @@ def _prepare(module):
     r = routes(module)
     step = [r[c] == "brgemm" for c in STEP_CLASSES]
     key, threads = _key(module), torch.get_num_threads()
-    if _applied.get(key) != (threads, step):
-        module.set_gemm_routes(step)
-        _applied[key] = (threads, step)
+    with _lock:
+        if _applied.get(key) != (threads, step):
+            module.set_gemm_routes(step)
+            _applied[key] = (threads, step)
     return module if r["large"] == "brgemm" else None
 
 
@@ -129,10 +141,20 @@ def _key(module) -> str:
 
 
 def routes_file(module) -> Path | None:
-    """Where the measured routes of ``module`` (the compiled engine) are kept: beside its
-    shared library, in its build folder (None if it has no file)."""
+    """Where the measured routes of ``module`` (the compiled engine) are kept:
+    ``$LSTMKIT_GEMM_ROUTES`` if set, else beside its shared library, in its build folder
+    (None if it has no file)."""
+    override = os.environ.get(ROUTES_ENV, "").strip()
+    if override:
+        return Path(override)
     path = getattr(module, "__file__", None)
     return Path(path).parent / ROUTES_FILE if path else None
+
+
+def _entry(threads: int) -> str:
+    """An entry of the routes file: per host (a build folder may be shared between hosts,
+    e.g. a home over NFS, whose speeds differ) and thread count."""
+    return f"{socket.gethostname()}/{threads}"
 
 
 def routes(module, threads: int | None = None) -> dict:
@@ -140,7 +162,8 @@ def routes(module, threads: int | None = None) -> dict:
     of :data:`CLASSES`, ``"brgemm"`` or ``"blas"`` (MKL), with the measurement behind them
     (``"ratios"``: brgemm's time over MKL's, the geometric mean over the class's shapes).
     Read from :func:`routes_file` if it holds them, else measured by :func:`calibrate` and
-    stored there."""
+    stored there — under a lock on the file, so processes that start together measure once
+    and share the result."""
     threads = threads or torch.get_num_threads()
     key = (_key(module), threads)
     found = _routes.get(key)
@@ -148,11 +171,32 @@ def routes(module, threads: int | None = None) -> dict:
         with _lock:
             found = _routes.get(key)
             if found is None:
-                found = _load(module, threads)
-                if found is None:
-                    found = calibrate(module, threads, save=True)
+                with _file_lock(routes_file(module)):
+                    found = _load(module, threads)
+                    if found is None:
+                        found = calibrate(module, threads, save=True)
                 _routes[key] = found
     return found
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path | None) -> Iterator[None]:
+    """An exclusive lock on ``path`` + ``.lock`` (none where it cannot be made)."""
+    handle = None
+    if path is not None:
+        try:
+            import fcntl
+            handle = open(path.with_name(path.name + ".lock"), "a")   # noqa: SIM115
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except (OSError, ImportError):
+            if handle is not None:
+                handle.close()
+            handle = None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()                                 # releases the lock
 
 
 def _valid(entry: object) -> bool:
@@ -163,7 +207,7 @@ def _valid(entry: object) -> bool:
 def _load(module, threads: int) -> dict | None:
     path = routes_file(module)
     try:
-        entry = json.loads(path.read_text()).get(str(threads)) if path else None
+        entry = json.loads(path.read_text()).get(_entry(threads)) if path else None
     except (OSError, ValueError, AttributeError):   # absent, unreadable or corrupt: measure
         return None
     return entry if _valid(entry) else None
@@ -171,24 +215,28 @@ def _load(module, threads: int) -> dict | None:
 
 def _store(module, threads: int, entry: dict) -> None:
     """Add ``entry`` for ``threads`` to the routes file (written whole, then renamed into
-    place, so that a reader never sees half a file); a folder that cannot be written is
-    left alone (the routes then hold for this process only)."""
+    place, so that a reader never sees half a file; readable by all); a folder that cannot
+    be written is left alone (the routes then hold for this process only)."""
     path = routes_file(module)
     if path is None:
         return
+    tmp = None
     try:
         try:
             stored = json.loads(path.read_text())
             stored = stored if isinstance(stored, dict) else {}
         except (OSError, ValueError):
             stored = {}
-        stored[str(threads)] = entry
+        stored[_entry(threads)] = entry
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".gemm-routes-")
         with os.fdopen(fd, "w") as f:
             json.dump(stored, f, indent=1)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError:
-        pass
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def calibrate(module, threads: int | None = None, save: bool = False) -> dict:
@@ -198,21 +246,29 @@ def calibrate(module, threads: int | None = None, save: bool = False) -> dict:
 
     Each shape is timed :data:`ROUNDS` times per route, the routes interleaved, and the
     least time counts; a class goes to brgemm if the geometric mean over its shapes of
-    brgemm's time over MKL's is below :data:`BRGEMM_MARGIN`. Runs outside any tensor mode
-    (fake tensors, tracing), without autograd, and draws from its own generator: the global
-    random state is untouched."""
+    brgemm's time over MKL's is below :data:`BRGEMM_MARGIN` (the median of three such
+    measurements if the first lies in :data:`RECHECK`). Runs outside any tensor mode (fake
+    tensors, tracing), without autograd, and draws from its own generator: the global random
+    state is untouched. Raises ``RuntimeError`` if torch cannot run ``threads`` threads now
+    (its thread pool is fixed once it has started)."""
     from torch.utils._python_dispatch import _disable_current_modes
 
     threads = threads or torch.get_num_threads()
     before = torch.get_num_threads()
     start = time.perf_counter()
     with _disable_current_modes(), torch.no_grad():
-        torch.set_num_threads(threads)
+        if threads != before:
+            torch.set_num_threads(threads)
         try:
-            ratios = {name: _step_ratio(module, shapes) for name, shapes in STEP_SHAPES.items()}
-            ratios["large"] = _large_ratio(module)
+            if torch.get_num_threads() != threads:
+                raise RuntimeError(f"lstmkit gemm.calibrate: torch runs "
+                                   f"{torch.get_num_threads()} threads, not {threads}")
+            ratios = {c: _measured(lambda c=c: _step_ratio(module, STEP_SHAPES[c]))
+                      for c in STEP_CLASSES}
+            ratios["large"] = _measured(lambda: _large_ratio(module))
         finally:
-            torch.set_num_threads(before)
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
     entry = {"format": FORMAT, "threads": threads,
              **{c: "brgemm" if ratios[c] < BRGEMM_MARGIN else "blas" for c in CLASSES},
              "ratios": {c: round(ratios[c], 4) for c in CLASSES},
@@ -220,9 +276,18 @@ def calibrate(module, threads: int | None = None, save: bool = False) -> dict:
              "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if save:
         _store(module, threads, entry)
-        _routes[(_key(module), threads)] = entry
-        _applied.pop(_key(module), None)
+        with _lock:
+            _routes[(_key(module), threads)] = entry
+            _applied.pop(_key(module), None)
     return entry
+
+
+def _measured(ratio) -> float:
+    """``ratio()``, or the median of three calls if the first is near the margin."""
+    first = ratio()
+    if not RECHECK[0] < first < RECHECK[1]:
+        return first
+    return sorted([first, ratio(), ratio()])[1]
 
 
 def _geomean(values: list[float]) -> float:

@@ -175,8 +175,8 @@ double gemm_probe(bool brgemm, int64_t m, int64_t n, int64_t k, bool transposed,
   TORCH_CHECK(m > 0 && n > 0 && k > 0 && reps > 0, "lstmkit gemm_probe: m, n, k and reps must "
               "be positive, got ", m, ", ", n, ", ", k, ", ", reps);
   std::vector<float> a(m * k), w(n * k), c(m * n, 0.0f);
-  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>((i * 7 % 13) - 6) * 0.01f;
-  for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>((i * 5 % 11) - 5) * 0.01f;
+  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(int(i * 7 % 13) - 6) * 0.01f;
+  for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(int(i * 5 % 11) - 5) * 0.01f;
   const WeightGemm<float> gemm(w.data(), transposed, m, n, k, 0, brgemm ? 1 : 0);
   gemm(m, a.data(), k, 1.0f, c.data(), n);
   const auto t0 = std::chrono::steady_clock::now();
@@ -204,6 +204,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_gemm_routes", &set_gemm_routes);
   m.def("gemm_routes", &gemm_routes);
   m.def("gemm_probe", &gemm_probe);
+  m.def("step_class", &step_class);
   m.def("minrnn_forward", &minrnn_forward);
   m.def("minrnn_backward", &minrnn_backward);
 }
