@@ -172,7 +172,6 @@ def test_set_gemm_routes_round_trips(engine):
             engine.set_gemm_routes([True, False])
     finally:
         engine.set_gemm_routes(before)
-        gemm._applied.clear()
 
 
 def test_calibration_is_stored_and_read_back(engine, tmp_path, monkeypatch):
@@ -240,7 +239,6 @@ def test_a_new_calibration_reaches_the_engine(engine, tmp_path, monkeypatch):
     key = (gemm._key(engine), threads)
     monkeypatch.setattr(gemm, "_routes", {key: {"format": gemm.FORMAT, "threads": threads,
                                                 **dict.fromkeys(gemm.CLASSES, "blas")}})
-    monkeypatch.setattr(gemm, "_applied", {})
     monkeypatch.setattr(gemm, "_step_ratio", lambda module, shapes: 0.5)   # brgemm "wins"
     monkeypatch.setattr(gemm, "_large_ratio", lambda module: 2.0)
     before = engine.gemm_routes()
@@ -253,7 +251,6 @@ def test_a_new_calibration_reaches_the_engine(engine, tmp_path, monkeypatch):
             assert gemm._engine(torch.zeros(2, 2)) is None          # large GEMMs: MKL
     finally:
         engine.set_gemm_routes(before)
-        gemm._applied.clear()
 
 
 def test_the_step_classes_agree_with_the_engine(engine):
@@ -292,7 +289,6 @@ def test_each_measured_route_set_runs_and_matches_the_float64_reference(engine, 
     threads = torch.get_num_threads()
     entry = {"format": gemm.FORMAT, "threads": threads, **dict(zip(gemm.CLASSES, chosen))}
     monkeypatch.setattr(gemm, "_routes", {(gemm._key(engine), threads): entry})
-    monkeypatch.setattr(gemm, "_applied", {})
     before = engine.gemm_routes()
     try:
         with gemm.using_engine(engine):
@@ -319,4 +315,3 @@ def test_each_measured_route_set_runs_and_matches_the_float64_reference(engine, 
                 assert (got.double() - want).abs().max() < 2e-6 * scale, (B, H, name)
     finally:
         engine.set_gemm_routes(before)
-        gemm._applied.clear()

@@ -79,12 +79,11 @@ ROUNDS = 5                       # interleaved rounds; the least time of each ro
 _state = threading.local()
 _lock = threading.RLock()
 _routes: dict[tuple[str, int], dict] = {}       # (extension, threads) -> routes
-_applied: dict[str, tuple[int, list[bool]]] = {}   # extension -> what it was given
 
 
 def mode() -> str:
-    """``LSTMKIT_GEMM`` as read here and by the engine: trimmed of spaces, tabs and
-    newlines, any case, unset = auto."""
+    """``LSTMKIT_GEMM`` (read here only; the engine is told the result): trimmed of spaces,
+    tabs and newlines, any case, unset = auto."""
     value = os.environ.get("LSTMKIT_GEMM", "").strip(" \t\n").lower() or "auto"
     if value not in MODES:
         raise RuntimeError(f"lstmkit engine: LSTMKIT_GEMM must be auto, blas or brgemm, "
@@ -107,21 +106,17 @@ def using_engine(module) -> Iterator[None]:
 
 
 def _prepare(module):
-    """Give the engine its per-step routes for the current thread count; return ``module``
-    if the large GEMMs go to it, else None."""
+    """Give the engine its per-step routes (one call per layer call, so a changed mode,
+    thread count or calibration takes effect at the next layer); return ``module`` if the
+    large GEMMs go to it, else None."""
     chosen = mode()
-    if chosen == "blas":
-        return None
-    if chosen == "brgemm":
-        return module
-    r = routes(module)
-    step = [r[c] == "brgemm" for c in STEP_CLASSES]
-    key, threads = _key(module), torch.get_num_threads()
-    with _lock:
-        if _applied.get(key) != (threads, step):
-            module.set_gemm_routes(step)
-            _applied[key] = (threads, step)
-    return module if r["large"] == "brgemm" else None
+    if chosen == "auto":
+        r = routes(module)
+        step, large = [r[c] == "brgemm" for c in STEP_CLASSES], r["large"] == "brgemm"
+    else:
+        step, large = [chosen == "brgemm"] * len(STEP_CLASSES), chosen == "brgemm"
+    module.set_gemm_routes(step)
+    return module if large else None
 
 
 def describe() -> dict:
@@ -278,7 +273,6 @@ def calibrate(module, threads: int | None = None, save: bool = False) -> dict:
         _store(module, threads, entry)
         with _lock:
             _routes[(_key(module), threads)] = entry
-            _applied.pop(_key(module), None)
     return entry
 
 
@@ -294,16 +288,22 @@ def _geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
+def _ratio(run) -> float:
+    """brgemm's time over MKL's, ``run(brgemm)`` giving one time: the least of
+    :data:`ROUNDS` rounds each, the two interleaved."""
+    best = {True: math.inf, False: math.inf}
+    for _ in range(ROUNDS):
+        for brgemm in (True, False):
+            best[brgemm] = min(best[brgemm], run(brgemm))
+    return best[True] / best[False]
+
+
 def _step_ratio(module, shapes) -> float:
     ratios = []
     for m, n, k, transposed in shapes:
         reps = int(min(2000, max(5, 2e7 // (m * n * k))))
-        best = {True: math.inf, False: math.inf}
-        for _ in range(ROUNDS):
-            for brgemm in (True, False):
-                best[brgemm] = min(best[brgemm],
-                                   module.gemm_probe(brgemm, m, n, k, transposed, reps))
-        ratios.append(best[True] / best[False])
+        ratios.append(_ratio(lambda brgemm, m=m, n=n, k=k, t=transposed, reps=reps:
+                             module.gemm_probe(brgemm, m, n, k, t, reps)))
     return _geomean(ratios)
 
 
@@ -328,11 +328,7 @@ def _large_ratio(module) -> float:
             return time.perf_counter() - t0
 
         run(True), run(False)                              # kernels generated, caches warm
-        best = {True: math.inf, False: math.inf}
-        for _ in range(ROUNDS):
-            for brgemm in (True, False):
-                best[brgemm] = min(best[brgemm], run(brgemm))
-        ratios.append(best[True] / best[False])
+        ratios.append(_ratio(run))
     return _geomean(ratios)
 
 

@@ -11,7 +11,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -131,13 +130,13 @@ constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMa
 //    this CPU; benchmarks/small_gemm_probe.py, noisy): 16×128·128×512 17 µs vs MKL sgemm
 //    37 µs and MKL packed 45 µs; 16×512·512×128 17 vs 50 µs; 64×256·256×1024 309 vs 624 µs.
 //  * kPacked / kBlas: MKL, which splits a GEMM over torch's threads.
-// LSTMKIT_GEMM=blas|brgemm forces one (blas: MKL, packed from kPackMinElements on, as before
-// brgemm was used; it also sends the layer's large GEMMs back to torch, see
-// lstmkit/ops/gemm.py). Unset or auto: the route measured faster on this machine for the
-// product's size class (g_step_route below), brgemm until one is set. Which is faster
-// differs between machines (brgemm 2x faster on one AVX-512 EPYC, MKL faster on an AVX2
-// one: docs/performance.md), so lstmkit/ops/gemm.py times both (gemm_probe) once per
-// machine and thread count and sets the result (set_gemm_routes) before a layer runs.
+// Which of the two a product takes is decided in Python, once per layer call
+// (lstmkit/ops/gemm.py, the only reader of LSTMKIT_GEMM): blas puts every class on MKL
+// (packed from kPackMinElements on), brgemm every class on brgemm, unset or auto the route
+// measured faster on this machine for the product's size class. It is passed in through
+// set_gemm_routes (g_step_route below) before the loop runs. Which is faster differs
+// between machines (brgemm 2x faster on one AVX-512 EPYC, MKL faster on an AVX2 one:
+// docs/performance.md), so gemm.py times both (gemm_probe) once per machine and thread count.
 // With several threads a per-step product of at least kSplitWork multiply-adds is cut into
 // column blocks, one per thread (at::parallel_for); smaller ones run on the calling thread
 // (one thread was faster than two for the small per-step GEMMs, docs/performance.md).
@@ -163,26 +162,18 @@ inline int step_class(int64_t max_m, int64_t n, int64_t k) {
   return work < kTinyWork ? 0 : work < kSplitWork ? 1 : 2;
 }
 constexpr int kStepClasses = 3;
-// The LSTMKIT_GEMM=auto route of each size class: 1 brgemm, 0 MKL (set_gemm_routes).
+// The route of each size class: 1 brgemm, 0 MKL (set_gemm_routes, before every layer call).
 inline std::atomic<int> g_step_route[kStepClasses] = {1, 1, 1};
 
-// `force`: 1 brgemm, 0 MKL, -1 as LSTMKIT_GEMM says (gemm_probe forces one to time it).
+// `force`: 1 brgemm, 0 MKL, -1 the route set for the product's size class (gemm_probe
+// forces one to time it).
 inline GemmKind choose_gemm(int64_t max_m, int64_t n, int64_t k, bool dense, int force = -1) {
-  const char* env = std::getenv("LSTMKIT_GEMM");
-  std::string mode = env ? env : "auto";           // as lstmkit/ops/gemm.py reads it:
-  const auto first = mode.find_first_not_of(" \t\n");   // trimmed, any case
-  mode = first == std::string::npos ? "" : mode.substr(first, mode.find_last_not_of(" \t\n") - first + 1);
-  for (auto& ch : mode) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  TORCH_CHECK(mode == "auto" || mode == "blas" || mode == "brgemm" || mode.empty(),
-              "lstmkit engine: LSTMKIT_GEMM must be auto, blas or brgemm, got '", mode, "'");
-  const GemmKind mkl = (n * k >= kPackMinElements && dense && mkl_pack_available())
-                           ? GemmKind::kPacked : GemmKind::kBlas;
-  bool brgemm;
-  if (force >= 0) brgemm = force == 1;
-  else if (mode == "blas") brgemm = false;
-  else if (mode == "brgemm") brgemm = true;
-  else brgemm = g_step_route[step_class(max_m, n, k)].load(std::memory_order_relaxed) != 0;
-  return brgemm ? GemmKind::kBrgemm : mkl;
+  const bool brgemm = force >= 0 ? force == 1
+                                 : g_step_route[step_class(max_m, n, k)].load(
+                                       std::memory_order_relaxed) != 0;
+  if (brgemm) return GemmKind::kBrgemm;
+  return (n * k >= kPackMinElements && dense && mkl_pack_available()) ? GemmKind::kPacked
+                                                                      : GemmKind::kBlas;
 }
 
 // C (m×n, row-major) = beta·C + A (m×k) · op(W), for a weight W used at every step:

@@ -151,9 +151,9 @@ void mm_into(Tensor out, Tensor a, Tensor b, bool accumulate) {
            out.size(0) > 1 ? out.stride(0) : out.size(1));
 }
 
-// The LSTMKIT_GEMM=auto routes of the per-step GEMMs (common.h's g_step_route), one per
-// size class (tiny, small, large), true = brgemm, false = MKL. lstmkit/ops/gemm.py sets them
-// from its measurements (gemm_probe) before a layer runs.
+// The routes of the per-step GEMMs (common.h's g_step_route), one per size class (tiny,
+// small, large), true = brgemm, false = MKL. lstmkit/ops/gemm.py sets them before every
+// layer call, from LSTMKIT_GEMM or its measurements (gemm_probe).
 void set_gemm_routes(const std::vector<bool>& brgemm) {
   TORCH_CHECK(brgemm.size() == kStepClasses, "lstmkit set_gemm_routes: one route per size "
               "class (", kStepClasses, "), got ", brgemm.size());
