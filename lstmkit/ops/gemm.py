@@ -10,9 +10,10 @@ brgemm (oneDNN's micro-kernels, generated at run time for the CPU: the engine's
 Which is faster depends on the machine, and not only on its instruction set: brgemm was 2×
 faster for the per-step products on one AVX-512 EPYC, MKL 1.2× faster for the large GEMMs
 on another of the same kind, and on an AVX2 one MKL was faster for all but the per-step
-products of a batch of one or two rows (docs/performance.md). So with ``LSTMKIT_GEMM``
+products of a batch of one or two rows — until the engine packed its weights in column
+panels, after which brgemm won every per-step class there (docs/performance.md). So with ``LSTMKIT_GEMM``
 unset or ``auto`` the route of each class — per-step products by size (tiny: a batch of
-one or a few rows; small; large, which brgemm splits over the threads) and the large GEMMs
+one or a few rows, which brgemm runs on one thread; small; large) and the large GEMMs
 of a call — is **measured**: the first fused layer call of a process times both routes on a
 few shapes of each class (:func:`calibrate`, about a second) and keeps the faster (MKL in a
 near-tie). The result is stored beside the compiled extension (``gemm-routes.json``, per
@@ -66,7 +67,7 @@ RECHECK = (0.8, 1.1)
 # Shapes timed for each class. Per-step: (m, n, k, W transposed) as the LSTM loop runs
 # them, forward h·W_hhᵀ and backward dA·W_hh, at (B, H) = (1, 64) and (2, 128) for tiny
 # (m·n·k < 2¹⁸ multiply-adds, kTinyWork in csrc/common.h), (16, 128) for small (< 2²²,
-# kSplitWork) and (64, 256) and (32, 512) for large (the latter on MKL's packed GEMM, which
+# kLargeWork) and (64, 256) and (32, 512) for large (the latter on MKL's packed GEMM, which
 # takes weights of ≥ 1M elements). Large GEMMs: (N = T·B rows, H, I) of an LSTM layer
 # (4H gate columns): its projection, input gradient and weight gradient.
 STEP_SHAPES = {"step_tiny": ((1, 256, 64, True), (1, 64, 256, False), (2, 512, 128, True)),

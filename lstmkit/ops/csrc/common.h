@@ -125,10 +125,9 @@ constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMa
 //    micro-kernel generated at run time for the CPU it finds (AVX2, AVX-512, …) and falls back
 //    to the BLAS where oneDNN's micro-kernels are unavailable. The weight is laid out once per
 //    call as its (k×n) row-major right operand (transposed if needed), the kernel for each
-//    (m, n, k) is generated once per process. It runs on the calling thread only.
-//    Measured here (AMD EPYC with AVX-512, one thread; MKL runs its generic "zen" path on
-//    this CPU; benchmarks/small_gemm_probe.py, noisy): 16×128·128×512 17 µs vs MKL sgemm
-//    37 µs and MKL packed 45 µs; 16×512·512×128 17 vs 50 µs; 64×256·256×1024 309 vs 624 µs.
+//    (m, n, k) is generated once per process. The weight is packed once per call in column
+//    panels (pack_panels below); from kTinyWork multiply-adds on, the panels are shared
+//    out over torch's threads.
 //  * kPacked / kBlas: MKL, which splits a GEMM over torch's threads.
 // Which of the two a product takes is decided in Python, once per layer call
 // (lstmkit/ops/gemm.py, the only reader of LSTMKIT_GEMM): blas puts every class on MKL
@@ -137,29 +136,30 @@ constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMa
 // set_gemm_routes (g_step_route below) before the loop runs. Which is faster differs
 // between machines (brgemm 2x faster on one AVX-512 EPYC, MKL faster on an AVX2 one:
 // docs/performance.md), so gemm.py times both (gemm_probe) once per machine and thread count.
-// With several threads a per-step product of at least kSplitWork multiply-adds is cut into
-// column blocks, one per thread (at::parallel_for); smaller ones run on the calling thread
-// (one thread was faster than two for the small per-step GEMMs, docs/performance.md).
 enum class GemmKind { kBlas, kPacked, kBrgemm };
 // brgemm keeps a row block of A in cache across the whole K: with K = 4096 (LSTM H = 1024,
 // backward) one call took 10.7 ms against MKL's 7.9, cut into K blocks of 2048 2.5 ms
 // (benchmarks/small_gemm_probe.py, one thread; noisy).
 constexpr int64_t kKBlock = 2048;
-constexpr int64_t kSplitWork = int64_t(1) << 22;
 
 inline bool mkl_pack_available() {
   return cblas_sgemm_pack_get_size && cblas_sgemm_pack && cblas_sgemm_compute;
 }
 
 // Size classes of a per-step product (m rows at most), by its multiply-adds: 0 tiny
-// (< kTinyWork: a batch of one or a few rows, where brgemm's lower call overhead tells),
-// 1 small (run on one thread by brgemm), 2 large (from kSplitWork: may be split over the
-// threads, WeightGemm's parts_). Their routes were measured to differ: on an AVX2 EPYC
-// brgemm was 4× faster than MKL at 1×64·64×256 but 1.4–1.6× slower at 16×128·128×512.
+// (< kTinyWork: a batch of one or a few rows; brgemm runs it on the calling thread), 1 small
+// (< kLargeWork), 2 large; brgemm shares the panels of small and large ones out over the
+// threads. Splitting from 2¹⁸ on was measured faster than from 2²⁰ or 2²² (GRU (100,16,128),
+// whose 16×128·128×384 has 786k, 0.36 vs 0.41 of torch.nn's time; LSTM 0.92 vs 0.97; 2
+// threads, AVX2 EPYC); below it the fork and join cost what the second thread saves.
+// Routes are chosen per class because they were measured to differ: before the panels,
+// brgemm on an AVX2 EPYC was 4× faster than MKL at 1×64·64×256 but 1.4–1.6× slower at
+// 16×128·128×512.
 constexpr int64_t kTinyWork = int64_t(1) << 18;
+constexpr int64_t kLargeWork = int64_t(1) << 22;
 inline int step_class(int64_t max_m, int64_t n, int64_t k) {
   const int64_t work = max_m * n * k;
-  return work < kTinyWork ? 0 : work < kSplitWork ? 1 : 2;
+  return work < kTinyWork ? 0 : work < kLargeWork ? 1 : 2;
 }
 constexpr int kStepClasses = 3;
 // The route of each size class: 1 brgemm, 0 MKL (set_gemm_routes, before every layer call).
@@ -174,6 +174,66 @@ inline GemmKind choose_gemm(int64_t max_m, int64_t n, int64_t k, bool dense, int
   if (brgemm) return GemmKind::kBrgemm;
   return (n * k >= kPackMinElements && dense && mkl_pack_available()) ? GemmKind::kPacked
                                                                       : GemmKind::kBlas;
+}
+
+// brgemm's right operand in column panels: panel q holds columns [q·pw, q·pw + w_q) of the
+// (k×n) matrix B, B(p, j) = B[p·b_row + j·b_col], as a row-major (k × w_q) block at offset
+// q·pw·k. A panel's K block (kPanelFloats, 64 KB) stays in L2 while the micro-kernel runs
+// over it. With B row-major and n wide instead (a panel of n columns), each K row of the
+// block is a new cache line run and the kernel ran 2–10× slower: 32×1024·1024×4096 at 11
+// against 121 GFLOP/s, 64×256·256×1024 at 38 against 119–150, two threads on an AVX2 EPYC,
+// where MKL ran them at 65 and 106–112 (gemm_probe; panels of 8–32k floats were alike).
+constexpr int64_t kPanelFloats = int64_t(1) << 14;
+inline int64_t panel_width(int64_t n, int64_t k, int64_t parts = 1) {
+  const int64_t kb = std::max<int64_t>(1, std::min(k, kKBlock));
+  int64_t pw = std::max<int64_t>(16, kPanelFloats / kb / 16 * 16);
+  if (parts > 1)                                   // at least one panel per part
+    pw = std::min(pw, ((n + parts - 1) / parts + 15) / 16 * 16);
+  return std::max<int64_t>(1, std::min(n, pw));
+}
+
+// How many threads share a per-step product of m rows (see step_class).
+inline int64_t step_parts(int64_t m, int64_t n, int64_t k) {
+  const int64_t threads = at::get_num_threads();
+  return threads > 1 && m * n * k >= kTinyWork ? threads : 1;
+}
+
+inline void pack_panels(int64_t k, int64_t n, const float* B, int64_t b_row, int64_t b_col,
+                        int64_t pw, float* out) {
+  const int64_t panels = (n + pw - 1) / pw;
+  at::parallel_for(0, panels, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t j0 = q * pw, w = std::min(pw, n - j0);
+      float* panel = out + j0 * k;
+      if (b_col == 1) {
+        for (int64_t p = 0; p < k; ++p)
+          std::memcpy(panel + p * w, B + p * b_row + j0, sizeof(float) * w);
+        continue;
+      }
+      constexpr int64_t kTile = 32;                      // read along B's unit stride
+      for (int64_t p0 = 0; p0 < k; p0 += kTile) {
+        const int64_t p1 = std::min(k, p0 + kTile);
+        for (int64_t j = 0; j < w; ++j) {
+          const float* col = B + (j0 + j) * b_col;
+          for (int64_t p = p0; p < p1; ++p) panel[p * w + j] = col[p * b_row];
+        }
+      }
+    }
+  });
+}
+
+// C (m × n, ldc) = beta·C + A (m × k, lda) · B for the columns of panels [q0, q1) of B
+// packed by pack_panels, K in blocks of kKBlock.
+inline void brgemm_panels(int64_t m, int64_t n, int64_t k, int64_t pw, int64_t q0, int64_t q1,
+                          const float* A, int64_t lda, const float* packed, bool accumulate,
+                          float* C, int64_t ldc) {
+  for (int64_t q = q0; q < q1; ++q) {
+    const int64_t j0 = q * pw, w = std::min(pw, n - j0);
+    const float* panel = packed + j0 * k;
+    for (int64_t k0 = 0; k0 < k; k0 += kKBlock)
+      at::native::cpublas::brgemm(m, w, std::min(kKBlock, k - k0), lda, w, ldc,
+                                  accumulate || k0 > 0, A + k0, panel + k0 * w, C + j0, false);
+  }
 }
 
 // C (m×n, row-major) = beta·C + A (m×k) · op(W), for a weight W used at every step:
@@ -209,24 +269,21 @@ class WeightGemm<float> {
       : W_(W), transposed_(transposed), n_(n), k_(k), ldw_(ldw ? ldw : (transposed ? k : n)),
         max_m_(max_m) {
     if (W && max_m > 0) kind_ = choose_gemm(max_m, n, k, ldw_ == (transposed ? k : n), force);
-    const int64_t threads = at::get_num_threads();
-    if (threads > 1 && max_m * n * k >= kSplitWork && n >= 128)
-      parts_ = std::min<int64_t>(threads, n / 64);
+    pw_ = panel_width(n, k, step_parts(max_m, n, k));
   }
   void operator()(int64_t m, const float* A, int64_t lda, float beta, float* C,
                   int64_t ldc) const {
     if (m == 0) return;
     if (!ready_) prepare();               // on first use: a cell builds some it never calls
     if (kind_ == GemmKind::kBrgemm && (beta == 0.0f || beta == 1.0f)) {
-      if (parts_ <= 1) {
-        brgemm_cols(m, 0, n_, A, lda, beta, C, ldc);
-      } else {                                     // one block of columns per thread
-        const int64_t width = ((n_ + parts_ - 1) / parts_ + 15) / 16 * 16;
-        at::parallel_for(0, parts_, 1, [&](int64_t p0, int64_t p1) {
-          for (int64_t p = p0; p < p1; ++p) {
-            const int64_t j0 = p * width;
-            if (j0 < n_) brgemm_cols(m, j0, std::min(width, n_ - j0), A, lda, beta, C, ldc);
-          }
+      const int64_t panels = (n_ + pw_ - 1) / pw_;
+      const int64_t parts = std::min(step_parts(m, n_, k_), panels);
+      if (parts <= 1) {
+        brgemm_panels(m, 0, panels, A, lda, beta, C, ldc);
+      } else {                                     // a share of the panels per thread
+        at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+          for (int64_t p = p0; p < p1; ++p)
+            brgemm_panels(m, p * panels / parts, (p + 1) * panels / parts, A, lda, beta, C, ldc);
         });
       }
     } else if (kind_ == GemmKind::kPacked) {
@@ -243,40 +300,20 @@ class WeightGemm<float> {
   }
 
  private:
-  // columns [j0, j0 + cols) of C, K in cache-sized blocks
-  void brgemm_cols(int64_t m, int64_t j0, int64_t cols, const float* A, int64_t lda, float beta,
-                   float* C, int64_t ldc) const {
-    for (int64_t k0 = 0; k0 < k_; k0 += kKBlock)
-      at::native::cpublas::brgemm(m, cols, std::min(kKBlock, k_ - k0), lda, ldb_, ldc,
-                                  beta != 0.0f || k0 > 0, A + k0, B_ + k0 * ldb_ + j0,
-                                  C + j0, false);
+  void brgemm_panels(int64_t m, int64_t q0, int64_t q1, const float* A, int64_t lda, float beta,
+                     float* C, int64_t ldc) const {
+    ::brgemm_panels(m, n_, k_, pw_, q0, q1, A, lda, B_, beta != 0.0f, C, ldc);
   }
 
-  // brgemm: the (k×n) row-major right operand (Wᵀ copied in 32×32 tiles if transposed);
-  // packed: MKL's packed W. Once per object, i.e. once per layer call.
+  // brgemm: op(W) in column panels (pack_panels); packed: MKL's packed W. Once per object,
+  // i.e. once per layer call.
   void prepare() const {
     ready_ = true;
     if (kind_ == GemmKind::kBrgemm) {
-      if (!transposed_) {
-        B_ = W_;
-        ldb_ = ldw_;
-        return;
-      }
-      const int64_t n = n_, k = k_;
-      right_.resize(k * n);
-      constexpr int64_t kTile = 32;
-      for (int64_t i0 = 0; i0 < n; i0 += kTile) {
-        const int64_t i1 = std::min(n, i0 + kTile);
-        for (int64_t j0 = 0; j0 < k; j0 += kTile) {
-          const int64_t j1 = std::min(k, j0 + kTile);
-          for (int64_t i = i0; i < i1; ++i) {
-            const float* row = W_ + i * ldw_;
-            for (int64_t j = j0; j < j1; ++j) right_[j * n + i] = row[j];
-          }
-        }
-      }
+      right_.resize(k_ * n_);
+      if (transposed_) pack_panels(k_, n_, W_, 1, ldw_, pw_, right_.data());
+      else pack_panels(k_, n_, W_, ldw_, 1, pw_, right_.data());
       B_ = right_.data();
-      ldb_ = n;
     } else if (kind_ == GemmKind::kPacked) {
       const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, max_m_, n_, k_);
       right_.resize(bytes / sizeof(float) + 1);
@@ -289,20 +326,19 @@ class WeightGemm<float> {
   bool transposed_;
   int64_t n_, k_, ldw_, max_m_;
   GemmKind kind_ = GemmKind::kBlas;
-  int64_t parts_ = 1;                  // column blocks split over threads
   mutable bool ready_ = false;
   mutable std::vector<float> right_;
   mutable const float* B_ = nullptr;
-  mutable int64_t ldb_ = 0;
+  int64_t pw_ = 0;                     // brgemm: columns per panel
 };
 
 // ---- the large GEMMs of a layer call ---------------------------------------------------------
 // C (m×n, row-major, ldc) = C·[accumulate] + op(A) · op(B), float32. op(A)(i, p) is
 // A[i·a_row + p·a_col] (a_col = 1: row-major in place; else A is copied row-major once), and
-// op(B)(p, j) = B[p·b_row + j·b_col] likewise. Run as brgemm micro-kernels on blocks of
-// kBigRows × kBigCols of C (K in kKBlock blocks), the blocks split over torch's threads,
-// column blocks outermost so that each thread's B panel stays in cache.
-constexpr int64_t kBigRows = 64, kBigCols = 256;
+// op(B)(p, j) = B[p·b_row + j·b_col], packed in column panels (pack_panels). Run as brgemm
+// micro-kernels on blocks of kBigRows rows × one panel of C, split over torch's threads,
+// panels outermost so that each thread's B panel stays in cache.
+constexpr int64_t kBigRows = 64;
 
 inline void row_major_copy(int64_t rows, int64_t cols, const float* X, int64_t x_row,
                            int64_t x_col, float* out) {
@@ -325,31 +361,23 @@ inline void big_gemm(int64_t m, int64_t n, int64_t k, const float* A, int64_t a_
       for (int64_t i = 0; i < m; ++i) std::fill(C + i * ldc, C + i * ldc + n, 0.0f);
     return;
   }
-  std::vector<float> a_copy, b_copy;
+  std::vector<float> a_copy, b_copy(k * n);
   const float* a = A;
-  const float* b = B;
-  int64_t lda = a_row, ldb = b_row;
+  int64_t lda = a_row;
   if (a_col != 1) {
     a_copy.resize(m * k);
     row_major_copy(m, k, A, a_row, a_col, a_copy.data());
     a = a_copy.data();
     lda = k;
   }
-  if (b_col != 1) {
-    b_copy.resize(k * n);
-    row_major_copy(k, n, B, b_row, b_col, b_copy.data());
-    b = b_copy.data();
-    ldb = n;
-  }
-  const int64_t mb = (m + kBigRows - 1) / kBigRows, nb = (n + kBigCols - 1) / kBigCols;
+  const int64_t pw = panel_width(n, k);
+  pack_panels(k, n, B, b_row, b_col, pw, b_copy.data());
+  const int64_t mb = (m + kBigRows - 1) / kBigRows, nb = (n + pw - 1) / pw;
   at::parallel_for(0, mb * nb, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t i0 = (t % mb) * kBigRows, j0 = (t / mb) * kBigCols;
-      const int64_t rows = std::min(kBigRows, m - i0), cols = std::min(kBigCols, n - j0);
-      for (int64_t k0 = 0; k0 < k; k0 += kKBlock)
-        at::native::cpublas::brgemm(rows, cols, std::min(kKBlock, k - k0), lda, ldb, ldc,
-                                    accumulate || k0 > 0, a + i0 * lda + k0,
-                                    b + k0 * ldb + j0, C + i0 * ldc + j0, false);
+      const int64_t i0 = (t % mb) * kBigRows, q = t / mb;
+      brgemm_panels(std::min(kBigRows, m - i0), n, k, pw, q, q + 1, a + i0 * lda,
+                    lda, b_copy.data(), accumulate, C + i0 * ldc, ldc);
     }
   });
 }
