@@ -11,17 +11,18 @@ Which is faster depends on the machine, and not only on its instruction set: brg
 faster for the per-step products on one AVX-512 EPYC, MKL 1.2× faster for the large GEMMs
 on another of the same kind, and on an AVX2 one MKL was faster for all but the per-step
 products of a batch of one or two rows — until the engine packed its weights in column
-panels, after which brgemm won every per-step class there (docs/performance.md). So with ``LSTMKIT_GEMM``
-unset or ``auto`` the route of each class — per-step products by size (tiny: a batch of
-one or a few rows, which brgemm runs on one thread; small; large) and the large GEMMs
-of a call — is **measured**: the first fused layer call of a process times both routes on a
-few shapes of each class (:func:`calibrate`, about a second) and keeps the faster (MKL in a
-near-tie). The result is stored beside the compiled extension (``gemm-routes.json``, per
-host and thread count; ``$LSTMKIT_GEMM_ROUTES`` names another file), so later processes on
-the machine read it instead of measuring again: every process of a machine computes with
-the same routes, so results stay reproducible between runs (a resumed training, say).
-Delete that file, or call :func:`calibrate` with ``save=True``, to measure again. A
-measurement taken while the machine was busy may choose worse; measure again when quiet.
+panels, after which brgemm won every per-step class there (docs/performance.md). So with
+``LSTMKIT_GEMM`` unset or ``auto`` the route of each class — per-step products by size
+(tiny: a batch of one or a few rows, which brgemm runs on one thread; small; large) and the
+large GEMMs of a call — is **measured**: the first fused layer call of a process times both
+routes on a few shapes of each class (:func:`calibrate`, about a second) and keeps the
+faster (MKL in a near-tie). The result is stored beside the compiled extension (``gemm-
+routes.json``, per host and thread count; ``$LSTMKIT_GEMM_ROUTES`` names another file), so
+later processes on the machine read it instead of measuring again: every process of a
+machine computes with the same routes, so results stay reproducible between runs (a resumed
+training, say). Delete that file, or call :func:`calibrate` with ``save=True``, to measure
+again. A measurement taken while the machine was busy may choose worse; measure again when
+quiet.
 
 ``LSTMKIT_GEMM=blas`` puts everything on MKL (MKL's packed GEMM for per-step weights of
 ≥ 1M elements), ``LSTMKIT_GEMM=brgemm`` everything on brgemm; nothing is measured then.
