@@ -16,8 +16,8 @@ panels, after which brgemm won every per-step class there (docs/performance.md).
 (tiny: a batch of one or a few rows, which brgemm runs on one thread; small; large) and the
 large GEMMs of a call — is **measured**: the first fused layer call of a process times both
 routes on a few shapes of each class (:func:`calibrate`, about a second) and keeps the
-faster (MKL in a near-tie). The result is stored beside the compiled extension (``gemm-
-routes.json``, per host and thread count; ``$LSTMKIT_GEMM_ROUTES`` names another file), so
+faster (MKL in a near-tie). The result is stored beside the compiled extension
+(``gemm-routes.json``, per host and thread count; ``$LSTMKIT_GEMM_ROUTES`` names another file), so
 later processes on the machine read it instead of measuring again: every process of a
 machine computes with the same routes, so results stay reproducible between runs (a resumed
 training, say). Delete that file, or call :func:`calibrate` with ``save=True``, to measure
