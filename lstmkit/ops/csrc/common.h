@@ -178,15 +178,17 @@ inline GemmKind choose_gemm(int64_t max_m, int64_t n, int64_t k, bool dense, int
 
 // brgemm's right operand in column panels: panel q holds columns [q·pw, q·pw + w_q) of the
 // (k×n) matrix B, B(p, j) = B[p·b_row + j·b_col], as a row-major (k × w_q) block at offset
-// q·pw·k. A panel's K block (kPanelFloats, 64 KB) stays in L2 while the micro-kernel runs
-// over it. With B row-major and n wide instead (a panel of n columns), each K row of the
-// block is a new cache line run and the kernel ran 2–10× slower: 32×1024·1024×4096 at 11
-// against 121 GFLOP/s, 64×256·256×1024 at 38 against 119–150, two threads on an AVX2 EPYC,
-// where MKL ran them at 65 and 106–112 (gemm_probe; panels of 8–32k floats were alike).
-constexpr int64_t kPanelFloats = int64_t(1) << 14;
-inline int64_t panel_width(int64_t n, int64_t k, int64_t parts = 1) {
+// q·pw·k. A panel's K block (kPanelFloats, 32 KB) stays in L1/L2 while the micro-kernel runs
+// over it. With B row-major and n wide instead (one panel of n columns, the layout before),
+// each K row of the block is a separate run of cache lines and the kernel ran up to 4×
+// slower: 32×1024·1024×4096 at 44 against 161 GFLOP/s, 64×512·512×2048 at 77 against 193,
+// two threads on an AVX2 EPYC, where MKL ran them at 89 and 141 (benchmarks/gemm_panels.py;
+// panels of 4–32k floats were alike, 8k as good as any in three runs).
+constexpr int64_t kPanelFloats = int64_t(1) << 13;
+inline int64_t panel_width(int64_t n, int64_t k, int64_t parts = 1,
+                           int64_t panel_floats = kPanelFloats) {
   const int64_t kb = std::max<int64_t>(1, std::min(k, kKBlock));
-  int64_t pw = std::max<int64_t>(16, kPanelFloats / kb / 16 * 16);
+  int64_t pw = std::max<int64_t>(16, panel_floats / kb / 16 * 16);
   if (parts > 1)                                   // at least one panel per part
     pw = std::min(pw, ((n + parts - 1) / parts + 15) / 16 * 16);
   return std::max<int64_t>(1, std::min(n, pw));
@@ -263,13 +265,13 @@ class WeightGemm {
 template <>
 class WeightGemm<float> {
  public:
-  // force: see choose_gemm
+  // force: see choose_gemm; panel_floats: brgemm's panel size (benchmarks/gemm_panels.py)
   WeightGemm(const float* W, bool transposed, int64_t max_m, int64_t n, int64_t k,
-             int64_t ldw = 0, int force = -1)
+             int64_t ldw = 0, int force = -1, int64_t panel_floats = kPanelFloats)
       : W_(W), transposed_(transposed), n_(n), k_(k), ldw_(ldw ? ldw : (transposed ? k : n)),
         max_m_(max_m) {
     if (W && max_m > 0) kind_ = choose_gemm(max_m, n, k, ldw_ == (transposed ? k : n), force);
-    pw_ = panel_width(n, k, step_parts(max_m, n, k));
+    pw_ = panel_width(n, k, step_parts(max_m, n, k), panel_floats);
   }
   void operator()(int64_t m, const float* A, int64_t lda, float beta, float* C,
                   int64_t ldc) const {

@@ -170,14 +170,18 @@ std::vector<bool> gemm_routes() {
 
 // Seconds per call of the per-step product C (m×n) = C + A (m×k)·op(W) as a layer's loop runs
 // it (WeightGemm, op(W) = Wᵀ with W (n×k) when `transposed`), on brgemm or on MKL: `reps`
-// calls after one untimed call (which lays W out and generates the kernel).
-double gemm_probe(bool brgemm, int64_t m, int64_t n, int64_t k, bool transposed, int64_t reps) {
+// calls after one untimed call (which lays W out and generates the kernel). panel_floats:
+// brgemm's panel size (0: the loop's, kPanelFloats).
+double gemm_probe(bool brgemm, int64_t m, int64_t n, int64_t k, bool transposed, int64_t reps,
+                  int64_t panel_floats) {
   TORCH_CHECK(m > 0 && n > 0 && k > 0 && reps > 0, "lstmkit gemm_probe: m, n, k and reps must "
               "be positive, got ", m, ", ", n, ", ", k, ", ", reps);
   std::vector<float> a(m * k), w(n * k), c(m * n, 0.0f);
   for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(int(i * 7 % 13) - 6) * 0.01f;
   for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(int(i * 5 % 11) - 5) * 0.01f;
-  const WeightGemm<float> gemm(w.data(), transposed, m, n, k, 0, brgemm ? 1 : 0);
+  TORCH_CHECK(panel_floats >= 0, "lstmkit gemm_probe: panel_floats must be >= 0");
+  const WeightGemm<float> gemm(w.data(), transposed, m, n, k, 0, brgemm ? 1 : 0,
+                               panel_floats ? panel_floats : kPanelFloats);
   gemm(m, a.data(), k, 1.0f, c.data(), n);
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t r = 0; r < reps; ++r) gemm(m, a.data(), k, 1.0f, c.data(), n);
@@ -203,7 +207,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mm_into", &mm_into);
   m.def("set_gemm_routes", &set_gemm_routes);
   m.def("gemm_routes", &gemm_routes);
-  m.def("gemm_probe", &gemm_probe);
+  m.def("gemm_probe", &gemm_probe, py::arg("brgemm"), py::arg("m"), py::arg("n"), py::arg("k"),
+        py::arg("transposed"), py::arg("reps"), py::arg("panel_floats") = 0);
   m.def("step_class", &step_class);
   m.def("minrnn_forward", &minrnn_forward);
   m.def("minrnn_backward", &minrnn_backward);
