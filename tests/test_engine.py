@@ -99,12 +99,12 @@ def _build(variant: str, backend: str, dtype=F64, **kw) -> nn.Module:
     return m
 
 
-def _run(m: nn.Module, packed: bool, seed: int = 11):
+def _run(m: nn.Module, packed: bool, seed: int = 11, batch: int = 3):
     g = torch.Generator().manual_seed(1)
-    x, feed = make_input(6, 3, m.input_size, F64, batch_first=False, packed=packed,
+    x, feed = make_input(6, batch, m.input_size, F64, batch_first=False, packed=packed,
                          generator=g)
     n = m.num_layers * m.num_directions
-    hx = tuple(torch.randn(n, 3, size, dtype=F64, generator=g).requires_grad_()
+    hx = tuple(torch.randn(n, batch, size, dtype=F64, generator=g).requires_grad_()
                for _, size in m._state_shapes())
     if len(hx) == 4:                               # sLSTM's n_0: a non-empty memory, n > 0
         hx = (*hx[:2], (hx[2].detach().abs() + 0.5).requires_grad_(), hx[3])
@@ -154,6 +154,40 @@ def test_every_variant_with_every_regulariser(variant, regulariser, training):
         results[backend] = _run(m, packed=True)
     for backend in ("fused_py", "fused_cpp"):
         _compare(results[backend], results["reference"], f"{variant}+{regulariser} {backend}")
+
+
+@pytest.mark.parametrize("regulariser", ["none", "zoneout", "recurrent-dropout"])
+@pytest.mark.parametrize("variant", ["lstm", "lstm-peephole", "lstm-cifg-peephole",
+                                     "lstm-proj-peephole", "lstm-nig", "gru",
+                                     "gru-reset-before", "rnn-tanh", "rnn-relu"])
+def test_steps_cut_into_parts_of_rows(variant, regulariser):
+    """With two threads the C++ loop runs a step's rows in two parts at once (engine.h,
+    row_parallel) for LSTM, GRU and RNN cells when the step's product is large enough: B = 32,
+    H = 112 here (RNN: 32·112·112 multiply-adds ≥ 2¹⁸; the projected LSTM 32·448·56),
+    packed unsorted input (the parts change with the step's rows; late steps run whole), both
+    directions, two layers. fused_cpp equals the
+    reference loop to 1e-10 in float64 (lstm-nig, an ablation, runs whole: the control)."""
+    cls, options = VARIANTS[variant]
+    reg = {} if regulariser == "none" else dict(REGULARISERS[regulariser])
+    if "zoneout" in reg and cls is not lstmkit.LSTM:
+        reg["zoneout"] = 0.3
+    if "proj_size" in options:
+        options = {**options, "proj_size": 56}
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = {}
+        for backend in ("reference", "fused_cpp"):
+            torch.manual_seed(0)
+            m = cls(8, 112, dtype=F64, backend=backend, bidirectional=True, num_layers=2,
+                    **options, **reg)
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.uniform_(-0.3, 0.3)
+            results[backend] = _run(m.train(), packed=True, batch=32)
+    finally:
+        torch.set_num_threads(before)
+    _compare(results["fused_cpp"], results["reference"], f"{variant}+{regulariser}")
 
 
 @pytest.mark.parametrize("variant", sorted(SCANNED))

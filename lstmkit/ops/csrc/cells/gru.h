@@ -23,14 +23,18 @@ struct GRUCell {
         back_n(W + 2 * H * H, false, reset_after ? 0 : L.B, H, H),    // · W_hn
         hw(L.B * 3 * H), q(L.B * H) {}
 
+  bool row_parallel() const { return true; }   // scratch hw, q by row
+
   void forward(FwdStep<T>& s) {
     const int64_t n = s.n, cols = reset_after ? 3 * H : 2 * H;
-    recurrent(n, s.h_in, H, T(0), hw.data(), cols);                   // ĥ_{t-1} W_hᵀ
+    T* hw_s = hw.data() + s.row * cols;
+    T* q_s = q.data() + s.row * H;
+    recurrent(n, s.h_in, H, T(0), hw_s, cols);                         // ĥ_{t-1} W_hᵀ
     for (int64_t b = 0; b < n; ++b) {
       T* ab = s.a + b * 3 * H;
-      const T* hwb = hw.data() + b * cols;
+      const T* hwb = hw_s + b * cols;
       const T* hb = s.h_in + b * H;
-      T* qb = q.data() + b * H;
+      T* qb = q_s + b * H;
 #pragma omp simd
       for (int64_t j = 0; j < 2 * H; ++j)
         ab[j] = sigmoid(ab[j] + hwb[j] + (b_hh ? b_hh[j] : T(0)));      // r_t, z_t
@@ -47,7 +51,7 @@ struct GRUCell {
         for (int64_t j = 0; j < H; ++j) qb[j] = ab[j] * hb[j];         // q = r ⊙ ĥ
       }
     }
-    if (!reset_after) candidate(n, q.data(), H, T(1), s.a + 2 * H, 3 * H);   // a_n += q W_hnᵀ
+    if (!reset_after) candidate(n, q_s, H, T(1), s.a + 2 * H, 3 * H);        // a_n += q W_hnᵀ
     for (int64_t b = 0; b < n; ++b) {
       T* ab = s.a + b * 3 * H;
       const T* hb = s.prev[0] + b * H;
@@ -93,11 +97,12 @@ struct GRUCell {
       back(n, dA_h[0] + s.start * 3 * H, 3 * H, s.beta0, s.dh_in, H);
       return;
     }
-    back_n(n, s.dA + 2 * H, 3 * H, T(0), q.data(), H);                  // dq = da_n W_hn
+    T* q_s = q.data() + s.row * H;
+    back_n(n, s.dA + 2 * H, 3 * H, T(0), q_s, H);                        // dq = da_n W_hn
     for (int64_t b = 0; b < n; ++b) {
       const T* gb = s.gates + b * 3 * H;
       const T* hb = s.h_in + b * H;
-      const T* dqb = q.data() + b * H;
+      const T* dqb = q_s + b * H;
       T* dab = s.dA + b * 3 * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
@@ -108,7 +113,7 @@ struct GRUCell {
     back_rz(n, s.dA, 3 * H, s.beta0, s.dh_in, H);                       // + [da_r, da_z] W_rz
     for (int64_t b = 0; b < n; ++b) {
       const T* gb = s.gates + b * 3 * H;
-      const T* dqb = q.data() + b * H;
+      const T* dqb = q_s + b * H;
       T* dib = s.dh_in + b * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) dib[j] += dqb[j] * gb[j];         // + dq ⊙ r

@@ -328,6 +328,9 @@ struct LSTMCell {
     TORCH_CHECK(!v.fgr || w_gg, "lstm: gate_recurrence needs W_gg");
   }
 
+  // the standard cell keeps no scratch but c_cand (by row); the variants' share sinks
+  bool row_parallel() const { return v.standard(); }
+
   void forward(FwdStep<T>& s) {
     const int64_t G = v.G, n = s.n;
     recurrent_fwd(n, s.h_in, R, T(1), s.a, G * H);                    // a += ĥ_{t-1} W_hhᵀ
@@ -351,13 +354,14 @@ struct LSTMCell {
     const int64_t G = v.G, n = s.n;
     const T* c_t = s.next[1];                   // c̃_t, recomputed when c was zoned out
     if (s.zoned[1]) {
+      T* cand = c_cand.data() + s.row * H;
       if (v.standard()) {
-        if (v.coupled) lstm_candidate<T, true>(n, H, s.gates, s.prev[1], c_cand.data());
-        else lstm_candidate<T, false>(n, H, s.gates, s.prev[1], c_cand.data());
+        if (v.coupled) lstm_candidate<T, true>(n, H, s.gates, s.prev[1], cand);
+        else lstm_candidate<T, false>(n, H, s.gates, s.prev[1], cand);
       } else {
-        lstm_variant_candidate<T>(n, H, v, s.gates, s.prev[1], c_cand.data(), scratch);
+        lstm_variant_candidate<T>(n, H, v, s.gates, s.prev[1], cand, scratch);
       }
-      c_t = c_cand.data();
+      c_t = cand;
     }
     if (v.standard()) {
       with_flags([&](auto pe, auto co) {

@@ -16,6 +16,8 @@ struct RNNCell {
       : H(L.H), relu(L.opts.at(0) != 0), recurrent(L.w[0], true, L.B, L.H, L.H),
         back(L.w[0], false, L.B, L.H, L.H) {}
 
+  bool row_parallel() const { return true; }
+
   void forward(FwdStep<T>& s) {
     const int64_t k = s.n * H;
     T* a = s.a;
