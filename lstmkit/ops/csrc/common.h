@@ -178,8 +178,9 @@ inline GemmKind choose_gemm(int64_t max_m, int64_t n, int64_t k, bool dense, int
 
 // brgemm's right operand in column panels: panel q holds columns [q·pw, q·pw + w_q) of the
 // (k×n) matrix B, B(p, j) = B[p·b_row + j·b_col], as a row-major (k × w_q) block at offset
-// q·pw·k. A panel's K block (kPanelFloats, 32 KB) stays in L1/L2 while the micro-kernel runs
-// over it. With B row-major and n wide instead (one panel of n columns, the layout before),
+// q·pw·k. A panel's K block (kPanelFloats, 32 KB, up to K = 512; beyond, panels are 16
+// columns wide and a K block of 2048 rows is 128 KB) stays in L1/L2 while the micro-kernel
+// runs over it. With B row-major and n wide instead (one panel of n columns, the layout before),
 // each K row of the block is a separate run of cache lines and the kernel ran up to 4×
 // slower: 32×1024·1024×4096 at 44 against 161 GFLOP/s, 64×512·512×2048 at 77 against 193,
 // two threads on an AVX2 EPYC, where MKL ran them at 89 and 141 (benchmarks/gemm_panels.py;
@@ -276,7 +277,13 @@ class WeightGemm<float> {
   void operator()(int64_t m, const float* A, int64_t lda, float beta, float* C,
                   int64_t ldc) const {
     if (m == 0) return;
-    if (!ready_) prepare();               // on first use: a cell builds some it never calls
+    if (!ready_) {                        // on first use: a cell builds some it never calls
+      // not thread-safe: parts of a step run at once only after a whole first step
+      // (engine.h, row_parallel), which has prepared every product a step calls
+      TORCH_INTERNAL_ASSERT(!at::in_parallel_region(),
+                            "lstmkit WeightGemm: first used inside a parallel region");
+      prepare();
+    }
     if (kind_ == GemmKind::kBrgemm && (beta == 0.0f || beta == 1.0f)) {
       const int64_t panels = (n_ + pw_ - 1) / pw_;
       const int64_t parts = std::min(step_parts(m, n_, k_), panels);
@@ -363,7 +370,7 @@ inline void big_gemm(int64_t m, int64_t n, int64_t k, const float* A, int64_t a_
       for (int64_t i = 0; i < m; ++i) std::fill(C + i * ldc, C + i * ldc + n, 0.0f);
     return;
   }
-  std::vector<float> a_copy, b_copy(k * n);
+  std::vector<float> a_copy, b_copy;
   const float* a = A;
   int64_t lda = a_row;
   if (a_col != 1) {
@@ -373,13 +380,18 @@ inline void big_gemm(int64_t m, int64_t n, int64_t k, const float* A, int64_t a_
     lda = k;
   }
   const int64_t pw = panel_width(n, k);
-  pack_panels(k, n, B, b_row, b_col, pw, b_copy.data());
+  const float* packed = B;                         // one dense row-major panel: B itself
+  if (!(pw == n && b_col == 1 && b_row == n)) {
+    b_copy.resize(k * n);
+    pack_panels(k, n, B, b_row, b_col, pw, b_copy.data());
+    packed = b_copy.data();
+  }
   const int64_t mb = (m + kBigRows - 1) / kBigRows, nb = (n + pw - 1) / pw;
   at::parallel_for(0, mb * nb, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t i0 = (t % mb) * kBigRows, q = t / mb;
       brgemm_panels(std::min(kBigRows, m - i0), n, k, pw, q, q + 1, a + i0 * lda,
-                    lda, b_copy.data(), accumulate, C + i0 * ldc, ldc);
+                    lda, packed, accumulate, C + i0 * ldc, ldc);
     }
   });
 }

@@ -116,8 +116,9 @@ bool row_parallel(const C& cell) {
 
 // Into how many parts of rows a step of n rows is cut: one per thread when the cell allows
 // it, the step's recurrent product (n·A·R multiply-adds, A = G·H gate columns) is one the
-// GEMM would share out over the threads anyway (step_parts), each part has at least 4 rows,
-// and W_hh (A × R) is at most kRowSplitWeights floats: every part reads all of W_hh, so
+// GEMM would share out over the threads anyway (step_parts), every thread's part has at
+// least 4 rows (else the panels are shared out instead: with more threads than parts the
+// rest would idle), and W_hh (A × R) is at most kRowSplitWeights floats: every part reads all of W_hh, so
 // beyond the caches' reach two parts stream it twice. Measured on an AVX2 EPYC, 2 threads,
 // against the GEMM split by columns: LSTM (150,64,256) (W_hh 1 MB) f+b 0.91×, GRU 0.89×,
 // forward only 0.83–0.97×, LSTM (100,16,128) forward 0.86×; LSTM (25,64,512) (4 MB) f+b
@@ -125,7 +126,8 @@ bool row_parallel(const C& cell) {
 constexpr int64_t kRowSplitWeights = int64_t(1) << 18;
 inline int64_t row_parts(bool allowed, int64_t n, int64_t A, int64_t R) {
   if (!allowed || A * R > kRowSplitWeights) return 1;
-  return std::max<int64_t>(1, std::min(step_parts(n, A, R), n / 4));
+  const int64_t parts = step_parts(n, A, R);
+  return n / 4 >= parts ? parts : 1;
 }
 
 // Runs body(r0, r1) for the parts of a step's n rows, at once when parts > 1.
@@ -150,7 +152,7 @@ void run_forward(Layer<T>& L, const Rows& rows) {
   bool first = true;
   for (auto [start, n] : rows) {
     // rows [r0, r1) of the step
-    auto part = [&, start = start, n = n](int64_t r0, int64_t r1) {
+    auto part = [&, start = start](int64_t r0, int64_t r1) {
       const int64_t m = r1 - r0, row = start + r0;
       FwdStep<T> s;
       s.start = row;
