@@ -190,6 +190,115 @@ def test_steps_cut_into_parts_of_rows(variant, regulariser):
     _compare(results["fused_cpp"], results["reference"], f"{variant}+{regulariser}")
 
 
+INFERENCE_VARIANTS = ["lstm", "lstm-peephole", "lstm-cifg-peephole", "lstm-proj-peephole",
+                      "lstm-nig", "lstm-fgr-peephole", "lstm-noaf-proj", "rnn-tanh", "rnn-relu"]
+
+
+def _spy_inference(monkeypatch) -> list:
+    """Counts the calls of the inference path (fused._run_inference)."""
+    calls = []
+    real = fused._run_inference
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(fused, "_run_inference", spy)
+    return calls
+
+
+@pytest.mark.parametrize("block", [1, 200, None], ids=["step", "few-steps", "default"])
+@pytest.mark.parametrize("variant", INFERENCE_VARIANTS)
+def test_inference_in_blocks_of_steps_equals_the_reference(variant, block, monkeypatch):
+    """Under no_grad the C++ loop projects the input a block of steps at a time and keeps
+    only the output's sequence (fused._run_inference): with blocks of one step, of a few
+    steps and of the default size, two layers, both directions, packed unsorted input, given
+    initial states, fused_cpp equals the reference loop to 1e-10 in float64, and the path
+    was taken (once per layer and direction)."""
+    if block is not None:
+        monkeypatch.setattr(fused, "INFERENCE_BLOCK_BYTES", block)
+    calls = _spy_inference(monkeypatch)
+    kw = {"bidirectional": True, "num_layers": 2}
+    got = {}
+    g = torch.Generator().manual_seed(1)
+    x, feed = make_input(7, 4, I, F64, batch_first=False, packed=True, generator=g)
+    for backend in ("reference", "fused_cpp"):
+        m = _build(variant, backend, **kw).eval()
+        hx = tuple(torch.randn(4, 4, size, dtype=F64, generator=torch.Generator().manual_seed(2))
+                   for _, size in m._state_shapes())
+        with torch.no_grad():
+            out, state = m(feed, hx if len(hx) > 1 else hx[0])
+        got[backend] = (output_tensor(out), as_tuple(state))
+    assert len(calls) == 4
+    (o1, s1), (o2, s2) = got["fused_cpp"], got["reference"]
+    assert_close(o1, o2, f"{variant}: output", TOL[F64])
+    for a, b in zip(s1, s2, strict=True):
+        assert_close(a, b, f"{variant}: final state", TOL[F64])
+
+
+@pytest.mark.parametrize("variant", ["lstm", "lstm-proj-peephole", "rnn-tanh"])
+def test_inference_in_blocks_with_steps_cut_into_parts(variant, monkeypatch):
+    """The inference path with two threads, B = 32, H = 112 (a step's rows in two parts at
+    once, see test_steps_cut_into_parts_of_rows) and blocks of about three steps, float32:
+    equal to torch.nn's forward on the same weights (the plain LSTM and RNN) or to the
+    float64 reference loop (peephole and projection) within float32 rounding."""
+    monkeypatch.setattr(fused, "INFERENCE_BLOCK_BYTES", 3 * 32 * 448 * 4)
+    calls = _spy_inference(monkeypatch)
+    cls, options = VARIANTS[variant]
+    if "proj_size" in options:
+        options = {**options, "proj_size": 56}
+    torch.manual_seed(0)
+    m = cls(8, 112, backend="fused_cpp", **options)
+    x = torch.randn(9, 32, 8)
+    if options:
+        ref = cls(8, 112, backend="reference", dtype=F64, **options)
+        ref.load_state_dict({k: v.double() for k, v in m.state_dict().items()})
+        ref_x = x.double()
+    else:
+        ref = getattr(nn, cls.__name__)(8, 112)
+        ref.load_state_dict(m.state_dict())
+        ref_x = x
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            out, _ = m(x)
+            want, _ = ref(ref_x)
+    finally:
+        torch.set_num_threads(before)
+    assert calls, "the inference path was not taken"
+    assert_close(out.double(), want.double(), variant, TOL[torch.float32])
+
+
+def test_inference_path_only_when_no_gradient_is_wanted(monkeypatch):
+    """The inference path stands aside whenever a gradient may be wanted: grad mode on with
+    an input or weight that requires grad, recording, forward-mode AD (which still raises
+    as before: the fused Function has no jvp); it is taken under no_grad, inference_mode,
+    and with grad mode on for inputs and weights that need no gradient."""
+    calls = _spy_inference(monkeypatch)
+    m = lstmkit.LSTM(I, H, backend="fused_cpp", dtype=F64)
+    x = torch.randn(5, 2, I, dtype=F64)
+    out, _ = m(x)                                           # weights require grad
+    assert not calls and out.requires_grad
+    with torch.no_grad():
+        m(x)
+    with torch.inference_mode():
+        m(x)
+    assert len(calls) == 2
+    frozen = lstmkit.LSTM(I, H, backend="fused_cpp", dtype=F64).requires_grad_(False)
+    out, _ = frozen(x)
+    assert len(calls) == 3 and not out.requires_grad
+    out, _ = frozen(x.clone().requires_grad_())             # the input needs a gradient
+    assert len(calls) == 3 and out.requires_grad
+    with lstmkit.record(m) as rec, torch.no_grad():
+        m(x)
+    assert len(calls) == 3 and rec.layers
+    import torch.autograd.forward_ad as fwAD
+    with torch.no_grad(), fwAD.dual_level():
+        with pytest.raises(NotImplementedError, match="jvp"):
+            m(fwAD.make_dual(x, torch.randn_like(x)))
+    assert len(calls) == 3
+
+
 @pytest.mark.parametrize("variant", sorted(SCANNED))
 def test_every_scanned_variant(variant):
     """The same matrix without regularisers for the scanned families: two layers, both

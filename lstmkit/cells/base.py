@@ -258,6 +258,11 @@ class FusedCell:
     cpp: str | None = None
     #: the forward writes h_t into ``a`` as well, so the output may share its buffer
     output_in_gates: bool = False
+    #: with no gradient wanted, the C++ loop may project the input a block of steps at a
+    #: time and keep only the output's sequence (``forward_inference`` in
+    #: ``csrc/engine.cpp``): true for a family whose input side is this class's
+    #: :meth:`project` and whose C++ step reads no per-row buffer but ``a`` and the states
+    blocked_inference: bool = False
 
     # -- per call ---------------------------------------------------------------------------
     def project(self, spec: CellSpec, x: Tensor, w: LayerWeights, side: list[Tensor]

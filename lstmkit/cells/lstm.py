@@ -168,6 +168,7 @@ class LSTMFused(FusedCell):
     docstring for the backward). Loop weights: W_hh, the peephole vector, W_gg (FGR)."""
 
     cpp = "lstm"
+    blocked_inference = True
 
     def loop_weights(self, spec, w):
         return [w.w_hh.contiguous(), None if w.peephole is None else w.peephole.contiguous(),

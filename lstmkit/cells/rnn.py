@@ -47,6 +47,7 @@ class RNNFused(FusedCell):
 
     cpp = "rnn"
     output_in_gates = True
+    blocked_inference = True
 
     def cpp_options(self, spec):
         return [float(spec.option("nonlinearity") == "relu")]

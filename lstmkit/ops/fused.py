@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import Function
 
-from ..cells.base import WEIGHT_FIELDS, CellSpec, Chunk, Grads, LayerWeights, State
+from ..cells.base import WEIGHT_FIELDS, CellSpec, Chunk, FusedCell, Grads, LayerWeights, State
 from . import gemm
 from .masks import StepMasks, row_sequences
 from .reference import Trace
@@ -402,6 +402,8 @@ def run_layer(cell: CellSpec, x: Tensor, batch_sizes: list[int], state0: State,
     if cell.fused is None:
         raise ValueError(f"the {cell.family} cell has no fused kernel; use backend='reference'")
     side = (*cell.schedule(batch_sizes, reverse, x.device), *side)
+    if not (record or sequences) and _blocked_inference(cell, kernels, x, state0, w, side, masks):
+        return _run_inference(cell, x, batch_sizes, state0, w, reverse, kernels)
     call = Call(cell, tuple(batch_sizes), reverse, kernels, len(w.extra), len(side))
     masks = StepMasks(*(None if m is None else m.contiguous() for m in (masks or StepMasks())))
     inp = Inputs(x.contiguous(), tuple(state0), w, side, masks)
@@ -413,6 +415,61 @@ def run_layer(cell: CellSpec, x: Tensor, batch_sizes: list[int], state0: State,
     if sequences:
         return seqs[0], final, trace, seqs
     return seqs[0], final, trace
+
+
+# -- inference: the input projected a block of steps at a time ----------------------------------
+# The rows of ``a`` the inference path holds: about this many bytes of projections (at least
+# one step's rows), made just before the loop reaches them, instead of the whole layer's
+# (N, G·H) at once: a fresh buffer of that size is page-faulted in at every call (39 MB at
+# (150,64,256)), and its rows leave the caches before the loop reads them.
+INFERENCE_BLOCK_BYTES = 1 << 19
+
+
+def _blocked_inference(cell: CellSpec, kernels: Any, x: Tensor, state0: State,
+                       w: LayerWeights, side: tuple, masks: StepMasks | None) -> bool:
+    """Whether this call may take :func:`_run_inference`: the C++ loop, a family that allows
+    it, no side inputs or masks, and no gradient wanted (grad mode off, or no input needing
+    one; no forward-mode AD level open)."""
+    from .extension import CppKernels
+    f = cell.fused
+    if (not f.blocked_inference or type(f).project is not FusedCell.project or side
+            or not isinstance(kernels, CppKernels)):
+        return False
+    if masks is not None and any(m is not None for m in masks):
+        return False
+    if getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0:
+        return False
+    if torch.is_grad_enabled():
+        tensors = (x, *state0, *w[:6], *w.extra)
+        if any(t is not None and t.requires_grad for t in tensors):
+            return False
+    return True
+
+
+def _run_inference(cell: CellSpec, x: Tensor, batch_sizes: list[int], state0: State,
+                   w: LayerWeights, reverse: bool, kernels: Any) -> tuple:
+    """:func:`run_layer` when no gradient is wanted (see :func:`_blocked_inference`): the C++
+    loop projects the input a block of steps at a time into a buffer of
+    :data:`INFERENCE_BLOCK_BYTES` and keeps only the output's sequence; same numbers as the
+    forward of :class:`RecurrentFunction`."""
+    f = cell.fused
+    H, R = _hidden_size(cell, w), state0[0].shape[1]
+    widths = _widths(cell, H, R)
+    x = x.contiguous()
+    w_ih = w.w_ih.contiguous()
+    A = w_ih.shape[0]
+    rows = max(max(batch_sizes), INFERENCE_BLOCK_BYTES // (A * x.element_size()))
+    a = x.new_empty(min(rows, x.shape[0]), A)
+    out = x.new_empty(x.shape[0], R)
+    carry = [s.clone(memory_format=torch.contiguous_format)
+             for s in _initial_states(cell, tuple(state0), widths, x)]
+    bias = None if w.b_ih is None else w.b_ih + w.b_hh
+    t = kernels._t
+    with gemm.using_engine(kernels.module):
+        kernels.module.forward_inference(
+            f.cpp, H, f.cpp_options(cell), x, w_ih, t(bias), a, out, carry, t(w.w_hr),
+            [t(v) for v in f.loop_weights(cell, w)], list(batch_sizes), reverse)
+    return out, tuple(carry[:cell.n_states]), None
 
 
 def make_trace(cell: CellSpec, batch_sizes: list[int], seqs, gates: Tensor, H: int) -> Trace:

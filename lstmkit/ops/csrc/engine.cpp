@@ -98,6 +98,57 @@ void forward(const std::string& family, int64_t H, std::vector<double> opts, Ten
   });
 }
 
+// Forward of one layer and direction when no gradient is wanted: the loop projects x
+// (N, I) a block of steps at a time into `a` (its rows: the block's size, at least a step's
+// rows), just before it reaches them, instead of the whole layer into (N, A) at once; only
+// the first state's sequence is kept (into out, (N, R)), the others and m only for the step.
+// No masks, no side inputs, no per-row buffers: the families that allow it say so
+// (FusedCell.blocked_inference).
+void forward_inference(const std::string& family, int64_t H, std::vector<double> opts,
+                       Tensor x, Tensor w_ih, Tensor bias, Tensor a, Tensor out,
+                       std::vector<Tensor> carry, Tensor w_hr, std::vector<Tensor> w,
+                       std::vector<int64_t> batch_sizes, bool reverse) {
+  const CellEntry& cell = entry(family);
+  check(x, x, "x");
+  check(w_ih, x, "W_ih");
+  check(bias, x, "the bias");
+  check(a, x, "a");
+  check(out, x, "the output");
+  TORCH_CHECK(x.dim() == 2 && w_ih.dim() == 2 && a.dim() == 2 && out.dim() == 2 &&
+                  w_ih.size(1) == x.size(1) && a.size(1) == w_ih.size(0) &&
+                  out.size(0) == x.size(0) && (!bias.numel() || bias.numel() == a.size(1)),
+              "lstmkit forward_inference: shapes x ", x.sizes(), ", W_ih ", w_ih.sizes(),
+              ", bias ", bias.sizes(), ", a ", a.sizes(), ", out ", out.sizes());
+  int64_t rows_total = 0, widest = 0;
+  for (int64_t b : batch_sizes) {
+    rows_total += b;
+    widest = std::max(widest, b);
+  }
+  TORCH_CHECK(rows_total == x.size(0) && a.size(0) >= widest,
+              "lstmkit forward_inference: ", x.size(0), " rows of x for batch sizes summing to ",
+              rows_total, "; a must hold a step's ", widest, " rows, has ", a.size(0));
+  const Rows rows = step_rows(batch_sizes, reverse);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstmkit_forward_inference", [&] {
+    Layer<scalar_t> L;
+    common(L, H, opts, w_hr, w, {}, {}, Tensor(), {}, carry);
+    L.N = x.size(0);
+    L.A = a.size(1);
+    L.a = a.data_ptr<scalar_t>();
+    L.a_rows = a.size(0);
+    L.x = x.data_ptr<scalar_t>();
+    L.I = x.size(1);
+    L.w_ih = w_ih.data_ptr<scalar_t>();
+    L.bias = ptr<scalar_t>(bias);
+    for (int k = 0; k < L.n_states; ++k) {
+      check(carry[k], x, "a state");
+      L.carry[k] = carry[k].data_ptr<scalar_t>();
+    }
+    TORCH_CHECK(out.size(1) == L.R, "lstmkit forward_inference: out must be (N, ", L.R, ")");
+    L.seq[0] = out.data_ptr<scalar_t>();
+    run(cell, L, rows, true);
+  });
+}
+
 void backward(const std::string& family, int64_t H, std::vector<double> opts, Tensor dA,
               Tensor gates, std::vector<Tensor> seqs, std::vector<Tensor> prev,
               std::vector<Tensor> dseqs, std::vector<Tensor> dcarry, Tensor w_hr, Tensor dH,
@@ -202,6 +253,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   if (sgemm_ == nullptr || dgemm_ == nullptr)
     throw std::runtime_error("lstmkit kernels: this torch exports no BLAS sgemm_/dgemm_");
   m.def("forward", &forward);
+  m.def("forward_inference", &forward_inference);
   m.def("backward", &backward);
   m.def("families", &families);
   m.def("mm_into", &mm_into);

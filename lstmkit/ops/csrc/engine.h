@@ -63,6 +63,13 @@ struct Layer {
   T* seq[kMaxStates] = {};             // (N, width) every step's states (backward: read)
   T* carry[kMaxStates] = {};           // (B, width) initial in, final out
   T* m = nullptr;                      // (N, H) cell output before the projection, or null
+  // forward for inference (forward_inference in engine.cpp; x set): a holds a_rows rows, the
+  // projections of a block of steps at a time, made by the loop just before it reaches them;
+  // a state whose seq is null and m are kept only for the step (per-batch scratch)
+  const T* x = nullptr;                // (N, I) the layer's input, or null
+  const T* w_ih = nullptr;             // (A, I)
+  const T* bias = nullptr;             // (A) b_ih + b_hh, or null
+  int64_t I = 0, a_rows = 0;
   // backward
   const T* gates = nullptr;            // (N, A) what the forward left in a
   T* dA = nullptr;                     // (N, A) ∂L/∂a
@@ -142,15 +149,46 @@ void in_parts(int64_t n, int64_t parts, const F& body) {
   });
 }
 
+// The first `count` rows of a = x[lo, lo + count) W_ihᵀ + b (forward_inference).
+template <typename T>
+void project_block(const Layer<T>& L, const WeightGemm<T>& input, int64_t lo, int64_t count) {
+  if (L.bias)
+    for (int64_t r = 0; r < count; ++r) std::memcpy(L.a + r * L.A, L.bias, sizeof(T) * L.A);
+  input(count, L.x + lo * L.I, L.I, L.bias ? T(1) : T(0), L.a, L.A);
+}
+
 template <typename T, typename Cell>
 void run_forward(Layer<T>& L, const Rows& rows) {
   Cell cell(L);
   const int64_t B = L.B, H = L.H, R = L.R;
   std::vector<T> h_in(L.h_drop ? B * R : 0);
   const WeightGemm<T> projection(L.w_hr, true, L.w_hr ? B : 0, R, H);    // · W_hrᵀ
+  // inference: a block of steps' input projections at a time; unkept states per step
+  const WeightGemm<T> input(L.x ? L.w_ih : nullptr, true, L.x ? L.a_rows : 0, L.A, L.I);
+  std::vector<T> unkept[kMaxStates];
+  for (int k = 0; k < L.n_states; ++k)
+    if (!L.seq[k]) unkept[k].resize(B * L.width[k]);
+  std::vector<T> m_step(L.w_hr && !L.m ? B * H : 0);
+  int64_t a_lo = 0, a_hi = L.x ? 0 : L.N;          // the rows a holds now: [a_lo, a_hi)
   const bool parallel = row_parallel(cell);
   bool first = true;
-  for (auto [start, n] : rows) {
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const auto [start, n] = rows[i];
+    if (start < a_lo || start + n > a_hi) {       // inference: project the next steps
+      int64_t lo = start, hi = start + n;
+      for (size_t j = i + 1; j < rows.size(); ++j) {
+        const int64_t lo2 = std::min(lo, rows[j].first);
+        const int64_t hi2 = std::max(hi, rows[j].first + rows[j].second);
+        if (hi2 - lo2 > L.a_rows) break;
+        lo = lo2;
+        hi = hi2;
+      }
+      TORCH_CHECK(hi - lo <= L.a_rows, "lstmkit engine: a step of ", n, " rows does not fit "
+                  "the inference block of ", L.a_rows, " rows");
+      project_block(L, input, lo, hi - lo);
+      a_lo = lo;
+      a_hi = hi;
+    }
     // rows [r0, r1) of the step
     auto part = [&, start = start](int64_t r0, int64_t r1) {
       const int64_t m = r1 - r0, row = start + r0;
@@ -158,26 +196,30 @@ void run_forward(Layer<T>& L, const Rows& rows) {
       s.start = row;
       s.n = m;
       s.row = r0;
-      s.a = L.a + row * L.A;
+      s.a = L.a + (row - a_lo) * L.A;
       s.h_in = L.carry[0] + r0 * R;
       if (L.h_drop) {                                                  // ĥ = m ⊙ h_{t-1}
         mul_into(m * R, L.carry[0] + r0 * R, L.h_drop + r0 * R, h_in.data() + r0 * R);
         s.h_in = h_in.data() + r0 * R;
       }
+      T* next[kMaxStates];
       for (int k = 0; k < L.n_states; ++k) {
-        s.prev[k] = L.carry[k] + r0 * L.width[k];
-        s.next[k] = L.seq[k] + row * L.width[k];
+        const int64_t w = L.width[k];
+        s.prev[k] = L.carry[k] + r0 * w;
+        next[k] = L.seq[k] ? L.seq[k] + row * w : unkept[k].data() + r0 * w;
+        s.next[k] = next[k];
       }
       s.ld0 = R;
-      if (L.m) {
-        s.next[0] = L.m + row * H;
+      T* m_out = L.m ? L.m + row * H : m_step.data() + r0 * H;
+      if (L.w_hr) {
+        s.next[0] = m_out;
         s.ld0 = H;
       }
       cell.forward(s);
-      if (L.m) projection(m, L.m + row * H, H, T(0), L.seq[0] + row * R, R);   // h = m W_hrᵀ
+      if (L.w_hr) projection(m, m_out, H, T(0), next[0], R);                 // h = m W_hrᵀ
       for (int k = 0; k < L.n_states; ++k) {
         const int64_t w = L.width[k];
-        T* new_k = L.seq[k] + row * w;
+        T* new_k = next[k];
         T* carry_k = L.carry[k] + r0 * w;
         if (L.zone[k]) zone_mix(m * w, L.zone[k] + row * w, carry_k, new_k);   // zoneout
         std::memcpy(carry_k, new_k, sizeof(T) * m * w);
