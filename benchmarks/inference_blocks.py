@@ -17,13 +17,15 @@ import time
 import torch
 
 import lstmkit
+from lstmkit.cells.gru import GRUFused
 from lstmkit.cells.lstm import LSTMFused
 from lstmkit.cells.rnn import RNNFused
 from lstmkit.ops import fused
 
 CONFIGS = [("LSTM", 50, 1, 64, {}), ("LSTM", 100, 16, 128, {}), ("LSTM", 150, 64, 256, {}),
            ("LSTM", 25, 64, 512, {}), ("LSTM", 100, 16, 128, {"peephole": True}),
-           ("LSTM", 150, 64, 256, {"peephole": True}), ("RNN", 100, 16, 128, {}),
+           ("LSTM", 150, 64, 256, {"peephole": True}), ("GRU", 100, 16, 128, {}),
+           ("GRU", 150, 64, 256, {}), ("RNN", 100, 16, 128, {}),
            ("RNN", 150, 64, 256, {})]
 
 
@@ -43,7 +45,7 @@ def timed(fn, reps: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--blocks", default="256K,1M,4M", help="block sizes in bytes (K, M)")
+    p.add_argument("--blocks", default="128K,512K,2M", help="block sizes in bytes (K, M)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--only", default="")
     p.add_argument("--json")
@@ -65,7 +67,7 @@ def main() -> None:
         variants = {"whole": None, **{f"block {b >> 10}K": b for b in blocks}}
 
         def run(block, lk=lk, x=x, reps=reps, family=family):
-            fam = LSTMFused if family == "LSTM" else RNNFused
+            fam = {"LSTM": LSTMFused, "GRU": GRUFused, "RNN": RNNFused}[family]
             saved = fam.blocked_inference, fused.INFERENCE_BLOCK_BYTES
             fam.blocked_inference = block is not None
             fused.INFERENCE_BLOCK_BYTES = block or saved[1]

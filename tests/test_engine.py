@@ -191,7 +191,8 @@ def test_steps_cut_into_parts_of_rows(variant, regulariser):
 
 
 INFERENCE_VARIANTS = ["lstm", "lstm-peephole", "lstm-cifg-peephole", "lstm-proj-peephole",
-                      "lstm-nig", "lstm-fgr-peephole", "lstm-noaf-proj", "rnn-tanh", "rnn-relu"]
+                      "lstm-nig", "lstm-fgr-peephole", "lstm-noaf-proj", "gru",
+                      "gru-reset-before", "rnn-tanh", "rnn-relu"]
 
 
 def _spy_inference(monkeypatch) -> list:
@@ -235,11 +236,11 @@ def test_inference_in_blocks_of_steps_equals_the_reference(variant, block, monke
         assert_close(a, b, f"{variant}: final state", TOL[F64])
 
 
-@pytest.mark.parametrize("variant", ["lstm", "lstm-proj-peephole", "rnn-tanh"])
+@pytest.mark.parametrize("variant", ["lstm", "lstm-proj-peephole", "gru", "rnn-tanh"])
 def test_inference_in_blocks_with_steps_cut_into_parts(variant, monkeypatch):
     """The inference path with two threads, B = 32, H = 112 (a step's rows in two parts at
     once, see test_steps_cut_into_parts_of_rows) and blocks of about three steps, float32:
-    equal to torch.nn's forward on the same weights (the plain LSTM and RNN) or to the
+    equal to torch.nn's forward on the same weights (the plain LSTM, GRU and RNN) or to the
     float64 reference loop (peephole and projection) within float32 rounding."""
     monkeypatch.setattr(fused, "INFERENCE_BLOCK_BYTES", 3 * 32 * 448 * 4)
     calls = _spy_inference(monkeypatch)

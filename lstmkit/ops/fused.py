@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import Function
 
-from ..cells.base import WEIGHT_FIELDS, CellSpec, Chunk, FusedCell, Grads, LayerWeights, State
+from ..cells.base import WEIGHT_FIELDS, CellSpec, Chunk, Grads, LayerWeights, State
 from . import gemm
 from .masks import StepMasks, row_sequences
 from .reference import Trace
@@ -432,8 +432,7 @@ def _blocked_inference(cell: CellSpec, kernels: Any, x: Tensor, state0: State,
     one; no forward-mode AD level open)."""
     from .extension import CppKernels
     f = cell.fused
-    if (not f.blocked_inference or type(f).project is not FusedCell.project or side
-            or not isinstance(kernels, CppKernels)):
+    if not f.blocked_inference or side or not isinstance(kernels, CppKernels):
         return False
     if masks is not None and any(m is not None for m in masks):
         return False
@@ -463,7 +462,7 @@ def _run_inference(cell: CellSpec, x: Tensor, batch_sizes: list[int], state0: St
     out = x.new_empty(x.shape[0], R)
     carry = [s.clone(memory_format=torch.contiguous_format)
              for s in _initial_states(cell, tuple(state0), widths, x)]
-    bias = None if w.b_ih is None else w.b_ih + w.b_hh
+    bias = f.inference_bias(cell, w)
     t = kernels._t
     with gemm.using_engine(kernels.module):
         kernels.module.forward_inference(

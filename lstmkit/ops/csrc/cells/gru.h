@@ -1,6 +1,7 @@
 // The GRU family: the C++ twin of GRUFused in lstmkit/cells/gru.py (read its docstring for
 // the equations and their BPTT). Options: reset_after. Loop weights: W_hh (3H, H), b_hh (or
-// null). Saved (reset_after): hw_n = W_hn ĥ + b_hn (N, H). Gradient buffer (reset_after): the
+// null). Saved (reset_after; none in inference, where it is kept for the step only): hw_n =
+// W_hn ĥ + b_hn (N, H). Gradient buffer (reset_after): the
 // recurrent side's dA_h = [da_r, da_z, da_n ⊙ r] (N, 3H).
 
 #pragma once
@@ -21,9 +22,10 @@ struct GRUCell {
         back(W, false, reset_after ? L.B : 0, H, 3 * H),              // · W_hh
         back_rz(W, false, reset_after ? 0 : L.B, H, 2 * H),           // · W_h{r,z}
         back_n(W + 2 * H * H, false, reset_after ? 0 : L.B, H, H),    // · W_hn
-        hw(L.B * 3 * H), q(L.B * H) {}
+        hw(L.B * 3 * H), q(L.B * H),
+        hn_step(reset_after && hw_n.empty() ? L.B * H : 0) {}
 
-  bool row_parallel() const { return true; }   // scratch hw, q by row
+  bool row_parallel() const { return true; }   // scratch hw, q, hn_step by row
 
   void forward(FwdStep<T>& s) {
     const int64_t n = s.n, cols = reset_after ? 3 * H : 2 * H;
@@ -39,7 +41,8 @@ struct GRUCell {
       for (int64_t j = 0; j < 2 * H; ++j)
         ab[j] = sigmoid(ab[j] + hwb[j] + (b_hh ? b_hh[j] : T(0)));      // r_t, z_t
       if (reset_after) {
-        T* hnb = hw_n[0] + (s.start + b) * H;
+        // kept for the backward, or (inference: no saved buffers) only for the step
+        T* hnb = hw_n.empty() ? hn_step.data() + (s.row + b) * H : hw_n[0] + (s.start + b) * H;
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
           const T hn = hwb[2 * H + j] + (b_hh ? b_hh[2 * H + j] : T(0));
@@ -127,7 +130,7 @@ struct GRUCell {
   std::vector<T*> hw_n, dA_h;
   const T* W;
   WeightGemm<T> recurrent, candidate, back, back_rz, back_n;
-  std::vector<T> hw, q;
+  std::vector<T> hw, q, hn_step;
 };
 
 }  // namespace
