@@ -5,7 +5,10 @@ For each configuration (cell, T, B, I = H) it measures, in one process:
 * forward time (``torch.no_grad()``) and forward+backward time of a training step
   (``loss = (output * g).sum()`` with a fixed random ``g``; the input requires grad);
   2 warm-up runs, then the median of ``repeats`` runs, the implementations interleaved
-  (lstmkit, torch.nn, [reference], GEMMs alone; the starting one rotating per repeat);
+  (lstmkit, torch.nn, [reference], GEMMs alone; the starting one rotating per repeat); a
+  run of a call shorter than :data:`MIN_RUN_MS` makes as many calls back to back as fill
+  that time and counts their mean (a lone sub-millisecond call after ``gc.collect()``
+  measured its cold start: 1.2 ms against 0.26 ms warm for the B = 1 forward);
 * peak memory of one training step, from the allocation events of
   ``torch.profiler.profile(profile_memory=True)`` (running sum of allocation sizes, max);
 * the largest absolute error of the output against the float64 reference loop
@@ -44,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import math
 import os
 import platform
 import statistics
@@ -65,6 +69,7 @@ REFERENCE_LIMIT = 100 * 16 * 128        # T·B·H up to which the reference loop
 BACKENDS = ("fused_cpp", "fused_py")
 EXTRA_BACKENDS = ("onednn",)            # timed as a column when lstmkit.ops.BACKENDS has it
 WARMUP = 2
+MIN_RUN_MS = 5.0                        # shorter calls are repeated within one timed run
 PEAK_N = 2048                           # the sgemm whose rate is the peak: PEAK_N³
 
 
@@ -223,29 +228,42 @@ def using_clock(name: str) -> Iterator[None]:
         _clock["name"] = saved
 
 
-def _time_ms(fn: Callable[[], object]) -> float:
+def _time_ms(fn: Callable[[], object], calls: int = 1) -> float:
+    """Milliseconds per call of ``calls`` calls of ``fn`` back to back (after a garbage
+    collection, outside the timing)."""
     gc.collect()
     clock = CLOCKS[_clock["name"]]
     start = clock()
-    fn()
-    return 1e3 * (clock() - start)
+    for _ in range(calls):
+        fn()
+    return 1e3 * (clock() - start) / calls
+
+
+def calls_per_run(fn: Callable[[], object]) -> int:
+    """How many calls of ``fn`` fill :data:`MIN_RUN_MS` (1 for a call that long or longer),
+    from the time of one call, at most 1000."""
+    one = _time_ms(fn)
+    return max(1, min(1000, math.ceil(MIN_RUN_MS / max(one, 1e-3))))
 
 
 def measure_times(tasks: dict[str, dict[str, Callable[[], object]]], repeats: int,
                   warmup: int = WARMUP) -> dict[str, dict[str, list[float]]]:
     """Run every task ``warmup`` times, then ``repeats`` timed rounds over all of them,
-    interleaved, the first implementation rotating; milliseconds per run."""
+    interleaved, the first implementation rotating; milliseconds per call (a run of a short
+    call makes :func:`calls_per_run` calls)."""
     for fns in tasks.values():
         for fn in fns.values():
             for _ in range(warmup):
                 fn()
     names = list(tasks)
+    calls = {n: {label: calls_per_run(fn) if repeats else 1 for label, fn in tasks[n].items()}
+             for n in names}
     times = {n: {label: [] for label in tasks[n]} for n in names}
     for r in range(repeats):
         k = r % len(names)
         for n in names[k:] + names[:k]:
             for label, fn in tasks[n].items():
-                times[n][label].append(_time_ms(fn))
+                times[n][label].append(_time_ms(fn, calls[n][label]))
     return times
 
 

@@ -306,3 +306,27 @@ def test_cpu_clock(small_peak):
     assert data["meta"]["clock"] == "cpu" and "cpu clock" in bench.format_meta(data["meta"])
     assert data["results"][0]["impls"]["lstmkit"]["fb_ms"] > 0
     assert bench._clock["name"] == "wall"                   # restored afterwards
+
+
+def test_short_calls_are_repeated_within_a_run(monkeypatch):
+    """A call shorter than MIN_RUN_MS is made several times per timed run and the run
+    reports the mean per call; a long call is made once. Timed with a fake clock that
+    advances 0.5 ms per call of the fast function and 20 ms per call of the slow one."""
+    now = [0.0]
+    monkeypatch.setitem(bench.CLOCKS, "wall", lambda: now[0])
+    counts = {"fast": 0, "slow": 0}
+
+    def fast():
+        counts["fast"] += 1
+        now[0] += 0.0005
+
+    def slow():
+        counts["slow"] += 1
+        now[0] += 0.020
+    assert bench.calls_per_run(fast) == 10 and bench.calls_per_run(slow) == 1
+    counts.update(fast=0, slow=0)
+    times = bench.measure_times({"a": {"fwd": fast}, "b": {"fwd": slow}}, repeats=3, warmup=1)
+    assert times["a"]["fwd"] == pytest.approx([0.5] * 3)
+    assert times["b"]["fwd"] == pytest.approx([20.0] * 3)
+    # warm-up, the calibrating call, then 3 runs of 10 calls (fast) and of one call (slow)
+    assert counts == {"fast": 1 + 1 + 30, "slow": 1 + 1 + 3}
