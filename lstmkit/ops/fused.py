@@ -428,11 +428,12 @@ INFERENCE_BLOCK_BYTES = 1 << 19
 def _blocked_inference(cell: CellSpec, kernels: Any, x: Tensor, state0: State,
                        w: LayerWeights, side: tuple, masks: StepMasks | None) -> bool:
     """Whether this call may take :func:`_run_inference`: the C++ loop, a family that allows
-    it, no side inputs or masks, and no gradient wanted (grad mode off, or no input needing
-    one; no forward-mode AD level open)."""
+    it (``blocked_inference``; fused cells not derived from FusedCell, as the Grid LSTM's,
+    do not), no side inputs or masks, and no gradient wanted (grad mode off, or no input
+    needing one; no forward-mode AD level open)."""
     from .extension import CppKernels
     f = cell.fused
-    if not f.blocked_inference or side or not isinstance(kernels, CppKernels):
+    if not getattr(f, "blocked_inference", False) or side or not isinstance(kernels, CppKernels):
         return False
     if masks is not None and any(m is not None for m in masks):
         return False
