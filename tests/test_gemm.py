@@ -240,7 +240,7 @@ def test_a_new_calibration_reaches_the_engine(engine, tmp_path, monkeypatch):
     monkeypatch.setattr(gemm, "_routes", {key: {"format": gemm.FORMAT, "threads": threads,
                                                 **dict.fromkeys(gemm.CLASSES, "blas")}})
     monkeypatch.setattr(gemm, "_step_ratio", lambda module, shapes: 0.5)   # brgemm "wins"
-    monkeypatch.setattr(gemm, "_large_ratio", lambda module: 2.0)
+    monkeypatch.setattr(gemm, "_large_ratio", lambda module, transposed: 2.0)
     before = engine.gemm_routes()
     try:
         with gemm.using_engine(engine):
@@ -249,6 +249,7 @@ def test_a_new_calibration_reaches_the_engine(engine, tmp_path, monkeypatch):
         with gemm.using_engine(engine):
             assert engine.gemm_routes() == [True, True, True]
             assert gemm._engine(torch.zeros(2, 2)) is None          # large GEMMs: MKL
+            assert gemm._engine(torch.zeros(2, 2), transposed=True) is None
     finally:
         engine.set_gemm_routes(before)
 
@@ -275,8 +276,10 @@ def test_calibration_runs_real_tensors_under_fake_tensor_mode(engine, tmp_path, 
     assert all(found[c] in ("brgemm", "blas") for c in gemm.CLASSES)
 
 
-ROUTE_SETS = [("brgemm",) * 4, ("blas",) * 4, ("brgemm", "blas", "blas", "blas"),
-              ("blas", "brgemm", "blas", "brgemm"), ("blas", "blas", "brgemm", "blas")]
+ROUTE_SETS = [("brgemm",) * 5, ("blas",) * 5, ("brgemm", "blas", "blas", "blas", "blas"),
+              ("blas", "brgemm", "blas", "brgemm", "blas"),
+              ("blas", "blas", "brgemm", "blas", "brgemm"),
+              ("brgemm", "brgemm", "brgemm", "brgemm", "blas")]
 
 
 @pytest.mark.parametrize("chosen", ROUTE_SETS, ids="-".join)
@@ -294,6 +297,8 @@ def test_each_measured_route_set_runs_and_matches_the_float64_reference(engine, 
         with gemm.using_engine(engine):
             assert engine.gemm_routes() == [c == "brgemm" for c in chosen[:3]]
             assert (gemm._engine(torch.zeros(2, 2)) is engine) == (chosen[3] == "brgemm")
+            assert ((gemm._engine(torch.zeros(2, 2), transposed=True) is engine)
+                    == (chosen[4] == "brgemm"))
         # per-step products of each size class: (B, H) = (2, 16) tiny, (33, 64) small,
         # (64, 256) large (4H·H·B multiply-adds against 2¹⁸ and 2²²)
         for B, H in ((2, 16), (33, 64), (64, 256)):

@@ -14,7 +14,8 @@ products of a batch of one or two rows — until the engine packed its weights i
 panels, after which brgemm won every per-step class there (docs/performance.md). So with
 ``LSTMKIT_GEMM`` unset or ``auto`` the route of each class — per-step products by size
 (tiny: a batch of one or a few rows, which brgemm runs on one thread; small; large) and the
-large GEMMs of a call — is **measured**: the first fused layer call of a process times both
+large GEMMs of a call (the projection and input gradient; the weight gradients, whose left
+operand is transposed) — is **measured**: the first fused layer call of a process times both
 routes on a few shapes of each class (:func:`calibrate`, about a second) and keeps the
 faster (MKL in a near-tie). The result is stored beside the compiled extension
 (``gemm-routes.json``, per host and thread count; ``$LSTMKIT_GEMM_ROUTES`` names another file), so
@@ -29,7 +30,7 @@ quiet.
 
 :func:`using_engine` is entered by :mod:`lstmkit.ops.fused` around a layer call whose loop
 is the C++ extension; :func:`matmul_into` (and :func:`addmm`) take the engine's path only
-then, for float32 CPU tensors, and when the large-GEMM route is brgemm. Anything else (the
+then, for float32 CPU tensors, and when the route of the GEMM's class is brgemm. Anything else (the
 torch loop backend, float64, other devices, tracing) runs torch's own ops, unchanged.
 """
 
@@ -53,8 +54,13 @@ MODES = ("auto", "blas", "brgemm")
 ROUTES_FILE = "gemm-routes.json"
 ROUTES_ENV = "LSTMKIT_GEMM_ROUTES"     # a routes file to use instead (the tests set one)
 STEP_CLASSES = ("step_tiny", "step_small", "step_large")   # step_class in common.h: 0, 1, 2
-CLASSES = (*STEP_CLASSES, "large")             # the classes a route is chosen for
-FORMAT = 3                                     # of a stored measurement
+# the classes a route is chosen for: the per-step ones, then the large GEMMs whose left
+# operand is row-major (the projection x W_ihᵀ and the input gradient dA W_ih) and those whose
+# left operand is transposed (the weight gradients dAᵀ x, dAᵀ Ĥ: brgemm needs a transposing
+# copy of dA, and was 1.5–3× slower than MKL there on every machine measured, while the
+# first two ran faster than MKL on an AVX-512 EPYC)
+CLASSES = (*STEP_CLASSES, "large", "large_t")
+FORMAT = 4                                     # of a stored measurement
 # brgemm is chosen where its time is under this share of MKL's. In a near-tie the probe
 # misleads: the small class measured 0.98 on an AVX2 EPYC, yet a layer ran 4–15 % slower
 # with it on brgemm than on MKL (benchmarks/loop_gemm_ab.py, (100,16,128) rows), so MKL,
@@ -70,7 +76,8 @@ RECHECK = (0.8, 1.1)
 # (m·n·k < 2¹⁸ multiply-adds, kTinyWork in csrc/common.h), (16, 128) for small (< 2²²,
 # kLargeWork) and (64, 256) and (32, 512) for large (the latter on MKL's packed GEMM, which
 # takes weights of ≥ 1M elements). Large GEMMs: (N = T·B rows, H, I) of an LSTM layer
-# (4H gate columns): its projection, input gradient and weight gradient.
+# (4H gate columns): its projection and input gradient ("large"), its weight gradient
+# ("large_t").
 STEP_SHAPES = {"step_tiny": ((1, 256, 64, True), (1, 64, 256, False), (2, 512, 128, True)),
                "step_small": ((16, 512, 128, True), (16, 128, 512, False)),
                "step_large": ((64, 1024, 256, True), (64, 256, 1024, False),
@@ -97,28 +104,31 @@ def mode() -> str:
 def using_engine(module) -> Iterator[None]:
     """Within this block (one layer call), the loop's per-step products run on the routes
     chosen for this machine, and :func:`matmul_into` on ``module``'s ``mm_into`` (the
-    compiled engine) if the large GEMMs' route is brgemm, else on torch (also if ``module``
-    is None)."""
-    saved = getattr(_state, "module", None)
-    _state.module = _prepare(module) if module is not None else None
+    compiled engine) where the route of its class of large GEMM is brgemm, else on torch
+    (also if ``module`` is None)."""
+    saved = getattr(_state, "module", None), getattr(_state, "module_t", None)
+    _state.module, _state.module_t = (_prepare(module) if module is not None
+                                      else (None, None))
     try:
         yield
     finally:
-        _state.module = saved
+        _state.module, _state.module_t = saved
 
 
 def _prepare(module):
     """Give the engine its per-step routes (one call per layer call, so a changed mode,
-    thread count or calibration takes effect at the next layer); return ``module`` if the
-    large GEMMs go to it, else None."""
+    thread count or calibration takes effect at the next layer); return, for the large GEMMs
+    with a row-major and with a transposed left operand, ``module`` if they go to it, else
+    None."""
     chosen = mode()
     if chosen == "auto":
         r = routes(module)
-        step, large = [r[c] == "brgemm" for c in STEP_CLASSES], r["large"] == "brgemm"
+        step = [r[c] == "brgemm" for c in STEP_CLASSES]
+        large = [r[c] == "brgemm" for c in ("large", "large_t")]
     else:
-        step, large = [chosen == "brgemm"] * len(STEP_CLASSES), chosen == "brgemm"
+        step, large = [chosen == "brgemm"] * len(STEP_CLASSES), [chosen == "brgemm"] * 2
     module.set_gemm_routes(step)
-    return module if large else None
+    return tuple(module if on else None for on in large)
 
 
 def describe() -> dict:
@@ -262,7 +272,8 @@ def calibrate(module, threads: int | None = None, save: bool = False) -> dict:
                                    f"{torch.get_num_threads()} threads, not {threads}")
             ratios = {c: _measured(lambda c=c: _step_ratio(module, STEP_SHAPES[c]))
                       for c in STEP_CLASSES}
-            ratios["large"] = _measured(lambda: _large_ratio(module))
+            ratios["large"] = _measured(lambda: _large_ratio(module, transposed=False))
+            ratios["large_t"] = _measured(lambda: _large_ratio(module, transposed=True))
         finally:
             if torch.get_num_threads() != before:
                 torch.set_num_threads(before)
@@ -309,14 +320,17 @@ def _step_ratio(module, shapes) -> float:
     return _geomean(ratios)
 
 
-def _large_ratio(module) -> float:
+def _large_ratio(module, transposed: bool) -> float:
+    """brgemm over MKL for an LSTM layer's projection and input gradient, or (``transposed``)
+    its weight gradient, at :data:`LARGE_SHAPES`."""
     g = torch.Generator().manual_seed(0)
     ratios = []
     for N, H, I in LARGE_SHAPES:
         x, w = torch.randn(N, I, generator=g), torch.randn(4 * H, I, generator=g)
         dA = torch.randn(N, 4 * H, generator=g)
         a, dx, dw = torch.empty(N, 4 * H), torch.empty(N, I), torch.zeros(4 * H, I)
-        products = ((a, x, w.t(), False), (dx, dA, w, False), (dw, dA.t(), x, True))
+        products = (((dw, dA.t(), x, True),) if transposed
+                    else ((a, x, w.t(), False), (dx, dA, w, False)))
 
         def run(brgemm: bool, products=products) -> float:
             t0 = time.perf_counter()
@@ -334,8 +348,11 @@ def _large_ratio(module) -> float:
     return _geomean(ratios)
 
 
-def _engine(*tensors: Tensor):
-    module = getattr(_state, "module", None)
+def _engine(*tensors: Tensor, transposed: bool = False):
+    """The engine, if a large GEMM of these tensors runs on it now: within
+    :func:`using_engine`, its class (``transposed``: the left operand is a transposed view)
+    routed to brgemm, and float32 CPU matrices."""
+    module = getattr(_state, "module_t" if transposed else "module", None)
     if module is None:
         return None
     for t in tensors:
@@ -346,7 +363,7 @@ def _engine(*tensors: Tensor):
 
 def matmul_into(out: Tensor, a: Tensor, b: Tensor, accumulate: bool = False) -> Tensor:
     """``out = a @ b`` (``accumulate``: ``out += a @ b``), in place; returns ``out``."""
-    module = _engine(out, a, b)
+    module = _engine(out, a, b, transposed=not _row_major(a))
     if module is None or not _dense_rows(out) or not (_unit(a) and _unit(b)):
         if accumulate:
             return out.addmm_(a, b)
@@ -367,6 +384,10 @@ def addmm(bias: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
     out = a.new_empty(a.shape[0], b.shape[1])
     out.copy_(bias.expand_as(out))
     return matmul_into(out, a, b, accumulate=True)
+
+
+def _row_major(t: Tensor) -> bool:
+    return t.shape[1] <= 1 or t.stride(1) == 1
 
 
 def _unit(t: Tensor) -> bool:

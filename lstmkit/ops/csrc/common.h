@@ -229,12 +229,12 @@ inline void pack_panels(int64_t k, int64_t n, const float* B, int64_t b_row, int
 // packed by pack_panels, K in blocks of kKBlock.
 inline void brgemm_panels(int64_t m, int64_t n, int64_t k, int64_t pw, int64_t q0, int64_t q1,
                           const float* A, int64_t lda, const float* packed, bool accumulate,
-                          float* C, int64_t ldc) {
+                          float* C, int64_t ldc, int64_t kblock = kKBlock) {
   for (int64_t q = q0; q < q1; ++q) {
     const int64_t j0 = q * pw, w = std::min(pw, n - j0);
     const float* panel = packed + j0 * k;
-    for (int64_t k0 = 0; k0 < k; k0 += kKBlock)
-      at::native::cpublas::brgemm(m, w, std::min(kKBlock, k - k0), lda, w, ldc,
+    for (int64_t k0 = 0; k0 < k; k0 += kblock)
+      at::native::cpublas::brgemm(m, w, std::min(kblock, k - k0), lda, w, ldc,
                                   accumulate || k0 > 0, A + k0, panel + k0 * w, C + j0, false);
   }
 }
@@ -348,6 +348,12 @@ class WeightGemm<float> {
 // micro-kernels on blocks of kBigRows rows × one panel of C, split over torch's threads,
 // panels outermost so that each thread's B panel stays in cache.
 constexpr int64_t kBigRows = 64;
+// Panels of the large GEMMs: 64 columns, K in blocks of 512 (a 128 KB block of a panel). The
+// per-step panels (kPanelFloats: 16–32 columns at these K) suit a product of a few rows;
+// with blocks of 64 rows these ran the input gradient dA·W_ih at 139–171 GFLOP/s against
+// 190–215 (2 threads, AVX-512 EPYC, N = 1600–3200 rows, H = 512–1024), and the projection
+// 181–205 against 199–207 (docs/performance.md).
+constexpr int64_t kBigPanel = 64, kBigKBlock = 512;
 
 inline void row_major_copy(int64_t rows, int64_t cols, const float* X, int64_t x_row,
                            int64_t x_col, float* out) {
@@ -379,7 +385,7 @@ inline void big_gemm(int64_t m, int64_t n, int64_t k, const float* A, int64_t a_
     a = a_copy.data();
     lda = k;
   }
-  const int64_t pw = panel_width(n, k);
+  const int64_t pw = std::min(n, kBigPanel);
   const float* packed = B;                         // one dense row-major panel: B itself
   if (!(pw == n && b_col == 1 && b_row == n)) {
     b_copy.resize(k * n);
@@ -391,7 +397,7 @@ inline void big_gemm(int64_t m, int64_t n, int64_t k, const float* A, int64_t a_
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t i0 = (t % mb) * kBigRows, q = t / mb;
       brgemm_panels(std::min(kBigRows, m - i0), n, k, pw, q, q + 1, a + i0 * lda,
-                    lda, packed, accumulate, C + i0 * ldc, ldc);
+                    lda, packed, accumulate, C + i0 * ldc, ldc, kBigKBlock);
     }
   });
 }
