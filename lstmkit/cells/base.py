@@ -260,9 +260,9 @@ class FusedCell:
     output_in_gates: bool = False
     #: with no gradient wanted, the C++ loop may project the input a block of steps at a
     #: time and keep only the output's sequence (``forward_inference`` in
-    #: ``csrc/engine.cpp``): true for a family whose input side is ``x W_ihᵀ`` plus
-    #: :meth:`inference_bias` and whose C++ step, given no saved buffers, reads no per-row
-    #: buffer but ``a`` and the states
+    #: ``csrc/engine.cpp``): true for a family whose input side is this class's
+    #: :meth:`project` (``x W_ihᵀ`` plus :meth:`input_bias`) and whose C++ step, given no
+    #: saved buffers, reads no per-row buffer but ``a`` and the states
     blocked_inference: bool = False
 
     # -- per call ---------------------------------------------------------------------------
@@ -272,11 +272,10 @@ class FusedCell:
         :meth:`chunk_grads` needs of this computation."""
         # the engine's GEMM while a C++ layer runs (lstmkit.ops.gemm)
         from ..ops import gemm
-        b = None if w.b_ih is None else w.b_ih + w.b_hh
-        return gemm.addmm(b, x, w.w_ih.t()), ()
+        return gemm.addmm(self.input_bias(spec, w), x, w.w_ih.t()), ()
 
-    def inference_bias(self, spec: CellSpec, w: LayerWeights) -> Tensor | None:
-        """The bias :meth:`project` adds to ``x W_ihᵀ`` (see :attr:`blocked_inference`)."""
+    def input_bias(self, spec: CellSpec, w: LayerWeights) -> Tensor | None:
+        """The bias :meth:`project` adds to ``x W_ihᵀ`` (the inference path adds it too)."""
         return None if w.b_ih is None else w.b_ih + w.b_hh
 
     def loop_weights(self, spec: CellSpec, w: LayerWeights) -> list[Tensor | None]:

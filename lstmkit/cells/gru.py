@@ -87,13 +87,8 @@ class GRUFused(FusedCell):
     cpp = "gru"
     blocked_inference = True      # hw_n then lives only for the step (csrc/cells/gru.h)
 
-    def project(self, spec, x, w, side):
-        # the engine's GEMM while a C++ layer runs (lstmkit.ops.gemm)
-        from ..ops import gemm
-        return gemm.addmm(w.b_ih, x, w.w_ih.t()), ()            # b_hh enters in the loop
-
-    def inference_bias(self, spec, w):
-        return w.b_ih
+    def input_bias(self, spec, w):
+        return w.b_ih                                            # b_hh enters in the loop
 
     def loop_weights(self, spec, w):
         return [w.w_hh.contiguous(), None if w.b_hh is None else w.b_hh.contiguous()]

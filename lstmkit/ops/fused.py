@@ -248,6 +248,14 @@ def _initial_states(cell: CellSpec, states0: tuple[Tensor, ...], widths: list[in
     return [*states0, *(like.new_zeros(B, widths[k]) for k in range(len(states0), len(widths)))]
 
 
+def _carry(cell: CellSpec, states0: tuple[Tensor, ...], widths: list[int],
+           like: Tensor) -> list[Tensor]:
+    """Fresh contiguous copies of the initial states, which the loop overwrites with the
+    final ones."""
+    return [s.clone(memory_format=torch.contiguous_format)
+            for s in _initial_states(cell, states0, widths, like)]
+
+
 def _widths(cell: CellSpec, H: int, R: int) -> list[int]:
     return [s.width(H, R) for s in cell.states]
 
@@ -281,8 +289,7 @@ def _layer_forward(call: Call, inp: Inputs) -> tuple[list[Tensor], list[Tensor],
     share = fused.output_in_gates and zones[0] is None and w.w_hr is None
     seqs = [a if k == 0 and share else a.new_empty(N, width) for k, width in enumerate(widths)]
     m = a.new_empty(N, H) if w.w_hr is not None else None
-    carry = [s.clone(memory_format=torch.contiguous_format)
-             for s in _initial_states(cell, inp.states0, widths, a)]
+    carry = _carry(cell, inp.states0, widths, a)
     saved = fused.saved_buffers(cell, a, H)
     call.kernels.forward(cell, a, seqs, carry, m, w.w_hr, fused.loop_weights(cell, w), saved,
                          list(inp.side), inp.masks.h_drop, zones, list(call.batch_sizes),
@@ -461,9 +468,8 @@ def _run_inference(cell: CellSpec, x: Tensor, batch_sizes: list[int], state0: St
     rows = max(max(batch_sizes), INFERENCE_BLOCK_BYTES // (A * x.element_size()))
     a = x.new_empty(min(rows, x.shape[0]), A)
     out = x.new_empty(x.shape[0], R)
-    carry = [s.clone(memory_format=torch.contiguous_format)
-             for s in _initial_states(cell, tuple(state0), widths, x)]
-    bias = f.inference_bias(cell, w)
+    carry = _carry(cell, tuple(state0), widths, x)
+    bias = f.input_bias(cell, w)
     t = kernels._t
     with gemm.using_engine(kernels.module):
         kernels.module.forward_inference(

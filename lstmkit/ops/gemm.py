@@ -374,7 +374,7 @@ def matmul_into(out: Tensor, a: Tensor, b: Tensor, accumulate: bool = False) -> 
 
 def addmm(bias: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
     """A new ``bias + a @ b`` (``a @ b`` without a bias), as ``torch.addmm``."""
-    if _engine(a, b) is None:
+    if _engine(a, b, transposed=not _row_major(a)) is None:
         return torch.mm(a, b) if bias is None else torch.addmm(bias, a, b)
     if bias is None:
         out = a.new_empty(a.shape[0], b.shape[1])
