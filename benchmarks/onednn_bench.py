@@ -12,23 +12,28 @@ before the oneDNN backend (``LSTMKIT_NO_ONEDNN=1``: torch's LSTM kernel for the 
 LSTM, the C++ engine otherwise). Modes: forward + backward (training step) and forward
 under ``torch.no_grad()``. Prints the minimum time of each and the ratios to torch.nn as
 the median over rounds of the ratio within a round (steadier than a ratio of minima while
-the load of a shared machine drifts): compare ratios, not absolute times. Writes the
+the load of a shared machine drifts): compare ratios, not absolute times. In training it
+also records each one's peak memory (what torch allocates during one step, the profiler's
+count as in ``lstmkit bench``; oneDNN's workspace is among it). Writes the
 numbers, the machine's load average and ``--note`` as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 import lstmkit
+from lstmkit import bench
 from lstmkit.ops import onednn
 
 SIZES = [(50, 1, 64), (100, 16, 128), (150, 64, 256)]
@@ -66,20 +71,36 @@ def _infer(model: torch.nn.Module, x: torch.Tensor) -> None:
         model(x)
 
 
-def _timed(fn, model, x, impl: str) -> float:
+@contextlib.contextmanager
+def _as_impl(impl: str) -> Iterator[None]:
+    """Run ``auto_before`` as auto without the wheel (``LSTMKIT_NO_ONEDNN=1``)."""
     previous = os.environ.get(onednn.ENV_DISABLE_AUTO)
-    if impl == "auto_before":                 # auto as without the wheel
+    if impl == "auto_before":
         os.environ[onednn.ENV_DISABLE_AUTO] = "1"
     try:
-        t0 = time.perf_counter()
-        fn(model, x)
-        return time.perf_counter() - t0
+        yield
     finally:
         if impl == "auto_before":
             if previous is None:
                 del os.environ[onednn.ENV_DISABLE_AUTO]
             else:
                 os.environ[onednn.ENV_DISABLE_AUTO] = previous
+
+
+def _timed(fn, model, x, impl: str) -> float:
+    with _as_impl(impl):
+        t0 = time.perf_counter()
+        fn(model, x)
+        return time.perf_counter() - t0
+
+
+def _peak_mb(model: torch.nn.Module, x: torch.Tensor, impl: str) -> float:
+    """Peak MB that torch allocates during one training step (the profiler's allocation
+    events, :func:`lstmkit.bench.peak_memory_mb`; oneDNN's workspace is a torch tensor)."""
+    model.zero_grad(set_to_none=True)
+    x.grad = None
+    with _as_impl(impl):
+        return bench.peak_memory_mb(lambda: _train_step(model, x))
 
 
 def measure(cell: str, T: int, B: int, H: int, repeats: int) -> dict:
@@ -98,6 +119,9 @@ def measure(cell: str, T: int, B: int, H: int, repeats: int) -> dict:
                         "ratio_to_torch": {k: _ratio(times[k], times["torch.nn"])
                                            for k in times},
                         "onednn_vs_auto_before": _ratio(times["onednn"], times["auto_before"])}
+        if mode == "fwd+bwd":
+            result[mode]["peak_mb"] = {name: round(_peak_mb(model, x, name), 3)
+                                       for name, model in models.items()}
     return result
 
 
@@ -155,7 +179,10 @@ def main(argv: list[str] | None = None) -> dict:
                           f"torch {m['min_ms']['torch.nn']:9.3f} ms  onednn "
                           f"{m['ratio_to_torch']['onednn']:5.2f}x  auto-before "
                           f"{m['ratio_to_torch']['auto_before']:5.2f}x  onednn/auto-before "
-                          f"{m['onednn_vs_auto_before']:5.2f}", flush=True)
+                          f"{m['onednn_vs_auto_before']:5.2f}"
+                          + (f"  peak MB torch.nn/onednn/auto-before "
+                             f"{'/'.join(format(m['peak_mb'][k], '.1f') for k in IMPLS)}"
+                             if "peak_mb" in m else ""), flush=True)
     report = {
         "what": "min time of repeats, float32, one layer, input size = H; ratios: median over "
                 "interleaved rounds of the time ratio within the round, against torch.nn in "

@@ -11,7 +11,7 @@ from helpers import as_tuple, assert_close, make_input, output_tensor
 
 import lstmkit
 from lstmkit import ops
-from lstmkit.ops import onednn
+from lstmkit.ops import fused, onednn
 
 REASON = onednn.unavailable_reason()
 needs_onednn = pytest.mark.skipif(REASON is not None, reason=f"oneDNN backend: {REASON}")
@@ -191,18 +191,50 @@ BIG = {"x": torch.randn(4 * 64, 3), "batch_sizes": [64] * 4, "hidden": 128}   # 
 @needs_onednn
 @pytest.mark.parametrize("variant", ["lstm", "lstm_peephole", "lstm_proj", "gru", "rnn_tanh",
                                      "rnn_relu"])
-def test_auto_picks_onednn_for_large_enough_layers(variant):
+def test_auto_picks_onednn_where_it_measured_better(variant):
+    """Training: oneDNN only for the plain LSTM from B·H = 4096 (the C++ engine is as fast
+    for the other kinds and holds less memory than torch.nn, oneDNN's workspace more);
+    inference: every kind from B·H = 1024."""
     cell = VARIANTS[variant]().cell
     proj = variant == "lstm_proj"
 
     def select(x, batch_sizes, hidden=None):
         return ops.select_backend("auto", cell, x, batch_sizes, hidden=hidden, projected=proj)
-    assert select(BIG["x"], BIG["batch_sizes"], BIG["hidden"]) is onednn.run_layer
+    chosen = select(BIG["x"], BIG["batch_sizes"], BIG["hidden"])
+    assert (chosen is onednn.run_layer) == (variant == "lstm")
+    if variant != "lstm":                                      # the C++ engine instead
+        assert chosen.func is fused.run_layer
     assert select(BIG["x"][:12], [3] * 4, 5) is not onednn.run_layer     # per-call cost wins
     assert select(BIG["x"], BIG["batch_sizes"]) is not onednn.run_layer  # unknown hidden size
-    with torch.no_grad():                                                # inference: from 64
-        assert select(BIG["x"][:4], [1] * 4, 64) is onednn.run_layer
-        assert select(BIG["x"][:4], [1] * 4, 63) is not onednn.run_layer
+    assert select(BIG["x"][:64], [16] * 4, 64) is not onednn.run_layer   # B·H = 1024 < 4096
+    with torch.no_grad():                                                # inference: from 1024
+        assert select(BIG["x"][:64], [16] * 4, 64) is onednn.run_layer
+        assert select(BIG["x"][:64], [16] * 4, 63) is not onednn.run_layer
+        assert select(BIG["x"][:4], [1] * 4, 64) is not onednn.run_layer   # B = 1
+
+
+@needs_onednn
+def test_auto_training_memory_against_torch_and_onednn():
+    """What auto runs in training holds less memory than oneDNN's training workspace (the
+    profiler's count of torch's allocations in one step, as ``lstmkit bench``): the GRU
+    stays under torch.nn's peak, the RNN within 1.3× of it (its output, the output's and
+    the input's gradient as in torch.nn, plus one backward chunk's gate gradients), where
+    oneDNN's workspace held 2× and 3.6× torch.nn's."""
+    from lstmkit import bench
+    T, B, Hs = 30, 32, 64                                       # B·H = 2048
+    for cls, base, bound in ((lstmkit.GRU, torch.nn.GRU, 1.0), (lstmkit.RNN, torch.nn.RNN, 1.3)):
+        torch.manual_seed(0)
+        models = {"auto": cls(Hs, Hs), "onednn": cls(Hs, Hs, backend="onednn"),
+                  "torch": base(Hs, Hs)}
+        x = torch.randn(T, B, Hs, requires_grad=True)
+        peaks = {}
+        for name, m in models.items():
+            m(x)[0].sum().backward()                            # first calls: builds, routes
+            m.zero_grad(set_to_none=True)
+            x.grad = None
+            peaks[name] = bench.peak_memory_mb(lambda m=m, x=x: m(x)[0].sum().backward())
+        assert peaks["auto"] <= bound * peaks["torch"], (cls.__name__, peaks)
+        assert peaks["auto"] < 0.6 * peaks["onednn"], (cls.__name__, peaks)
 
 
 @needs_onednn
@@ -250,16 +282,22 @@ def test_auto_falls_back_where_onednn_cannot_run(case, monkeypatch):
 
 
 @needs_onednn
-def test_auto_with_onednn_equals_reference_and_uses_it(spy):
-    """A layer large enough for auto to choose oneDNN: same numbers as the reference."""
+@pytest.mark.parametrize("grad", [True, False])
+def test_auto_with_onednn_equals_reference_and_uses_it(spy, grad):
+    """Layers large enough for auto to choose oneDNN (a plain LSTM in training, B·H =
+    4096; a GRU under no_grad, B·H = 1280): same numbers as the reference."""
     torch.manual_seed(0)
-    ref = lstmkit.GRU(I, 32, dtype=torch.float64, backend="reference")
-    auto = lstmkit.GRU(I, 32)
+    make, B = (lambda **kw: lstmkit.LSTM(I, 64, **kw), 64) if grad else \
+        (lambda **kw: lstmkit.GRU(I, 32, **kw), 40)
+    ref = make(dtype=torch.float64, backend="reference")
+    auto = make()
     auto.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
-    x = torch.randn(3, 40, I, dtype=torch.float64)
-    out, h = auto(x.float())
+    x = torch.randn(3, B, I, dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        out, h = auto(x.float())
     out_ref, h_ref = ref(x)
-    assert spy.forward_calls == [True]
+    assert spy.forward_calls == [grad]
+    h, h_ref = (h[0], h_ref[0]) if grad else (h, h_ref)
     assert_close(out.double(), out_ref, "output", TOL)
     assert_close(h.double(), h_ref, "final state", TOL)
 

@@ -30,9 +30,11 @@ Where it runs: CPU float32, padded input (every sequence of the batch the full l
 primitive has no per-sequence lengths), not recording gates, no recurrent masks (recurrent
 dropout, zoneout), and a cell that declares ``CellSpec.onednn``. An explicit
 ``backend="onednn"`` raises :class:`OneDNNUnavailable` naming what is missing or which
-condition fails; ``backend="auto"`` uses it only at the sizes where it measured faster than
-auto's previous choice (:data:`AUTO_MIN_BH`, ``benchmarks/onednn_bench.py``) and otherwise
-runs as without it. ``LSTMKIT_NO_ONEDNN=1`` keeps ``auto`` from using it.
+condition fails; ``backend="auto"`` uses it only where it measured faster than auto's
+other choice without holding more memory than torch.nn (:data:`AUTO_MIN_BH`,
+``benchmarks/onednn_bench.py``: in training the plain LSTM from B·H = 4096, under
+``torch.no_grad()`` every kind from B·H = 1024) and otherwise runs as without it.
+``LSTMKIT_NO_ONEDNN=1`` keeps ``auto`` from using it.
 
 Coexistence with torch in one process (see docs/onednn.md): torch links its own oneDNN
 statically and exports none of oneDNN's C API, and its libraries are loaded privately
@@ -68,19 +70,26 @@ INSTALL_HINT = ("pip install 'lstmkit[onednn]' (the wheels onednn-cpu-gomp and "
 KINDS = {"lstm": 0, "lbr_gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
 
 #: ``backend="auto"`` runs a layer here when its batch × hidden size B·H is at least
-#: ``AUTO_MIN_BH[mode][kind]``: the sizes where oneDNN measured faster than auto's previous
-#: choice (torch's LSTM kernel for the plain LSTM, the C++ engine otherwise) in one-thread
-#: runs at (T, B, H) = (50, 1, 64), (100, 16, 128), (150, 64, 256) on a shared machine
-#: (benchmarks/onednn_bench.py; docs/onednn.md; the two-thread runs there were noise).
-#: The plain LSTM ties with torch's own oneDNN kernel at B·H = 2048. "train": grad mode
-#: on (forward_training and oneDNN's backward, slow per step at B = 1 for the GRU and the
-#: projection);
-#: "infer": under ``torch.no_grad()``. Nothing below 64, the smallest size measured.
-AUTO_MIN_BH = {
-    "train": {"lstm": 4096, "lstm_peephole": 64, "lstm_proj": 1024, "lbr_gru": 1024,
-              "rnn_tanh": 64, "rnn_relu": 64},
-    "infer": {"lstm": 64, "lstm_peephole": 64, "lstm_proj": 64, "lbr_gru": 64,
-              "rnn_tanh": 64, "rnn_relu": 64},
+#: ``AUTO_MIN_BH[mode][kind]`` (``None``: never in that mode). "train": grad mode on
+#: (``forward_training`` and oneDNN's backward); "infer": under ``torch.no_grad()``.
+#: Set from two-thread runs on quiet machines (``benchmarks/onednn_bench.py``, which records
+#: time and peak memory; docs/onednn.md, "How auto chooses"):
+#:
+#: * training: only the plain LSTM, from B·H = 4096, where oneDNN's primitive ties with or
+#:   beats torch's own oneDNN kernel (0.90–1.01× of it; below, 1.07–1.10×). For the GRU, the
+#:   RNN, the projection and the peephole LSTM the C++ engine is as fast or faster (oneDNN
+#:   took 1.03–1.40× its time for the GRU, 1.05–1.35× for the RNN, 0.88–1.11× for the
+#:   projection, 0.93–1.17× with peepholes, on 2026-12-03) and oneDNN's training workspace
+#:   holds 1.9–2.2× torch.nn's peak memory (GRU), 3.6–3.9× (RNN), 1.8–1.9× (projection),
+#:   where the engine stays below torch.nn's;
+#: * inference keeps nothing, and oneDNN's forward is the faster one from B·H = 1024 (0.57–
+#:   0.96× of the engine's time, 0.73–1.04× for the RNN); at B = 1, (50, 1, 64), it took
+#:   1.04–1.72× (per-call costs).
+AUTO_MIN_BH: dict[str, dict[str, int | None]] = {
+    "train": {"lstm": 4096, "lstm_peephole": None, "lstm_proj": None, "lbr_gru": None,
+              "rnn_tanh": None, "rnn_relu": None},
+    "infer": {"lstm": 1024, "lstm_peephole": 1024, "lstm_proj": 1024, "lbr_gru": 1024,
+              "rnn_tanh": 1024, "rnn_relu": 1024},
 }
 
 
@@ -209,8 +218,8 @@ def preferred(cell: CellSpec, x: Tensor, batch_sizes: list[int], *, hidden: int 
         kind = "lstm_proj" if projected else "lstm" if cell.native else "lstm_peephole"
     else:
         kind = cell.onednn
-    mode = "train" if torch.is_grad_enabled() else "infer"
-    if batch_sizes[0] * hidden < AUTO_MIN_BH[mode][kind]:
+    least = AUTO_MIN_BH["train" if torch.is_grad_enabled() else "infer"][kind]
+    if least is None or batch_sizes[0] * hidden < least:
         return False
     return (unsupported(cell, x, batch_sizes, recording=recording, masked=masked) is None
             and installed() and _built())
