@@ -24,6 +24,7 @@ recurrences as torch loops (:mod:`lstmkit.ops.loops`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -215,6 +217,17 @@ class CppKernels:
         self.module.forward(f.cpp, _hidden(cell, w), f.cpp_options(cell), a, seqs, carry,
                             self._t(m), self._t(w_hr), [self._t(t) for t in w], saved, side,
                             self._t(h_drop), [self._t(z) for z in zones], batch_sizes, reverse)
+
+    @contextlib.contextmanager
+    def keep_weight_layouts(self) -> Iterator[None]:
+        """Within this block, the loop lays out (or packs) each recurrent weight once and
+        reuses it in every :meth:`backward` call, instead of once per call: the time
+        chunks of one layer's backward (the weights must not change inside the block)."""
+        self.module.keep_weight_layouts(True)
+        try:
+            yield
+        finally:
+            self.module.keep_weight_layouts(False)
 
     def backward(self, cell, dA, gates, seqs, prev, dseqs, dcarry, w_hr, dH, w, grads, saved,
                  side, h_drop, zones, batch_sizes, reverse) -> None:

@@ -32,6 +32,7 @@ without gradient, passed to the loop. The same two functions :func:`layer_forwar
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -326,25 +327,28 @@ def _layer_backward(call: Call, inp: Inputs, kept: Kept, dseqs: list[Tensor | No
     seq_of_row = row_sequences(batch_sizes, x.device) if h_drop is not None else None
     loop_w = fused.loop_weights(cell, w)
     dw_hr = g.w["w_hr"]
-    for t0, t1, r0, r1 in backward_chunks(batch_sizes, call.reverse):
-        prev = dA = grads = dH = h_in = chunk = None    # free the last chunk's buffers first
-        prev = [prev_of(s, s0, r0, r1) for s, s0 in zip(kept.seqs, initial)]
-        dA = gates.new_empty(r1 - r0, gates.shape[1])
-        grads = fused.grad_buffers(cell, r1 - r0, gates, H, list(inp.side))
-        dH = gates.new_empty(r1 - r0, R) if w.w_hr is not None else None
-        rows = slice(r0, r1)
-        call.kernels.backward(
-            cell, dA, gates[rows], [s[rows] for s in kept.seqs], prev,
-            [None if d is None else d[rows] for d in dseqs], dcarry, w.w_hr, dH, loop_w,
-            grads, [b[rows] for b in kept.saved], [s[rows] for s in inp.side], h_drop,
-            [None if z is None else z[rows] for z in zones], batch_sizes[t0:t1], call.reverse)
-        h_in = prev[0] if h_drop is None else prev[0] * h_drop.index_select(0, seq_of_row[rows])
-        chunk = Chunk(r0, r1, x[rows], dA, grads, gates[rows], [s[rows] for s in kept.seqs],
-                      prev, h_in, [b[rows] for b in kept.saved], [s[rows] for s in inp.side],
-                      zoned)
-        fused.chunk_grads(cell, chunk, w, kept.aux, g)
-        if dw_hr is not None:
-            gemm.matmul_into(dw_hr, dH.t(), kept.m[rows], accumulate=True)
+    # the C++ loop lays the recurrent weights out once for all chunks, not once per chunk
+    keep = getattr(call.kernels, "keep_weight_layouts", None)
+    with keep() if keep is not None else contextlib.nullcontext():
+        for t0, t1, r0, r1 in backward_chunks(batch_sizes, call.reverse):
+            prev = dA = grads = dH = h_in = chunk = None    # free the last chunk's buffers first
+            prev = [prev_of(s, s0, r0, r1) for s, s0 in zip(kept.seqs, initial)]
+            dA = gates.new_empty(r1 - r0, gates.shape[1])
+            grads = fused.grad_buffers(cell, r1 - r0, gates, H, list(inp.side))
+            dH = gates.new_empty(r1 - r0, R) if w.w_hr is not None else None
+            rows = slice(r0, r1)
+            call.kernels.backward(
+                cell, dA, gates[rows], [s[rows] for s in kept.seqs], prev,
+                [None if d is None else d[rows] for d in dseqs], dcarry, w.w_hr, dH, loop_w,
+                grads, [b[rows] for b in kept.saved], [s[rows] for s in inp.side], h_drop,
+                [None if z is None else z[rows] for z in zones], batch_sizes[t0:t1], call.reverse)
+            h_in = prev[0] if h_drop is None else prev[0] * h_drop.index_select(0, seq_of_row[rows])
+            chunk = Chunk(r0, r1, x[rows], dA, grads, gates[rows], [s[rows] for s in kept.seqs],
+                          prev, h_in, [b[rows] for b in kept.saved], [s[rows] for s in inp.side],
+                          zoned)
+            fused.chunk_grads(cell, chunk, w, kept.aux, g)
+            if dw_hr is not None:
+                gemm.matmul_into(dw_hr, dH.t(), kept.m[rows], accumulate=True)
     n = cell.n_states
     dstates = tuple(d if need else None for d, need in zip(dcarry[:n], needs.states0))
     dw = LayerWeights(*(g.w[k] for k in WEIGHT_FIELDS), extra=tuple(g.extra))

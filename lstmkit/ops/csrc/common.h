@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -263,6 +264,34 @@ class WeightGemm {
   int64_t n_, k_, ldw_;
 };
 
+// ---- weight layouts kept across the chunks of one backward ----------------------------
+// A layer's backward calls the loop once per time chunk (lstmkit/ops/fused.py,
+// backward_chunks: up to 8), and each call builds its cell and WeightGemms anew. Without
+// this, each chunk laid out (or MKL-packed) W_hh again, into a new buffer: at H = 1024 a
+// 16 MB allocation, zero-filled by std::vector and faulted in page by page, 8 times per
+// backward — 86–97 % of the step's page faults (perf, LSTM (100,32,1024), Intel Xeon).
+// Between keep_weight_layouts(true) and (false) (the Python backward's chunk loop), the
+// layouts this thread prepares are kept and found again by what they were made from; the
+// weights do not change within that scope. Thread-local: each thread's backward has its
+// own; nested scopes share them until the outermost ends.
+struct KeptLayout {
+  const float* W;
+  bool transposed;
+  int64_t n, k, ldw, max_m, pw;
+  int kind;
+  std::shared_ptr<float[]> data;
+};
+inline thread_local int g_layout_scope = 0;
+inline thread_local std::vector<KeptLayout> g_kept_layouts;
+
+inline void keep_weight_layouts(bool keep) {
+  if (keep) {
+    ++g_layout_scope;
+  } else if (g_layout_scope > 0 && --g_layout_scope == 0) {
+    g_kept_layouts.clear();
+  }
+}
+
 template <>
 class WeightGemm<float> {
  public:
@@ -296,8 +325,8 @@ class WeightGemm<float> {
         });
       }
     } else if (kind_ == GemmKind::kPacked) {
-      cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, m, n_, k_, A, lda, right_.data(),
-                          ldw_, beta, C, ldc);
+      cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, m, n_, k_, A, lda, B_, ldw_, beta, C,
+                          ldc);
     } else {
       cols(m, n_, A, lda, beta, C, ldc);
     }
@@ -318,17 +347,31 @@ class WeightGemm<float> {
   // i.e. once per layer call.
   void prepare() const {
     ready_ = true;
-    if (kind_ == GemmKind::kBrgemm) {
-      right_.resize(k_ * n_);
-      if (transposed_) pack_panels(k_, n_, W_, 1, ldw_, pw_, right_.data());
-      else pack_panels(k_, n_, W_, ldw_, 1, pw_, right_.data());
-      B_ = right_.data();
-    } else if (kind_ == GemmKind::kPacked) {
-      const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, max_m_, n_, k_);
-      right_.resize(bytes / sizeof(float) + 1);
-      cblas_sgemm_pack(kRowMajor, kBMatrix, transposed_ ? kTrans : kNoTrans, max_m_, n_, k_,
-                       1.0f, W_, ldw_, right_.data());
+    if (kind_ != GemmKind::kBrgemm && kind_ != GemmKind::kPacked) return;
+    const int kind = static_cast<int>(kind_);
+    if (g_layout_scope > 0) {
+      for (const KeptLayout& e : g_kept_layouts)
+        if (e.W == W_ && e.transposed == transposed_ && e.n == n_ && e.k == k_ &&
+            e.ldw == ldw_ && e.max_m == max_m_ && e.pw == pw_ && e.kind == kind) {
+          right_ = e.data;
+          B_ = right_.get();
+          return;
+        }
     }
+    // new float[]: default-initialised, so no zero-filling pass before the layout's writes
+    if (kind_ == GemmKind::kBrgemm) {
+      right_ = std::shared_ptr<float[]>(new float[k_ * n_]);
+      if (transposed_) pack_panels(k_, n_, W_, 1, ldw_, pw_, right_.get());
+      else pack_panels(k_, n_, W_, ldw_, 1, pw_, right_.get());
+    } else {
+      const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, max_m_, n_, k_);
+      right_ = std::shared_ptr<float[]>(new float[bytes / sizeof(float) + 1]);
+      cblas_sgemm_pack(kRowMajor, kBMatrix, transposed_ ? kTrans : kNoTrans, max_m_, n_, k_,
+                       1.0f, W_, ldw_, right_.get());
+    }
+    B_ = right_.get();
+    if (g_layout_scope > 0)
+      g_kept_layouts.push_back({W_, transposed_, n_, k_, ldw_, max_m_, pw_, kind, right_});
   }
 
   const float* W_;
@@ -336,7 +379,7 @@ class WeightGemm<float> {
   int64_t n_, k_, ldw_, max_m_;
   GemmKind kind_ = GemmKind::kBlas;
   mutable bool ready_ = false;
-  mutable std::vector<float> right_;
+  mutable std::shared_ptr<float[]> right_;   // the layout (shared with g_kept_layouts)
   mutable const float* B_ = nullptr;
   int64_t pw_ = 0;                     // brgemm: columns per panel
 };
@@ -364,7 +407,7 @@ inline void big_gemm(int64_t m, int64_t n, int64_t k, const float* A, int64_t a_
       for (int64_t i = 0; i < m; ++i) std::fill(C + i * ldc, C + i * ldc + n, 0.0f);
     return;
   }
-  std::vector<float> b_copy;
+  std::unique_ptr<float[]> b_copy;                  // default-initialised: no zero fill
   const float* a = A;
   int64_t lda = a_row;
   at::Tensor a_copy;
@@ -380,9 +423,9 @@ inline void big_gemm(int64_t m, int64_t n, int64_t k, const float* A, int64_t a_
   const int64_t pw = std::min(n, kBigPanel);
   const float* packed = B;                         // one dense row-major panel: B itself
   if (!(pw == n && b_col == 1 && b_row == n)) {
-    b_copy.resize(k * n);
-    pack_panels(k, n, B, b_row, b_col, pw, b_copy.data());
-    packed = b_copy.data();
+    b_copy.reset(new float[k * n]);
+    pack_panels(k, n, B, b_row, b_col, pw, b_copy.get());
+    packed = b_copy.get();
   }
   const int64_t mb = (m + kBigRows - 1) / kBigRows, nb = (n + pw - 1) / pw;
   at::parallel_for(0, mb * nb, 1, [&](int64_t t0, int64_t t1) {

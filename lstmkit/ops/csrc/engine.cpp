@@ -257,6 +257,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &backward);
   m.def("families", &families);
   m.def("mm_into", &mm_into);
+  m.def("keep_weight_layouts", &keep_weight_layouts,
+        "true: from now on this thread keeps the weight layouts it prepares and reuses them "
+        "(the chunks of one backward); false: ends that (the outermost end frees them)");
   m.def("set_gemm_routes", &set_gemm_routes);
   m.def("gemm_routes", &gemm_routes);
   m.def("gemm_probe", &gemm_probe, py::arg("brgemm"), py::arg("m"), py::arg("n"), py::arg("k"),
