@@ -441,6 +441,46 @@ def test_chunked_backward_lowers_peak_memory(make, monkeypatch):
     assert chunked < 0.9 * whole, (chunked, whole)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_weight_layouts_kept_for_one_backward_only(cell, monkeypatch):
+    """The C++ loop lays W_hh out once per layer backward and reuses it in every time chunk
+    (keep_weight_layouts). The layouts are freed when the backward ends, so a weight changed
+    in place between steps (an optimizer's step: same storage, new values) is laid out
+    again: the gradients of both steps equal the float64 reference's, every chunk's calls
+    saw the same layouts, and none is kept afterwards."""
+    make = {"lstm": lstmkit.LSTM, "gru": lstmkit.GRU, "rnn": lstmkit.RNN}[cell]
+    torch.manual_seed(0)
+    ours = make(6, 24, backend="fused_cpp")
+    ref = make(6, 24, backend="reference", dtype=torch.float64)
+    ref.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
+    kernels = ops.kernels_for("fused_cpp", ours.cell, torch.empty(0))
+    calls, kept = [], []
+    real_backward = kernels.backward
+
+    def backward(*args):
+        calls.append(1)
+        real_backward(*args)
+        kept.append(kernels.module.kept_weight_layouts())
+    monkeypatch.setattr(kernels, "backward", backward)
+    x = torch.randn(150, 8, 6, dtype=torch.float64)             # 1,200 rows: several chunks
+    for step in range(2):
+        for m in (ours, ref):
+            m.zero_grad()
+            out, _ = m(x.to(m.weight_hh_l0.dtype))
+            (out * torch.linspace(-1, 1, 24, dtype=out.dtype)).sum().backward()
+        for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+            # float32 against float64 over 150 steps: gradients up to ~30
+            assert_close(p.grad.double(), q.grad, f"step {step} grad {name}", 1e-4)
+        with torch.no_grad():                                   # in place, as an optimizer
+            for p, q in zip(ours.parameters(), ref.parameters()):
+                p.mul_(0.5).add_(0.01)
+                q.mul_(0.5).add_(0.01)
+    chunks = len(fused.backward_chunks([8] * 150, reverse=False))
+    assert chunks > 2 and len(calls) == 2 * chunks
+    assert kept[0] >= 1 and len(set(kept)) == 1         # laid out in the first chunk, reused
+    assert kernels.module.kept_weight_layouts() == 0
+
+
 # -- summary, registry ----------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_summary_lists_every_parameter(variant):

@@ -260,6 +260,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("keep_weight_layouts", &keep_weight_layouts,
         "true: from now on this thread keeps the weight layouts it prepares and reuses them "
         "(the chunks of one backward); false: ends that (the outermost end frees them)");
+  m.def("kept_weight_layouts", [] { return static_cast<int64_t>(g_kept_layouts.size()); },
+        "how many weight layouts this thread keeps now (0 outside a keep_weight_layouts "
+        "scope)");
   m.def("set_gemm_routes", &set_gemm_routes);
   m.def("gemm_routes", &gemm_routes);
   m.def("gemm_probe", &gemm_probe, py::arg("brgemm"), py::arg("m"), py::arg("n"), py::arg("k"),
