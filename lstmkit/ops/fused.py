@@ -32,7 +32,6 @@ without gradient, passed to the loop. The same two functions :func:`layer_forwar
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -328,8 +327,7 @@ def _layer_backward(call: Call, inp: Inputs, kept: Kept, dseqs: list[Tensor | No
     loop_w = fused.loop_weights(cell, w)
     dw_hr = g.w["w_hr"]
     # the C++ loop lays the recurrent weights out once for all chunks, not once per chunk
-    keep = getattr(call.kernels, "keep_weight_layouts", None)
-    with keep() if keep is not None else contextlib.nullcontext():
+    with call.kernels.keep_weight_layouts():
         for t0, t1, r0, r1 in backward_chunks(batch_sizes, call.reverse):
             prev = dA = grads = dH = h_in = chunk = None    # free the last chunk's buffers first
             prev = [prev_of(s, s0, r0, r1) for s, s0 in zip(kept.seqs, initial)]

@@ -24,6 +24,7 @@ dispatcher's per-call cost).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,6 +87,10 @@ class _NoLoop:
     @staticmethod
     def backward(*args) -> None:
         pass
+
+    @staticmethod
+    def keep_weight_layouts() -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
 
 def parse_config(family: str, config: str, weights: list) -> tuple[CellSpec, LayerWeights]:

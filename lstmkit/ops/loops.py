@@ -32,10 +32,18 @@ Conventions shared with the C++ loop (see ``ops/reference.py`` for the flat layo
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
 from ..cells.base import BackwardStep, CellSpec, ForwardStep
+
+
+def keep_weight_layouts() -> contextlib.AbstractContextManager[None]:
+    """The C++ loop's scope for reusing its weight layouts across one backward's chunks
+    (``CppKernels.keep_weight_layouts``); this loop lays nothing out: a no-op."""
+    return contextlib.nullcontext()
 
 
 def step_rows(batch_sizes: list[int], reverse: bool) -> list[tuple[int, int]]:

@@ -80,8 +80,8 @@ KINDS = {"lstm": 0, "lbr_gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
 #:   RNN, the projection and the peephole LSTM the C++ engine is as fast or faster (oneDNN
 #:   took 1.03–1.40× its time for the GRU, 1.05–1.35× for the RNN, 0.88–1.11× for the
 #:   projection, 0.93–1.17× with peepholes, on 2026-12-03) and oneDNN's training workspace
-#:   holds 1.9–2.2× torch.nn's peak memory (GRU), 3.6–3.9× (RNN), 1.8–1.9× (projection),
-#:   where the engine stays below torch.nn's;
+#:   holds 2.0–2.2× torch.nn's peak memory (GRU), 3.6–3.9× (RNN), 1.8–1.9× (projection),
+#:   where the engine holds 0.7–0.9× (GRU, projection) and 1.07–1.16× (RNN);
 #: * inference keeps nothing, and oneDNN's forward is the faster one from B·H = 1024 (0.57–
 #:   0.96× of the engine's time, 0.73–1.04× for the RNN); at B = 1, (50, 1, 64), it took
 #:   1.04–1.72× (per-call costs).

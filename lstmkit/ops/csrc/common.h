@@ -278,7 +278,7 @@ struct KeptLayout {
   const float* W;
   bool transposed;
   int64_t n, k, ldw, max_m, pw;
-  int kind;
+  GemmKind kind;
   std::shared_ptr<float[]> data;
 };
 inline thread_local int g_layout_scope = 0;
@@ -348,11 +348,10 @@ class WeightGemm<float> {
   void prepare() const {
     ready_ = true;
     if (kind_ != GemmKind::kBrgemm && kind_ != GemmKind::kPacked) return;
-    const int kind = static_cast<int>(kind_);
     if (g_layout_scope > 0) {
       for (const KeptLayout& e : g_kept_layouts)
         if (e.W == W_ && e.transposed == transposed_ && e.n == n_ && e.k == k_ &&
-            e.ldw == ldw_ && e.max_m == max_m_ && e.pw == pw_ && e.kind == kind) {
+            e.ldw == ldw_ && e.max_m == max_m_ && e.pw == pw_ && e.kind == kind_) {
           right_ = e.data;
           B_ = right_.get();
           return;
@@ -371,7 +370,7 @@ class WeightGemm<float> {
     }
     B_ = right_.get();
     if (g_layout_scope > 0)
-      g_kept_layouts.push_back({W_, transposed_, n_, k_, ldw_, max_m_, pw_, kind, right_});
+      g_kept_layouts.push_back({W_, transposed_, n_, k_, ldw_, max_m_, pw_, kind_, right_});
   }
 
   const float* W_;
