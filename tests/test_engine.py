@@ -435,10 +435,30 @@ def test_chunked_backward_lowers_peak_memory(make, monkeypatch):
     from lstmkit import bench
     m = make()
     inp = bench.make_inputs(bench.Config("lstm", 200, 16, 64))
+    bench.train_step(m, inp)          # a first call may measure the GEMM routes (gemm.py)
     chunked = bench.train_step_peak_mb(m, inp)
     monkeypatch.setattr(fused, "MAX_CHUNKS", 1)
     whole = bench.train_step_peak_mb(m, inp)
     assert chunked < 0.9 * whole, (chunked, whole)
+
+
+@pytest.mark.parametrize("variant", ["", "peephole", "coupled"])
+def test_lstm_backward_in_longer_chunks_under_torch_memory(variant):
+    """The LSTM's backward takes chunks of ≥ 4·MIN_CHUNK_ROWS rows (fewer fixed costs; its
+    peak memory stays well under torch.nn.LSTM's), with a projection the default ≥ 1·
+    (torch.nn's projected LSTM keeps less); a 1,600-row layer is one chunk, and a training
+    step at (100,16,128) still needs under 0.8 of torch.nn's peak memory."""
+    from lstmkit import bench
+    cfg = bench.Config("lstm", 100, 16, 128, variant=variant)
+    ours, theirs = bench.build_models(cfg, "fused_cpp")
+    scale = ours.cell.fused.chunk_scale(ours.cell, ours.layer_weights(0, 0))
+    assert scale == 4 and len(fused.backward_chunks([16] * 100, False, scale)) == 1
+    assert len(fused.backward_chunks([16] * 100, False)) > 2
+    projected = lstmkit.LSTM(8, 8, proj_size=4)
+    assert projected.cell.fused.chunk_scale(projected.cell, projected.layer_weights(0, 0)) == 1
+    inp = bench.make_inputs(cfg)
+    bench.train_step(ours, inp)       # a first call may measure the GEMM routes (gemm.py)
+    assert bench.train_step_peak_mb(ours, inp) < 0.8 * bench.train_step_peak_mb(theirs, inp)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -449,6 +469,7 @@ def test_weight_layouts_kept_for_one_backward_only(cell, monkeypatch):
     again: the gradients of both steps equal the float64 reference's, every chunk's calls
     saw the same layouts, and none is kept afterwards."""
     make = {"lstm": lstmkit.LSTM, "gru": lstmkit.GRU, "rnn": lstmkit.RNN}[cell]
+    monkeypatch.setattr(fused, "MIN_CHUNK_ROWS", 128)      # the LSTM's chunks: ≥ 4·128 rows
     torch.manual_seed(0)
     ours = make(6, 24, backend="fused_cpp")
     ref = make(6, 24, backend="reference", dtype=torch.float64)
@@ -475,7 +496,8 @@ def test_weight_layouts_kept_for_one_backward_only(cell, monkeypatch):
             for p, q in zip(ours.parameters(), ref.parameters()):
                 p.mul_(0.5).add_(0.01)
                 q.mul_(0.5).add_(0.01)
-    chunks = len(fused.backward_chunks([8] * 150, reverse=False))
+    scale = ours.cell.fused.chunk_scale(ours.cell, ours.layer_weights(0, 0))
+    chunks = len(fused.backward_chunks([8] * 150, reverse=False, scale=scale))
     assert chunks > 2 and len(calls) == 2 * chunks
     assert kept[0] >= 1 and len(set(kept)) == 1         # laid out in the first chunk, reused
     assert kernels.module.kept_weight_layouts() == 0

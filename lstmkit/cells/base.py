@@ -296,6 +296,14 @@ class FusedCell:
         """The options as numbers, in the order the C++ functor reads them."""
         return []
 
+    def chunk_scale(self, spec: CellSpec, w: LayerWeights) -> int:
+        """Backward chunks hold at least this many times
+        :data:`lstmkit.ops.fused.MIN_CHUNK_ROWS` rows (see
+        :func:`~lstmkit.ops.fused.backward_chunks`). Fewer, longer chunks save the fixed
+        cost of each (its GEMM calls and Python work) for the memory of a longer ``dA``;
+        a family raises it where its peak memory stays well under torch.nn's."""
+        return 1
+
     # -- per step ---------------------------------------------------------------------------
     def forward_step(self, spec: CellSpec, s: ForwardStep) -> None:
         raise NotImplementedError

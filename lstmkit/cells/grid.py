@@ -318,6 +318,9 @@ class Grid2DFused:
     def cpp_options(self, spec):
         return [float(self.paper), float(self.priority_depth)]
 
+    def chunk_scale(self, spec, w):
+        return 1                   # backward chunks of MIN_CHUNK_ROWS (FusedCell's default)
+
     def forward_step(self, spec, s) -> None:
         (w_hh,) = s.w
         d = w_hh.shape[1]

@@ -72,9 +72,12 @@ MAX_CHUNKS = 8          # backward runs in up to this many time chunks …
 MIN_CHUNK_ROWS = 512
 
 
-def backward_chunks(batch_sizes: list[int], reverse: bool) -> list[tuple[int, int, int, int]]:
+def backward_chunks(batch_sizes: list[int], reverse: bool,
+                    scale: int = 1) -> list[tuple[int, int, int, int]]:
     """(t0, t1, r0, r1): consecutive time chunks of steps [t0, t1), rows [r0, r1), in the
-    order backward visits them (the reverse of the forward loop's order).
+    order backward visits them (the reverse of the forward loop's order), each of at least
+    ``scale`` · :data:`MIN_CHUNK_ROWS` rows (the family's
+    :meth:`~lstmkit.cells.base.FusedCell.chunk_scale`; the last may be shorter).
 
     Backward runs the loop chunk by chunk, carrying the state gradients from one chunk to
     the next, and does the weight-gradient GEMMs of each chunk before the next, so the gate
@@ -85,11 +88,12 @@ def backward_chunks(batch_sizes: list[int], reverse: bool) -> list[tuple[int, in
     states are then a view of the state sequence, and the initial one needs no copy of a
     whole chunk's rows with the initial states in front (see :class:`PrevRows`)."""
     N, T = sum(batch_sizes), len(batch_sizes)
-    target = max(MIN_CHUNK_ROWS, -(-N // MAX_CHUNKS))
+    least = MIN_CHUNK_ROWS * scale
+    target = max(least, -(-N // MAX_CHUNKS))
     padded = T > 1 and batch_sizes[-1] == batch_sizes[0]
     if padded and N > target and MAX_CHUNKS > 2:
         B = batch_sizes[0]
-        rest = max(MIN_CHUNK_ROWS, -(-(N - B) // (MAX_CHUNKS - 1)))
+        rest = max(least, -(-(N - B) // (MAX_CHUNKS - 1)))
         if reverse:
             inner = _cut(batch_sizes[:-1], rest, 0, 0)
             return [*inner, (T - 1, T, N - B, N)]
@@ -328,7 +332,8 @@ def _layer_backward(call: Call, inp: Inputs, kept: Kept, dseqs: list[Tensor | No
     dw_hr = g.w["w_hr"]
     # the C++ loop lays the recurrent weights out once for all chunks, not once per chunk
     with call.kernels.keep_weight_layouts():
-        for t0, t1, r0, r1 in backward_chunks(batch_sizes, call.reverse):
+        for t0, t1, r0, r1 in backward_chunks(batch_sizes, call.reverse,
+                                              fused.chunk_scale(cell, w)):
             prev = dA = grads = dH = h_in = chunk = None    # free the last chunk's buffers first
             prev = [prev_of(s, s0, r0, r1) for s, s0 in zip(kept.seqs, initial)]
             dA = gates.new_empty(r1 - r0, gates.shape[1])
