@@ -175,8 +175,7 @@ class LSTMFused(FusedCell):
                 w.extra[0].contiguous() if w.extra else None]
 
     def cpp_options(self, spec):
-        v = _spec_layout(spec)
-        return [float(v.coupled), *(float(f) for f in v.greff)]
+        return _cpp_options(spec)
 
     def chunk_scale(self, spec, w):
         # Chunks of ≥ 2048 rows instead of 512 (one chunk up to 2048 rows): LSTM (100,16,128)
@@ -266,15 +265,18 @@ class LSTMFused(FusedCell):
 
     def chunk_grads(self, spec, c: Chunk, w, aux, g: Grads) -> None:
         super().chunk_grads(spec, c, w, aux, g)
+        peephole, fgr = g.w["peephole"] is not None, bool(w.extra) and g.extra[0] is not None
+        if not (peephole or fgr):
+            return
         v = _spec_layout(spec)
         H = c.prev[1].shape[1]
         da = _blocks(c.dA, v.cols, H)
-        if g.w["peephole"] is not None:                             # Σ da_k ⊙ (c it saw)
+        if peephole:                             # Σ da_k ⊙ (c it saw)
             c_t = _candidate(v, _blocks(c.gates, v.cols, H), c.prev[1]) if c.zoned[1] \
                 else c.seqs[1]
             seen = {"i": c.prev[1], "f": c.prev[1], "o": c_t}
             g.add("peephole", torch.cat([(da[k] * seen[k]).sum(0) for k in v.peep]))
-        if w.extra and g.extra[0] is not None:                      # FGR: Σ da_{ifo}ᵀ q_{t-1}
+        if fgr:                                                     # FGR: Σ da_{ifo}ᵀ q_{t-1}
             d_ifo = torch.cat([da["i"], da["f"], da["o"]], dim=1)
             g.add_extra(0, d_ifo.t() @ c.prev[2])
 
@@ -297,9 +299,16 @@ def _candidate(v: _Layout, act: dict[str, Tensor], c_prev: Tensor) -> Tensor:
     return c + (g_t if i_t is None else i_t * g_t)
 
 
+@cache
 def _spec_layout(spec: CellSpec) -> _Layout:
     greff = spec.option("greff")
     return _layout(bool(spec.option("coupled")), STANDARD if greff is None else Greff(*greff))
+
+
+@cache
+def _cpp_options(spec: CellSpec) -> tuple[float, ...]:
+    v = _spec_layout(spec)
+    return (float(v.coupled), *(float(f) for f in v.greff))
 
 
 _FUSED = LSTMFused()

@@ -32,6 +32,7 @@ without gradient, passed to the loop. The same two functions :func:`layer_forwar
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -87,20 +88,26 @@ def backward_chunks(batch_sizes: list[int], reverse: bool,
     (the first, or the last in reverse) is a chunk of its own: every other chunk's previous
     states are then a view of the state sequence, and the initial one needs no copy of a
     whole chunk's rows with the initial states in front (see :class:`PrevRows`)."""
+    return list(_chunks(tuple(batch_sizes), reverse, MIN_CHUNK_ROWS * scale, MAX_CHUNKS))
+
+
+@functools.lru_cache(maxsize=256)
+def _chunks(batch_sizes: tuple[int, ...], reverse: bool, least: int,
+            max_chunks: int) -> tuple[tuple[int, int, int, int], ...]:
+    """:func:`backward_chunks`, cached (a layer's chunks are the same at every step)."""
     N, T = sum(batch_sizes), len(batch_sizes)
-    least = MIN_CHUNK_ROWS * scale
-    target = max(least, -(-N // MAX_CHUNKS))
+    target = max(least, -(-N // max_chunks))
     padded = T > 1 and batch_sizes[-1] == batch_sizes[0]
-    if padded and N > target and MAX_CHUNKS > 2:
+    if padded and N > target and max_chunks > 2:
         B = batch_sizes[0]
-        rest = max(least, -(-(N - B) // (MAX_CHUNKS - 1)))
+        rest = max(least, -(-(N - B) // (max_chunks - 1)))
         if reverse:
             inner = _cut(batch_sizes[:-1], rest, 0, 0)
-            return [*inner, (T - 1, T, N - B, N)]
+            return (*inner, (T - 1, T, N - B, N))
         inner = _cut(batch_sizes[1:], rest, 1, B)
-        return [*inner[::-1], (0, 1, 0, B)]
+        return (*inner[::-1], (0, 1, 0, B))
     chunks = _cut(batch_sizes, target, 0, 0)
-    return chunks if reverse else chunks[::-1]
+    return tuple(chunks if reverse else chunks[::-1])
 
 
 def _cut(batch_sizes: list[int], target: int, t_start: int,
