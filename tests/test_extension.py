@@ -83,3 +83,31 @@ def test_each_extension_is_keyed_by_its_own_source(csrc_copy, monkeypatch):
     source.write_text(source.read_text() + "\n// edited\n")
     assert extension.build_key() == engine
     assert extension.build_key("tiny1997") != tiny
+
+
+def test_a_lock_left_by_an_interrupted_build_is_removed(tmp_path, monkeypatch, capsys):
+    """torch's build waits without end for the folder's ``lock`` to go; one left by a build
+    killed midway (older than STALE_LOCK_SECONDS) is removed with a warning, a young one
+    (another process building now) is kept and the wait is said on stderr."""
+    import os
+    import time
+
+    import torch.utils.cpp_extension as cpp
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    seen = []
+    monkeypatch.setattr(cpp, "load", lambda **kw: seen.append(
+        (Path(kw["build_directory"]) / "lock").exists()) or "module")
+    folder = extension.build_root() / f"{extension.ENGINE}-{extension.build_key()}"
+    folder.mkdir(parents=True)
+    lock = folder / "lock"
+    lock.touch()
+    old = time.time() - extension.STALE_LOCK_SECONDS - 60
+    os.utime(lock, (old, old))
+    with pytest.warns(RuntimeWarning, match="did not finish"):
+        extension._build("engine")
+    assert seen == [False] and not lock.exists()
+    lock.touch()                                        # young: another build is running
+    capsys.readouterr()
+    extension._build("engine")
+    assert seen[-1] is True and lock.exists()
+    assert "waiting for another process's build" in capsys.readouterr().err

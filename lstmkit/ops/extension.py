@@ -32,6 +32,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -144,6 +145,34 @@ def _stage_sources(folder: Path, name: str = ENGINE) -> Path:
     return src / f"{name}.cpp"
 
 
+# torch's build (cpp_extension.load) holds the file ``lock`` in the build folder while it
+# compiles, and a process that finds it waits, silently and without end, for it to go; a
+# build killed midway (Ctrl-C, a timeout) leaves it behind. A build takes about a minute, so
+# a lock older than this is taken for such a leftover.
+STALE_LOCK_SECONDS = 900
+
+
+def _clear_stale_lock(folder: Path) -> None:
+    """Remove ``folder/lock`` if it is older than :data:`STALE_LOCK_SECONDS` (a build that
+    was interrupted), with a warning; say so on stderr if a younger one makes this process
+    wait for another's build."""
+    lock = folder / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except OSError:                          # no lock: nobody is building here
+        return
+    if age > STALE_LOCK_SECONDS:
+        warnings.warn(f"lstmkit: removing {lock}, left {age / 60:.0f} minutes ago by a build "
+                      "that did not finish (interrupted?); building again", RuntimeWarning,
+                      stacklevel=4)
+        with contextlib.suppress(OSError):
+            lock.unlink()
+    else:
+        print(f"lstmkit: waiting for another process's build in {folder} (its lock is "
+              f"{age:.0f} s old; if no build is running, delete {lock})", file=sys.stderr,
+              flush=True)
+
+
 def _build(name: str, options: BuildOptions | None = None) -> ModuleType:
     from torch.utils.cpp_extension import load
     options = options or BuildOptions()
@@ -151,6 +180,7 @@ def _build(name: str, options: BuildOptions | None = None) -> ModuleType:
     module = f"lstmkit_{name}_{key}"
     folder = build_root() / f"{name}-{key}"
     source = _stage_sources(folder, name)
+    _clear_stale_lock(folder)
     if not (folder / f"{module}.so").exists():
         what = (f"the C++ kernels ({len(cell_headers())} cell families)" if name == ENGINE
                 else f"the C++ extension {name}.cpp")
