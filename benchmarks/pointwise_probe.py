@@ -15,11 +15,12 @@ C++ loop with no Python between calls (the best of 20 rounds of 100 steps):
   backward kernel (``lstm_pointwise_backward``);
 * ``exp``, ``sigmoid``: the activation alone over 4,096 floats.
 
-The sizes are (B, H). This is the measurement behind ``-fno-thread-jumps`` in the engine's
-flags (docs/performance.md): without it GCC 12.2 threaded the activation's clamp into a path
-of its own, and the vectorised generic-size loops of these kernels ran 3× slower (``lstm``
-10–11 ns per hidden unit against 3.5–3.8 on an Intel Xeon). ``--cflags`` adds flags to the
-engine's, to try others. Compiles on first use (about 30 s).
+The sizes are (B, H). This is the measurement behind the ``no-thread-jumps`` pragma around
+the LSTM's kernels in ``csrc/cells/lstm.h`` (docs/performance.md): without it GCC 12.2
+threaded the activation's clamp into a path of its own, and the vectorised generic-size
+loops of these kernels ran 3× slower (``lstm`` 10–12 ns per hidden unit against 3.4–3.9 on
+an Intel Xeon). ``--cflags`` adds flags to the engine's, to try others (a pragma in the
+headers overrides them). Compiles on first use (about 30 s).
 """
 
 from __future__ import annotations

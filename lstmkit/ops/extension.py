@@ -42,13 +42,7 @@ from types import ModuleType
 CSRC = Path(__file__).parent / "csrc"
 ENGINE = "engine"
 CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math",
-          "-fno-thread-jumps",
           "-fopenmp", "-std=c++17"]   # OpenMP: at::parallel_for (torch's own libgomp.so.1)
-# -fno-thread-jumps: the activations clamp their argument (x < −87 ? −87 : x, common.h), and
-# GCC's jump threading made a path of the clamped, constant case, which the vectoriser then
-# merged back with masked, merge-dependent AVX-512 operations: in the kernels' generic-size
-# loops lstm_pointwise took 10–11 ns per hidden unit instead of 3.5–3.8 (GCC 12.2, Intel
-# Xeon; benchmarks/pointwise_probe.py, docs/performance.md). Clang ignores the flag.
 # linked with OpenMP too, so the .so names libgomp.so.1 itself (the one torch has loaded)
 # instead of relying on torch having loaded it with RTLD_GLOBAL
 LDFLAGS = ["-fopenmp"]

@@ -17,7 +17,16 @@
 
 namespace {
 
-// ---- the standard LSTM ---------------------------------------------------------------------
+// The pointwise kernels below are compiled without jump threading: GCC 12.2's threaded the
+// activations' clamp (x < −87 ? −87 : x in exp_fast, common.h) into a path of its own for the
+// clamped, constant case, which the vectoriser merged back with masked, merge-dependent
+// AVX-512 operations — lstm_pointwise ran at 10–12 ns per hidden unit instead of 3.4–3.9 on an
+// Intel Xeon (benchmarks/pointwise_probe.py, docs/performance.md). Only here: for the whole
+// engine the flag made the layer-norm LSTM's forward 12 % slower. Other compilers ignore it.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("no-thread-jumps")
+#endif
 template <typename T, bool PEEP, bool COUPLED>
 void lstm_pointwise(int64_t n, int64_t H, T* a, const T* c_prev, T* c_out, T* m_out,
                     int64_t ldm, const T* peep) {
@@ -310,6 +319,10 @@ void lstm_variant_pointwise_backward(int64_t n, int64_t H, const Variant& v, con
     }
   }
 }
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
 
 // ---- the family ----------------------------------------------------------------------------
 template <typename T>
