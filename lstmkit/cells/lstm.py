@@ -175,7 +175,8 @@ class LSTMFused(FusedCell):
                 w.extra[0].contiguous() if w.extra else None]
 
     def cpp_options(self, spec):
-        return _cpp_options(spec)
+        v = _spec_layout(spec)
+        return [float(v.coupled), *(float(f) for f in v.greff)]
 
     def chunk_scale(self, spec, w):
         # Chunks of ≥ 2048 rows instead of 512 (one chunk up to 2048 rows): LSTM (100,16,128)
@@ -303,12 +304,6 @@ def _candidate(v: _Layout, act: dict[str, Tensor], c_prev: Tensor) -> Tensor:
 def _spec_layout(spec: CellSpec) -> _Layout:
     greff = spec.option("greff")
     return _layout(bool(spec.option("coupled")), STANDARD if greff is None else Greff(*greff))
-
-
-@cache
-def _cpp_options(spec: CellSpec) -> tuple[float, ...]:
-    v = _spec_layout(spec)
-    return (float(v.coupled), *(float(f) for f in v.greff))
 
 
 _FUSED = LSTMFused()
