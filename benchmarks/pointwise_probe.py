@@ -13,6 +13,10 @@ C++ loop with no Python between calls (the best of 20 rounds of 100 steps):
   sequences, as the time loop does;
 * ``lstm_peephole``, ``lstm_backward``: the peephole forward kernel and the standard
   backward kernel (``lstm_pointwise_backward``);
+* ``ln_lstm``: the layer-normalised LSTM's step after its GEMM (``ln_lstm_pointwise`` in
+  ``csrc/cells/layernorm.h``: the LN of W_hh ĥ over 4H, the gates, the LN of c_t), walking
+  through the steps like ``lstm_walk`` but running on its own outputs of the last round
+  (it rewrites its inputs in place) instead of copying them back;
 * ``exp``, ``sigmoid``: the activation alone over 4,096 floats.
 
 The sizes are (B, H). This is the measurement behind the ``no-thread-jumps`` pragma around
@@ -38,6 +42,7 @@ CSRC = Path(__file__).resolve().parent.parent / "lstmkit" / "ops" / "csrc"
 
 SOURCE = r"""
 #include "cells/lstm.h"
+#include "cells/layernorm.h"
 #include <chrono>
 
 namespace {
@@ -89,6 +94,24 @@ double probe(const std::string& kind, int64_t B, int64_t H) {
                                                      dA.data(), nullptr);
     });
   }
+  if (kind == "ln_lstm") {
+    std::vector<float> hh(T * B * A), chat(T * B * H), rh(T * B), rc(T * B), ones(A, 1.0f),
+        zeros(H, 0.0f);
+    std::copy(a0.begin(), a0.end(), a.begin());
+    std::copy(a0.begin(), a0.end(), hh.begin());
+    // the kernel rewrites a and hh in place (activations, normalised rows): later rounds run
+    // on its outputs, which stay finite, instead of copying 8 floats per unit back each round
+    return best_ns(T, B, H, 20, [&] {
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t row = t * B;
+        ln_lstm_pointwise<float>(B, H, hh.data() + row * A, a.data() + row * A, ones.data(),
+                                 ones.data(), zeros.data(), carry.data(), c.data() + row * H,
+                                 h.data() + row * H, H, chat.data() + row * H, rh.data() + row,
+                                 rc.data() + row);
+        std::memcpy(carry.data(), c.data() + row * H, sizeof(float) * B * H);
+      }
+    });
+  }
   const bool peephole = kind == "lstm_peephole";
   TORCH_CHECK(walk || peephole || kind == "lstm", "unknown kind ", kind);
   return best_ns(T, B, H, 20, [&] {
@@ -108,7 +131,7 @@ double probe(const std::string& kind, int64_t B, int64_t H) {
 }
 """
 
-KINDS = ("exp", "sigmoid", "lstm", "lstm_walk", "lstm_peephole", "lstm_backward")
+KINDS = ("exp", "sigmoid", "lstm", "lstm_walk", "lstm_peephole", "lstm_backward", "ln_lstm")
 
 
 def build(extra_cflags: list[str]):
