@@ -264,6 +264,10 @@ class FusedCell:
     #: :meth:`project` (``x W_ihᵀ`` plus :meth:`input_bias`) and whose C++ step, given no
     #: saved buffers, reads no per-row buffer but ``a`` and the states
     blocked_inference: bool = False
+    #: the last this many of :meth:`grad_buffers` are not per row but sums over the chunk's
+    #: rows that every backward step adds into (zeroed by :meth:`grad_buffers`): the loops
+    #: pass them whole to each step, not sliced to its rows
+    sum_buffers: int = 0
 
     # -- per call ---------------------------------------------------------------------------
     def project(self, spec: CellSpec, x: Tensor, w: LayerWeights, side: list[Tensor]

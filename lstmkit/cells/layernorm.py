@@ -131,10 +131,14 @@ def ln_gru_step(x_t: Tensor, state: State, w: LayerWeights, *, h_in: Tensor | No
 
 
 # -- the fused steps (hand-derived BPTT), torch ---------------------------------------------------
-# The input side is normalised for all steps at once, before the loop, with the constant
-# parts folded in: the LSTM step adds ax = LN(W_ih x; α_ih, β_ih) + β_hh + b_ih + b_hh to
-# α_hh ⊙ ĥ_hh (ĥ_hh the normalised W_hh ĥ_{t-1}); the GRU's n rows get
-# hn = α_hh,n ⊙ ĥ_hh,n + (β_hh,n + b_hn). LN backward (per row, over the D entries of one
+# LSTM: the input projection W_ih x of every step is made at once, before the loop, and the
+# step normalises its rows itself: a_t = α_ih ⊙ x̂_t + s + α_hh ⊙ ĥ_t with s = β_ih + β_hh
+# + b_ih + b_hh folded into one vector (x̂, ĥ the normalised W_ih x_t and W_hh ĥ_{t-1}); so
+# the no-grad forward can project a block of steps at a time (blocked_inference), and the
+# backward step leaves ∂L/∂(W_ih x) in dA and adds the parameters' row sums into one
+# accumulator (sum_buffers): the chunk keeps to the three GEMMs of the plain LSTM. GRU: the
+# input side is normalised for all steps at once, with the constant parts folded in; the n
+# rows get hn = α_hh,n ⊙ ĥ_hh,n + (β_hh,n + b_hn). LN backward (per row, over the D entries of one
 # normalised group, v̂ = (v − μ)/σ and dv̂ = α ⊙ ∂L/∂LN)::
 #
 #     ∂L/∂v = (dv̂ − mean(dv̂) − v̂ ⊙ mean(dv̂ ⊙ v̂)) / σ
@@ -147,7 +151,9 @@ def ln_gru_step(x_t: Tensor, state: State, w: LayerWeights, *, h_in: Tensor | No
 #     da_g = dc ⊙ i ⊙ (1 − g²),  da_i = dc ⊙ g ⊙ i(1 − i),  da_f = dc ⊙ c_{t-1} ⊙ f(1 − f)
 #     dA   = [da_i, da_f, da_g, da_o]    = ∂L/∂(both LN outputs and all four biases)
 #     dHW  = LN-backward(α_hh ⊙ dA)      = ∂L/∂(W_hh ĥ_{t-1})     → dW_hh = Σ dHWᵀ ĥ_{t-1}
+#     dXW  = LN-backward(α_ih ⊙ dA)      = ∂L/∂(W_ih x_t)         → dW_ih, ∂L/∂x (chunk GEMMs)
 #     ∂L/∂ĥ_{t-1} = dHW W_hh,   dc_{t-1} = dc ⊙ f
+#     sums: Σ dA (b_ih, b_hh, β_ih, β_hh), Σ dA ⊙ x̂ (α_ih), Σ dA ⊙ ĥ (α_hh), Σ dy ⊙ ĉ (α_c), Σ dy (β_c)
 #
 # LN-GRU BPTT, per step::
 #
@@ -193,81 +199,96 @@ def _add_input_grads(c: Chunk, w: LayerWeights, dxw: Tensor, rows: slice, g: Gra
 
 
 class LNLSTMFused(FusedCell):
-    """Loop weights: W_hh, α_hh, α_c, β_c. Saved: ĥ_hh (N, 4H), its 1/σ (N, 1), ĉ (N, H),
-    its 1/σ (N, 1). Gradient buffers: dHW (rows, 4H), dy (rows, H)."""
+    """``a`` holds W_ih x (no bias; the step normalises it). Loop weights: W_hh, α_hh, α_c,
+    β_c, α_ih, s = β_ih + β_hh (+ b_ih + b_hh). Saved: ĥ (N, 4H), x̂ (N, 4H), ĉ (N, H), the
+    1/σ of the three (N, 3). Gradient buffers: dHW (rows, 4H) and the
+    row sums (14H: Σ dA, Σ dA ⊙ x̂, Σ dA ⊙ ĥ, Σ dy ⊙ ĉ, Σ dy); the backward step leaves
+    dXW = ∂L/∂(W_ih x) in dA."""
 
     cpp = "ln_lstm"
+    blocked_inference = True      # with no saved buffers the C++ step keeps ĥ, x̂, ĉ per step
+    sum_buffers = 1
 
-    def project(self, spec, x, w, side):
-        # the engine's GEMM while a C++ layer runs (lstmkit.ops.gemm)
-        from ..ops import gemm
-        alpha_ih, beta_ih, _, beta_hh, _, _ = w.extra
-        xw = gemm.addmm(None, x, w.w_ih.t())                              # (N, 4H)
-        shift = beta_ih + beta_hh if w.b_ih is None else beta_ih + beta_hh + w.b_ih + w.b_hh
-        ax, mean, rstd = _ln_all(xw, alpha_ih, shift)
-        return ax, (xw, mean, rstd)
+    def input_bias(self, spec, w):
+        return None               # s is added after the LN, by the step
 
     def loop_weights(self, spec, w):
-        _, _, alpha_hh, _, alpha_c, beta_c = w.extra
-        return [t.contiguous() for t in (w.w_hh, alpha_hh, alpha_c, beta_c)]
+        alpha_ih, beta_ih, alpha_hh, beta_hh, alpha_c, beta_c = w.extra
+        shift = beta_ih + beta_hh if w.b_ih is None else beta_ih + beta_hh + w.b_ih + w.b_hh
+        return [t.contiguous() for t in (w.w_hh, alpha_hh, alpha_c, beta_c, alpha_ih, shift)]
 
     def saved_buffers(self, spec, a, H):
         N = a.shape[0]
-        return [torch.empty_like(a), a.new_empty(N, 1), a.new_empty(N, H), a.new_empty(N, 1)]
+        return [torch.empty_like(a), torch.empty_like(a), a.new_empty(N, H), a.new_empty(N, 3)]
 
     def grad_buffers(self, spec, rows, like, H, side):
-        return [like.new_empty(rows, 4 * H), like.new_empty(rows, H)]
+        return [like.new_empty(rows, 4 * H), like.new_zeros(14 * H)]
+
+    def chunk_scale(self, spec, w):
+        # Chunks of ≥ 1024 rows: (100,16,128) training 0.94× as long, peak memory 0.79–0.96 of
+        # torch.nn.LSTM's at the bench sizes instead of 0.69–0.85 (4: up to 1.17×; Xeon, 2
+        # threads, docs/performance.md)
+        return 2
 
     def forward_step(self, spec, s: ForwardStep) -> None:
-        w_hh, alpha_hh, alpha_c, beta_c = s.w
-        h_hat, rstd_h, c_hat, rstd_c = s.saved
+        w_hh, alpha_hh, alpha_c, beta_c, alpha_ih, shift = s.w
+        h_hat, x_hat, c_hat, rstd = s.saved
         H = s.prev[1].shape[1]
-        hh, rstd_h[:] = normalise(s.h_in @ w_hh.t())                      # (n, 4H)
+        xx, rstd[:, 1:2] = normalise(s.a)                                 # (n, 4H)
+        x_hat.copy_(xx)
+        hh, rstd[:, 0:1] = normalise(s.h_in @ w_hh.t())
         h_hat.copy_(hh)
-        a_i, a_f, a_g, a_o = s.a.addcmul_(hh, alpha_hh).split(H, dim=1)
+        a = torch.addcmul(shift, xx, alpha_ih, out=s.a).addcmul_(hh, alpha_hh)
+        a_i, a_f, a_g, a_o = a.split(H, dim=1)
         i_t, f_t, g_t, o_t = a_i.sigmoid_(), a_f.sigmoid_(), a_g.tanh_(), a_o.sigmoid_()
         c_t = torch.addcmul(f_t * s.prev[1], i_t, g_t, out=s.next[1])
-        ch, rstd_c[:] = normalise(c_t)
+        ch, rstd[:, 2:3] = normalise(c_t)
         c_hat.copy_(ch)
         torch.mul(o_t, torch.addcmul(beta_c, ch, alpha_c).tanh_(), out=s.next[0])
 
     def backward_step(self, spec, s: BackwardStep):
-        w_hh, alpha_hh, alpha_c, beta_c = s.w
-        h_hat, rstd_h, c_hat, rstd_c = s.saved
-        dHW, dY = s.grads
+        w_hh, alpha_hh, alpha_c, beta_c, alpha_ih, _ = s.w
+        h_hat, x_hat, c_hat, rstd = s.saved
+        rstd_h, rstd_x, rstd_c = rstd.split(1, dim=1)
+        dHW, sums = s.grads
         H = c_hat.shape[1]
         dh = s.dnext[0]
         i_t, f_t, g_t, o_t = s.gates.split(H, dim=1)
         da_i, da_f, da_g, da_o = s.dA.split(H, dim=1)
         tanh_y = torch.addcmul(beta_c, c_hat, alpha_c).tanh_()
         torch.mul(dh * tanh_y, o_t * (1 - o_t), out=da_o)
-        dy = torch.mul(dh * o_t, 1 - tanh_y * tanh_y, out=dY)
+        dy = dh * o_t * (1 - tanh_y * tanh_y)
         dc = s.dnext[1] + normalise_backward(dy * alpha_c, c_hat, rstd_c)
         torch.mul(dc * i_t, 1 - g_t * g_t, out=da_g)
         torch.mul(dc * g_t, i_t * (1 - i_t), out=da_i)
         torch.mul(dc * s.prev[1], f_t * (1 - f_t), out=da_f)
+        G = 4 * H
+        sums[:G] += s.dA.sum(0)
+        sums[G:2 * G] += (s.dA * x_hat).sum(0)
+        sums[2 * G:3 * G] += (s.dA * h_hat).sum(0)
+        sums[3 * G:3 * G + H] += (dy * c_hat).sum(0)
+        sums[3 * G + H:] += dy.sum(0)
         dhw = normalise_backward(s.dA * alpha_hh, h_hat, rstd_h)
         dHW.copy_(dhw)
+        s.dA.copy_(normalise_backward(s.dA * alpha_ih, x_hat, rstd_x))   # dXW
         return [None, dc * f_t], dhw @ w_hh
 
     def chunk_grads(self, spec, c: Chunk, w, aux, g: Grads) -> None:
-        xw, mean, rstd = aux
-        rows = slice(c.r0, c.r1)
-        dHW, dY = c.grads
-        h_hat, _, c_hat, _ = c.saved
-        dxw, d_aih = _ln_all_backward(c.dA, xw[rows], mean[rows], rstd[rows], w.extra[0])
         from ..ops import gemm
+        dHW, sums = c.grads
+        dxw = c.dA                             # ∂L/∂(W_ih x), left there by the step
         if g.dx is not None:
-            gemm.matmul_into(g.dx[rows], dxw, w.w_ih)
+            gemm.matmul_into(g.dx[c.r0:c.r1], dxw, w.w_ih)
         if g.w["w_ih"] is not None:
             gemm.matmul_into(g.w["w_ih"], dxw.t(), c.x, accumulate=True)
         if g.w["w_hh"] is not None:
             gemm.matmul_into(g.w["w_hh"], dHW.t(), c.h_in, accumulate=True)
-        db = c.dA.sum(0)                      # ∂L/∂ of b_ih, b_hh, β_ih and β_hh alike
-        for name in ("b_ih", "b_hh"):
+        G = dHW.shape[1]
+        H = G // 4
+        db, d_aih, d_ahh, d_ac, d_bc = sums.split([G, G, G, H, H])
+        for name in ("b_ih", "b_hh"):         # b_ih, b_hh, β_ih and β_hh alike
             g.add(name, db)
-        for k, value in ((0, d_aih), (1, db), (2, (c.dA * h_hat).sum(0)), (3, db),
-                         (4, (dY * c_hat).sum(0)), (5, dY.sum(0))):
+        for k, value in ((0, d_aih), (1, db), (2, d_ahh), (3, db), (4, d_ac), (5, d_bc)):
             g.add_extra(k, value)
 
 

@@ -97,9 +97,10 @@ def backward(cell: CellSpec, dA: Tensor, gates: Tensor, seqs: list[Tensor],
     gradient of the state sequence k (None: none); ``dcarry[k]`` (B, width_k) the
     gradient of the states after the chunk, left holding that of the states before it;
     ``dH`` (rows, R) receives ∂L/∂h_t with a projection (for the gradient of ``w_hr``);
-    ``grads`` are the family's per-row gradient buffers."""
+    ``grads`` are the family's gradient buffers (per row, then its ``sum_buffers``)."""
     fused = cell.fused
     zoned = tuple(z is not None for z in zones)
+    per_row = len(grads) - fused.sum_buffers             # the rest are sums, passed whole
     for start, n in reversed(step_rows(batch_sizes, reverse)):
         rows = slice(start, start + n)
         dnext = [d[:n] if ds is None else d[:n] + ds[rows] for d, ds in zip(dcarry, dseqs)]
@@ -116,7 +117,7 @@ def backward(cell: CellSpec, dA: Tensor, gates: Tensor, seqs: list[Tensor],
         dprev, dh_in = fused.backward_step(cell, BackwardStep(
             gates[rows], dA[rows], dnext, [s[rows] for s in seqs], zoned,
             [p[rows] for p in prev], h_in, [b[rows] for b in saved], [s[rows] for s in side],
-            w, [b[rows] for b in grads]))
+            w, [b[rows] for b in grads[:per_row]] + grads[per_row:]))
         if dh_in is not None:
             through = dh_in if h_drop is None else dh_in * h_drop[:n]
             dprev[0] = through if dprev[0] is None else dprev[0] + through

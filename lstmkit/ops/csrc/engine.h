@@ -13,6 +13,7 @@
 //   static constexpr bool kDirectH;          // does h_{t-1} reach the step other than
 //                                            // through the recurrent weights (GRU: z ⊙ h)?
 //   bool row_parallel() const;               // optional, see below
+//   void finish();                           // optional: after the last backward step
 //
 // registered by LSTMKIT_REGISTER_CELL(name, Cell) at the end of its header. Buffers are
 // row-major and contiguous; a step's pointers point at its first row. No allocation inside
@@ -53,7 +54,8 @@ struct Layer {
   std::vector<double> opts;            // the family's options (FusedCell.cpp_options)
   std::vector<const T*> w;             // the family's loop weights (null where absent)
   std::vector<T*> saved;               // the family's per-row buffers (N, ·)
-  std::vector<T*> grads;               // backward: the family's per-row gradient buffers
+  std::vector<T*> grads;               // backward: the family's gradient buffers (per row,
+                                       //   then its sum buffers: FusedCell.sum_buffers)
   std::vector<const void*> side;       // per-row side inputs (N, ·), typed by the family
   const T* w_hr = nullptr;             // (R, H) projection, or null
   const T* h_drop = nullptr;           // (B, R) recurrent dropout mask, or null
@@ -119,6 +121,16 @@ template <typename C>
 bool row_parallel(const C& cell) {
   if constexpr (HasRowParallel<C>::value) return cell.row_parallel();
   else return false;
+}
+
+// Calls `cell.finish()` if the cell has one (e.g. to add per-thread sums into a sum buffer).
+template <typename C, typename = void>
+struct HasFinish : std::false_type {};
+template <typename C>
+struct HasFinish<C, std::void_t<decltype(std::declval<C&>().finish())>> : std::true_type {};
+template <typename C>
+void finish(C& cell) {
+  if constexpr (HasFinish<C>::value) cell.finish();
 }
 
 // Into how many parts of rows a step of n rows is cut: one per thread when the cell allows
@@ -304,6 +316,7 @@ void run_backward(Layer<T>& L, const Rows& rows) {
     in_parts(n, first ? 1 : row_parts(parallel, n, L.A, R), part);
     first = false;
   }
+  finish(cell);
 }
 
 // ---- the registry --------------------------------------------------------------------------

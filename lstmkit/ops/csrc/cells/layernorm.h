@@ -80,35 +80,37 @@ void ln_backward(const T* dy, const T* g, const T* v_hat, T rstd, int64_t D, T* 
   for (int64_t j = 0; j < D; ++j) dv[j] = rstd * (dy[j] * g[j] - m1 - v_hat[j] * m2);
 }
 
-// One step of the LN-LSTM after its recurrent GEMM, for n rows: hh (n, 4H) holds W_hh ĥ_{t-1}
-// in and its normalised ĥ out; a (n, 4H) the input side a_t in (LN_ih(W_ih x_t) + biases),
-// the activations i, f, g, o out; c_out (n, H) c_t, m_out (n, ldm) o ⊙ tanh(LN(c_t)); c_hat
-// (n, H) ĉ_t; rstd_h, rstd_c (n) the rows' 1/σ.
+// One step of the LN-LSTM after its recurrent GEMM, for n rows: a (n, 4H) holds W_ih x_t in
+// and the activations i, f, g, o out; hh (n, 4H) W_hh ĥ_{t-1} in and its normalised ĥ out;
+// x_hat (n, 4H) receives x̂; c_out (n, H) c_t, m_out (n, ldm) o ⊙ tanh(LN(c_t)); c_hat (n, H)
+// ĉ_t; rstd (n, 3) the rows' 1/σ of ĥ, x̂ and c_t. The pre-activations are
+// α_ih ⊙ x̂ + s + α_hh ⊙ ĥ, s = β_ih + β_hh + b_ih + b_hh.
 template <typename T>
-void ln_lstm_pointwise(int64_t n, int64_t H, T* hh_rows, T* a, const T* alpha_hh,
-                       const T* alpha_c, const T* beta_c, const T* c_prev, T* c_out, T* m_out,
-                       int64_t ldm, T* c_hat, T* rstd_h, T* rstd_c) {
+void ln_lstm_pointwise(int64_t n, int64_t H, T* a, T* hh_rows, T* x_hat, const T* alpha_ih,
+                       const T* shift, const T* alpha_hh, const T* alpha_c, const T* beta_c,
+                       const T* c_prev, T* c_out, T* m_out, int64_t ldm, T* c_hat, T* rstd) {
   const int64_t G = 4 * H;
   for (int64_t b = 0; b < n; ++b) {
-    T* hh = hh_rows + b * G;
-    const auto [mu, rstd] = ln_stats(hh, G);                            // over all 4H
-    rstd_h[b] = rstd;
     T* ab = a + b * G;
+    T* hh = hh_rows + b * G;
+    T* xh = x_hat + b * G;
+    const auto [mu_x, rx] = ln_stats(ab, G);                            // over all 4H
+    const auto [mu_h, rh] = ln_stats(hh, G);
     const T* cpb = c_prev + b * H;
     T* c_t = c_out + b * H;
     T c_sum = 0;
 #pragma omp simd reduction(+ : c_sum)
     for (int64_t j = 0; j < H; ++j) {
-      const T hi = (hh[j] - mu) * rstd, hf = (hh[H + j] - mu) * rstd;
-      const T hg = (hh[2 * H + j] - mu) * rstd, ho = (hh[3 * H + j] - mu) * rstd;
-      hh[j] = hi;
-      hh[H + j] = hf;
-      hh[2 * H + j] = hg;
-      hh[3 * H + j] = ho;
-      const T i_t = sigmoid(ab[j] + alpha_hh[j] * hi);
-      const T f_t = sigmoid(ab[H + j] + alpha_hh[H + j] * hf);
-      const T g_t = tanh_(ab[2 * H + j] + alpha_hh[2 * H + j] * hg);
-      const T o_t = sigmoid(ab[3 * H + j] + alpha_hh[3 * H + j] * ho);
+      T pre[4];
+      for (int k = 0; k < 4; ++k) {
+        const int64_t i = k * H + j;
+        const T x_n = (ab[i] - mu_x) * rx, h_n = (hh[i] - mu_h) * rh;
+        xh[i] = x_n;
+        hh[i] = h_n;
+        pre[k] = alpha_ih[i] * x_n + shift[i] + alpha_hh[i] * h_n;
+      }
+      const T i_t = sigmoid(pre[0]), f_t = sigmoid(pre[1]);
+      const T g_t = tanh_(pre[2]), o_t = sigmoid(pre[3]);
       const T c_new = f_t * cpb[j] + i_t * g_t;
       ab[j] = i_t;
       ab[H + j] = f_t;
@@ -118,11 +120,14 @@ void ln_lstm_pointwise(int64_t n, int64_t H, T* hh_rows, T* a, const T* alpha_hh
       c_sum += c_new;
     }
     const T mu_c = c_sum / T(H);
-    T sq = 0;
-#pragma omp simd reduction(+ : sq)
-    for (int64_t j = 0; j < H; ++j) sq += (c_t[j] - mu_c) * (c_t[j] - mu_c);
+    const T sq = row_sum<T>(H, [&](auto at) {
+      const auto d = at.of(c_t) - mu_c;
+      return d * d;
+    });
     const T rc = T(1) / std::sqrt(sq / T(H) + T(kLayerNormEps));
-    rstd_c[b] = rc;
+    rstd[3 * b] = rh;
+    rstd[3 * b + 1] = rx;
+    rstd[3 * b + 2] = rc;
     T* ch = c_hat + b * H;
     T* mb = m_out + b * ldm;
 #pragma omp simd
@@ -134,43 +139,62 @@ void ln_lstm_pointwise(int64_t n, int64_t H, T* hh_rows, T* a, const T* alpha_hh
   }
 }
 
-// ---- LN-LSTM: loop weights W_hh, α_hh, α_c, β_c (gains α, biases β, named as in
-// cells/layernorm.py); saved ĥ (N, 4H), 1/σ_h (N, 1), ĉ (N, H), 1/σ_c (N, 1); gradient
-// buffers dHW (N, 4H), dy (N, H).
+// ---- LN-LSTM: loop weights W_hh, α_hh, α_c, β_c, α_ih, s = β_ih + β_hh + b_ih + b_hh (gains
+// α, biases β, named as in cells/layernorm.py); a holds W_ih x (normalised by the step);
+// saved ĥ (N, 4H), x̂ (N, 4H), ĉ (N, H), the 1/σ of each (N, 3) — or, with no saved buffers
+// (forward_inference), per-step scratch; gradient buffers dHW (N, 4H) and the sums (14H):
+// Σ dA, Σ dA ⊙ x̂, Σ dA ⊙ ĥ, Σ dy ⊙ ĉ, Σ dy, added per thread and summed by finish(). The
+// backward step leaves ∂L/∂(W_ih x) in dA.
 template <typename T>
 struct LNLSTMCell {
   static constexpr bool kDirectH = false;
 
   explicit LNLSTMCell(const Layer<T>& L)
-      : H(L.H), alpha_hh(L.w[1]), alpha_c(L.w[2]), beta_c(L.w[3]), h_hat(L.saved[0]),
-        rstd_h(L.saved[1]),
-        c_hat(L.saved[2]), rstd_c(L.saved[3]), dHW(L.grads.empty() ? nullptr : L.grads[0]),
-        dY(L.grads.empty() ? nullptr : L.grads[1]),
+      : H(L.H), alpha_hh(L.w[1]), alpha_c(L.w[2]), beta_c(L.w[3]), alpha_ih(L.w[4]),
+        shift(L.w[5]), kept(!L.saved.empty()),
+        scratch(kept ? 0 : L.B * (9 * L.H + 3)),
+        h_hat(kept ? L.saved[0] : scratch.data()),
+        x_hat(kept ? L.saved[1] : scratch.data() + L.B * 4 * L.H),
+        c_hat(kept ? L.saved[2] : scratch.data() + L.B * 8 * L.H),
+        rstd(kept ? L.saved[3] : scratch.data() + L.B * 9 * L.H),
+        dHW(L.grads.empty() ? nullptr : L.grads[0]), sums(L.grads.empty() ? nullptr : L.grads[1]),
+        threads(L.grads.empty() ? 0 : at::get_num_threads()),
         recurrent(L.w[0], true, L.B, 4 * L.H, L.H), back(L.w[0], false, L.B, L.H, 4 * L.H),
-        dc_ln(L.grads.empty() ? 0 : L.B * L.H) {}
+        dy(L.grads.empty() ? 0 : 2 * L.B * L.H), acc(threads * 14 * L.H, T(0)) {
+    TORCH_CHECK(L.w.size() == 6 && alpha_ih && shift, "ln_lstm: 6 loop weights expected");
+    TORCH_CHECK(!kept || L.saved.size() == 4, "ln_lstm: 4 saved buffers expected");
+    TORCH_CHECK(L.grads.empty() || L.grads.size() == 2, "ln_lstm: 2 gradient buffers expected");
+  }
 
-  // per-row buffers by row, the scratch dc_ln by the step's row (engine.h, row_parallel)
+  // per-row buffers by row, scratch by the step's row, sums by thread (engine.h)
   bool row_parallel() const { return true; }
 
   void forward(FwdStep<T>& s) {
-    T* hh = h_hat + s.start * 4 * H;
-    recurrent(s.n, s.h_in, H, T(0), hh, 4 * H);                       // W_hh ĥ → ĥ buffer
-    ln_lstm_pointwise(s.n, H, hh, s.a, alpha_hh, alpha_c, beta_c, s.prev[1], s.next[1],
-                      s.next[0], s.ld0, c_hat + s.start * H, rstd_h + s.start,
-                      rstd_c + s.start);
+    const int64_t G = 4 * H, r = kept ? s.start : s.row;
+    T* hh = h_hat + r * G;
+    recurrent(s.n, s.h_in, H, T(0), hh, G);                           // W_hh ĥ → ĥ buffer
+    ln_lstm_pointwise(s.n, H, s.a, hh, x_hat + r * G, alpha_ih, shift, alpha_hh, alpha_c,
+                      beta_c, s.prev[1], s.next[1], s.next[0], s.ld0, c_hat + r * H,
+                      rstd + 3 * r);
   }
 
   void backward(BwdStep<T>& s) {
     const int64_t G = 4 * H;
+    const int tid = at::get_thread_num();
+    TORCH_CHECK(tid < threads, "ln_lstm: a backward step on thread ", tid, " of ", threads);
+    T* sum = acc.data() + tid * 14 * H;
     for (int64_t b = 0; b < s.n; ++b) {
       const int64_t row = s.start + b;
       const T* gb = s.gates + b * G;
       const T* ch = c_hat + row * H;
+      const T* hh = h_hat + row * G;
+      const T* xh = x_hat + row * G;
       const T* cpb = s.prev[1] + b * H;
       const T* dhb = s.dnext[0] + b * s.ld0;
       const T* dcb = s.dnext[1] + b * H;
       T* db = s.dA + b * G;
-      T* dyb = dY + row * H;
+      T* dyb = dy.data() + (s.row + b) * 2 * H;                       // dy, then LN-bwd of it
+      T* dcl = dyb + H;
       T* dpb = s.dprev[1] + b * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
@@ -179,8 +203,7 @@ struct LNLSTMCell {
         db[3 * H + j] = dhb[j] * ty * o_t * (T(1) - o_t);              // da_o
         dyb[j] = dhb[j] * o_t * (T(1) - ty * ty);                      // ∂L/∂LN(c_t)
       }
-      T* dcl = dc_ln.data() + (s.row + b) * H;
-      ln_backward(dyb, alpha_c, ch, rstd_c[row], H, dcl);
+      ln_backward(dyb, alpha_c, ch, rstd[3 * row + 2], H, dcl);
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         const T i_t = gb[j], f_t = gb[H + j], g_t = gb[2 * H + j];
@@ -190,17 +213,41 @@ struct LNLSTMCell {
         db[2 * H + j] = dc * i_t * (T(1) - g_t * g_t);                // da_g
         dpb[j] = dc * f_t;                                            // dc_{t-1}
       }
-      ln_backward(db, alpha_hh, h_hat + row * G, rstd_h[row], G, dHW + row * G);
+#pragma omp simd
+      for (int64_t j = 0; j < G; ++j) {
+        sum[j] += db[j];
+        sum[G + j] += db[j] * xh[j];
+        sum[2 * G + j] += db[j] * hh[j];
+      }
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        sum[3 * G + j] += dyb[j] * ch[j];
+        sum[3 * G + H + j] += dyb[j];
+      }
+      ln_backward(db, alpha_hh, hh, rstd[3 * row], G, dHW + row * G);
+      ln_backward(db, alpha_ih, xh, rstd[3 * row + 1], G, db);      // dA → ∂L/∂(W_ih x)
     }
     back(s.n, dHW + s.start * G, G, s.beta0, s.dh_in, H);             // ∂L/∂ĥ = dHW W_hh
   }
 
+  // the threads' sums, in thread order, into the sum buffer
+  void finish() {
+    for (int t = 0; t < threads; ++t) {
+      const T* part = acc.data() + t * 14 * H;
+#pragma omp simd
+      for (int64_t j = 0; j < 14 * H; ++j) sums[j] += part[j];
+    }
+  }
+
  private:
   int64_t H;
-  const T *alpha_hh, *alpha_c, *beta_c;
-  T *h_hat, *rstd_h, *c_hat, *rstd_c, *dHW, *dY;
+  const T *alpha_hh, *alpha_c, *beta_c, *alpha_ih, *shift;
+  bool kept;
+  std::vector<T> scratch;
+  T *h_hat, *x_hat, *c_hat, *rstd, *dHW, *sums;
+  int threads;
   WeightGemm<T> recurrent, back;
-  std::vector<T> dc_ln;
+  std::vector<T> dy, acc;
 };
 
 // ---- LN-GRU (reset_after): loop weights W_hh, α_hh, β_hh,n + b_hn; saved ĥ (N, 3H), the two
