@@ -153,7 +153,8 @@ def ln_gru_step(x_t: Tensor, state: State, w: LayerWeights, *, h_in: Tensor | No
 #     dHW  = LN-backward(α_hh ⊙ dA)      = ∂L/∂(W_hh ĥ_{t-1})     → dW_hh = Σ dHWᵀ ĥ_{t-1}
 #     dXW  = LN-backward(α_ih ⊙ dA)      = ∂L/∂(W_ih x_t)         → dW_ih, ∂L/∂x (chunk GEMMs)
 #     ∂L/∂ĥ_{t-1} = dHW W_hh,   dc_{t-1} = dc ⊙ f
-#     sums: Σ dA (b_ih, b_hh, β_ih, β_hh), Σ dA ⊙ x̂ (α_ih), Σ dA ⊙ ĥ (α_hh), Σ dy ⊙ ĉ (α_c), Σ dy (β_c)
+#     sums: Σ dA (b_ih, b_hh, β_ih, β_hh), Σ dA ⊙ x̂ (α_ih), Σ dA ⊙ ĥ (α_hh),
+#           Σ dy ⊙ ĉ (α_c), Σ dy (β_c)
 #
 # LN-GRU BPTT, per step::
 #
