@@ -82,7 +82,7 @@ class Config:
     B: int
     H: int
     proj: int = 0             # LSTM proj_size
-    variant: str = ""         # "", "peephole" or "coupled" (LSTM)
+    variant: str = ""         # "", "peephole", "coupled" or "layer_norm" (LSTM)
     packed: bool = False      # PackedSequence input, lengths uniform in [T/2, T]
 
     @property
@@ -118,6 +118,8 @@ MATRIX = (
     Config("lstm", 150, 64, 256, variant="peephole"),
     Config("lstm", 100, 16, 128, variant="coupled"),
     Config("lstm", 150, 64, 256, variant="coupled"),
+    Config("lstm", 100, 16, 128, variant="layer_norm"),
+    Config("lstm", 150, 64, 256, variant="layer_norm"),
     Config("lstm", 100, 32, 256, packed=True), Config("gru", 100, 32, 256, packed=True),
 )
 QUICK = (
@@ -540,6 +542,8 @@ INFERENCE_MATRIX = (
     Config("lstm", 50, 1, 64), Config("lstm", 100, 16, 128), Config("lstm", 150, 64, 256),
     Config("lstm", 100, 16, 128, variant="peephole"),
     Config("lstm", 150, 64, 256, variant="peephole"),
+    Config("lstm", 100, 16, 128, variant="layer_norm"),
+    Config("lstm", 150, 64, 256, variant="layer_norm"),
     Config("gru", 100, 16, 128), Config("gru", 150, 64, 256),
     Config("rnn", 100, 16, 128), Config("rnn", 150, 64, 256),
 )

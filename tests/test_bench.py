@@ -87,7 +87,7 @@ def test_peak_bytes_is_the_running_maximum():
 
 
 def test_matrix_selection():
-    assert len(bench.select_configs()) == len(bench.MATRIX) == 16
+    assert len(bench.select_configs()) == len(bench.MATRIX) == 18
     assert 3 <= len(bench.select_configs(quick=True)) <= 4
     assert [c.name for c in bench.select_configs(only="packed")] == [
         "LSTM packed (100,32,256)", "GRU packed (100,32,256)"]

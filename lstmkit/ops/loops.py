@@ -100,7 +100,7 @@ def backward(cell: CellSpec, dA: Tensor, gates: Tensor, seqs: list[Tensor],
     ``grads`` are the family's gradient buffers (per row, then its ``sum_buffers``)."""
     fused = cell.fused
     zoned = tuple(z is not None for z in zones)
-    per_row = len(grads) - fused.sum_buffers             # the rest are sums, passed whole
+    per_row = len(grads) - getattr(fused, "sum_buffers", 0)   # the rest: sums, passed whole
     for start, n in reversed(step_rows(batch_sizes, reverse)):
         rows = slice(start, start + n)
         dnext = [d[:n] if ds is None else d[:n] + ds[rows] for d, ds in zip(dcarry, dseqs)]
