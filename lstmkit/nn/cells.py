@@ -38,6 +38,7 @@ from ..cells.base import CellSpec, LayerWeights, build
 from ..cells.lstm import Greff
 from ..cells.rnn import NONLINEARITIES
 from ..ops.masks import StepMasks
+from ..ops.philox import bernoulli_mask
 from . import checks
 
 
@@ -109,9 +110,7 @@ class RecurrentCell(nn.RNNCellBase):
         one per sequence and pass it as ``dropout_mask`` at every step (training only)."""
         if not 0 <= p < 1:
             raise ValueError(f"{type(self).__name__}: p must be in [0, 1), got {p!r}")
-        like = self.weight_hh
-        keep = torch.empty(batch, self.hidden_size, dtype=like.dtype, device=like.device)
-        return keep.bernoulli_(1 - p).div_(1 - p)
+        return bernoulli_mask((batch, self.hidden_size), 1 - p, 1 / (1 - p), self.weight_hh)
 
     def zoneout_mask(self, batch: int, z: float) -> Tensor:
         """A zoneout mask (batch, H) for one step: Bernoulli(z) in training (1 keeps the
@@ -119,8 +118,9 @@ class RecurrentCell(nn.RNNCellBase):
         if not 0 <= z < 1:
             raise ValueError(f"{type(self).__name__}: z must be in [0, 1), got {z!r}")
         like = self.weight_hh
-        mask = torch.empty(batch, self.hidden_size, dtype=like.dtype, device=like.device)
-        return mask.bernoulli_(z) if self.training else mask.fill_(z)
+        if self.training:
+            return bernoulli_mask((batch, self.hidden_size), z, 1.0, like)
+        return torch.full((batch, self.hidden_size), z, dtype=like.dtype, device=like.device)
 
     # -- the step ----------------------------------------------------------------------------
     def _state_labels(self) -> tuple[str, ...]:

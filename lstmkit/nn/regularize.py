@@ -51,6 +51,7 @@ from torch import Tensor
 
 from ..cells.base import LayerWeights
 from ..ops.masks import StepMasks, mul_per_row
+from ..ops.philox import bernoulli_mask
 
 
 @dataclass(frozen=True)
@@ -110,17 +111,18 @@ def resolve(name: str, family: str, *, zoneout: object = 0.0, input_dropout: obj
 
 
 def drop_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:
-    """Bernoulli(1 − p) / (1 − p): inverted dropout's mask, expectation 1."""
-    keep = torch.empty(shape, dtype=like.dtype, device=like.device)
-    return keep.bernoulli_(1.0 - p).div_(1.0 - p)
+    """Bernoulli(1 − p) / (1 − p): inverted dropout's mask, expectation 1
+    (:func:`lstmkit.ops.philox.bernoulli_mask`)."""
+    return bernoulli_mask(shape, 1.0 - p, 1.0 / (1.0 - p), like)
 
 
 def zone_mask(shape: tuple[int, ...], z: float, like: Tensor, training: bool) -> Tensor | None:
     """Bernoulli(z) (1 keeps the previous state) in training, its expectation z at test."""
     if not z:
         return None
-    mask = torch.empty(shape, dtype=like.dtype, device=like.device)
-    return mask.bernoulli_(z) if training else mask.fill_(z)
+    if training:
+        return bernoulli_mask(shape, z, 1.0, like)
+    return torch.full(shape, z, dtype=like.dtype, device=like.device)
 
 
 def apply(reg: Regularization, training: bool, x: Tensor, batch_sizes: list[int],

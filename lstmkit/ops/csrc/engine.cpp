@@ -12,6 +12,7 @@
 
 #include "cells.inc"
 #include "minrnn.h"
+#include "philox.h"
 
 namespace {
 
@@ -257,6 +258,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &backward);
   m.def("families", &families);
   m.def("mm_into", &mm_into);
+  m.def("bernoulli_mask", &bernoulli_mask);
+  m.def("philox_words", &philox_words);
   m.def("keep_weight_layouts", &keep_weight_layouts,
         "true: from now on this thread keeps the weight layouts it prepares and reuses them "
         "(the chunks of one backward); false: ends that (the outermost end frees them)");
