@@ -160,12 +160,14 @@ def test_every_variant_with_every_regulariser(variant, regulariser, training):
 @pytest.mark.parametrize("variant", ["lstm", "lstm-peephole", "lstm-cifg-peephole",
                                      "lstm-proj-peephole", "lstm-nig", "lstm-layer-norm", "gru",
                                      "gru-reset-before", "gru-layer-norm", "rnn-tanh",
-                                     "rnn-relu"])
+                                     "rnn-relu", "depth-gated", "mut3", "slstm",
+                                     "slstm-exp"])
 def test_steps_cut_into_parts_of_rows(variant, regulariser):
     """With two threads the C++ loop runs a step's rows in two parts at once (engine.h,
     row_parallel) for LSTM, GRU, RNN and layer-normalised cells when the step's product is
     large enough: B = 32, H = 112 here (RNN: 32·112·112 multiply-adds ≥ 2¹⁸; the projected
-    LSTM 32·448·56; LN rows of 4H = 448 and 2H = 224 are no multiple of the 32 sums' lanes),
+    LSTM 32·448·56; LN rows of 4H = 448 and 2H = 224 are no multiple of the 32 sums' lanes;
+    the Depth-Gated LSTM, MUT3 and the sLSTM with their per-step scratch by row too),
     packed unsorted input (the parts change with the step's rows; late steps run whole), both
     directions, two layers. fused_cpp equals the
     reference loop to 1e-10 in float64 (lstm-nig, an ablation, runs whole: the control)."""

@@ -12,6 +12,11 @@
 
 namespace {
 
+// no jump threading in the kernels, as the LSTM's (cells/lstm.h)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("no-thread-jumps")
+#endif
 template <typename T>
 void depth_gated_pointwise(int64_t n, int64_t H, T* a, const T* c_low, const T* w_cd,
                            const T* c_prev, T* c_out, T* m_out) {
@@ -99,6 +104,10 @@ void depth_gated_pointwise_backward(int64_t n, int64_t H, const T* gates, const 
   }
 }
 
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
 template <typename T>
 struct DepthGatedCell {
   static constexpr bool kDirectH = false;
@@ -111,6 +120,9 @@ struct DepthGatedCell {
         c_cand(L.zone[1] ? L.B * L.H : 0) {
     TORCH_CHECK(A == (depth ? 5 : 4) * H, "depth_gated: a must be (N, ", depth ? 5 : 4, "H)");
   }
+
+  // per-row buffers and c^L by row, the scratch c_cand by the step's row (engine.h)
+  bool row_parallel() const { return true; }
 
   void forward(FwdStep<T>& s) {
     recurrent(s.n, s.h_in, H, T(1), s.a, A);                           // a[:, :4H] += ĥ W_hhᵀ
@@ -127,10 +139,10 @@ struct DepthGatedCell {
     const int64_t n = s.n;
     const T* c_t = s.next[1];
     if (s.zoned[1]) {                                    // the candidate the step computed
-      if (depth) depth_gated_candidate<T>(n, H, s.gates, c_low + s.start * H, s.prev[1],
-                                          c_cand.data());
-      else lstm_candidate<T, false>(n, H, s.gates, s.prev[1], c_cand.data());
-      c_t = c_cand.data();
+      T* cand = c_cand.data() + s.row * H;
+      if (depth) depth_gated_candidate<T>(n, H, s.gates, c_low + s.start * H, s.prev[1], cand);
+      else lstm_candidate<T, false>(n, H, s.gates, s.prev[1], cand);
+      c_t = cand;
     }
     if (depth) {
       depth_gated_pointwise_backward<T>(n, H, s.gates, c_t, s.prev[1], c_low + s.start * H,

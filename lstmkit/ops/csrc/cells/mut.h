@@ -27,23 +27,28 @@ struct MUTCell {
         back_z(W, false, variant == 1 ? 0 : L.B, H, H),                    // · W_hz
         q(L.B * H), th(variant == 3 ? L.B * H : 0), dz(variant == 3 ? L.B * H : 0) {}
 
+  // per-row buffers by row, the scratch q, th, dz by the step's row (engine.h)
+  bool row_parallel() const { return true; }
+
   void forward(FwdStep<T>& s) {
     const int64_t n = s.n;
+    T* qs = q.data() + s.row * H;                   // scratch by the step's row
+    T* ths = variant == 3 ? th.data() + s.row * H : nullptr;
     if (variant == 2) {
       recurrent_zr(n, s.h_in, H, T(1), s.a, 3 * H);                   // a_z, a_r += ĥ W_h{z,r}ᵀ
     } else {
       recurrent_r(n, s.h_in, H, T(1), s.a + H, 3 * H);                // a_r += ĥ W_hrᵀ
       if (variant == 3) {
 #pragma omp simd
-        for (int64_t j = 0; j < n * H; ++j) th[j] = tanh_(s.h_in[j]);
-        recurrent_z(n, th.data(), H, T(1), s.a, 3 * H);               // a_z += tanh(ĥ) W_hzᵀ
+        for (int64_t j = 0; j < n * H; ++j) ths[j] = tanh_(s.h_in[j]);
+        recurrent_z(n, ths, H, T(1), s.a, 3 * H);                     // a_z += tanh(ĥ) W_hzᵀ
       }
     }
     for (int64_t b = 0; b < n; ++b) {
       T* a_z = s.a + b * 3 * H;
       T* a_r = a_z + H;
       const T* h_in = s.h_in + b * H;
-      T* q_b = q.data() + b * H;
+      T* q_b = qs + b * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         a_z[j] = sigmoid(a_z[j]);                                     // z
@@ -52,7 +57,7 @@ struct MUTCell {
         q_b[j] = r * h_in[j];                                         // q = r ⊙ ĥ
       }
     }
-    candidate(n, q.data(), H, T(1), s.a + 2 * H, 3 * H);              // a_n += q W_hhᵀ
+    candidate(n, qs, H, T(1), s.a + 2 * H, 3 * H);                    // a_n += q W_hhᵀ
     for (int64_t b = 0; b < n; ++b) {
       T* a_z = s.a + b * 3 * H;
       T* a_n = a_z + 2 * H;
@@ -70,6 +75,8 @@ struct MUTCell {
 
   void backward(BwdStep<T>& s) {
     const int64_t n = s.n;
+    T* qs = q.data() + s.row * H;
+    T* dzs = variant == 3 ? dz.data() + s.row * H : nullptr;
     for (int64_t b = 0; b < n; ++b) {
       const T* z_ = s.gates + b * 3 * H;
       const T* n_ = z_ + 2 * H;
@@ -86,11 +93,11 @@ struct MUTCell {
         dh_prev[j] = d * (T(1) - z);                                  // the direct path
       }
     }
-    back_n(n, s.dA + 2 * H, 3 * H, T(0), q.data(), H);                // dq = da_n W_hh
+    back_n(n, s.dA + 2 * H, 3 * H, T(0), qs, H);                      // dq = da_n W_hh
     for (int64_t b = 0; b < n; ++b) {
       const T* r_ = s.gates + b * 3 * H + H;
       const T* h_in = s.h_in + b * H;
-      const T* dq = q.data() + b * H;
+      const T* dq = qs + b * H;
       T* da_r = s.dA + b * 3 * H + H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
@@ -102,16 +109,16 @@ struct MUTCell {
     if (variant == 2) {
       back_z(n, s.dA, 3 * H, T(1), s.dh_in, H);                       //   + da_z W_hz
     } else if (variant == 3) {
-      back_z(n, s.dA, 3 * H, T(0), dz.data(), H);
+      back_z(n, s.dA, 3 * H, T(0), dzs, H);
 #pragma omp simd
       for (int64_t j = 0; j < n * H; ++j) {                           //   + (da_z W_hz) ⊙ tanh'
         const T t = tanh_(s.h_in[j]);
-        s.dh_in[j] += dz[j] * (T(1) - t * t);
+        s.dh_in[j] += dzs[j] * (T(1) - t * t);
       }
     }
     for (int64_t b = 0; b < n; ++b) {
       const T* r_ = s.gates + b * 3 * H + H;
-      const T* dq = q.data() + b * H;
+      const T* dq = qs + b * H;
       T* d_in = s.dh_in + b * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) d_in[j] += dq[j] * r_[j];       //   + dq ⊙ r

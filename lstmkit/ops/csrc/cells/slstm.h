@@ -56,6 +56,9 @@ struct SLSTMCell {
     }
   }
 
+  // per-row buffers by row, the scratch by the step's row (engine.h)
+  bool row_parallel() const { return true; }
+
   void forward(FwdStep<T>& s) {
     if (exp_forget) step<true>(s);
     else step<false>(s);
@@ -64,7 +67,7 @@ struct SLSTMCell {
   template <bool kExp>
   void step(FwdStep<T>& s) {
     const int64_t n = s.n;
-    T* r = scratch.data();
+    T* r = scratch.data() + s.row * 4 * H;                            // by the step's row
     for (int64_t k = 0; k < K; ++k)                                   // R ĥ, head by head
       fwd[k](n, s.h_in + k * d, H, T(0), r + k * 4 * d, 4 * H);
     T* sv = saved + s.start * 2 * H;
@@ -121,7 +124,7 @@ struct SLSTMCell {
 
   void backward(BwdStep<T>& s) {
     const int64_t n = s.n;
-    T* dr = scratch.data();                                             // dA, head-major
+    T* dr = scratch.data() + s.row * 4 * H;                             // dA, head-major
     const T* sv = saved + s.start * 2 * H;
     for (int64_t b = 0; b < n; ++b) {
       const T* i_ = s.gates + b * 4 * H;
