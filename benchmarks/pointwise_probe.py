@@ -14,7 +14,8 @@ C++ loop with no Python between calls (the best of 20 rounds of 100 steps):
 * ``lstm_peephole``, ``lstm_backward``: the peephole forward kernel and the standard
   backward kernel (``lstm_pointwise_backward``);
 * ``ln_lstm``: the layer-normalised LSTM's step after its GEMM (``ln_lstm_pointwise`` in
-  ``csrc/cells/layernorm.h``: the LN of W_hh ĥ over 4H, the gates, the LN of c_t), walking
+  ``csrc/cells/layernorm.h``: the LNs of W_ih x_t and W_hh ĥ over 4H, the gates, the LN of
+  c_t), walking
   through the steps like ``lstm_walk`` but running on its own outputs of the last round
   (it rewrites its inputs in place) instead of copying them back;
 * ``exp``, ``sigmoid``: the activation alone over 4,096 floats.
@@ -95,8 +96,8 @@ double probe(const std::string& kind, int64_t B, int64_t H) {
     });
   }
   if (kind == "ln_lstm") {
-    std::vector<float> hh(T * B * A), chat(T * B * H), rh(T * B), rc(T * B), ones(A, 1.0f),
-        zeros(H, 0.0f);
+    std::vector<float> hh(T * B * A), xh(T * B * A), chat(T * B * H), rstd(T * B * 3),
+        ones(A, 1.0f), zeros(A, 0.0f);
     std::copy(a0.begin(), a0.end(), a.begin());
     std::copy(a0.begin(), a0.end(), hh.begin());
     // the kernel rewrites a and hh in place (activations, normalised rows): later rounds run
@@ -104,10 +105,11 @@ double probe(const std::string& kind, int64_t B, int64_t H) {
     return best_ns(T, B, H, 20, [&] {
       for (int64_t t = 0; t < T; ++t) {
         const int64_t row = t * B;
-        ln_lstm_pointwise<float>(B, H, hh.data() + row * A, a.data() + row * A, ones.data(),
+        ln_lstm_pointwise<float>(B, H, a.data() + row * A, hh.data() + row * A,
+                                 xh.data() + row * A, ones.data(), zeros.data(), ones.data(),
                                  ones.data(), zeros.data(), carry.data(), c.data() + row * H,
-                                 h.data() + row * H, H, chat.data() + row * H, rh.data() + row,
-                                 rc.data() + row);
+                                 h.data() + row * H, H, chat.data() + row * H,
+                                 rstd.data() + row * 3);
         std::memcpy(carry.data(), c.data() + row * H, sizeof(float) * B * H);
       }
     });

@@ -93,3 +93,18 @@ def test_edges_seed_and_errors():
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="probability"):
             philox.bernoulli_mask((2,), bad, 1.0, like)
+
+
+def test_traced_masks_are_drawn_again():
+    """Under torch.jit.trace the mask comes from the torch operations, so the trace records
+    the generator: a traced function gives fresh 0/value masks per call (the C++ fill, which
+    a trace cannot see, would replay an uninitialised tensor)."""
+    def f(x):
+        return x * philox.bernoulli_mask(tuple(x.shape), 0.5, 2.0, x)
+
+    x = torch.ones(64, 32)
+    traced = torch.jit.trace(f, (x,), check_trace=False)
+    a, b = traced(x), traced(x)
+    assert set(a.unique().tolist()) <= {0.0, 2.0} and set(b.unique().tolist()) <= {0.0, 2.0}
+    assert 0.3 < (a > 0).double().mean().item() < 0.7
+    assert not torch.equal(a, b)

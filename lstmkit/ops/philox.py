@@ -13,12 +13,14 @@ training step at (100,16,128)). The generator is Philox4x32-10 (Salmon, Moraes, 
 The stream of a mask: element i (row-major) is word i mod 4 of the generator at counter
 (⌊i/4⌋ mod 2³², ⌊i/4⌋ div 2³², 0, 0); the key (k0, k1) is two 32-bit words drawn from
 torch's default CPU generator for each mask, so ``torch.manual_seed`` makes the masks
-reproducible, and every device, thread count and backend gets the same mask. An element is
+reproducible, and every device, thread count and backend gets the same mask (in eager
+mode; see :func:`bernoulli_mask` for torch.compile). An element is
 kept (``value``) when its word is below ``round(p · 2³²)``: probability p up to 2⁻³³.
 
 The C++ extension fills CPU float32/float64 masks (``csrc/philox.h``, shared out over torch's
 threads); :func:`philox4x32` is the same generator in int64 torch operations, used for every
-other tensor (other devices and dtypes, or without the extension): the same numbers.
+other tensor (other devices and dtypes, under ``torch.compile`` and ``torch.jit.trace``, or
+without the extension): the same numbers for the same key.
 """
 
 from __future__ import annotations
@@ -76,12 +78,15 @@ def _mask_torch(shape: tuple[int, ...], threshold: int, value: float, key: Tenso
 def bernoulli_mask(shape: tuple[int, ...], p: float, value: float, like: Tensor) -> Tensor:
     """A new tensor of ``shape`` (``like``'s dtype and device): ``value`` with probability
     ``p``, else 0, independently per element (see the module docstring for the stream).
-    Under ``torch.compile`` the torch operations run (traced, no graph break), with the
-    same numbers."""
+    Under ``torch.compile`` and ``torch.jit.trace`` the torch operations run, so the graph
+    records them (no graph break; a trace replays the generator, not a fixed tensor). The
+    key comes from ``torch.randint``: eager and ``aot_eager`` draw the same key, inductor
+    draws its own (as for torch's own dropout), so compiled masks equal eager ones only
+    there."""
     threshold, key = _threshold(p), _draw_key()
     shape = tuple(int(n) for n in shape)
     if (like.device.type == "cpu" and like.dtype in (torch.float32, torch.float64)
-            and not torch.compiler.is_compiling()):
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):
         from .extension import cpp_module
         module = cpp_module("engine", required=False)
         if module is not None:

@@ -150,7 +150,7 @@ struct LNLSTMCell {
   static constexpr bool kDirectH = false;
 
   explicit LNLSTMCell(const Layer<T>& L)
-      : H(L.H), alpha_hh(L.w[1]), alpha_c(L.w[2]), beta_c(L.w[3]), alpha_ih(L.w[4]),
+      : H(checked(L).H), alpha_hh(L.w[1]), alpha_c(L.w[2]), beta_c(L.w[3]), alpha_ih(L.w[4]),
         shift(L.w[5]), kept(!L.saved.empty()),
         scratch(kept ? 0 : L.B * (9 * L.H + 3)),
         h_hat(kept ? L.saved[0] : scratch.data()),
@@ -160,10 +160,14 @@ struct LNLSTMCell {
         dHW(L.grads.empty() ? nullptr : L.grads[0]), sums(L.grads.empty() ? nullptr : L.grads[1]),
         threads(L.grads.empty() ? 0 : at::get_num_threads()),
         recurrent(L.w[0], true, L.B, 4 * L.H, L.H), back(L.w[0], false, L.B, L.H, 4 * L.H),
-        dy(L.grads.empty() ? 0 : 2 * L.B * L.H), acc(threads * 14 * L.H, T(0)) {
-    TORCH_CHECK(L.w.size() == 6 && alpha_ih && shift, "ln_lstm: 6 loop weights expected");
-    TORCH_CHECK(!kept || L.saved.size() == 4, "ln_lstm: 4 saved buffers expected");
+        dy(L.grads.empty() ? 0 : 2 * L.B * L.H), acc(threads * 14 * L.H, T(0)) {}
+
+  // the buffer counts, checked before the members read them
+  static const Layer<T>& checked(const Layer<T>& L) {
+    TORCH_CHECK(L.w.size() == 6 && L.w[4] && L.w[5], "ln_lstm: 6 loop weights expected");
+    TORCH_CHECK(L.saved.empty() || L.saved.size() == 4, "ln_lstm: 4 saved buffers expected");
     TORCH_CHECK(L.grads.empty() || L.grads.size() == 2, "ln_lstm: 2 gradient buffers expected");
+    return L;
   }
 
   // per-row buffers by row, scratch by the step's row, sums by thread (engine.h)
