@@ -40,6 +40,7 @@ from ..cells.rnn import NONLINEARITIES
 from ..ops.masks import StepMasks
 from ..ops.philox import bernoulli_mask
 from . import checks
+from .regularize import drop_mask
 
 
 class RecurrentCell(nn.RNNCellBase):
@@ -110,7 +111,7 @@ class RecurrentCell(nn.RNNCellBase):
         one per sequence and pass it as ``dropout_mask`` at every step (training only)."""
         if not 0 <= p < 1:
             raise ValueError(f"{type(self).__name__}: p must be in [0, 1), got {p!r}")
-        return bernoulli_mask((batch, self.hidden_size), 1 - p, 1 / (1 - p), self.weight_hh)
+        return drop_mask((batch, self.hidden_size), p, self.weight_hh)
 
     def zoneout_mask(self, batch: int, z: float) -> Tensor:
         """A zoneout mask (batch, H) for one step: Bernoulli(z) in training (1 keeps the

@@ -25,6 +25,8 @@ without the extension): the same numbers for the same key.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -62,9 +64,7 @@ def _draw_key() -> Tensor:
 
 def _mask_torch(shape: tuple[int, ...], threshold: int, value: float, key: Tensor,
                 dtype: torch.dtype, device: torch.device) -> Tensor:
-    numel = 1
-    for n in shape:
-        numel *= n
+    numel = math.prod(shape)
     g = torch.arange((numel + 3) // 4, dtype=torch.int64, device=device)
     zero = torch.zeros_like(g)
     key = key.to(device)
