@@ -21,8 +21,11 @@
 //
 // A step's rows (sequences) are independent, so with several threads the loop can cut a
 // step into parts of rows and run them at once, each doing its rows' recurrent GEMMs and
-// pointwise work with one fork and join per step (the GEMM alone split by columns leaves
-// the pointwise work on one thread: a third of the step at (150,64,256)). A cell allows it
+// pointwise work (the GEMM alone split by columns leaves the pointwise work on one thread:
+// a third of the step at (150,64,256)). While the steps keep the same rows (padded input;
+// in inference, within a block of projected steps) a part is the same sequences at every
+// step, so each thread runs its part through all those steps with one fork and join for the
+// run, not one per step (steps_in_parts). A cell allows it
 // by `row_parallel()` returning true, which promises that forward(s) and backward(s) touch
 // only the rows [s.start, s.start + s.n) of per-row buffers and the rows [s.row, s.row +
 // s.n) of its own per-batch scratch, and that every step calls the same WeightGemms (the
@@ -149,15 +152,21 @@ inline int64_t row_parts(bool allowed, int64_t n, int64_t A, int64_t R) {
   return n / 4 >= parts ? parts : 1;
 }
 
-// Runs body(r0, r1) for the parts of a step's n rows, at once when parts > 1.
+// Runs step(i, r0, r1) for the steps i in [i0, i1), all of the same n rows, in `parts`
+// parts of rows at once when parts > 1. A part's rows are the same sequences at every step
+// of the run and a row-parallel step touches only its own rows, so each thread runs its
+// part through all the run's steps with no fork and join in between: one per run of steps,
+// not one per step (the join's wait, the slower part's time at each step, was 10-20 % of
+// a step at (100,16,128) and (150,64,256)).
 template <typename F>
-void in_parts(int64_t n, int64_t parts, const F& body) {
+void steps_in_parts(size_t i0, size_t i1, int64_t n, int64_t parts, const F& step) {
   if (parts <= 1) {
-    body(int64_t(0), n);
+    for (size_t i = i0; i < i1; ++i) step(i, int64_t(0), n);
     return;
   }
   at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) body(p * n / parts, (p + 1) * n / parts);
+    for (int64_t p = p0; p < p1; ++p)
+      for (size_t i = i0; i < i1; ++i) step(i, p * n / parts, (p + 1) * n / parts);
   });
 }
 
@@ -183,8 +192,45 @@ void run_forward(Layer<T>& L, const Rows& rows) {
   std::vector<T> m_step(L.w_hr && !L.m ? B * H : 0);
   int64_t a_lo = 0, a_hi = L.x ? 0 : L.N;          // the rows a holds now: [a_lo, a_hi)
   const bool parallel = row_parallel(cell);
+  // rows [r0, r1) of step i
+  auto step = [&](size_t i, int64_t r0, int64_t r1) {
+    const int64_t start = rows[i].first;
+    const int64_t m = r1 - r0, row = start + r0;
+    FwdStep<T> s;
+    s.start = row;
+    s.n = m;
+    s.row = r0;
+    s.a = L.a + (row - a_lo) * L.A;
+    s.h_in = L.carry[0] + r0 * R;
+    if (L.h_drop) {                                                    // ĥ = m ⊙ h_{t-1}
+      mul_into(m * R, L.carry[0] + r0 * R, L.h_drop + r0 * R, h_in.data() + r0 * R);
+      s.h_in = h_in.data() + r0 * R;
+    }
+    T* next[kMaxStates];
+    for (int k = 0; k < L.n_states; ++k) {
+      const int64_t w = L.width[k];
+      s.prev[k] = L.carry[k] + r0 * w;
+      next[k] = L.seq[k] ? L.seq[k] + row * w : unkept[k].data() + r0 * w;
+      s.next[k] = next[k];
+    }
+    s.ld0 = R;
+    T* m_out = L.m ? L.m + row * H : m_step.data() + r0 * H;
+    if (L.w_hr) {
+      s.next[0] = m_out;
+      s.ld0 = H;
+    }
+    cell.forward(s);
+    if (L.w_hr) projection(m, m_out, H, T(0), next[0], R);                   // h = m W_hrᵀ
+    for (int k = 0; k < L.n_states; ++k) {
+      const int64_t w = L.width[k];
+      T* new_k = next[k];
+      T* carry_k = L.carry[k] + r0 * w;
+      if (L.zone[k]) zone_mix(m * w, L.zone[k] + row * w, carry_k, new_k);     // zoneout
+      std::memcpy(carry_k, new_k, sizeof(T) * m * w);
+    }
+  };
   bool first = true;
-  for (size_t i = 0; i < rows.size(); ++i) {
+  for (size_t i = 0; i < rows.size();) {
     const auto [start, n] = rows[i];
     if (start < a_lo || start + n > a_hi) {       // inference: project the next steps
       int64_t lo = start, hi = start + n;
@@ -201,44 +247,17 @@ void run_forward(Layer<T>& L, const Rows& rows) {
       a_lo = lo;
       a_hi = hi;
     }
-    // rows [r0, r1) of the step
-    auto part = [&, start = start](int64_t r0, int64_t r1) {
-      const int64_t m = r1 - r0, row = start + r0;
-      FwdStep<T> s;
-      s.start = row;
-      s.n = m;
-      s.row = r0;
-      s.a = L.a + (row - a_lo) * L.A;
-      s.h_in = L.carry[0] + r0 * R;
-      if (L.h_drop) {                                                  // ĥ = m ⊙ h_{t-1}
-        mul_into(m * R, L.carry[0] + r0 * R, L.h_drop + r0 * R, h_in.data() + r0 * R);
-        s.h_in = h_in.data() + r0 * R;
-      }
-      T* next[kMaxStates];
-      for (int k = 0; k < L.n_states; ++k) {
-        const int64_t w = L.width[k];
-        s.prev[k] = L.carry[k] + r0 * w;
-        next[k] = L.seq[k] ? L.seq[k] + row * w : unkept[k].data() + r0 * w;
-        s.next[k] = next[k];
-      }
-      s.ld0 = R;
-      T* m_out = L.m ? L.m + row * H : m_step.data() + r0 * H;
-      if (L.w_hr) {
-        s.next[0] = m_out;
-        s.ld0 = H;
-      }
-      cell.forward(s);
-      if (L.w_hr) projection(m, m_out, H, T(0), next[0], R);                 // h = m W_hrᵀ
-      for (int k = 0; k < L.n_states; ++k) {
-        const int64_t w = L.width[k];
-        T* new_k = next[k];
-        T* carry_k = L.carry[k] + r0 * w;
-        if (L.zone[k]) zone_mix(m * w, L.zone[k] + row * w, carry_k, new_k);   // zoneout
-        std::memcpy(carry_k, new_k, sizeof(T) * m * w);
-      }
-    };
-    in_parts(n, first ? 1 : row_parts(parallel, n, L.A, R), part);
+    // the first step runs whole (it lays out the WeightGemms); then runs of steps of the
+    // same rows within the projected block
+    const int64_t parts = first ? 1 : row_parts(parallel, n, L.A, R);
+    size_t end = i + 1;
+    if (parts > 1)
+      while (end < rows.size() && rows[end].second == n && rows[end].first >= a_lo &&
+             rows[end].first + n <= a_hi)
+        ++end;
+    steps_in_parts(i, end, n, parts, step);
     first = false;
+    i = end;
   }
 }
 
@@ -255,66 +274,72 @@ void run_backward(Layer<T>& L, const Rows& rows) {
       dh_in(L.h_drop ? B * R : 0);
   const WeightGemm<T> projection(L.w_hr, false, L.w_hr ? B : 0, H, R);   // · W_hr
   const bool parallel = row_parallel(cell);
-  bool first = true;
-  for (auto it = rows.rbegin(); it != rows.rend(); ++it) {
-    const auto [start, n] = *it;
-    // rows [r0, r1) of the step
-    auto part = [&, start = start](int64_t r0, int64_t r1) {
-      const int64_t m = r1 - r0, row = start + r0;
-      BwdStep<T> s;
-      s.start = row;
-      s.n = m;
-      s.row = r0;
-      s.gates = L.gates + row * L.A;
-      s.dA = L.dA + row * L.A;
-      for (int k = 0; k < L.n_states; ++k) {
-        const int64_t w = L.width[k];
-        T* dcarry_k = L.dcarry[k] + r0 * w;
-        // ∂L/∂s_t = the sequence's own gradient + the carried one (dH keeps it for dW_hr)
-        T* d = (k == 0 && L.dH) ? L.dH + row * R : dnext[k].data() + r0 * w;
-        const T* ds = L.dseq[k] ? L.dseq[k] + row * w : nullptr;
-        if (ds) {
+  // rows [r0, r1) of step i (in processing order: the last step first)
+  auto step = [&](size_t i, int64_t r0, int64_t r1) {
+    const int64_t start = rows[rows.size() - 1 - i].first;
+    const int64_t m = r1 - r0, row = start + r0;
+    BwdStep<T> s;
+    s.start = row;
+    s.n = m;
+    s.row = r0;
+    s.gates = L.gates + row * L.A;
+    s.dA = L.dA + row * L.A;
+    for (int k = 0; k < L.n_states; ++k) {
+      const int64_t w = L.width[k];
+      T* dcarry_k = L.dcarry[k] + r0 * w;
+      // ∂L/∂s_t = the sequence's own gradient + the carried one (dH keeps it for dW_hr)
+      T* d = (k == 0 && L.dH) ? L.dH + row * R : dnext[k].data() + r0 * w;
+      const T* ds = L.dseq[k] ? L.dseq[k] + row * w : nullptr;
+      if (ds) {
 #pragma omp simd
-          for (int64_t j = 0; j < m * w; ++j) d[j] = ds[j] + dcarry_k[j];
-        } else {
-          std::memcpy(d, dcarry_k, sizeof(T) * m * w);
-        }
-        if (L.zone[k]) zone_split(m * w, L.zone[k] + row * w, d, direct[k].data() + r0 * w);
-        s.prev[k] = L.prev[k] + row * w;
-        s.next[k] = L.seq[k] + row * w;
-        s.dnext[k] = d;
-        s.zoned[k] = L.zone[k] != nullptr;
-        s.dprev[k] = dcarry_k;
-      }
-      s.ld0 = R;
-      if (L.w_hr) {                                                    // ∂L/∂m = ∂L/∂h W_hr
-        projection(m, s.dnext[0], R, T(0), dm.data() + r0 * H, H);
-        s.dnext[0] = dm.data() + r0 * H;
-        s.ld0 = H;
-      }
-      s.h_in = s.prev[0];
-      T* dcarry0 = L.dcarry[0] + r0 * R;
-      if (L.h_drop) {
-        mul_into(m * R, s.prev[0], L.h_drop + r0 * R, h_in.data() + r0 * R);
-        s.h_in = h_in.data() + r0 * R;
-        s.dh_in = dh_in.data() + r0 * R;
-        s.beta0 = T(0);
+        for (int64_t j = 0; j < m * w; ++j) d[j] = ds[j] + dcarry_k[j];
       } else {
-        s.dh_in = dcarry0;
-        s.beta0 = Cell::kDirectH ? T(1) : T(0);
+        std::memcpy(d, dcarry_k, sizeof(T) * m * w);
       }
-      cell.backward(s);
-      if (L.h_drop) {                                                   // through ĥ: ⊙ m
-        if (Cell::kDirectH) add_mul(m * R, dcarry0, dh_in.data() + r0 * R, L.h_drop + r0 * R);
-        else mul_into(m * R, dh_in.data() + r0 * R, L.h_drop + r0 * R, dcarry0);
-      }
-      for (int k = 0; k < L.n_states; ++k)                              // zoneout's direct path
-        if (L.zone[k])
-          add_inplace(m * L.width[k], L.dcarry[k] + r0 * L.width[k],
-                      direct[k].data() + r0 * L.width[k]);
-    };
-    in_parts(n, first ? 1 : row_parts(parallel, n, L.A, R), part);
+      if (L.zone[k]) zone_split(m * w, L.zone[k] + row * w, d, direct[k].data() + r0 * w);
+      s.prev[k] = L.prev[k] + row * w;
+      s.next[k] = L.seq[k] + row * w;
+      s.dnext[k] = d;
+      s.zoned[k] = L.zone[k] != nullptr;
+      s.dprev[k] = dcarry_k;
+    }
+    s.ld0 = R;
+    if (L.w_hr) {                                                    // ∂L/∂m = ∂L/∂h W_hr
+      projection(m, s.dnext[0], R, T(0), dm.data() + r0 * H, H);
+      s.dnext[0] = dm.data() + r0 * H;
+      s.ld0 = H;
+    }
+    s.h_in = s.prev[0];
+    T* dcarry0 = L.dcarry[0] + r0 * R;
+    if (L.h_drop) {
+      mul_into(m * R, s.prev[0], L.h_drop + r0 * R, h_in.data() + r0 * R);
+      s.h_in = h_in.data() + r0 * R;
+      s.dh_in = dh_in.data() + r0 * R;
+      s.beta0 = T(0);
+    } else {
+      s.dh_in = dcarry0;
+      s.beta0 = Cell::kDirectH ? T(1) : T(0);
+    }
+    cell.backward(s);
+    if (L.h_drop) {                                                   // through ĥ: ⊙ m
+      if (Cell::kDirectH) add_mul(m * R, dcarry0, dh_in.data() + r0 * R, L.h_drop + r0 * R);
+      else mul_into(m * R, dh_in.data() + r0 * R, L.h_drop + r0 * R, dcarry0);
+    }
+    for (int k = 0; k < L.n_states; ++k)                              // zoneout's direct path
+      if (L.zone[k])
+        add_inplace(m * L.width[k], L.dcarry[k] + r0 * L.width[k],
+                    direct[k].data() + r0 * L.width[k]);
+  };
+  bool first = true;
+  for (size_t i = 0; i < rows.size();) {
+    const int64_t n = rows[rows.size() - 1 - i].second;
+    const int64_t parts = first ? 1 : row_parts(parallel, n, L.A, R);
+    size_t end = i + 1;
+    if (parts > 1)
+      while (end < rows.size() && rows[rows.size() - 1 - end].second == n) ++end;
+    steps_in_parts(i, end, n, parts, step);
     first = false;
+    i = end;
   }
   finish(cell);
 }
