@@ -8,6 +8,8 @@
 
 #pragma once
 
+#include <array>
+
 #include "engine.h"
 
 namespace {
@@ -35,6 +37,11 @@ struct At {
     std::memcpy(&v, p + j, sizeof v);
     return v;
   }
+  template <typename T>
+  void add(T* p, V v) const {                    // p[j, j + L) += v
+    v += of(p);
+    std::memcpy(p + j, &v, sizeof v);
+  }
 };
 
 template <typename T, typename F>
@@ -55,6 +62,40 @@ inline T row_sum(int64_t D, const F& f) {
   for (int64_t k = 0; k < L; ++k) s += v[k];
   for (; j < D; ++j) s += f(At<T>{j});
   return s;
+}
+
+// K sums Σ_j f(j)[k] in one pass over j < D (two vectors of partial sums each): f returns K
+// terms (std::array) and may also add into per-column buffers through at.add, being called
+// once for each j. The LN-LSTM's backward makes its four LN sums and three gain/bias sums in
+// one pass instead of five.
+template <typename T, int K, typename F>
+inline std::array<T, K> row_sums(int64_t D, const F& f) {
+  using V = Vec<T>;
+  constexpr int64_t L = sizeof(V) / sizeof(T);
+  V s0[K] = {}, s1[K] = {};
+  int64_t j = 0;
+  for (; j + 2 * L <= D; j += 2 * L) {
+    const auto u = f(At<V>{j});
+    const auto v = f(At<V>{j + L});
+    for (int k = 0; k < K; ++k) {
+      s0[k] += u[k];
+      s1[k] += v[k];
+    }
+  }
+  for (; j + L <= D; j += L) {
+    const auto u = f(At<V>{j});
+    for (int k = 0; k < K; ++k) s0[k] += u[k];
+  }
+  std::array<T, K> out{};
+  for (int k = 0; k < K; ++k) {
+    const V v = s0[k] + s1[k];
+    for (int64_t l = 0; l < L; ++l) out[k] += v[l];
+  }
+  for (; j < D; ++j) {
+    const auto u = f(At<T>{j});
+    for (int k = 0; k < K; ++k) out[k] += u[k];
+  }
+  return out;
 }
 
 // (μ, 1/σ) of v[0..D): mean, then the biased variance of the deviations.
@@ -218,18 +259,33 @@ struct LNLSTMCell {
         dpb[j] = dc * f_t;                                            // dc_{t-1}
       }
 #pragma omp simd
-      for (int64_t j = 0; j < G; ++j) {
-        sum[j] += db[j];
-        sum[G + j] += db[j] * xh[j];
-        sum[2 * G + j] += db[j] * hh[j];
-      }
-#pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         sum[3 * G + j] += dyb[j] * ch[j];
         sum[3 * G + H + j] += dyb[j];
       }
-      ln_backward(db, alpha_hh, hh, rstd[3 * row], G, dHW + row * G);
-      ln_backward(db, alpha_ih, xh, rstd[3 * row + 1], G, db);      // dA → ∂L/∂(W_ih x)
+      // the LN backward of both normalised products (as ln_backward) and the sums of the
+      // gains and biases, in one pass over the row, then one writing both
+      // (pointers captured by value: the adds store through T*, which could alias a member
+      // read through `this`, and the loop would reload every pointer at every vector)
+      const T *g_hh = alpha_hh, *g_ih = alpha_ih;
+      T *s_a = sum, *s_ax = sum + G, *s_ah = sum + 2 * G;
+      const auto m = row_sums<T, 4>(G, [=](auto at) {
+        const auto d = at.of(db), h = at.of(hh), x = at.of(xh);
+        at.add(s_a, d);
+        at.add(s_ax, d * x);
+        at.add(s_ah, d * h);
+        const auto dh = d * at.of(g_hh), dx = d * at.of(g_ih);
+        return std::array<decltype(d), 4>{dh, dh * h, dx, dx * x};
+      });
+      const T m1h = m[0] / T(G), m2h = m[1] / T(G), m1x = m[2] / T(G), m2x = m[3] / T(G);
+      const T rh = rstd[3 * row], rx = rstd[3 * row + 1];
+      T* dhw = dHW + row * G;
+#pragma omp simd
+      for (int64_t j = 0; j < G; ++j) {
+        const T d = db[j];
+        dhw[j] = rh * (d * alpha_hh[j] - m1h - hh[j] * m2h);            // ∂L/∂(W_hh ĥ)
+        db[j] = rx * (d * alpha_ih[j] - m1x - xh[j] * m2x);             // ∂L/∂(W_ih x)
+      }
     }
     back(s.n, dHW + s.start * G, G, s.beta0, s.dh_in, H);             // ∂L/∂ĥ = dHW W_hh
   }
