@@ -830,6 +830,7 @@ def format_gemm(gemm: dict) -> str:
     if routes is None:
         return "GEMMs: auto (the C++ extension is unavailable)"
     names = {"step_tiny": "per-step tiny", "step_small": "small", "step_large": "large",
+             "step_parts": "in parts of rows",
              "large": "layer GEMMs x·W/dA·W", "large_t": "dAᵀ·x"}
     parts = [f"{names[c]} {'MKL' if routes[c] == 'blas' else 'brgemm'} "
              f"({routes['ratios'][c]:.2f})" for c in names if c in routes.get("ratios", {})]

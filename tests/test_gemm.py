@@ -164,12 +164,12 @@ def test_gemm_probe_times_the_product(engine, brgemm):
 def test_set_gemm_routes_round_trips(engine):
     before = engine.gemm_routes()
     try:
-        engine.set_gemm_routes([False, True, False])
-        assert engine.gemm_routes() == [False, True, False]
-        engine.set_gemm_routes([True, False, True])
-        assert engine.gemm_routes() == [True, False, True]
+        engine.set_gemm_routes([False, True, False, True])
+        assert engine.gemm_routes() == [False, True, False, True]
+        engine.set_gemm_routes([True, False, True, False])
+        assert engine.gemm_routes() == [True, False, True, False]
         with pytest.raises(RuntimeError, match="one route per size class"):
-            engine.set_gemm_routes([True, False])
+            engine.set_gemm_routes([True, False, True])
     finally:
         engine.set_gemm_routes(before)
 
@@ -244,10 +244,10 @@ def test_a_new_calibration_reaches_the_engine(engine, tmp_path, monkeypatch):
     before = engine.gemm_routes()
     try:
         with gemm.using_engine(engine):
-            assert engine.gemm_routes() == [False, False, False]
+            assert engine.gemm_routes() == [False] * 4
         gemm.calibrate(engine, save=True)
         with gemm.using_engine(engine):
-            assert engine.gemm_routes() == [True, True, True]
+            assert engine.gemm_routes() == [True] * 4
             assert gemm._engine(torch.zeros(2, 2)) is None          # large GEMMs: MKL
             assert gemm._engine(torch.zeros(2, 2), transposed=True) is None
     finally:
@@ -255,10 +255,28 @@ def test_a_new_calibration_reaches_the_engine(engine, tmp_path, monkeypatch):
 
 
 def test_the_step_classes_agree_with_the_engine(engine):
-    """Every shape calibrated for a per-step class falls in that class of the C++ loop."""
-    for index, name in enumerate(gemm.STEP_CLASSES):
-        for m, n, k, _ in gemm.STEP_SHAPES[name]:
-            assert engine.step_class(m, n, k) == index, (name, m, n, k)
+    """Every shape calibrated for a per-step class falls in that class of the C++ loop, with
+    two threads; with one, nothing runs in parts of rows: the "parts" shapes are small or
+    large products then."""
+    before = torch.get_num_threads()
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            if torch.get_num_threads() != threads:
+                continue
+            for index, name in enumerate(gemm.STEP_CLASSES):
+                for m, n, k, _ in gemm.STEP_SHAPES[name]:
+                    got = engine.step_class(m, n, k)
+                    if name == "step_parts" and threads == 1:
+                        assert got in (1, 2), (name, m, n, k)
+                    else:
+                        assert got == index, (threads, name, m, n, k)
+            # the class follows the loop's row_parts: 4 rows per thread, weights <= 2^18
+            assert engine.step_class(8, 512, 128) == (3 if threads == 2 else 1)
+            assert engine.step_class(6, 512, 128) == 1
+            assert engine.step_class(64, 2048, 512) == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_near_tie_is_measured_again_and_the_median_counts(monkeypatch):
@@ -276,10 +294,12 @@ def test_calibration_runs_real_tensors_under_fake_tensor_mode(engine, tmp_path, 
     assert all(found[c] in ("brgemm", "blas") for c in gemm.CLASSES)
 
 
-ROUTE_SETS = [("brgemm",) * 5, ("blas",) * 5, ("brgemm", "blas", "blas", "blas", "blas"),
-              ("blas", "brgemm", "blas", "brgemm", "blas"),
-              ("blas", "blas", "brgemm", "blas", "brgemm"),
-              ("brgemm", "brgemm", "brgemm", "brgemm", "blas")]
+# routes of gemm.CLASSES: step_tiny, step_small, step_large, step_parts, large, large_t
+ROUTE_SETS = [("brgemm",) * 6, ("blas",) * 6, ("brgemm", "blas", "blas", "blas", "blas", "blas"),
+              ("blas", "brgemm", "blas", "blas", "brgemm", "blas"),
+              ("blas", "blas", "brgemm", "blas", "blas", "brgemm"),
+              ("blas", "blas", "blas", "brgemm", "blas", "blas"),
+              ("brgemm", "brgemm", "brgemm", "blas", "brgemm", "blas")]
 
 
 @pytest.mark.parametrize("chosen", ROUTE_SETS, ids="-".join)
@@ -295,13 +315,14 @@ def test_each_measured_route_set_runs_and_matches_the_float64_reference(engine, 
     before = engine.gemm_routes()
     try:
         with gemm.using_engine(engine):
-            assert engine.gemm_routes() == [c == "brgemm" for c in chosen[:3]]
-            assert (gemm._engine(torch.zeros(2, 2)) is engine) == (chosen[3] == "brgemm")
+            assert engine.gemm_routes() == [c == "brgemm" for c in chosen[:4]]
+            assert (gemm._engine(torch.zeros(2, 2)) is engine) == (chosen[4] == "brgemm")
             assert ((gemm._engine(torch.zeros(2, 2), transposed=True) is engine)
-                    == (chosen[4] == "brgemm"))
-        # per-step products of each size class: (B, H) = (2, 16) tiny, (33, 64) small,
-        # (64, 256) large (4H·H·B multiply-adds against 2¹⁸ and 2²²)
-        for B, H in ((2, 16), (33, 64), (64, 256)):
+                    == (chosen[5] == "brgemm"))
+        # per-step products of each size class: (B, H) = (2, 16) tiny, (5, 128) small,
+        # (8, 512) large (4H·H·B multiply-adds against 2¹⁸ and 2²²; W_hh over 2¹⁸ floats),
+        # (33, 64) in parts of rows with two threads (small without)
+        for B, H in ((2, 16), (5, 128), (8, 512), (33, 64)):
             torch.manual_seed(0)
             m = lstmkit.LSTM(24, H, num_layers=2, peephole=True, backend="fused_cpp")
             ref = copy.deepcopy(m).double()

@@ -13,7 +13,9 @@ on another of the same kind, and on an AVX2 one MKL was faster for all but the p
 products of a batch of one or two rows — until the engine packed its weights in column
 panels, after which brgemm won every per-step class there (docs/performance.md). So with
 ``LSTMKIT_GEMM`` unset or ``auto`` the route of each class — per-step products by size
-(tiny: a batch of one or a few rows, which brgemm runs on one thread; small; large) and the
+(tiny: a batch of one or a few rows, which brgemm runs on one thread; small; large; and the
+products a row-parallel step runs in parts of rows, one single-threaded product per thread,
+timed so) and the
 large GEMMs of a call (the projection and input gradient; the weight gradients, whose left
 operand is transposed) — is **measured**: the first fused layer call of a process times both
 routes on a few shapes of each class (:func:`calibrate`, about a second) and keeps the
@@ -53,14 +55,15 @@ from torch import Tensor
 MODES = ("auto", "blas", "brgemm")
 ROUTES_FILE = "gemm-routes.json"
 ROUTES_ENV = "LSTMKIT_GEMM_ROUTES"     # a routes file to use instead (the tests set one)
-STEP_CLASSES = ("step_tiny", "step_small", "step_large")   # step_class in common.h: 0, 1, 2
+# step_class in common.h: 0, 1, 2, 3
+STEP_CLASSES = ("step_tiny", "step_small", "step_large", "step_parts")
 # the classes a route is chosen for: the per-step ones, then the large GEMMs whose left
 # operand is row-major (the projection x W_ihᵀ and the input gradient dA W_ih) and those whose
 # left operand is transposed (the weight gradients dAᵀ x, dAᵀ Ĥ: brgemm needs a transposing
 # copy of dA, and was 1.5–3× slower than MKL there on every machine measured, while the
 # first two ran faster than MKL on an AVX-512 EPYC)
 CLASSES = (*STEP_CLASSES, "large", "large_t")
-FORMAT = 4                                     # of a stored measurement
+FORMAT = 5                                     # of a stored measurement
 # brgemm is chosen where its time is under this share of MKL's. In a near-tie the probe
 # misleads: the small class measured 0.98 on an AVX2 EPYC, yet a layer ran 4–15 % slower
 # with it on brgemm than on MKL (benchmarks/loop_gemm_ab.py, (100,16,128) rows), so MKL,
@@ -73,15 +76,19 @@ RECHECK = (0.8, 1.1)
 
 # Shapes timed for each class. Per-step: (m, n, k, W transposed) as the LSTM loop runs
 # them, forward h·W_hhᵀ and backward dA·W_hh, at (B, H) = (1, 64) and (2, 128) for tiny
-# (m·n·k < 2¹⁸ multiply-adds, kTinyWork in csrc/common.h), (16, 128) for small (< 2²²,
-# kLargeWork) and (64, 256) and (32, 512) for large (the latter on MKL's packed GEMM, which
-# takes weights of ≥ 1M elements). Large GEMMs: (N = T·B rows, H, I) of an LSTM layer
-# (4H gate columns): its projection and input gradient ("large"), its weight gradient
-# ("large_t").
+# (m·n·k < 2¹⁸ multiply-adds, kTinyWork in csrc/common.h), (2, 256) and (4, 128) for small
+# (< 2²², kLargeWork), (32, 512) for large (on MKL's packed GEMM, which takes weights of ≥ 1M
+# elements), and (16, 128) and (64, 256) for "parts": the products a row-parallel step runs in
+# parts of rows, one per thread (runs_in_parts in csrc/common.h: weights of ≤ 2¹⁸ floats, at
+# least 4 rows per thread; with several threads, which is when the class exists; with one
+# thread they are timed whole). Large GEMMs: (N = T·B rows, H, I) of an LSTM layer (4H gate
+# columns): its projection and input gradient ("large"), its weight gradient ("large_t").
 STEP_SHAPES = {"step_tiny": ((1, 256, 64, True), (1, 64, 256, False), (2, 512, 128, True)),
-               "step_small": ((16, 512, 128, True), (16, 128, 512, False)),
-               "step_large": ((64, 1024, 256, True), (64, 256, 1024, False),
-                              (32, 2048, 512, True), (32, 512, 2048, False))}
+               "step_small": ((2, 1024, 256, True), (2, 256, 1024, False),
+                              (4, 512, 128, True), (4, 128, 512, False)),
+               "step_large": ((32, 2048, 512, True), (32, 512, 2048, False)),
+               "step_parts": ((16, 512, 128, True), (16, 128, 512, False),
+                              (64, 1024, 256, True), (64, 256, 1024, False))}
 LARGE_SHAPES = ((1024, 128, 128), (2048, 256, 256))
 ROUNDS = 5                       # interleaved rounds; the least time of each route counts
 

@@ -158,13 +158,31 @@ inline bool mkl_pack_available() {
 // 16×128·128×512.
 constexpr int64_t kTinyWork = int64_t(1) << 18;
 constexpr int64_t kLargeWork = int64_t(1) << 22;
+// The weights (floats) up to which a row-parallel cell's step runs in parts of rows, one per
+// thread (row_parts in engine.h, which says why).
+constexpr int64_t kRowSplitWeights = int64_t(1) << 18;
+// Does a per-step product of up to m rows with an (n·k) weight run in parts of rows, one per
+// thread, each on its own thread (a row-parallel step, engine.h)? Yes if it is not tiny, its
+// weight is at most kRowSplitWeights floats and each of the threads' parts has 4 rows.
+inline bool runs_in_parts(int64_t m, int64_t n, int64_t k) {
+  const int64_t threads = at::get_num_threads();
+  return threads > 1 && m * n * k >= kTinyWork && n * k <= kRowSplitWeights && m / 4 >= threads;
+}
+// The class of a per-step product: 3 ("parts") if it runs in parts of rows — each thread
+// then runs a single-threaded product of its rows, which is not the same race as one product
+// shared out over the threads: on the Xeon (AVX-512, 2 threads) brgemm was 0.79× MKL's time
+// at 32×256·256×1024 on one thread but 1.10× at the whole 64-row step shared out, so the
+// class measured whole sent the parts to the slower library (forward at (150,64,256)
+// 1.15-1.2× slower) — else tiny, small or large by its multiply-adds.
 inline int step_class(int64_t max_m, int64_t n, int64_t k) {
   const int64_t work = max_m * n * k;
-  return work < kTinyWork ? 0 : work < kLargeWork ? 1 : 2;
+  if (work < kTinyWork) return 0;
+  if (runs_in_parts(max_m, n, k)) return 3;
+  return work < kLargeWork ? 1 : 2;
 }
-constexpr int kStepClasses = 3;
+constexpr int kStepClasses = 4;
 // The route of each size class: 1 brgemm, 0 MKL (set_gemm_routes, before every layer call).
-inline std::atomic<int> g_step_route[kStepClasses] = {1, 1, 1};
+inline std::atomic<int> g_step_route[kStepClasses] = {1, 1, 1, 1};
 
 // `force`: 1 brgemm, 0 MKL, -1 the route set for the product's size class (gemm_probe
 // forces one to time it).

@@ -222,8 +222,10 @@ std::vector<bool> gemm_routes() {
 
 // Seconds per call of the per-step product C (m×n) = C + A (m×k)·op(W) as a layer's loop runs
 // it (WeightGemm, op(W) = Wᵀ with W (n×k) when `transposed`), on brgemm or on MKL: `reps`
-// calls after one untimed call (which lays W out and generates the kernel). panel_floats:
-// brgemm's panel size (0: the loop's, kPanelFloats).
+// calls after one untimed call (which lays W out and generates the kernel); a product that
+// a row-parallel step runs in parts of rows (runs_in_parts: step_class 3) is run so, one
+// part per thread, each single-threaded. panel_floats: brgemm's panel size (0: the loop's,
+// kPanelFloats).
 double gemm_probe(bool brgemm, int64_t m, int64_t n, int64_t k, bool transposed, int64_t reps,
                   int64_t panel_floats) {
   TORCH_CHECK(m > 0 && n > 0 && k > 0 && reps > 0, "lstmkit gemm_probe: m, n, k and reps must "
@@ -235,8 +237,19 @@ double gemm_probe(bool brgemm, int64_t m, int64_t n, int64_t k, bool transposed,
   const WeightGemm<float> gemm(w.data(), transposed, m, n, k, 0, brgemm ? 1 : 0,
                                panel_floats ? panel_floats : kPanelFloats);
   gemm(m, a.data(), k, 1.0f, c.data(), n);
+  const int64_t parts = runs_in_parts(m, n, k) ? at::get_num_threads() : 1;
   const auto t0 = std::chrono::steady_clock::now();
-  for (int64_t r = 0; r < reps; ++r) gemm(m, a.data(), k, 1.0f, c.data(), n);
+  if (parts > 1) {                                   // as steps_in_parts (engine.h) runs it
+    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t r0 = p * m / parts, rows = (p + 1) * m / parts - r0;
+        for (int64_t r = 0; r < reps; ++r)
+          gemm(rows, a.data() + r0 * k, k, 1.0f, c.data() + r0 * n, n);
+      }
+    });
+  } else {
+    for (int64_t r = 0; r < reps; ++r) gemm(m, a.data(), k, 1.0f, c.data(), n);
+  }
   const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
   return dt.count() / static_cast<double>(reps);
 }

@@ -144,8 +144,8 @@ void finish(C& cell) {
 // beyond the caches' reach two parts stream it twice. Measured on an AVX2 EPYC, 2 threads,
 // against the GEMM split by columns: LSTM (150,64,256) (W_hh 1 MB) f+b 0.91×, GRU 0.89×,
 // forward only 0.83–0.97×, LSTM (100,16,128) forward 0.86×; LSTM (25,64,512) (4 MB) f+b
-// 1.07× — hence the bound.
-constexpr int64_t kRowSplitWeights = int64_t(1) << 18;
+// 1.07× — hence the bound (kRowSplitWeights, in common.h: the GEMM routes' step_class
+// knows which products run in parts).
 inline int64_t row_parts(bool allowed, int64_t n, int64_t A, int64_t R) {
   if (!allowed || A * R > kRowSplitWeights) return 1;
   const int64_t parts = step_parts(n, A, R);
