@@ -324,6 +324,7 @@ def _layer_backward(call: Call, inp: Inputs, kept: Kept, dseqs: list[Tensor | No
     H, R = _hidden_size(cell, w), inp.states0[0].shape[1]
     widths = _widths(cell, H, R)
     x, gates = inp.x, kept.gates
+    N = gates.shape[0]
     initial = _initial_states(cell, inp.states0, widths, gates)
     dcarry = [torch.zeros_like(s) if d is None else d.contiguous().clone()
               for s, d in zip(initial, [*dfinals, *[None] * (len(initial) - len(dfinals))])]
@@ -347,18 +348,22 @@ def _layer_backward(call: Call, inp: Inputs, kept: Kept, dseqs: list[Tensor | No
             grads = fused.grad_buffers(cell, r1 - r0, gates, H, list(inp.side))
             dH = gates.new_empty(r1 - r0, R) if w.w_hr is not None else None
             rows = slice(r0, r1)
+            whole = r0 == 0 and r1 == N                  # one chunk: the tensors themselves
+
+            def part(t: Tensor | None, rows=rows, whole=whole) -> Tensor | None:
+                return t if whole or t is None else t[rows]
+            g_rows, seq_rows = part(gates), [part(s) for s in kept.seqs]
+            saved_rows, side_rows = [part(b) for b in kept.saved], [part(s) for s in inp.side]
             call.kernels.backward(
-                cell, dA, gates[rows], [s[rows] for s in kept.seqs], prev,
-                [None if d is None else d[rows] for d in dseqs], dcarry, w.w_hr, dH, loop_w,
-                grads, [b[rows] for b in kept.saved], [s[rows] for s in inp.side], h_drop,
-                [None if z is None else z[rows] for z in zones], batch_sizes[t0:t1], call.reverse)
+                cell, dA, g_rows, seq_rows, prev, [part(d) for d in dseqs], dcarry, w.w_hr, dH,
+                loop_w, grads, saved_rows, side_rows, h_drop, [part(z) for z in zones],
+                batch_sizes[t0:t1], call.reverse)
             h_in = prev[0] if h_drop is None else prev[0] * h_drop.index_select(0, seq_of_row[rows])
-            chunk = Chunk(r0, r1, x[rows], dA, grads, gates[rows], [s[rows] for s in kept.seqs],
-                          prev, h_in, [b[rows] for b in kept.saved], [s[rows] for s in inp.side],
-                          zoned)
+            chunk = Chunk(r0, r1, part(x), dA, grads, g_rows, seq_rows, prev, h_in, saved_rows,
+                          side_rows, zoned)
             fused.chunk_grads(cell, chunk, w, kept.aux, g)
             if dw_hr is not None:
-                gemm.matmul_into(dw_hr, dH.t(), kept.m[rows], accumulate=True)
+                gemm.matmul_into(dw_hr, dH.t(), part(kept.m), accumulate=True)
     n = cell.n_states
     dstates = tuple(d if need else None for d, need in zip(dcarry[:n], needs.states0))
     dw = LayerWeights(*(g.w[k] for k in WEIGHT_FIELDS), extra=tuple(g.extra))

@@ -174,10 +174,11 @@ inline bool runs_in_parts(int64_t m, int64_t n, int64_t k) {
 // at 32×256·256×1024 on one thread but 1.10× at the whole 64-row step shared out, so the
 // class measured whole sent the parts to the slower library (forward at (150,64,256)
 // 1.15-1.2× slower) — else tiny, small or large by its multiply-adds.
-inline int step_class(int64_t max_m, int64_t n, int64_t k) {
+// `whole`: a product the loop never runs in parts (the inference path's block projection).
+inline int step_class(int64_t max_m, int64_t n, int64_t k, bool whole = false) {
   const int64_t work = max_m * n * k;
   if (work < kTinyWork) return 0;
-  if (runs_in_parts(max_m, n, k)) return 3;
+  if (!whole && runs_in_parts(max_m, n, k)) return 3;
   return work < kLargeWork ? 1 : 2;
 }
 constexpr int kStepClasses = 4;
@@ -186,9 +187,10 @@ inline std::atomic<int> g_step_route[kStepClasses] = {1, 1, 1, 1};
 
 // `force`: 1 brgemm, 0 MKL, -1 the route set for the product's size class (gemm_probe
 // forces one to time it).
-inline GemmKind choose_gemm(int64_t max_m, int64_t n, int64_t k, bool dense, int force = -1) {
+inline GemmKind choose_gemm(int64_t max_m, int64_t n, int64_t k, bool dense, int force = -1,
+                            bool whole = false) {
   const bool brgemm = force >= 0 ? force == 1
-                                 : g_step_route[step_class(max_m, n, k)].load(
+                                 : g_step_route[step_class(max_m, n, k, whole)].load(
                                        std::memory_order_relaxed) != 0;
   if (brgemm) return GemmKind::kBrgemm;
   return (n * k >= kPackMinElements && dense && mkl_pack_available()) ? GemmKind::kPacked
@@ -264,7 +266,8 @@ inline void brgemm_panels(int64_t m, int64_t n, int64_t k, int64_t pw, int64_t q
 template <typename T>
 class WeightGemm {
  public:
-  WeightGemm(const T* W, bool transposed, int64_t max_m, int64_t n, int64_t k, int64_t ldw = 0)
+  WeightGemm(const T* W, bool transposed, int64_t max_m, int64_t n, int64_t k, int64_t ldw = 0,
+             int = -1, int64_t = kPanelFloats, bool = false)
       : W_(W), transposed_(transposed), n_(n), k_(k), ldw_(ldw ? ldw : (transposed ? k : n)) {}
   void operator()(int64_t m, const T* A, int64_t lda, T beta, T* C, int64_t ldc) const {
     if (transposed_) gemm_abt<T>(m, n_, k_, A, lda, W_, ldw_, beta, C, ldc);
@@ -314,11 +317,14 @@ template <>
 class WeightGemm<float> {
  public:
   // force: see choose_gemm; panel_floats: brgemm's panel size (benchmarks/gemm_panels.py)
+  // whole: never run in parts of rows (step_class)
   WeightGemm(const float* W, bool transposed, int64_t max_m, int64_t n, int64_t k,
-             int64_t ldw = 0, int force = -1, int64_t panel_floats = kPanelFloats)
+             int64_t ldw = 0, int force = -1, int64_t panel_floats = kPanelFloats,
+             bool whole = false)
       : W_(W), transposed_(transposed), n_(n), k_(k), ldw_(ldw ? ldw : (transposed ? k : n)),
         max_m_(max_m) {
-    if (W && max_m > 0) kind_ = choose_gemm(max_m, n, k, ldw_ == (transposed ? k : n), force);
+    if (W && max_m > 0)
+      kind_ = choose_gemm(max_m, n, k, ldw_ == (transposed ? k : n), force, whole);
     pw_ = panel_width(n, k, step_parts(max_m, n, k), panel_floats);
   }
   void operator()(int64_t m, const float* A, int64_t lda, float beta, float* C,

@@ -283,7 +283,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_routes", &gemm_routes);
   m.def("gemm_probe", &gemm_probe, py::arg("brgemm"), py::arg("m"), py::arg("n"), py::arg("k"),
         py::arg("transposed"), py::arg("reps"), py::arg("panel_floats") = 0);
-  m.def("step_class", &step_class);
+  m.def("step_class", [](int64_t m, int64_t n, int64_t k) { return step_class(m, n, k); });
   m.def("minrnn_forward", &minrnn_forward);
   m.def("minrnn_backward", &minrnn_backward);
 }

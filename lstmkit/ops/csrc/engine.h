@@ -185,7 +185,8 @@ void run_forward(Layer<T>& L, const Rows& rows) {
   std::vector<T> h_in(L.h_drop ? B * R : 0);
   const WeightGemm<T> projection(L.w_hr, true, L.w_hr ? B : 0, R, H);    // · W_hrᵀ
   // inference: a block of steps' input projections at a time; unkept states per step
-  const WeightGemm<T> input(L.x ? L.w_ih : nullptr, true, L.x ? L.a_rows : 0, L.A, L.I);
+  const WeightGemm<T> input(L.x ? L.w_ih : nullptr, true, L.x ? L.a_rows : 0, L.A, L.I, 0, -1,
+                            kPanelFloats, /*whole=*/true);
   std::vector<T> unkept[kMaxStates];
   for (int k = 0; k < L.n_states; ++k)
     if (!L.seq[k]) unkept[k].resize(B * L.width[k]);
