@@ -194,6 +194,45 @@ def test_steps_cut_into_parts_of_rows(variant, regulariser):
     _compare(results["fused_cpp"], results["reference"], f"{variant}+{regulariser}")
 
 
+@pytest.mark.parametrize("variant,reg", [("lstm", {}), ("lstm", {"zoneout": 0.3}),
+                                         ("lstm-peephole", {"recurrent_dropout": 0.4}),
+                                         ("lstm-layer-norm", {}), ("gru", {}), ("rnn-tanh", {}),
+                                         ("slstm", {})])
+def test_padded_runs_of_steps_in_parts_match_the_reference(variant, reg):
+    """Padded input: with two threads each thread runs its part of the rows through a whole
+    run of steps with no join in between (engine.h, steps_in_parts): the whole training
+    forward, each backward chunk (T·B = 1280 rows: several chunks) and each projected block
+    of the no-grad inference path. fused_cpp equals the reference loop in float64, both
+    directions, and the inference path equals the training forward."""
+    cls, options = VARIANTS[variant]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        models, results = {}, {}
+        for backend in ("reference", "fused_cpp"):
+            torch.manual_seed(0)
+            m = cls(8, 112, dtype=F64, backend=backend, bidirectional=True, **options, **reg)
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.uniform_(-0.3, 0.3)
+            g = torch.Generator().manual_seed(1)
+            x = torch.randn(40, 32, 8, dtype=F64, generator=g, requires_grad=True)
+            torch.manual_seed(5)                           # the same masks on both
+            out, state = m.train()(x)
+            backward_with_random_grads(out, as_tuple(state), seed=2)
+            results[backend] = (out, as_tuple(state), x.grad, [],
+                                {n: p.grad for n, p in m.named_parameters()})
+            models[backend] = (m, x)
+        if not reg:
+            m, x = models["fused_cpp"]
+            with torch.no_grad():
+                inferred = m.eval()(x.detach())[0]
+            assert_close(inferred, results["fused_cpp"][0].detach(), f"{variant}: inference", 0)
+    finally:
+        torch.set_num_threads(before)
+    _compare(results["fused_cpp"], results["reference"], f"{variant} {reg}")
+
+
 INFERENCE_VARIANTS = ["lstm", "lstm-peephole", "lstm-cifg-peephole", "lstm-proj-peephole",
                       "lstm-nig", "lstm-fgr-peephole", "lstm-noaf-proj", "lstm-layer-norm",
                       "gru", "gru-reset-before", "rnn-tanh", "rnn-relu"]

@@ -159,6 +159,18 @@ def test_gemm_probe_times_the_product(engine, brgemm):
     assert 0 < seconds and 200 * seconds <= outside         # seconds per call, not in total
     with pytest.raises(RuntimeError, match="must be positive"):
         engine.gemm_probe(brgemm, 0, 64, 32, True, 5)
+    # a product a row-parallel step runs in parts (step_class 3 with two threads): timed in
+    # parts, one per thread, still per call
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        t0 = time.perf_counter()
+        seconds = engine.gemm_probe(brgemm, 16, 512, 128, True, 100)
+        outside = time.perf_counter() - t0
+        assert engine.step_class(16, 512, 128) == 3
+        assert 0 < seconds and 100 * seconds <= outside
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_set_gemm_routes_round_trips(engine):
