@@ -135,8 +135,17 @@ void ln_lstm_pointwise(int64_t n, int64_t H, T* a, T* hh_rows, T* x_hat, const T
     T* ab = a + b * G;
     T* hh = hh_rows + b * G;
     T* xh = x_hat + b * G;
-    const auto [mu_x, rx] = ln_stats(ab, G);                            // over all 4H
-    const auto [mu_h, rh] = ln_stats(hh, G);
+    // both rows' statistics over all 4H (as ln_stats), their two passes shared
+    const auto mean = row_sums<T, 2>(G, [=](auto at) {
+      return std::array<decltype(at.of(ab)), 2>{at.of(ab), at.of(hh)};
+    });
+    const T mu_x = mean[0] / T(G), mu_h = mean[1] / T(G);
+    const auto dev = row_sums<T, 2>(G, [=](auto at) {
+      const auto dx = at.of(ab) - mu_x, dh = at.of(hh) - mu_h;
+      return std::array<decltype(dx), 2>{dx * dx, dh * dh};
+    });
+    const T rx = T(1) / std::sqrt(dev[0] / T(G) + T(kLayerNormEps));
+    const T rh = T(1) / std::sqrt(dev[1] / T(G) + T(kLayerNormEps));
     const T* cpb = c_prev + b * H;
     T* c_t = c_out + b * H;
     T c_sum = 0;
