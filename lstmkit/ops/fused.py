@@ -324,7 +324,6 @@ def _layer_backward(call: Call, inp: Inputs, kept: Kept, dseqs: list[Tensor | No
     H, R = _hidden_size(cell, w), inp.states0[0].shape[1]
     widths = _widths(cell, H, R)
     x, gates = inp.x, kept.gates
-    N = gates.shape[0]
     initial = _initial_states(cell, inp.states0, widths, gates)
     dcarry = [torch.zeros_like(s) if d is None else d.contiguous().clone()
               for s, d in zip(initial, [*dfinals, *[None] * (len(initial) - len(dfinals))])]
@@ -347,18 +346,15 @@ def _layer_backward(call: Call, inp: Inputs, kept: Kept, dseqs: list[Tensor | No
             dA = gates.new_empty(r1 - r0, gates.shape[1])
             grads = fused.grad_buffers(cell, r1 - r0, gates, H, list(inp.side))
             dH = gates.new_empty(r1 - r0, R) if w.w_hr is not None else None
-            rows = slice(r0, r1)
-            whole = r0 == 0 and r1 == N                  # one chunk: the tensors themselves
-
-            def part(t: Tensor | None, rows=rows, whole=whole) -> Tensor | None:
-                return t if whole or t is None else t[rows]
+            part = functools.partial(_rows_of, r0=r0, r1=r1)
             g_rows, seq_rows = part(gates), [part(s) for s in kept.seqs]
             saved_rows, side_rows = [part(b) for b in kept.saved], [part(s) for s in inp.side]
             call.kernels.backward(
                 cell, dA, g_rows, seq_rows, prev, [part(d) for d in dseqs], dcarry, w.w_hr, dH,
                 loop_w, grads, saved_rows, side_rows, h_drop, [part(z) for z in zones],
                 batch_sizes[t0:t1], call.reverse)
-            h_in = prev[0] if h_drop is None else prev[0] * h_drop.index_select(0, seq_of_row[rows])
+            h_in = (prev[0] if h_drop is None
+                    else prev[0] * h_drop.index_select(0, seq_of_row[r0:r1]))
             chunk = Chunk(r0, r1, part(x), dA, grads, g_rows, seq_rows, prev, h_in, saved_rows,
                           side_rows, zoned)
             fused.chunk_grads(cell, chunk, w, kept.aux, g)
@@ -368,6 +364,14 @@ def _layer_backward(call: Call, inp: Inputs, kept: Kept, dseqs: list[Tensor | No
     dstates = tuple(d if need else None for d, need in zip(dcarry[:n], needs.states0))
     dw = LayerWeights(*(g.w[k] for k in WEIGHT_FIELDS), extra=tuple(g.extra))
     return Inputs(g.dx, dstates, dw, tuple(g.side), StepMasks())
+
+
+def _rows_of(t: Tensor | None, r0: int, r1: int) -> Tensor | None:
+    """Rows [r0, r1) of a per-row tensor (None stays None; all its rows: the tensor itself,
+    no view made, as for a backward of one chunk)."""
+    if t is None or (r0 == 0 and r1 == t.shape[0]):
+        return t
+    return t[r0:r1]
 
 
 def _accumulators(inp: Inputs, needs: Inputs) -> Grads:

@@ -237,19 +237,10 @@ double gemm_probe(bool brgemm, int64_t m, int64_t n, int64_t k, bool transposed,
   const WeightGemm<float> gemm(w.data(), transposed, m, n, k, 0, brgemm ? 1 : 0,
                                panel_floats ? panel_floats : kPanelFloats);
   gemm(m, a.data(), k, 1.0f, c.data(), n);
-  const int64_t parts = runs_in_parts(m, n, k) ? at::get_num_threads() : 1;
   const auto t0 = std::chrono::steady_clock::now();
-  if (parts > 1) {                                   // as steps_in_parts (engine.h) runs it
-    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t r0 = p * m / parts, rows = (p + 1) * m / parts - r0;
-        for (int64_t r = 0; r < reps; ++r)
-          gemm(rows, a.data() + r0 * k, k, 1.0f, c.data() + r0 * n, n);
-      }
-    });
-  } else {
-    for (int64_t r = 0; r < reps; ++r) gemm(m, a.data(), k, 1.0f, c.data(), n);
-  }
+  steps_in_parts(0, static_cast<size_t>(reps), m, row_parts(true, m, n, k), [&](size_t, int64_t r0, int64_t r1) {
+    gemm(r1 - r0, a.data() + r0 * k, k, 1.0f, c.data() + r0 * n, n);
+  });
   const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
   return dt.count() / static_cast<double>(reps);
 }

@@ -147,9 +147,7 @@ void finish(C& cell) {
 // 1.07× — hence the bound (kRowSplitWeights, in common.h: the GEMM routes' step_class
 // knows which products run in parts).
 inline int64_t row_parts(bool allowed, int64_t n, int64_t A, int64_t R) {
-  if (!allowed || A * R > kRowSplitWeights) return 1;
-  const int64_t parts = step_parts(n, A, R);
-  return n / 4 >= parts ? parts : 1;
+  return allowed && runs_in_parts(n, A, R) ? at::get_num_threads() : 1;
 }
 
 // Runs step(i, r0, r1) for the steps i in [i0, i1), all of the same n rows, in `parts`

@@ -44,58 +44,44 @@ struct At {
   }
 };
 
-template <typename T, typename F>
-inline T row_sum(int64_t D, const F& f) {
-  using V = Vec<T>;
-  constexpr int64_t L = sizeof(V) / sizeof(T);
-  V s0 = {}, s1 = {}, s2 = {}, s3 = {};
-  int64_t j = 0;
-  for (; j + 4 * L <= D; j += 4 * L) {
-    s0 += f(At<V>{j});
-    s1 += f(At<V>{j + L});
-    s2 += f(At<V>{j + 2 * L});
-    s3 += f(At<V>{j + 3 * L});
-  }
-  for (; j + L <= D; j += L) s0 += f(At<V>{j});
-  const V v = (s0 + s1) + (s2 + s3);
-  T s = 0;
-  for (int64_t k = 0; k < L; ++k) s += v[k];
-  for (; j < D; ++j) s += f(At<T>{j});
-  return s;
-}
-
-// K sums Σ_j f(j)[k] in one pass over j < D (two vectors of partial sums each): f returns K
-// terms (std::array) and may also add into per-column buffers through at.add, being called
-// once for each j. The LN-LSTM's backward makes its four LN sums and three gain/bias sums in
-// one pass instead of five.
+// K sums Σ_j f(j)[k] in one pass over j < D: f returns K terms (std::array) and may also add
+// into per-column buffers through at.add, being called once for each j. Each sum keeps U
+// vectors of partial sums (four for a lone sum, whose adds would otherwise wait on each other;
+// two each for several, which already interleave). The LN-LSTM's backward makes its four LN
+// sums and three gain/bias sums in one pass instead of five.
 template <typename T, int K, typename F>
 inline std::array<T, K> row_sums(int64_t D, const F& f) {
   using V = Vec<T>;
   constexpr int64_t L = sizeof(V) / sizeof(T);
-  V s0[K] = {}, s1[K] = {};
+  constexpr int U = K == 1 ? 4 : 2;
+  V s[U][K] = {};
   int64_t j = 0;
-  for (; j + 2 * L <= D; j += 2 * L) {
-    const auto u = f(At<V>{j});
-    const auto v = f(At<V>{j + L});
-    for (int k = 0; k < K; ++k) {
-      s0[k] += u[k];
-      s1[k] += v[k];
+  for (; j + U * L <= D; j += U * L)
+    for (int u = 0; u < U; ++u) {
+      const auto t = f(At<V>{j + u * L});
+      for (int k = 0; k < K; ++k) s[u][k] += t[k];
     }
-  }
   for (; j + L <= D; j += L) {
-    const auto u = f(At<V>{j});
-    for (int k = 0; k < K; ++k) s0[k] += u[k];
+    const auto t = f(At<V>{j});
+    for (int k = 0; k < K; ++k) s[0][k] += t[k];
   }
   std::array<T, K> out{};
   for (int k = 0; k < K; ++k) {
-    const V v = s0[k] + s1[k];
+    V v = s[0][k];
+    for (int u = 1; u < U; ++u) v += s[u][k];
     for (int64_t l = 0; l < L; ++l) out[k] += v[l];
   }
   for (; j < D; ++j) {
-    const auto u = f(At<T>{j});
-    for (int k = 0; k < K; ++k) out[k] += u[k];
+    const auto t = f(At<T>{j});
+    for (int k = 0; k < K; ++k) out[k] += t[k];
   }
   return out;
+}
+
+// Σ_j f(j) over j < D (row_sums of one term).
+template <typename T, typename F>
+inline T row_sum(int64_t D, const F& f) {
+  return row_sums<T, 1>(D, [&](auto at) { return std::array<decltype(f(at)), 1>{f(at)}; })[0];
 }
 
 // (μ, 1/σ) of v[0..D): mean, then the biased variance of the deviations.
