@@ -418,8 +418,12 @@ def peak_memory_mb(step: Callable[[], object]) -> float:
 
 
 def train_step_peak_mb(module: nn.Module, inp: Inputs) -> float:
-    """Peak memory of one training step, gradients included (freed before it starts)."""
+    """Peak memory of one training step, gradients included (freed before it starts). The
+    fused path's buffer cache is emptied first (:mod:`lstmkit.ops.workspace`), so that the
+    step's own buffers are counted, as on a first call."""
+    from .ops import workspace
     clear_grads(module, inp)
+    workspace.clear()
     return peak_memory_mb(partial(train_step, module, inp))
 
 

@@ -244,6 +244,14 @@ class Grads:
             self.extra[k] += value
 
 
+def new_buffer(like: Tensor, *shape: int) -> Tensor:
+    """An uninitialised per-row buffer of a fused layer call (``like``'s dtype and device):
+    :meth:`FusedCell.saved_buffers` and :meth:`FusedCell.grad_buffers` allocate with it, so
+    the fused path can hand out recycled memory (:mod:`lstmkit.ops.workspace`)."""
+    from ..ops import workspace
+    return workspace.empty(shape, like)
+
+
 class FusedCell:
     """A family's fused step in torch, and the chunk-level parts of its BPTT.
 

@@ -55,6 +55,7 @@ from .base import (
     Grads,
     LayerWeights,
     State,
+    new_buffer,
     register,
 )
 from .lstm import lstm_step
@@ -103,7 +104,7 @@ class DepthGatedFused(FusedCell):
         return [w.w_hh.contiguous(), None if w_cd is None else w_cd.contiguous()]
 
     def grad_buffers(self, spec, rows, like, H, side):
-        return [like.new_empty(rows, H)] if side else []
+        return [new_buffer(like, rows, H)] if side else []
 
     def forward_step(self, spec, s: ForwardStep) -> None:
         w_hh, w_cd = s.w

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import register
+from .base import new_buffer, register
 
 CELL_OUTPUTS = ("paper", "standard")
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid,
@@ -313,7 +313,7 @@ class Grid2DFused:
         return []
 
     def grad_buffers(self, spec, rows, like, H, side):
-        return [like.new_empty(rows, H)]
+        return [new_buffer(like, rows, H)]
 
     def cpp_options(self, spec):
         return [float(self.paper), float(self.priority_depth)]

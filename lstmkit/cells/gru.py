@@ -46,6 +46,7 @@ from .base import (
     Grads,
     LayerWeights,
     State,
+    new_buffer,
     register,
 )
 
@@ -94,10 +95,10 @@ class GRUFused(FusedCell):
         return [w.w_hh.contiguous(), None if w.b_hh is None else w.b_hh.contiguous()]
 
     def saved_buffers(self, spec, a, H):
-        return [a.new_empty(a.shape[0], H)] if spec.option("reset_after") else []
+        return [new_buffer(a, a.shape[0], H)] if spec.option("reset_after") else []
 
     def grad_buffers(self, spec, rows, like, H, side):
-        return [like.new_empty(rows, 3 * H)] if spec.option("reset_after") else []
+        return [new_buffer(like, rows, 3 * H)] if spec.option("reset_after") else []
 
     def cpp_options(self, spec):
         return [float(spec.option("reset_after"))]

@@ -62,6 +62,7 @@ from .base import (
     Grads,
     LayerWeights,
     State,
+    new_buffer,
 )
 
 EPS = 1e-5          # ε of every LN here, as torch.nn.LayerNorm's default
@@ -220,10 +221,11 @@ class LNLSTMFused(FusedCell):
 
     def saved_buffers(self, spec, a, H):
         N = a.shape[0]
-        return [torch.empty_like(a), torch.empty_like(a), a.new_empty(N, H), a.new_empty(N, 3)]
+        return [new_buffer(a, *a.shape), new_buffer(a, *a.shape), new_buffer(a, N, H),
+                new_buffer(a, N, 3)]
 
     def grad_buffers(self, spec, rows, like, H, side):
-        return [like.new_empty(rows, 4 * H), like.new_zeros(14 * H)]
+        return [new_buffer(like, rows, 4 * H), like.new_zeros(14 * H)]
 
     def chunk_scale(self, spec, w):
         # Chunks of ≥ 1024 rows: (100,16,128) training 0.94× as long, peak memory 0.79–0.96 of
@@ -320,10 +322,10 @@ class LNGRUFused(FusedCell):
 
     def saved_buffers(self, spec, a, H):
         N = a.shape[0]
-        return [torch.empty_like(a), a.new_empty(N, 2), a.new_empty(N, H)]
+        return [new_buffer(a, *a.shape), new_buffer(a, N, 2), new_buffer(a, N, H)]
 
     def grad_buffers(self, spec, rows, like, H, side):
-        return [like.new_empty(rows, 3 * H), like.new_empty(rows, 3 * H)]
+        return [new_buffer(like, rows, 3 * H), new_buffer(like, rows, 3 * H)]
 
     def forward_step(self, spec, s: ForwardStep) -> None:
         w_hh, alpha_hh, c_hn = s.w

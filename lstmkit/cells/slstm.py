@@ -79,6 +79,7 @@ from .base import (
     LayerWeights,
     State,
     StateSpec,
+    new_buffer,
     register,
 )
 
@@ -167,7 +168,7 @@ class SLSTMFused(FusedCell):
                 float(spec.option("num_heads"))]
 
     def saved_buffers(self, spec, a, H):
-        return [a.new_empty(a.shape[0], 2 * H)]
+        return [new_buffer(a, a.shape[0], 2 * H)]
 
     def forward_step(self, spec, s: ForwardStep) -> None:
         W = s.w[0]

@@ -41,7 +41,7 @@ from torch import Tensor
 from torch.autograd.function import Function
 
 from ..cells.base import WEIGHT_FIELDS, CellSpec, Chunk, Grads, LayerWeights, State
-from . import gemm
+from . import gemm, workspace
 from .masks import StepMasks, row_sequences
 from .reference import Trace
 
@@ -299,7 +299,7 @@ def _layer_forward(call: Call, inp: Inputs) -> tuple[list[Tensor], list[Tensor],
     zones = _zones(cell, inp.masks)
     share = fused.output_in_gates and zones[0] is None and w.w_hr is None
     seqs = [a if k == 0 and share else a.new_empty(N, width) for k, width in enumerate(widths)]
-    m = a.new_empty(N, H) if w.w_hr is not None else None
+    m = workspace.empty((N, H), a) if w.w_hr is not None else None
     carry = _carry(cell, inp.states0, widths, a)
     saved = fused.saved_buffers(cell, a, H)
     call.kernels.forward(cell, a, seqs, carry, m, w.w_hr, fused.loop_weights(cell, w), saved,
@@ -337,15 +337,16 @@ def _layer_backward(call: Call, inp: Inputs, kept: Kept, dseqs: list[Tensor | No
     seq_of_row = row_sequences(batch_sizes, x.device) if h_drop is not None else None
     loop_w = fused.loop_weights(cell, w)
     dw_hr = g.w["w_hr"]
-    # the C++ loop lays the recurrent weights out once for all chunks, not once per chunk
-    with call.kernels.keep_weight_layouts():
+    # the C++ loop lays the recurrent weights out once for all chunks, not once per chunk;
+    # the chunks' scratch (dA, dH, the family's gradient buffers) is recycled
+    with call.kernels.keep_weight_layouts(), workspace.recycling():
         for t0, t1, r0, r1 in backward_chunks(batch_sizes, call.reverse,
                                               fused.chunk_scale(cell, w)):
             prev = dA = grads = dH = h_in = chunk = None    # free the last chunk's buffers first
             prev = [prev_of(s, s0, r0, r1) for s, s0 in zip(kept.seqs, initial)]
-            dA = gates.new_empty(r1 - r0, gates.shape[1])
+            dA = workspace.empty((r1 - r0, gates.shape[1]), gates)
             grads = fused.grad_buffers(cell, r1 - r0, gates, H, list(inp.side))
-            dH = gates.new_empty(r1 - r0, R) if w.w_hr is not None else None
+            dH = workspace.empty((r1 - r0, R), gates) if w.w_hr is not None else None
             part = functools.partial(_rows_of, r0=r0, r1=r1)
             g_rows, seq_rows = part(gates), [part(s) for s in kept.seqs]
             saved_rows, side_rows = [part(b) for b in kept.saved], [part(s) for s in inp.side]
@@ -391,7 +392,11 @@ class RecurrentFunction(Function):
     @staticmethod
     def forward(ctx, call: Call, *tensors):
         inp = Inputs.unflat(call, tensors)
-        seqs, finals, kept = layer_forward(call, inp)
+        # the input projection and the family's saved buffers in recycled memory; what is
+        # returned with a gradient leaves the cache (see lstmkit.ops.workspace)
+        with workspace.recycling():
+            seqs, finals, kept = layer_forward(call, inp)
+        workspace.release(*seqs, *finals)
         ctx.call = call
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*tensors, kept.gates, *kept.seqs, kept.m, *kept.saved, *kept.aux)

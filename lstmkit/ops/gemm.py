@@ -52,6 +52,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from . import workspace
+
 MODES = ("auto", "blas", "brgemm")
 ROUTES_FILE = "gemm-routes.json"
 ROUTES_ENV = "LSTMKIT_GEMM_ROUTES"     # a routes file to use instead (the tests set one)
@@ -380,15 +382,15 @@ def matmul_into(out: Tensor, a: Tensor, b: Tensor, accumulate: bool = False) -> 
 
 
 def addmm(bias: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
-    """A new ``bias + a @ b`` (``a @ b`` without a bias), as ``torch.addmm``."""
+    """A new ``bias + a @ b`` (``a @ b`` without a bias), as ``torch.addmm`` (a recycled
+    buffer under :func:`lstmkit.ops.workspace.recycling`)."""
+    out = workspace.empty((a.shape[0], b.shape[1]), a)
     if _engine(a, b, transposed=not _row_major(a)) is None:
-        return torch.mm(a, b) if bias is None else torch.addmm(bias, a, b)
+        return torch.mm(a, b, out=out) if bias is None else torch.addmm(bias, a, b, out=out)
     if bias is None:
-        out = a.new_empty(a.shape[0], b.shape[1])
         return matmul_into(out, a, b)
-    # a new tensor: .contiguous() of a one-row expand is the bias itself, which the
-    # accumulation would then overwrite
-    out = a.new_empty(a.shape[0], b.shape[1])
+    # out is a new tensor, not .contiguous() of a one-row expand (the bias itself, which the
+    # accumulation would then overwrite)
     out.copy_(bias.expand_as(out))
     return matmul_into(out, a, b, accumulate=True)
 
