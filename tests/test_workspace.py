@@ -33,9 +33,11 @@ MODULES = {
 
 
 @pytest.fixture(autouse=True)
-def fresh_cache():
+def fresh_cache(monkeypatch):
+    """An empty cache that recycles buffers of any size (these tests' layers are tiny)."""
     saved = workspace.limit()
     workspace.clear()
+    monkeypatch.setattr(workspace, "MIN_BYTES", 0)
     yield
     workspace.set_limit(saved)
     workspace.clear()
@@ -93,6 +95,16 @@ def test_a_buffer_is_handed_out_again_only_when_nothing_holds_it():
         assert workspace.empty((7, 9), like).data_ptr() == taken, "freed with its last view"
     assert workspace.empty((7, 9), like).data_ptr() not in (first, taken), \
         "outside recycling() every buffer is new"
+
+
+def test_small_buffers_are_not_recycled(monkeypatch):
+    monkeypatch.setattr(workspace, "MIN_BYTES", 4096)
+    like = torch.empty(1)
+    with workspace.recycling():
+        small = workspace.empty((32, 31), like)                 # 3,968 bytes
+        big = workspace.empty((32, 32), like)                   # 4,096
+    assert workspace.cached_bytes() == 4096
+    assert small.untyped_storage().nbytes() == 3968 and big.untyped_storage().nbytes() == 4096
 
 
 def test_a_buffer_saved_by_a_graph_is_not_handed_out():

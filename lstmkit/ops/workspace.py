@@ -64,6 +64,9 @@ _bytes = [0]
 # a free buffer serves a request of at least 1/FIT of its size (a 1,600-row chunk's buffer
 # serves the next chunk of 560 rows, not a step of 16)
 FIT = 2
+# smaller buffers are not recycled: the allocator serves them from memory it keeps, and
+# the cache's own cost (a few µs a buffer) would show at small sizes (B = 1)
+MIN_BYTES = 256 << 10
 
 
 def _limit_from_env() -> int:
@@ -167,19 +170,18 @@ def _on(base: Tensor, shape: tuple[int, ...]) -> Tensor:
     for n in reversed(shape):
         strides.append(step)
         step *= max(n, 1)
-    with torch.no_grad():
-        return base.new_empty(0).set_(base.untyped_storage(), 0, shape, tuple(reversed(strides)))
+    return base.new_empty(0).set_(base.untyped_storage(), 0, shape, tuple(reversed(strides)))
 
 
 def empty(shape: Sequence[int], like: Tensor) -> Tensor:
     """An uninitialised contiguous tensor of ``shape`` with ``like``'s dtype and device: on
     a free buffer of the cache while :func:`recycling` is on (the smallest that holds it and
-    is at most :data:`FIT` times its size), else new."""
+    is at most :data:`FIT` times its size; from :data:`MIN_BYTES` up), else new."""
     shape = tuple(int(s) for s in shape)
     numel = 1
     for n in shape:
         numel *= n
-    if numel == 0 or not _recyclable(like):
+    if numel * like.element_size() < MIN_BYTES or not _recyclable(like):
         return like.new_empty(shape)
     dtype = like.dtype
     with _lock:
