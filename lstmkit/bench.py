@@ -6,9 +6,10 @@ For each configuration (cell, T, B, I = H) it measures, in one process:
   (``loss = (output * g).sum()`` with a fixed random ``g``; the input requires grad);
   2 warm-up runs, then the median of ``repeats`` runs, the implementations interleaved
   (lstmkit, torch.nn, [reference], GEMMs alone; the starting one rotating per repeat); a
-  run of a call shorter than :data:`MIN_RUN_MS` makes as many calls back to back as fill
-  that time and counts their mean (a lone sub-millisecond call after ``gc.collect()``
-  measured its cold start: 1.2 ms against 0.26 ms warm for the B = 1 forward);
+  run starts with ``gc.collect()`` and one untimed call (:data:`SETTLE`: the first call
+  after the collection's pause pays the machine's wake-up), and a run of a call shorter
+  than :data:`MIN_RUN_MS` makes as many calls back to back as fill that time and counts
+  their mean;
 * peak memory of one training step, from the allocation events of
   ``torch.profiler.profile(profile_memory=True)`` (running sum of allocation sizes, max);
 * the largest absolute error of the output against the float64 reference loop
@@ -70,6 +71,13 @@ BACKENDS = ("fused_cpp", "fused_py")
 EXTRA_BACKENDS = ("onednn",)            # timed as a column when lstmkit.ops.BACKENDS has it
 WARMUP = 2
 MIN_RUN_MS = 5.0                        # shorter calls are repeated within one timed run
+#: Each timed run starts with one untimed call. The first call after the collection's pause
+#: (45 ms here) pays the machine's wake-up, not the code's cost: on the Xeon (2026-12-04) a
+#: training step at (100,16,128) took 1.2–1.8 ms longer when it came after a 45 ms
+#: ``time.sleep`` as after ``gc.collect()``, torch.nn's and lstmkit's alike (torch.nn.LSTM
+#: 6.5 → 7.7–8.4 ms, the LN-LSTM 7.4–7.8 → 9.6 ms), which training loops calling back to
+#: back never pay. Before 2026-12-04 a run of one call measured it (docs/performance.md).
+SETTLE = True
 PEAK_N = 2048                           # the sgemm whose rate is the peak: PEAK_N³
 
 
@@ -231,9 +239,11 @@ def using_clock(name: str) -> Iterator[None]:
 
 
 def _time_ms(fn: Callable[[], object], calls: int = 1) -> float:
-    """Milliseconds per call of ``calls`` calls of ``fn`` back to back (after a garbage
-    collection, outside the timing)."""
+    """Milliseconds per call of ``calls`` calls of ``fn`` back to back, after a garbage
+    collection and one untimed call (:data:`SETTLE`)."""
     gc.collect()
+    if SETTLE:
+        fn()
     clock = CLOCKS[_clock["name"]]
     start = clock()
     for _ in range(calls):

@@ -332,5 +332,6 @@ def test_short_calls_are_repeated_within_a_run(monkeypatch):
     times = bench.measure_times({"a": {"fwd": fast}, "b": {"fwd": slow}}, repeats=3, warmup=1)
     assert times["a"]["fwd"] == pytest.approx([0.5] * 3)
     assert times["b"]["fwd"] == pytest.approx([20.0] * 3)
-    # warm-up, the calibrating call, then 3 runs of 10 calls (fast) and of one call (slow)
-    assert counts == {"fast": 1 + 1 + 30, "slow": 1 + 1 + 3}
+    # warm-up, the calibrating run (an untimed call, then one), then 3 runs of an untimed
+    # call and 10 calls (fast) or one call (slow)
+    assert counts == {"fast": 1 + 2 + 3 * 11, "slow": 1 + 2 + 3 * 2}
