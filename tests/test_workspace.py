@@ -135,8 +135,9 @@ def test_no_recycling_outside_plain_cpu_tensors():
             assert not workspace._recyclable(fake)
             assert type(workspace.empty((2, 3), fake)) is not torch.Tensor
         assert workspace._recyclable(like)
-    assert not workspace._recyclable(like)
     assert workspace.cached_bytes() == 0
+    kept = workspace.empty((2, 3), like)                     # outside recycling(): new
+    assert workspace.cached_bytes() == 0 and kept.shape == (2, 3)
 
 
 # -- the fused layers on it -----------------------------------------------------------------
