@@ -212,6 +212,9 @@ def test_limit_and_clear():
     zero(ref, x)
     loss_of(ref, x, seed=0).backward()
     assert_all_close(got, grads(ref, x), "a full cache falls back to new buffers")
+    held = workspace.cached_bytes()
+    workspace.set_limit(held)                  # a limit it already meets drops nothing
+    assert workspace.cached_bytes() == held
     workspace.clear()
     assert workspace.cached_bytes() == 0
     with pytest.raises(ValueError, match="limit"):
@@ -225,7 +228,7 @@ def test_limit_from_the_environment(monkeypatch, raw, expected):
     assert workspace._limit_from_env() == expected
 
 
-@pytest.mark.parametrize("raw", ["lots", "-2", "nan"])
+@pytest.mark.parametrize("raw", ["lots", "-2", "nan", "inf"])
 def test_bad_limit_in_the_environment(monkeypatch, raw):
     monkeypatch.setenv("LSTMKIT_BUFFER_CACHE_MB", raw)
     with pytest.raises(ValueError, match="LSTMKIT_BUFFER_CACHE_MB"):

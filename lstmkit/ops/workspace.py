@@ -78,8 +78,8 @@ def _limit_from_env() -> int:
     except ValueError:
         raise ValueError(f"LSTMKIT_BUFFER_CACHE_MB must be a number of MiB (0 turns the "
                          f"buffer cache off), got {raw!r}") from None
-    if mb < 0 or mb != mb:
-        raise ValueError(f"LSTMKIT_BUFFER_CACHE_MB must be ≥ 0, got {raw!r}")
+    if not math.isfinite(mb) or mb < 0:
+        raise ValueError(f"LSTMKIT_BUFFER_CACHE_MB must be a finite number ≥ 0, got {raw!r}")
     return int(mb * (1 << 20))
 
 
@@ -99,7 +99,7 @@ def set_limit(nbytes: int) -> None:
         raise ValueError(f"the buffer cache's limit must be an int ≥ 0 (bytes), got {nbytes!r}")
     with _lock:
         _limit[0] = nbytes
-        _evict(0)
+        _evict(nbytes)
 
 
 def cached_bytes() -> int:
