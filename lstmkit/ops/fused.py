@@ -32,6 +32,7 @@ without gradient, passed to the loop. The same two functions :func:`layer_forwar
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -294,10 +295,13 @@ def _layer_forward(call: Call, inp: Inputs) -> tuple[list[Tensor], list[Tensor],
     cell, fused, w = call.cell, call.cell.fused, inp.w
     H, R = _hidden_size(cell, w), inp.states0[0].shape[1]
     widths = _widths(cell, H, R)
-    a, aux = fused.project(cell, inp.x, w, list(inp.side))
-    N = a.shape[0]
     zones = _zones(cell, inp.masks)
     share = fused.output_in_gates and zones[0] is None and w.w_hr is None
+    # a shared with the output leaves the layer: not from the buffer cache (a new buffer
+    # there would first drop the free ones smaller than it, backward's chunks among them)
+    with workspace.recycling(False) if share else contextlib.nullcontext():
+        a, aux = fused.project(cell, inp.x, w, list(inp.side))
+    N = a.shape[0]
     seqs = [a if k == 0 and share else a.new_empty(N, width) for k, width in enumerate(widths)]
     m = workspace.empty((N, H), a) if w.w_hr is not None else None
     carry = _carry(cell, inp.states0, widths, a)
