@@ -125,6 +125,71 @@ def test_a_buffer_saved_by_a_graph_is_not_handed_out():
         assert workspace.empty((7, 9), like).data_ptr() == taken
 
 
+def test_a_held_storage_object_keeps_its_buffer():
+    """torch hands out the same Python storage object while one is alive, so holding it adds
+    no reference to the memory; the cache must count the object's own references."""
+    like = torch.empty(1)
+    with workspace.recycling():
+        t = workspace.empty((7, 9), like)
+        taken, storage = t.data_ptr(), t.untyped_storage()
+        del t
+        fresh = workspace.empty((7, 9), like)
+        assert fresh.data_ptr() != taken
+        del fresh, storage
+        assert workspace.empty((7, 9), like).data_ptr() == taken
+
+
+def test_a_pack_hook_that_keeps_storages_gets_the_reference_gradients():
+    """A saved_tensors_hooks pack hook may keep (storage, offset, size, stride) instead of
+    the tensor; a second forward before the backward must not overwrite that memory."""
+    ours, ref = twins("lstm")
+    gen = torch.Generator().manual_seed(3)
+    x1 = torch.randn(T, B, I, dtype=torch.float64, generator=gen, requires_grad=True)
+    x2 = torch.randn(T, B, I, dtype=torch.float64, generator=gen)
+
+    def pack(t):
+        return t.untyped_storage(), t.storage_offset(), t.size(), t.stride(), t.dtype
+
+    def unpack(p):
+        return torch.empty(0, dtype=p[4]).set_(p[0], p[1], p[2], p[3])
+
+    def grad_x(module):
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            loss = module(x1)[0].pow(2).sum()
+        module(x2)
+        return torch.autograd.grad(loss, x1)[0]
+    assert_close(grad_x(ours), grad_x(ref), "dx", TOL[torch.float64])
+
+
+def test_shared_memory_is_not_recycled():
+    like = torch.empty(1)
+    with workspace.recycling():
+        t = workspace.empty((7, 9), like)
+        t.share_memory_()
+        taken = t.data_ptr()
+        del t
+        assert workspace.empty((7, 9), like).data_ptr() != taken
+
+
+def test_a_lowered_limit_is_met_once_the_buffers_are_free():
+    like = torch.empty(1)
+    with workspace.recycling():
+        held = workspace.empty((64, 64), like)
+    assert workspace.cached_bytes() == 64 * 64 * 4
+    workspace.set_limit(0)                     # the buffer is in use: it stays for now
+    assert workspace.cached_bytes() == 64 * 64 * 4
+    del held
+    with workspace.recycling():
+        workspace.empty((8, 8), like)          # the next request drops it
+    assert workspace.cached_bytes() == 0
+    workspace.set_limit(1000)
+    with workspace.recycling():
+        keep = workspace.empty((4, 4), like)
+        big = workspace.empty((64, 64), like)  # larger than the limit: not kept, nothing
+    assert workspace.cached_bytes() == 64 and big.numel() == 4096   # dropped for it
+    del keep
+
+
 def test_no_recycling_outside_plain_cpu_tensors():
     like = torch.empty(1)
     with workspace.recycling():

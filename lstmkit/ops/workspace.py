@@ -16,11 +16,12 @@ allocated and that nothing uses any more, instead of a new buffer. It takes the 
 free buffer of the same dtype that holds the request and is at most :data:`FIT` times its
 size. The tensor it returns is a new contiguous tensor on that memory, not a view. "Nothing
 uses it" is checked when the memory is handed out, not promised by the caller: the cache's
-reference to the buffer must be the only one left. There may be no tensor on its memory,
-no other Python reference, and no autograd graph that saved it. So a graph kept for a
-second backward (``retain_graph=True``), a trace's views, or a second forward between a
-forward and its backward all keep their buffers. Those buffers are recycled only once they
-are free.
+reference to the buffer must be the only one left. There may be no tensor on its memory, no
+other Python reference, no autograd graph that saved it, no storage object of it held
+elsewhere (a ``saved_tensors_hooks`` pack hook may keep one), and no other process sharing
+it (``share_memory_``). So a graph kept for a second backward (``retain_graph=True``), a
+trace's views, or a second forward between a forward and its backward all keep their
+buffers. Those buffers are recycled only once they are free.
 
 Only plain CPU tensors outside inference mode are recycled. A FakeTensor under
 ``torch.compile``, a functorch wrapper or an inference tensor gets a new buffer. Only what
@@ -30,7 +31,9 @@ taken from it.
 
 The cache holds at most :func:`limit` bytes (``LSTMKIT_BUFFER_CACHE_MB``, default 256 MiB;
 0 turns it off). Beyond that it drops the least recently used free buffers. A buffer that
-still does not fit is allocated as usual, outside the cache. When a new buffer is made, the
+still does not fit is allocated as usual, outside the cache. A limit lowered while buffers
+are in use is met at the first request after they are free. A graph kept alive holds its
+buffers, which can be up to :data:`FIT` times the size it asked for. When a new buffer is made, the
 free ones of its dtype that are too small for it are dropped first. A backward's first time
 chunk is its shortest, so those buffers' memory goes back to the allocator for the larger
 request, and the peak stays that of no cache at all.
@@ -143,17 +146,22 @@ def _recyclable(like: Tensor) -> bool:
     return not torch._C._functorch.is_functorch_wrapped_tensor(like)
 
 
-def _counts(t: Tensor) -> tuple[int, int]:
-    """(Python references to ``t``, references to its memory)."""
-    return sys.getrefcount(t), _use_count(t.untyped_storage()._cdata)
+def _counts(t: Tensor) -> tuple[int, int, int, bool]:
+    """(Python references to ``t``; references to its memory; Python references to its
+    storage object, which torch keeps and hands out again while one is alive, so a holder of
+    ``t.untyped_storage()`` adds no reference to the memory; whether that memory is shared
+    with other processes, who are not counted)."""
+    storage = t.untyped_storage()
+    return (sys.getrefcount(t), _use_count(storage._cdata), sys.getrefcount(storage),
+            storage.is_shared())
 
 
-def _calibrate() -> tuple[int, int]:
+def _calibrate() -> tuple[int, int, int, bool]:
     """:func:`_counts` of a tensor that only a dict and one local variable hold, as the
     cache's buffers are when :func:`_free` looks at them (the counts include the call's own
     references, which depend on the Python version)."""
     if _use_count is None:
-        return (-1, -1)
+        return (-1, -1, -1, False)
     held = {0: torch.empty(0)}
     t = held[0]
     return _counts(t)
@@ -166,7 +174,8 @@ def _free(buffers: OrderedDict[int, Tensor], i: int) -> bool:
     """Whether the cache's reference is the only one left to ``buffers[i]`` and to its
     memory: no tensor handed out on it is alive (each is a tensor of its own on the
     buffer's memory, not a view, so that it can be returned as a differentiable output),
-    nor any other reference."""
+    no storage object of it is held (e.g. by a ``saved_tensors_hooks`` pack hook), it is not
+    shared with another process, nor is there any other reference."""
     t = buffers[i]
     return _counts(t) == _FREE_COUNTS
 
@@ -187,6 +196,9 @@ def empty(shape: Sequence[int], like: Tensor) -> Tensor:
     shape = tuple(shape)
     if not getattr(_state, "on", False):
         return like.new_empty(shape)
+    if _bytes[0] > _limit[0]:              # the limit was lowered while buffers were in use
+        with _lock:
+            _evict(_limit[0])
     numel = math.prod(shape)
     if numel * like.element_size() < MIN_BYTES or not _recyclable(like):
         return like.new_empty(shape)
@@ -200,12 +212,14 @@ def empty(shape: Sequence[int], like: Tensor) -> Tensor:
         if best is not None:
             _buffers.move_to_end(best)
             return _on(_buffers[best], shape)
+        nbytes = numel * like.element_size()
+        if nbytes > _limit[0]:
+            return like.new_empty(shape)                    # never fits: not kept
         # a new buffer: the free ones too small for it go (the memory they hold is the
         # first a larger request can use; a backward's first time chunk is its shortest)
         for i, (dt, n, _, _) in list(_meta.items()):
             if dt == dtype and n < numel and _free(_buffers, i):
                 _drop(i)
-        nbytes = numel * like.element_size()
         if _bytes[0] + nbytes > _limit[0]:
             _evict(_limit[0] - nbytes)
             if _bytes[0] + nbytes > _limit[0]:
