@@ -396,11 +396,10 @@ class RecurrentFunction(Function):
     @staticmethod
     def forward(ctx, call: Call, *tensors):
         inp = Inputs.unflat(call, tensors)
-        # the input projection and the family's saved buffers in recycled memory; what is
-        # returned with a gradient leaves the cache (see lstmkit.ops.workspace)
+        # the input projection and the family's saved buffers in recycled memory (see
+        # lstmkit.ops.workspace; the outputs are new tensors)
         with workspace.recycling():
             seqs, finals, kept = layer_forward(call, inp)
-        workspace.release(*seqs, *finals)
         ctx.call = call
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*tensors, kept.gates, *kept.seqs, kept.m, *kept.saved, *kept.aux)

@@ -25,9 +25,9 @@ buffers. Those buffers are recycled only once they are free.
 
 Only plain CPU tensors outside inference mode are recycled. A FakeTensor under
 ``torch.compile``, a functorch wrapper or an inference tensor gets a new buffer. Only what
-the fused path allocates itself under :func:`recycling` is recycled. The tensors it returns
-with a gradient leave the cache (:func:`release`), and the gradients it returns are never
-taken from it.
+the fused path allocates itself under :func:`recycling` is recycled, and never what it
+returns with a gradient: its outputs and gradients are new tensors (the RNN's input
+projection, which is also its output, is made with recycling off).
 
 The cache holds at most :func:`limit` bytes (``LSTMKIT_BUFFER_CACHE_MB``, default 256 MiB;
 0 turns it off). Beyond that it drops the least recently used free buffers. A buffer that
@@ -60,9 +60,9 @@ DEFAULT_LIMIT_MB = 256
 _lock = threading.Lock()
 _state = threading.local()
 # the cached buffers, flat, least recently handed out first, by id; and each one's dtype,
-# number of elements, address and bytes
+# number of elements and bytes
 _buffers: OrderedDict[int, Tensor] = OrderedDict()
-_meta: dict[int, tuple[torch.dtype, int, int, int]] = {}
+_meta: dict[int, tuple[torch.dtype, int, int]] = {}
 _bytes = [0]
 # a free buffer serves a request of at least 1/FIT of its size (a 1,600-row chunk's buffer
 # serves the next chunk of 560 rows, not a step of 16)
@@ -205,7 +205,7 @@ def empty(shape: Sequence[int], like: Tensor) -> Tensor:
     dtype = like.dtype
     with _lock:
         best, best_n = None, 0
-        for i, (dt, n, _, _) in _meta.items():
+        for i, (dt, n, _) in _meta.items():
             if dt == dtype and numel <= n <= FIT * numel and (best is None or n < best_n) \
                     and _free(_buffers, i):
                 best, best_n = i, n
@@ -217,7 +217,7 @@ def empty(shape: Sequence[int], like: Tensor) -> Tensor:
             return like.new_empty(shape)                    # never fits: not kept
         # a new buffer: the free ones too small for it go (the memory they hold is the
         # first a larger request can use; a backward's first time chunk is its shortest)
-        for i, (dt, n, _, _) in list(_meta.items()):
+        for i, (dt, n, _) in list(_meta.items()):
             if dt == dtype and n < numel and _free(_buffers, i):
                 _drop(i)
         if _bytes[0] + nbytes > _limit[0]:
@@ -226,28 +226,13 @@ def empty(shape: Sequence[int], like: Tensor) -> Tensor:
                 return like.new_empty(shape)                # does not fit: not kept
         base = like.new_empty(numel)
         _buffers[id(base)] = base
-        _meta[id(base)] = (dtype, numel, base.data_ptr(), nbytes)
+        _meta[id(base)] = (dtype, numel, nbytes)
         _bytes[0] += nbytes
         return _on(base, shape)
 
 
-def release(*tensors: Tensor | None) -> None:
-    """Take the buffers under ``tensors`` out of the cache: they are the caller's for good
-    (e.g. a differentiable output), and no longer count against the limit."""
-    if not _meta:
-        return
-    ptrs = {t.untyped_storage().data_ptr() for t in tensors
-            if t is not None and type(t) is torch.Tensor and t.device.type == "cpu"}
-    if not ptrs:
-        return
-    with _lock:
-        for i, (_, _, ptr, _) in list(_meta.items()):
-            if ptr in ptrs:
-                _drop(i)
-
-
 def _drop(i: int) -> None:
-    _bytes[0] -= _meta.pop(i)[3]
+    _bytes[0] -= _meta.pop(i)[2]
     del _buffers[i]
 
 

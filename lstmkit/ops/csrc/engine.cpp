@@ -238,9 +238,10 @@ double gemm_probe(bool brgemm, int64_t m, int64_t n, int64_t k, bool transposed,
                                panel_floats ? panel_floats : kPanelFloats);
   gemm(m, a.data(), k, 1.0f, c.data(), n);
   const auto t0 = std::chrono::steady_clock::now();
-  steps_in_parts(0, static_cast<size_t>(reps), m, row_parts(true, m, n, k), [&](size_t, int64_t r0, int64_t r1) {
-    gemm(r1 - r0, a.data() + r0 * k, k, 1.0f, c.data() + r0 * n, n);
-  });
+  steps_in_parts(0, static_cast<size_t>(reps), m, row_parts(true, m, n, k),
+                 [&](size_t, int64_t r0, int64_t r1) {
+                   gemm(r1 - r0, a.data() + r0 * k, k, 1.0f, c.data() + r0 * n, n);
+                 });
   const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
   return dt.count() / static_cast<double>(reps);
 }
